@@ -1,0 +1,68 @@
+"""The `vadray` command. One parser for the CLI and for `jobs/*.py` (they call `main`).
+
+Each job module defines `add_arguments(parser)` and `run(args) -> int`; it is imported only
+when its command runs, so `vadray --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from vadray.exits import EXIT_USAGE, UsageError
+
+COMMANDS = {
+    "synth": ("vadray.synth", "generate a synthetic fixed-camera archive (H.264 MP4 + frame labels)"),
+    "ingest": ("vadray.ingest", "decode a video archive into Parquet clip shards + normalisation stats"),
+    "train": ("vadray.train", "train a spatiotemporal autoencoder on clip shards (Ray Train, DDP)"),
+    "score": ("vadray.score", "score a whole archive into frames/events tables (resumable backfill)"),
+    "evaluate": ("vadray.evaluate", "frame-level AUC/EER and event counts against labels"),
+    "report": ("vadray.report", "plots of regularity over time and an index.html"),
+    "query": ("vadray.query", "SQL (DuckDB) over the frames and events tables"),
+    "demo": ("vadray.demo", "synth → ingest → train → score → evaluate → report on a local Ray"),
+    "bench": ("vadray.bench", "benchmarks: ingest, train, score, ped2"),
+}
+
+
+def build_parser(command: str) -> argparse.ArgumentParser:
+    module_name, summary = COMMANDS[command]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(
+        prog=f"vadray {command}", description=(module.__doc__ or summary).strip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(parser)
+    parser.set_defaults(_run=module.run)
+    return parser
+
+
+def _top_help() -> str:
+    lines = ["usage: vadray COMMAND [options]   (vadray COMMAND --help for details)", "",
+             "Semi-supervised video anomaly detection over video archives, on Ray.", "", "commands:"]
+    lines += [f"  {name:<10} {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += ["", "exit status: 0 all inputs processed, 3 finished but some inputs failed (see errors/),",
+              "             2 bad arguments or unreachable input"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_top_help())
+        return 0 if argv else EXIT_USAGE
+    command = argv[0]
+    if command not in COMMANDS:
+        print(f"vadray: unknown command {command!r}\n\n{_top_help()}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = build_parser(command)
+    args = parser.parse_args(argv[1:])  # exits 2 on bad arguments, as argparse does
+    try:
+        return int(args._run(args) or 0)
+    except UsageError as exc:
+        print(f"vadray {command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

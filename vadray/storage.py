@@ -1,0 +1,92 @@
+"""Filesystems for every stage: local paths, file:// and s3:// (s3fs) behind one helper.
+
+Credentials and the endpoint come from the standard AWS environment variables or from
+`storage_options` (a JSON dict on the command line). They travel to Ray tasks inside
+`storage_options` and are never printed: use `redact` before logging options.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import fsspec
+import pyarrow.fs as pafs
+
+
+def parse_storage_options(text: str | None) -> dict[str, Any]:
+    """`--storage-options` JSON → dict, with a clear error for bad JSON."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--storage-options is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    if not isinstance(value, dict):
+        raise ValueError("--storage-options must be a JSON object, e.g. '{\"anon\": false}'")
+    return value
+
+
+def _s3_defaults(options: dict[str, Any]) -> dict[str, Any]:
+    """Honour AWS_ENDPOINT_URL(_S3) for S3-compatible stores, whatever the botocore version."""
+    options = dict(options)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint and "endpoint_url" not in options and "endpoint_url" not in options.get("client_kwargs", {}):
+        options["endpoint_url"] = endpoint
+    return options
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def url_to_fs(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(fsspec filesystem, path inside it) for a local path, file:// or s3:// URI."""
+    options = dict(storage_options or {})
+    if uri.startswith(("s3://", "s3a://")):
+        options = _s3_defaults(options)
+    fs, path = fsspec.core.url_to_fs(uri, **options)
+    if uri.startswith("s3a://"):
+        path = path  # s3fs strips the scheme; the path is bucket/key
+    return fs, path.rstrip("/") if path not in ("/", "") else path
+
+
+def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """A URI that `url_to_fs` turns back into the same file."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in ("file", "local"):
+        return os.path.abspath(path)
+    return f"{protocol}://{path}" if protocol != "s3a" else f"s3://{path}"
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([uri.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+def pyarrow_fs(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path) for Ray Data's read/write_parquet and pyarrow.parquet."""
+    fs, path = url_to_fs(uri, storage_options)
+    if isinstance(fs, fsspec.implementations.local.LocalFileSystem):
+        return pafs.LocalFileSystem(), os.path.abspath(path)
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def redact(options: dict[str, Any]) -> dict[str, Any]:
+    """Options with secrets masked, for logs and model cards."""
+    secret_words = ("secret", "token", "password", "key")
+    out = {}
+    for k, v in options.items():
+        if isinstance(v, dict):
+            out[k] = redact(v)
+        elif any(w in k.lower() for w in secret_words):
+            out[k] = "***"
+        else:
+            out[k] = v
+    return out
+
+
+def remove(uri: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Remove a file or folder if it exists (idempotent reruns replace, never append)."""
+    fs, path = url_to_fs(uri, storage_options)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)

@@ -1,0 +1,44 @@
+"""Frames → fixed-length volumes (T frames, temporal stride), for training and scoring.
+
+A volume is identified by the index of its first frame; it covers frames
+start, start+stride, …, start+(T-1)*stride. Training uses strides 1, 2, 3 as temporal
+augmentation; scoring uses stride 1 and a hop that still gives every frame a score.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+T_DEFAULT = 10
+
+
+def span(T: int, stride: int) -> int:
+    """Number of consecutive frames one volume covers."""
+    return (T - 1) * stride + 1
+
+
+def volume_starts(num_frames: int, T: int = T_DEFAULT, stride: int = 1, hop: int = 1,
+                  cover_end: bool = True) -> np.ndarray:
+    """Start offsets of volumes inside `num_frames` consecutive frames.
+
+    With `cover_end`, a last volume ending exactly at the final frame is added when the hop
+    would otherwise skip it, so that every frame lies in at least one volume (stride 1).
+    """
+    if T < 1 or stride < 1 or hop < 1:
+        raise ValueError("T, stride and hop must be positive")
+    last = num_frames - span(T, stride)
+    if last < 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.arange(0, last + 1, hop, dtype=np.int64)
+    if cover_end and starts[-1] != last:
+        starts = np.append(starts, last)
+    return starts
+
+
+def frame_offsets(starts: np.ndarray, T: int = T_DEFAULT, stride: int = 1) -> np.ndarray:
+    """(V, T) offsets of the frames each volume covers."""
+    return starts[:, None] + stride * np.arange(T, dtype=np.int64)[None, :]
+
+
+def gather(frames: np.ndarray, starts: np.ndarray, T: int = T_DEFAULT, stride: int = 1) -> np.ndarray:
+    """frames (N, S, S) → volumes (V, T, S, S); a view-free gather, dtype kept."""
+    return frames[frame_offsets(starts, T, stride)]

@@ -1,0 +1,147 @@
+"""Scoring math: errors, cells, seam-exact assembly, regularity, calibration."""
+import numpy as np
+import pytest
+
+from vadray import scoring
+from vadray.volumes import gather, volume_starts
+
+
+def test_frame_errors_is_l2_norm_per_frame():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 4, 6, 6)).astype(np.float32)
+    recon = rng.normal(size=(3, 4, 6, 6)).astype(np.float32)
+    e = scoring.frame_errors(x, recon)
+    assert e.shape == (3, 4)
+    for v in range(3):
+        for t in range(4):
+            assert e[v, t] == pytest.approx(np.linalg.norm((x[v, t] - recon[v, t]).ravel()), rel=1e-6)
+
+
+def test_frame_errors_accepts_channel_dim_of_one():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 3, 5, 5)).astype(np.float32)
+    recon = x + 0.5
+    plain = scoring.frame_errors(x, recon)
+    # every pixel is off by 0.5: the norm over 25 pixels is 0.5 * 5
+    np.testing.assert_allclose(plain, 2.5, rtol=1e-6)
+    np.testing.assert_array_equal(scoring.frame_errors(x[..., None], recon[..., None]), plain)
+    np.testing.assert_array_equal(scoring.frame_errors(x[:, :, None], recon[:, :, None]), plain)
+    with pytest.raises(ValueError):
+        scoring.frame_errors(x, recon[:, :2])
+
+
+@pytest.mark.parametrize("size,grid", [(16, 8), (27, 8), (10, 3)])
+def test_cell_errors_match_array_split_cells(size, grid):
+    rng = np.random.default_rng(size)
+    x = rng.normal(size=(2, 3, size, size))
+    recon = rng.normal(size=(2, 3, size, size))
+    cells = scoring.cell_errors(x, recon, grid=grid)
+    assert cells.shape == (2, 3, grid * grid)
+    sq = (x - recon) ** 2
+    for v in range(2):
+        for t in range(3):
+            expected = [np.sqrt(block.sum())
+                        for band in np.array_split(sq[v, t], grid, axis=0)
+                        for block in np.array_split(band, grid, axis=1)]
+            np.testing.assert_allclose(cells[v, t], expected, rtol=1e-6)
+    # the cells partition the frame: their squares add up to the frame's squared error
+    np.testing.assert_allclose((cells ** 2).sum(-1), scoring.frame_errors(x, recon) ** 2, rtol=1e-5)
+
+
+def test_cell_errors_localise_a_small_anomaly():
+    x = np.zeros((1, 1, 27, 27), np.float32)
+    recon = x.copy()
+    recon[0, 0, 25, 25] = 3.0          # one pixel in the bottom-right cell
+    cells = scoring.cell_errors(x, recon, grid=8).reshape(8, 8)
+    assert cells[7, 7] == pytest.approx(3.0)
+    assert np.count_nonzero(cells) == 1
+    with pytest.raises(ValueError):
+        scoring.cell_errors(x, recon, grid=28)
+
+
+def _naive_means(starts, T, errs):
+    per_frame = {}
+    for s, row in zip(starts, errs):
+        for k in range(T):
+            per_frame.setdefault(int(s) + k, []).append(row[k])
+    frames = sorted(per_frame)
+    return np.array(frames), np.array([np.mean(per_frame[f]) for f in frames])
+
+
+def test_accumulate_means_over_containing_volumes():
+    T = 4
+    starts = np.array([5, 6, 7])     # frames 5..10
+    errs = np.arange(12, dtype=float).reshape(3, T)
+    means = scoring.accumulate(starts, T, errs).mean()
+    frames, expected = _naive_means(starts, T, errs)
+    np.testing.assert_array_equal(means.frame_index, frames)
+    np.testing.assert_allclose(means.recon_error, expected)
+    # frame 5 is only in the first volume; frame 8 is in all three
+    assert means.count.tolist() == [1, 2, 3, 3, 2, 1]
+    assert means.recon_error[0] == errs[0, 0]
+    assert means.recon_error[3] == pytest.approx((errs[0, 3] + errs[1, 2] + errs[2, 1]) / 3)
+
+
+def test_segmented_assembly_is_bit_identical_to_unsegmented():
+    rng = np.random.default_rng(7)
+    T, C = 10, 4
+    starts = volume_starts(83, T=T, stride=1, hop=1) + 1000   # source frame indices
+    errs = rng.lognormal(size=(starts.size, T)) * 1e3
+    cells = rng.lognormal(size=(starts.size, T, C))
+    whole = scoring.accumulate(starts, T, errs, cells).mean()
+    # three segments cut at arbitrary volumes, merged in a scrambled order
+    cuts = [0, 17, 41, starts.size]
+    parts = [scoring.accumulate(starts[a:b], T, errs[a:b], cells[a:b]) for a, b in zip(cuts, cuts[1:])]
+    merged = scoring.FrameSums.merge([parts[2], parts[0], parts[1]]).mean()
+    np.testing.assert_array_equal(merged.frame_index, whole.frame_index)
+    np.testing.assert_array_equal(merged.recon_error, whole.recon_error)
+    np.testing.assert_array_equal(merged.cell_error, whole.cell_error)
+    np.testing.assert_array_equal(merged.cell_error_max, whole.cell_error_max)
+    assert merged.frame_index[0] == 1000 and merged.frame_index[-1] == 1082
+    np.testing.assert_allclose(whole.cell_error_max, whole.cell_error.max(axis=1))
+    frames, expected = _naive_means(starts, T, errs)
+    np.testing.assert_allclose(whole.recon_error, expected, rtol=1e-12)
+
+
+def test_merge_rejects_a_volume_scored_twice():
+    T = 3
+    errs = np.ones((2, T))
+    a = scoring.accumulate(np.array([0, 1]), T, errs)
+    b = scoring.accumulate(np.array([1, 2]), T, errs)
+    with pytest.raises(ValueError, match="twice"):
+        scoring.FrameSums.merge([a, b])
+
+
+def test_end_to_end_from_volumes_of_a_clip():
+    rng = np.random.default_rng(3)
+    frames = rng.normal(size=(20, 11, 11)).astype(np.float32)
+    starts = volume_starts(20, T=5)
+    x = gather(frames, starts, T=5)                  # (V, 5, 11, 11)
+    recon = x * 0.0                                   # a model that outputs zeros
+    means = scoring.accumulate(starts, 5, scoring.frame_errors(x, recon)).mean()
+    # every volume sees the same frame content, so the mean is just the frame's norm
+    np.testing.assert_allclose(means.recon_error, np.linalg.norm(frames.reshape(20, -1), axis=1), rtol=1e-5)
+
+
+def test_regularity_follows_the_paper():
+    e = np.array([2.0, 4.0, 10.0, 6.0])
+    s_r = scoring.regularity(e)
+    np.testing.assert_allclose(s_r, 1 - (e - 2.0) / 10.0)
+    assert s_r.max() == 1.0 and s_r.min() == pytest.approx(0.2)   # min e / max e
+
+
+def test_regularity_of_degenerate_series_has_no_nan():
+    np.testing.assert_array_equal(scoring.regularity(np.full(5, 3.0)), np.ones(5))
+    np.testing.assert_array_equal(scoring.regularity(np.zeros(4)), np.ones(4))
+    assert scoring.regularity(np.array([])).size == 0
+
+
+def test_calibrate_uses_validation_distribution():
+    validation = {"frame_error": {"mean": 10.0, "std": 2.0, "quantiles": {"0.5": 10.0}, "n": 50},
+                  "cell_error_max": {"mean": 1.0, "std": 0.5, "quantiles": {}, "n": 50}}
+    np.testing.assert_allclose(scoring.calibrate(np.array([10.0, 14.0, 6.0]), validation), [0.0, 2.0, -2.0])
+    np.testing.assert_allclose(scoring.calibrate_cell_max(np.array([2.0]), validation), [2.0])
+    with pytest.raises(ValueError):
+        scoring.calibrate(np.ones(2), {"frame_error": {"mean": 1.0, "std": 0.0}})
+    with pytest.raises(ValueError):
+        scoring.calibrate(np.ones(2), {})

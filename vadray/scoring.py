@@ -1,0 +1,240 @@
+"""Scoring math (Chong & Tay): per-frame errors, per-cell errors, assembly, regularity.
+
+Pure numpy so that evaluation, tests and the Ray scoring job all call the same functions.
+
+Shapes: V volumes of T frames of S×S pixels; C = grid² cells; F frames of one video.
+
+Assembly over overlapping volumes must not depend on how a video was cut into segments:
+a frame's error is the mean over the stride-1 volumes that contain it, and those volumes
+may have been scored by different tasks. `FrameSums` therefore keeps one slot per
+(frame, position of the frame inside the volume): every volume fills its own slots, parts
+are merged by placing slots, and the mean adds the slots in a fixed order. Segmented and
+unsegmented scoring give bit-identical results, not merely close ones.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+GRID_DEFAULT = 8
+
+# The `frames` table (docs/ARCHITECTURE.md, "OUTPUT of score"); errors in normalised units.
+FRAMES_SCHEMA = pa.schema([
+    ("camera", pa.string()),
+    ("date", pa.string()),             # YYYY-MM-DD or "unknown"
+    ("video_id", pa.string()),
+    ("source_uri", pa.string()),
+    ("frame_index", pa.int64()),       # source frame index, 0-based
+    ("time_s", pa.float64()),          # presentation time, seconds from stream start
+    ("recon_error", pa.float32()),     # e(t), mean over the volumes containing the frame
+    ("regularity", pa.float32()),      # s_r(t) = 1 - (e - min e) / max e, per video
+    ("anomaly_score", pa.float32()),   # (e - mean_val) / std_val, comparable across videos
+    ("cell_error_max", pa.float32()),  # max over grid cells of the mean cell error (raw)
+    ("model_id", pa.string()),
+    ("run_id", pa.string()),
+])
+
+
+def _as_frames(a: np.ndarray) -> np.ndarray:
+    """(V, T, S, S), (V, T, 1, S, S) or (V, T, S, S, 1) → (V, T, S, S)."""
+    a = np.asarray(a)
+    if a.ndim == 5:
+        if a.shape[2] == 1:
+            return a[:, :, 0]
+        if a.shape[4] == 1:
+            return a[..., 0]
+    if a.ndim != 4:
+        raise ValueError(f"expected volumes (V, T, S, S) with an optional channel of 1, got {a.shape}")
+    return a
+
+
+def _squared_diff(x: np.ndarray, recon: np.ndarray) -> np.ndarray:
+    x, recon = _as_frames(x), _as_frames(recon)
+    if x.shape != recon.shape:
+        raise ValueError(f"input {x.shape} and reconstruction {recon.shape} differ in shape")
+    diff = x.astype(np.float32, copy=False) - recon.astype(np.float32, copy=False)
+    return np.square(diff, out=diff)  # (V, T, S, S)
+
+
+def frame_errors(x: np.ndarray, recon: np.ndarray) -> np.ndarray:
+    """e = ‖x − recon‖₂ over the pixels of each frame of each volume → (V, T) float64."""
+    sq = _squared_diff(x, recon)
+    return np.sqrt(sq.sum(axis=(-2, -1), dtype=np.float64))
+
+
+def cell_bounds(size: int, grid: int = GRID_DEFAULT) -> np.ndarray:
+    """Start offsets (grid,) of the cells along one side, as `np.array_split` cuts them."""
+    if not 1 <= grid <= size:
+        raise ValueError(f"grid {grid} must be between 1 and the frame size {size}")
+    sizes = np.full(grid, size // grid, dtype=np.int64)
+    sizes[: size % grid] += 1          # array_split puts the remainder in the first cells
+    return np.concatenate([[0], np.cumsum(sizes)[:-1]])
+
+
+def cell_errors(x: np.ndarray, recon: np.ndarray, grid: int = GRID_DEFAULT) -> np.ndarray:
+    """Per-cell L2 error: squared error map cut into grid×grid cells → (V, T, grid*grid).
+
+    Cells are numbered row-major (cell row, cell column). A small anomaly that the
+    whole-frame norm averages away still dominates its own cell.
+    """
+    sq = _squared_diff(x, recon)                              # (V, T, S, S)
+    rows = cell_bounds(sq.shape[-2], grid)
+    cols = cell_bounds(sq.shape[-1], grid)
+    per_row = np.add.reduceat(sq, rows, axis=-2, dtype=np.float64)  # (V, T, grid, S)
+    per_cell = np.add.reduceat(per_row, cols, axis=-1)        # (V, T, grid, grid)
+    return np.sqrt(per_cell).reshape(*sq.shape[:2], grid * grid)
+
+
+@dataclass
+class FrameMeans:
+    """Per-frame scores of one video (or of the frames a set of volumes covers)."""
+
+    frame_index: np.ndarray      # (F,) int64, sorted source frame indices
+    recon_error: np.ndarray      # (F,) float64, mean over the volumes containing the frame
+    count: np.ndarray            # (F,) int64, how many volumes contained the frame
+    cell_error: np.ndarray | None = None      # (F, C) float64, per-cell means
+    cell_error_max: np.ndarray | None = None  # (F,) float64, max over cells of cell_error
+
+
+@dataclass
+class FrameSums:
+    """Additive per-frame partial results; merge the parts of a video, then take `mean`.
+
+    Slot k of frame f holds the error of f inside the volume that starts at f − k·stride,
+    so every (frame, slot) is written by exactly one volume and merging never adds floats.
+    """
+
+    frame_index: np.ndarray             # (F,) int64, sorted, unique
+    err_slots: np.ndarray               # (F, T) float64, 0 where empty
+    filled: np.ndarray                  # (F, T) bool
+    cell_slots: np.ndarray | None = None  # (F, T, C) float64, 0 where empty
+
+    @property
+    def count(self) -> np.ndarray:
+        return self.filled.sum(axis=1)  # (F,)
+
+    @classmethod
+    def empty(cls, T: int, cells: int | None = None) -> "FrameSums":
+        return cls(np.zeros(0, np.int64), np.zeros((0, T)), np.zeros((0, T), bool),
+                   None if cells is None else np.zeros((0, T, cells)))
+
+    @classmethod
+    def merge(cls, parts: list["FrameSums"]) -> "FrameSums":
+        """Combine parts scored by different tasks; a volume present in two parts is an error."""
+        if not parts:
+            raise ValueError("nothing to merge")
+        T = parts[0].err_slots.shape[1]
+        with_cells = [p.cell_slots is not None for p in parts]
+        if any(p.err_slots.shape[1] != T for p in parts) or len(set(with_cells)) > 1:
+            raise ValueError("parts differ in T or in whether they carry cell errors")
+        frames = np.unique(np.concatenate([p.frame_index for p in parts]))
+        err = np.zeros((frames.size, T))
+        filled = np.zeros((frames.size, T), bool)
+        cells = None
+        if with_cells[0]:
+            cells = np.zeros((frames.size, T, parts[0].cell_slots.shape[2]))
+        for part in parts:
+            rows = np.searchsorted(frames, part.frame_index)
+            if np.any(filled[rows] & part.filled):
+                raise ValueError("a volume appears in two parts: segments must not score the "
+                                 "same volume twice")
+            err[rows] = np.where(part.filled, part.err_slots, err[rows])
+            if cells is not None:
+                cells[rows] = np.where(part.filled[:, :, None], part.cell_slots, cells[rows])
+            filled[rows] |= part.filled
+        return cls(frames, err, filled, cells)
+
+    def mean(self) -> FrameMeans:
+        """Per-frame mean over the volumes that contain each frame (frames with ≥ 1 volume)."""
+        count = self.count
+        keep = count > 0
+        T = self.err_slots.shape[1]
+        err_total = np.zeros(int(keep.sum()))
+        cell_total = None if self.cell_slots is None else np.zeros((err_total.size, self.cell_slots.shape[2]))
+        for k in range(T):  # fixed order of addition: the result cannot depend on segmentation
+            err_total += self.err_slots[keep, k]
+            if cell_total is not None:
+                cell_total += self.cell_slots[keep, k]
+        n = count[keep]
+        out = FrameMeans(self.frame_index[keep], err_total / n, n)
+        if cell_total is not None:
+            out.cell_error = cell_total / n[:, None]
+            out.cell_error_max = out.cell_error.max(axis=1)
+        return out
+
+
+def accumulate(starts: np.ndarray, T: int, errs: np.ndarray, cells: np.ndarray | None = None,
+               stride: int = 1) -> FrameSums:
+    """Spread per-volume errors onto frames.
+
+    starts (V,) source frame index of each volume's first frame; errs (V, T) from
+    `frame_errors`; cells (V, T, C) from `cell_errors` or None. Scoring uses stride 1.
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    errs = np.asarray(errs, dtype=np.float64)
+    V = starts.size
+    if errs.shape != (V, T):
+        raise ValueError(f"errs must be (V, T) = ({V}, {T}), got {errs.shape}")
+    if cells is not None:
+        cells = np.asarray(cells, dtype=np.float64)
+        if cells.ndim != 3 or cells.shape[:2] != (V, T):
+            raise ValueError(f"cells must be (V, T, C) with (V, T) = ({V}, {T}), got {cells.shape}")
+    if V == 0:
+        return FrameSums.empty(T, None if cells is None else cells.shape[2])
+    if np.unique(starts).size != V:
+        raise ValueError("duplicate volume starts")
+    slot = np.arange(T)
+    frame_of = starts[:, None] + stride * slot[None, :]          # (V, T)
+    frames, inverse = np.unique(frame_of, return_inverse=True)
+    inverse = inverse.reshape(V, T)
+    slot_of = np.broadcast_to(slot, (V, T))
+    err = np.zeros((frames.size, T))
+    filled = np.zeros((frames.size, T), bool)
+    err[inverse, slot_of] = errs        # distinct starts ⇒ each (frame, slot) written once
+    filled[inverse, slot_of] = True
+    cell_slots = None
+    if cells is not None:
+        cell_slots = np.zeros((frames.size, T, cells.shape[2]))
+        cell_slots[inverse, slot_of] = cells
+    return FrameSums(frames, err, filled, cell_slots)
+
+
+def regularity(e: np.ndarray) -> np.ndarray:
+    """The paper's regularity of one video: s_r = 1 − (e − min e) / max e.
+
+    Divides by max e, as Chong & Tay write it (most public code uses max − min), so s_r
+    lies in [min e / max e, 1]. A constant series gives all ones; when max e = 0 (every error
+    zero, a perfect reconstruction) s_a is taken as 0 and s_r = 1 rather than NaN.
+    """
+    e = np.asarray(e, dtype=np.float64)
+    if e.size == 0:
+        return e.copy()
+    lowest, highest = np.min(e), np.max(e)
+    if not highest > 0:
+        return np.ones_like(e)
+    return 1.0 - (e - lowest) / highest
+
+
+def calibrate(e: np.ndarray, validation: dict, key: str = "frame_error") -> np.ndarray:
+    """Anomaly score (e − μ) / σ with the checkpoint card's validation distribution.
+
+    `validation` is the card's "validation" dict; `key` picks which distribution
+    ("frame_error" for recon_error). One threshold then means the same for every video,
+    unlike the per-video min-max of `regularity`. A missing or degenerate distribution
+    (σ ≤ 0 or not finite) is a bad checkpoint and raises ValueError.
+    """
+    try:
+        stats = validation[key]
+        mean, std = float(stats["mean"]), float(stats["std"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"the checkpoint card has no usable validation[{key!r}] mean/std") from None
+    if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
+        raise ValueError(f"validation[{key!r}] has mean {mean} and std {std}: cannot calibrate")
+    return (np.asarray(e, dtype=np.float64) - mean) / std
+
+
+def calibrate_cell_max(cell_error_max: np.ndarray, validation: dict) -> np.ndarray:
+    """`calibrate` for cell_error_max (the tables keep the raw value; this is for thresholds)."""
+    return calibrate(cell_error_max, validation, key="cell_error_max")

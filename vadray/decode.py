@@ -1,0 +1,229 @@
+"""PyAV decoding: probe a video's frame timeline, decode one segment to grey S×S uint8.
+
+Scaling and grey conversion run in FFmpeg (swscale through a reused `VideoReformatter`),
+never in Python loops; decoding is threaded. A segment task holds only its own frames, so
+memory is bounded by the segment, not by the video.
+
+Frame indices are positions in presentation order, taken from the packet timestamps that
+`probe` collects by demuxing (no decoding). That makes indices and `time_s` exact for
+variable frame rate video and lets a segment start anywhere by seeking.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import av
+import numpy as np
+from av.video.reformatter import Interpolation, VideoReformatter
+
+from vadray import storage
+
+
+class InputError(Exception):
+    """An input that cannot be (fully) processed: becomes an `errors` row, never a crash."""
+
+    def __init__(self, error_type: str, message: str):
+        super().__init__(message)
+        self.error_type = error_type
+
+
+@dataclass
+class Timeline:
+    """Presentation timestamps of every frame of a video, in stream ticks."""
+
+    pts: np.ndarray              # (N,) int64, sorted
+    time_base: float             # seconds per tick
+    start_pts: int               # time 0
+    fps: float
+    width: int
+    height: int
+    codec: str
+    warning: str = ""            # set when the stream ended early (e.g. truncated file)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.pts.shape[0])
+
+    def time_s(self, first: int = 0, last: int | None = None) -> np.ndarray:
+        return (self.pts[first:last] - self.start_pts).astype(np.float64) * self.time_base
+
+
+@dataclass
+class DecodedFrames:
+    frame_index: np.ndarray      # (n,) int64 source frame indices, increasing
+    time_s: np.ndarray           # (n,) float64
+    frames: np.ndarray           # (n, S, S) uint8 grey
+    missing: list[tuple[int, int]] = field(default_factory=list)  # [first, last) runs not decoded
+    error: str = ""
+
+
+def _open(uri: str, storage_options: dict[str, Any] | None):
+    fs, path = storage.url_to_fs(uri, storage_options)
+    return fs.open(path, "rb")
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if not head:
+        return False
+    printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in head)
+    return printable / len(head) > 0.95
+
+
+def _video_stream(container) -> Any:
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["no"]
+        raise InputError("no_video_stream", f"the file has {'/'.join(kinds)} streams but no video stream")
+    return container.streams.video[0]
+
+
+def _open_container(handle, uri: str):
+    head = handle.read(512)
+    handle.seek(0)
+    if not head:
+        raise InputError("empty", "the file is empty (0 bytes)")
+    try:
+        return av.open(handle, mode="r")
+    except av.error.FFmpegError as exc:
+        if _looks_like_text(head):
+            raise InputError("not_video", "the file is text, not a video container") from None
+        raise InputError("corrupt", f"not a readable video container (corrupt, truncated or not a "
+                                    f"video): {exc}") from None
+
+
+def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None = None) -> Timeline:
+    """Collect every frame's pts by demuxing (no decode). Raises InputError for bad input."""
+    with _open(uri, storage_options) as handle:
+        with _open_container(handle, uri) as container:
+            stream = _video_stream(container)
+            ticks: list[int] = []
+            warning = ""
+            try:
+                for packet in container.demux(stream):
+                    ts = packet.pts if packet.pts is not None else packet.dts
+                    if ts is not None and packet.size > 0:
+                        ticks.append(int(ts))
+            except av.error.FFmpegError as exc:
+                warning = f"stream ended early after {len(ticks)} frames: {exc}"
+            ctx = stream.codec_context
+            time_base = float(stream.time_base) if stream.time_base else 1.0 / 25
+            rate = stream.average_rate or stream.guessed_rate
+            fps = float(rate) if rate else 0.0
+            width, height, codec = int(ctx.width or 0), int(ctx.height or 0), ctx.name
+    pts = np.unique(np.asarray(ticks, dtype=np.int64))  # presentation order; drops duplicate ts
+    if pts.shape[0] < min_frames:
+        raise InputError("too_short", f"only {pts.shape[0]} frames; a volume needs {min_frames}"
+                         + (f" ({warning})" if warning else ""))
+    if fps <= 0 and pts.shape[0] > 1:
+        fps = (pts.shape[0] - 1) / max((pts[-1] - pts[0]) * time_base, 1e-9)
+    return Timeline(pts, time_base, int(pts[0]), fps, width, height, codec, warning)
+
+
+def frame_folder_timeline(num_frames: int, fps: float, min_frames: int = 10) -> Timeline:
+    """A folder of still frames has no timestamps: frame i is at i / fps."""
+    if num_frames < min_frames:
+        raise InputError("too_short", f"only {num_frames} frames; a volume needs {min_frames}")
+    return Timeline(np.arange(num_frames, dtype=np.int64), 1.0 / fps, 0, fps, 0, 0, "frames")
+
+
+class GreyScaler:
+    """uint8 grey S×S from any pixel format or size (10-bit, alpha, RGB, mid-stream changes)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._reformatter = VideoReformatter()
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        grey = self._reformatter.reformat(frame, width=self.size, height=self.size, format="gray",
+                                          interpolation=Interpolation.AREA)
+        return grey.to_ndarray()
+
+
+def _decode_frames(container, stream, first_pts: int | None) -> Iterator[av.VideoFrame]:
+    if first_pts is not None:
+        container.seek(int(first_pts), stream=stream, backward=True, any_frame=False)
+    yield from container.decode(stream)
+
+
+def decode_segment(uri: str, timeline: Timeline, first: int, last: int, size: int,
+                   storage_options: dict[str, Any] | None = None) -> DecodedFrames:
+    """Decode frames [first, last) of a video file to (n, S, S) uint8 grey.
+
+    Seeks to the keyframe before `first`; if the container seeks past it (some AVI/WebM
+    indexes are coarse) it decodes from the start instead. Frames that fail to decode are
+    reported in `missing`/`error`, the rest are returned: nothing decodable is lost.
+    """
+    want = timeline.pts[first:last]
+    scaler = GreyScaler(size)
+    out: dict[int, np.ndarray] = {}
+    error = ""
+    for attempt_seek in ((first > 0), False):
+        out.clear()
+        try:
+            with _open(uri, storage_options) as handle, av.open(handle, mode="r") as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                for frame in _decode_frames(container, stream, want[0] if attempt_seek else None):
+                    ts = frame.pts if frame.pts is not None else frame.dts
+                    if ts is None:
+                        continue
+                    if ts > want[-1]:
+                        break
+                    pos = int(np.searchsorted(want, ts))
+                    if pos < len(want) and want[pos] == ts:
+                        out[first + pos] = scaler(frame)
+            error = ""
+        except av.error.FFmpegError as exc:
+            error = f"decoding stopped: {exc}"
+        if not attempt_seek or first in out or error:
+            break  # no seek used, or the seek landed at or before `first`: done
+    return _collect(out, timeline, first, last, size, error)
+
+
+def decode_frame_files(uris: list[str], timeline: Timeline, first: int, last: int, size: int,
+                       storage_options: dict[str, Any] | None = None) -> DecodedFrames:
+    """Decode still frames [first, last) of a frame-folder clip (UCSD-style .tif/.png/.jpg)."""
+    scaler = GreyScaler(size)
+    out: dict[int, np.ndarray] = {}
+    errors = []
+    for index in range(first, last):
+        try:
+            with _open(uris[index], storage_options) as handle, av.open(handle, mode="r") as container:
+                frame = next(container.decode(video=0))
+                out[index] = scaler(frame)
+        except (av.error.FFmpegError, StopIteration, OSError) as exc:
+            errors.append(f"{uris[index]}: {exc or 'no image'}")
+    error = "; ".join(errors[:3]) + (f" (+{len(errors) - 3} more)" if len(errors) > 3 else "")
+    return _collect(out, timeline, first, last, size, error)
+
+
+def _collect(out: dict[int, np.ndarray], timeline: Timeline, first: int, last: int, size: int,
+             error: str) -> DecodedFrames:
+    index = np.array(sorted(out), dtype=np.int64)
+    frames = np.stack([out[i] for i in index]) if len(index) else np.zeros((0, size, size), np.uint8)
+    expected = np.arange(first, last, dtype=np.int64)
+    missing_mask = ~np.isin(expected, index)
+    missing = _runs(expected[missing_mask])
+    if missing and not error:
+        error = "frames could not be decoded"
+    times = (timeline.pts[index] - timeline.start_pts).astype(np.float64) * timeline.time_base
+    return DecodedFrames(index, times, frames, missing, error)
+
+
+def _runs(indices: np.ndarray) -> list[tuple[int, int]]:
+    """[3,4,5,9] → [(3,6), (9,10)]."""
+    if indices.size == 0:
+        return []
+    breaks = np.nonzero(np.diff(indices) != 1)[0]
+    starts = np.concatenate([[indices[0]], indices[breaks + 1]])
+    ends = np.concatenate([indices[breaks], [indices[-1]]]) + 1
+    return [(int(a), int(b)) for a, b in zip(starts, ends)]
+
+
+def contiguous_runs(frame_index: np.ndarray) -> list[tuple[int, int]]:
+    """Positions [a, b) in `frame_index` where indices are consecutive."""
+    if frame_index.size == 0:
+        return []
+    breaks = np.nonzero(np.diff(frame_index) != 1)[0] + 1
+    bounds = np.concatenate([[0], breaks, [frame_index.size]])
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]

@@ -1,0 +1,304 @@
+"""vadray ingest SOURCE OUTPUT: decode a video archive into Parquet clip shards + statistics.
+
+SOURCE is a folder or prefix (local path, file://, s3://) of videos (.mp4 .avi .mkv .mov .webm
+.m4v .ts, recursive), one video file, or folders of still frames (.tif .jpg .png, one folder
+per clip, as UCSD distributes its data). Writes, under OUTPUT:
+  clips/   Parquet shards, one row per contiguous chunk of grey SIZE×SIZE frames of a video
+  stats/   normalisation statistics of the ingested footage (mean image, global std)
+  errors/  one row per input (or segment) that failed, with the reason
+Ray Data does the work in two stages: probe every input in parallel (demux only, to learn
+each video's frame timeline) and cut it into segments; then decode the segments in parallel,
+each task holding one segment, and write the shards. Rerunning into the same OUTPUT replaces
+the previous result of each input. Exit status: 0 all inputs ok, 3 some failed, 2 bad
+arguments or unreachable SOURCE.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from vadray import storage
+from vadray.decode import (InputError, Timeline, contiguous_runs, decode_frame_files,
+                           decode_segment, frame_folder_timeline, probe)
+from vadray.errors import error_row, read_errors, safe_key, write_errors
+from vadray.exits import EXIT_OK, EXIT_PARTIAL, UsageError
+from vadray.listing import VideoRef, list_videos
+from vadray.preprocess import NormStats, PartialSums
+from vadray.segments import plan_segments
+
+log = logging.getLogger("vadray.ingest")
+
+CHUNK_FRAMES = 32  # frames per clips row: ~1.6 MB at 227×227, a good unit for streaming reads
+T_MIN_FRAMES = 10  # a video shorter than one volume cannot be used
+
+CLIPS_SCHEMA = pa.schema([
+    ("video_id", pa.string()),
+    ("camera", pa.string()),
+    ("source_uri", pa.string()),
+    ("start_frame", pa.int64()),
+    ("num_frames", pa.int32()),
+    ("time_s", pa.list_(pa.float64())),
+    ("fps", pa.float64()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("size", pa.int32()),
+    ("frames", pa.binary()),
+    ("video_key", pa.string()),
+])
+
+
+@dataclass
+class IngestSummary:
+    videos: int = 0
+    videos_failed: int = 0
+    segments: int = 0
+    frames: int = 0
+    failures: int = 0
+    seconds: float = 0.0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds else 0.0
+
+    def line(self) -> str:
+        return (f"ingest: {self.videos} videos ({self.videos_failed} failed), {self.segments} segments, "
+                f"{self.frames} frames, {self.failures} error rows, {self.seconds:.1f} s, "
+                f"{self.fps:.1f} frames/s")
+
+
+class ProbeAndPlan:
+    """Ray Data stage 1: one input → its segments (rows), or an errors file."""
+
+    def __init__(self, output: str, camera: str, segment_seconds: float, frame_fps: float,
+                 storage_options: dict[str, Any]):
+        self.errors_uri = storage.join(output, "errors")
+        self.camera, self.segment_seconds, self.frame_fps = camera, segment_seconds, frame_fps
+        self.storage_options = storage_options
+
+    def __call__(self, ref_row: dict[str, Any]) -> list[dict[str, Any]]:
+        ref = VideoRef(**ref_row)
+        key = safe_key(ref.video_id)
+        try:
+            if ref.is_frame_folder:
+                timeline = frame_folder_timeline(len(ref.frame_uris), self.frame_fps, T_MIN_FRAMES)
+            else:
+                timeline = probe(ref.uri, T_MIN_FRAMES, self.storage_options)
+        except InputError as exc:
+            self._error(ref, key, "probe", exc.error_type, str(exc))
+            return []
+        except Exception as exc:  # an unexpected failure is still one input's failure
+            self._error(ref, key, "probe", type(exc).__name__, str(exc))
+            return []
+        if timeline.warning:
+            self._error(ref, key, "probe", "truncated", timeline.warning)
+        segments = plan_segments(timeline.num_frames, timeline.fps, self.segment_seconds, overlap=0)
+        return [{
+            "video_id": ref.video_id, "video_key": key, "camera": self.camera, "uri": ref.uri,
+            "segment": seg.index, "first": seg.first, "last": seg.last,
+            "pts": timeline.pts[seg.first:seg.last].tolist(), "time_base": timeline.time_base,
+            "start_pts": timeline.start_pts, "fps": timeline.fps,
+            "width": timeline.width, "height": timeline.height, "codec": timeline.codec,
+            "frame_uris": ref.frame_uris[seg.first:seg.last],
+        } for seg in segments]
+
+    def _error(self, ref: VideoRef, key: str, stage: str, kind: str, message: str) -> None:
+        write_errors([error_row(ref.video_id, ref.uri, stage, kind, message)], self.errors_uri,
+                     f"{key}-{stage}", self.storage_options)
+
+
+class DecodeSegment:
+    """Ray Data stage 2: one segment → clips rows (contiguous chunks of grey frames)."""
+
+    def __init__(self, output: str, size: int, storage_options: dict[str, Any]):
+        self.errors_uri = storage.join(output, "errors")
+        self.size, self.storage_options = size, storage_options
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        tables = [self._segment(row) for row in batch.to_pylist()]
+        return pa.concat_tables(tables) if tables else CLIPS_SCHEMA.empty_table()
+
+    def _segment(self, seg: dict[str, Any]) -> pa.Table:
+        first, last = seg["first"], seg["last"]
+        # A timeline holding only this segment's frames; indices shift back by `first`.
+        timeline = Timeline(np.asarray(seg["pts"], np.int64), seg["time_base"], seg["start_pts"],
+                            seg["fps"], seg["width"], seg["height"], seg["codec"])
+        try:
+            if seg["frame_uris"]:
+                decoded = decode_frame_files(seg["frame_uris"], timeline, 0, last - first, self.size,
+                                             self.storage_options)
+            else:
+                decoded = decode_segment(seg["uri"], timeline, 0, last - first, self.size,
+                                         self.storage_options)
+        except Exception as exc:  # a segment's failure is reported, the job goes on
+            self._error(seg, type(exc).__name__, f"frames {first}-{last - 1}: {exc}")
+            return CLIPS_SCHEMA.empty_table()
+        if decoded.error:
+            lost = ", ".join(f"{a + first}-{b + first - 1}" for a, b in decoded.missing) or "none"
+            self._error(seg, "decode_failed", f"{decoded.error}; frames not decoded: {lost}")
+        rows = []
+        frame_index = decoded.frame_index + first
+        for a, b in contiguous_runs(frame_index):
+            for c in range(a, b, CHUNK_FRAMES):
+                d = min(c + CHUNK_FRAMES, b)
+                rows.append({
+                    "video_id": seg["video_id"], "camera": seg["camera"], "source_uri": seg["uri"],
+                    "start_frame": int(frame_index[c]), "num_frames": d - c,
+                    "time_s": decoded.time_s[c:d].tolist(), "fps": seg["fps"],
+                    "width": seg["width"], "height": seg["height"], "size": self.size,
+                    "frames": decoded.frames[c:d].tobytes(), "video_key": seg["video_key"],
+                })
+        return pa.Table.from_pylist(rows, schema=CLIPS_SCHEMA)
+
+    def _error(self, seg: dict[str, Any], kind: str, message: str) -> None:
+        write_errors([error_row(seg["video_id"], seg["uri"], "decode", kind, message)], self.errors_uri,
+                     f"{seg['video_key']}-seg{seg['segment']:05d}", self.storage_options)
+
+
+def _partial_sums(batch: pa.Table) -> dict[str, np.ndarray]:
+    """Stats stage: a block of clips rows → one row of additive sums (no frames leave the task)."""
+    size = int(batch.column("size")[0].as_py())
+    total = PartialSums(0, np.zeros((size, size)), np.zeros((size, size)))
+    counts: dict[str, int] = {}
+    for blob, n, key in zip(batch.column("frames").to_pylist(), batch.column("num_frames").to_pylist(),
+                            batch.column("video_key").to_pylist()):
+        total = total + PartialSums.of(np.frombuffer(blob, np.uint8).reshape(n, size, size))
+        counts[key] = counts.get(key, 0) + n
+    return {"count": np.array([total.count]), "size": np.array([size]),
+            "sum_image": np.array([total.sum_image.tobytes()], dtype=object),
+            "sumsq_image": np.array([total.sumsq_image.tobytes()], dtype=object),
+            "frames_per_video": np.array([json.dumps(counts)], dtype=object)}
+
+
+def compute_stats(clips_uri: str, storage_options: dict[str, Any]) -> tuple[NormStats, dict[str, int]]:
+    """Distributed reduction over all clips in clips_uri: tasks sum, the driver adds the sums."""
+    import ray
+
+    fs, path = storage.pyarrow_fs(clips_uri, storage_options)
+    ds = ray.data.read_parquet(path, filesystem=fs, columns=["frames", "num_frames", "size", "video_key"])
+    total: PartialSums | None = None
+    frames_per_video: dict[str, int] = {}
+    for row in ds.map_batches(_partial_sums, batch_size=None, batch_format="pyarrow").iter_rows():
+        size = int(row["size"])
+        part = PartialSums(int(row["count"]), np.frombuffer(row["sum_image"]).reshape(size, size),
+                           np.frombuffer(row["sumsq_image"]).reshape(size, size))
+        total = part if total is None else total + part
+        for key, n in json.loads(row["frames_per_video"]).items():
+            frames_per_video[key] = frames_per_video.get(key, 0) + n
+    if total is None:
+        raise ValueError(f"no frames under {clips_uri}")
+    return NormStats.from_sums(total), frames_per_video
+
+
+def write_stats(output: str, stats: NormStats, extra: dict[str, Any], storage_options: dict[str, Any]) -> None:
+    fs, path = storage.url_to_fs(storage.join(output, "stats"), storage_options)
+    fs.makedirs(path, exist_ok=True)
+    with fs.open(f"{path}/stats.json", "w") as f:
+        json.dump({**stats.to_dict(), **extra}, f)
+    with fs.open(f"{path}/mean_image.npy", "wb") as f:
+        np.save(f, stats.mean_image, allow_pickle=False)
+
+
+def read_stats(output: str, storage_options: dict[str, Any] | None = None) -> NormStats:
+    fs, path = storage.url_to_fs(storage.join(output, "stats", "stats.json"), storage_options)
+    with fs.open(path, "r") as f:
+        return NormStats.from_dict(json.load(f))
+
+
+def _clear_previous(output: str, refs: list[VideoRef], storage_options: dict[str, Any]) -> None:
+    """Idempotent reruns: an input's old shards and error rows go before its new ones arrive."""
+    fs, root = storage.url_to_fs(output, storage_options)
+    for ref in refs:
+        key = safe_key(ref.video_id)
+        stale = [f"{root}/clips/video_key={key}"] + fs.glob(f"{root}/errors/{key}-*.parquet")
+        for path in stale:
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
+
+
+def run_ingest(source: str, output: str, *, camera: str = "default", size: int = 227,
+               segment_seconds: float = 60.0, frame_fps: float = 10.0,
+               storage_options: dict[str, Any] | None = None) -> IngestSummary:
+    """The ingest job as a function (the CLI, jobs/ingest.py and the tests call this)."""
+    import ray
+
+    from vadray.raylib import ensure_ray
+
+    storage_options = storage_options or {}
+    if size < 8:
+        raise UsageError("--size must be at least 8 pixels")
+    if segment_seconds <= 0:
+        raise UsageError("--segment-seconds must be positive")
+    started = time.perf_counter()
+    refs = list_videos(source, storage_options)
+    if not refs:
+        raise UsageError(f"no videos ({', '.join(('mp4', 'avi', 'mkv', 'mov', 'webm', 'm4v', 'ts'))}) "
+                         f"or frame folders found under {source!r}")
+    ensure_ray()
+    log.info("ingesting %d videos from %s into %s", len(refs), source, output)
+    _clear_previous(output, refs, storage_options)
+
+    probe_stage = ProbeAndPlan(output, camera, segment_seconds, frame_fps, storage_options)
+    segments = (ray.data.from_items([r.to_dict() for r in refs], override_num_blocks=min(len(refs), 512))
+                .flat_map(probe_stage).take_all())
+    log.info("decoding %d segments", len(segments))
+    clips_uri = storage.join(output, "clips")
+    if segments:
+        fs, clips_path = storage.pyarrow_fs(clips_uri, storage_options)
+        (ray.data.from_items(segments, override_num_blocks=len(segments))
+         .map_batches(DecodeSegment(output, size, storage_options), batch_size=1, batch_format="pyarrow")
+         .write_parquet(clips_path, filesystem=fs, partition_cols=["video_key"], compression="zstd",
+                        row_group_size=CHUNK_FRAMES // 4))
+
+    run_ids = {r.video_id for r in refs}
+    errors = [e for e in read_errors(storage.join(output, "errors"), storage_options).to_pylist()
+              if e["video_id"] in run_ids]
+    summary = IngestSummary(videos=len(refs), segments=len(segments), errors=errors, failures=len(errors))
+    try:
+        stats, frames_per_video = compute_stats(clips_uri, storage_options)
+    except (ValueError, FileNotFoundError):
+        frames_per_video = {}
+    else:
+        write_stats(output, stats, {"videos": len(frames_per_video), "source": source}, storage_options)
+    summary.frames = sum(frames_per_video.get(safe_key(v), 0) for v in run_ids)
+    summary.videos_failed = len({e["video_id"] for e in errors})
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="folder, prefix or file: /data/cam3, file:///data, s3://bucket/prefix")
+    parser.add_argument("output", help="where clips/, stats/ and errors/ go (local path or s3://)")
+    parser.add_argument("--camera", default="default", help="camera name stored with every clip")
+    parser.add_argument("--size", type=int, default=227,
+                        help="frames are resized to SIZE×SIZE grey (default 227, the paper's; the "
+                             "models need 11+8k, k≥2: 27, 35, 59, 115, 227)")
+    parser.add_argument("--segment-seconds", type=float, default=60.0,
+                        help="a long video is decoded by many tasks, one per segment of this many "
+                             "seconds (default 60); a task holds at most one segment in memory")
+    parser.add_argument("--frame-fps", type=float, default=10.0,
+                        help="frame rate assumed for folders of still frames (default 10, UCSD's)")
+    parser.add_argument("--storage-options", default=None,
+                        help="JSON dict for fsspec/s3fs, e.g. '{\"endpoint_url\": \"http://minio:9000\"}'; "
+                             "credentials also come from the standard AWS_* environment variables")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        storage_options = storage.parse_storage_options(args.storage_options)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    summary = run_ingest(args.source, args.output, camera=args.camera, size=args.size,
+                         segment_seconds=args.segment_seconds, frame_fps=args.frame_fps,
+                         storage_options=storage_options)
+    for e in summary.errors:
+        print(f"  failed: {e['source_uri']} [{e['stage']}/{e['error_type']}] {e['message']}")
+    print(summary.line())
+    return EXIT_PARTIAL if summary.failures else EXIT_OK

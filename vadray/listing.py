@@ -1,0 +1,100 @@
+"""SOURCE (folder, prefix, single file; local or s3://) → the videos in it, with stable ids.
+
+`video_id` is the path relative to SOURCE without extension: it is the join key for labels
+and the identity that resume and idempotent reruns are keyed by. A frame-folder clip (a
+folder of .tif/.jpg/.png frames, as UCSD distributes its data) is one video whose id is
+the folder's relative path.
+"""
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from vadray import storage
+from vadray.exits import UsageError
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".ts")
+FRAME_EXTENSIONS = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
+
+
+@dataclass
+class VideoRef:
+    """One input: a video file, or a folder of frames (`frame_uris` set)."""
+
+    video_id: str
+    uri: str
+    size: int = 0                 # bytes (sum of frames for a frame folder)
+    etag: str = ""                # object-store ETag where there is one
+    mtime: str = ""               # modification time as text
+    frame_uris: list[str] = field(default_factory=list)
+
+    @property
+    def is_frame_folder(self) -> bool:
+        return bool(self.frame_uris)
+
+    def identity(self) -> str:
+        """What makes this input 'the same file' for resume: URI, size and ETag/mtime."""
+        return f"{self.uri}|{self.size}|{self.etag or self.mtime}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _natural_key(name: str) -> list:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def _ext(name: str) -> str:
+    return posixpath.splitext(name)[1].lower()
+
+
+def _meta(info: dict[str, Any]) -> tuple[int, str, str]:
+    etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+    mtime = info.get("LastModified") or info.get("mtime") or info.get("last_modified") or ""
+    return int(info.get("size") or 0), etag, str(mtime)
+
+
+def list_videos(source: str, storage_options: dict[str, Any] | None = None) -> list[VideoRef]:
+    """All videos under SOURCE, sorted by id. Raises UsageError when SOURCE is unreachable."""
+    try:
+        fs, root = storage.url_to_fs(source, storage_options)
+        if not fs.exists(root):
+            raise UsageError(f"SOURCE {source!r} does not exist or is not reachable")
+        if fs.isfile(root):
+            size, etag, mtime = _meta(fs.info(root))
+            name = posixpath.splitext(posixpath.basename(root))[0]
+            return [VideoRef(name, storage.to_uri(fs, root), size, etag, mtime)]
+        found = fs.find(root, detail=True)
+    except UsageError:
+        raise
+    except Exception as exc:  # credentials, endpoint, permissions: say which, never the secrets
+        raise UsageError(f"cannot list SOURCE {source!r}: {type(exc).__name__}: {exc}") from None
+
+    root = root.rstrip("/")
+    videos: list[VideoRef] = []
+    frame_folders: dict[str, list[tuple[str, dict]]] = {}
+    for path, info in found.items():
+        if info.get("type") == "directory":
+            continue
+        rel = path[len(root):].lstrip("/") if path.startswith(root) else posixpath.basename(path)
+        ext = _ext(rel)
+        if ext in VIDEO_EXTENSIONS:
+            size, etag, mtime = _meta(info)
+            videos.append(VideoRef(rel[: -len(ext)], storage.to_uri(fs, path), size, etag, mtime))
+        elif ext in FRAME_EXTENSIONS:
+            frame_folders.setdefault(posixpath.dirname(rel), []).append((path, info))
+    for folder, files in frame_folders.items():
+        files.sort(key=lambda item: _natural_key(posixpath.basename(item[0])))
+        metas = [_meta(info) for _, info in files]
+        folder_uri = storage.to_uri(fs, posixpath.join(root, folder) if folder else root)
+        videos.append(VideoRef(
+            video_id=folder or posixpath.basename(root),
+            uri=folder_uri,
+            size=sum(m[0] for m in metas),
+            etag=str(len(files)),
+            mtime=max((m[2] for m in metas), default=""),
+            frame_uris=[storage.to_uri(fs, p) for p, _ in files],
+        ))
+    return sorted(videos, key=lambda v: v.video_id)

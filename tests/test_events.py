@@ -1,0 +1,147 @@
+"""Persistence1D and event grouping against hand-made series."""
+import numpy as np
+import pytest
+
+from vadray.events import EVENTS_SCHEMA, detect_events, persistence_pairs
+
+
+def _pairs(values):
+    p = persistence_pairs(np.array(values, dtype=float))
+    return list(zip(p.min_index.tolist(), p.max_index.tolist(), p.persistence.tolist()))
+
+
+def test_three_minima_paired_by_elder_rule():
+    # minima at 1 (1), 3 (0, global), 5 (2); maxima 4 at index 2 and 5 at index 4
+    assert _pairs([3, 1, 4, 0, 5, 2, 6]) == [(1, 2, 3.0), (3, 6, 6.0), (5, 4, 3.0)]
+
+
+def test_plateaus_give_one_minimum_at_their_first_sample():
+    assert _pairs([2, 0, 0, 0, 2, 1, 1, 3]) == [(1, 7, 3.0), (5, 4, 1.0)]
+
+
+def test_equal_minima_the_later_one_dies():
+    assert _pairs([1, 0, 1, 0, 1]) == [(1, 4, 1.0), (3, 2, 1.0)]
+
+
+def test_minima_at_the_ends():
+    assert _pairs([0, 2, 1, 3]) == [(0, 3, 3.0), (2, 1, 1.0)]
+    assert _pairs([3, 1, 2, 0]) == [(1, 2, 1.0), (3, 0, 3.0)]
+
+
+def test_monotone_and_constant_series():
+    assert _pairs([0, 1, 2, 5]) == [(0, 3, 5.0)]
+    assert _pairs([5, 2, 1, 0]) == [(3, 0, 5.0)]
+    assert _pairs([4, 4, 4]) == [(0, 2, 0.0)]   # ties: the last sample ranks highest
+    assert _pairs([7]) == [(0, 0, 0.0)]
+    assert _pairs([]) == []
+    with pytest.raises(ValueError):
+        persistence_pairs(np.array([1.0, np.nan]))
+
+
+def _brute_force(values):
+    """Textbook 1-D rule: a local minimum dies at the lower of the highest points on the way to
+    a lower sample (by value, then index) on either side; the global minimum at the range."""
+    v = np.asarray(values, float)
+    n = v.size
+    key = [(v[i], i) for i in range(n)]
+    out = {}
+    for m in range(n):
+        if (m > 0 and key[m - 1] < key[m]) or (m + 1 < n and key[m + 1] < key[m]):
+            continue                                    # not a local minimum
+        deaths = []
+        for step in (-1, 1):
+            j, highest = m + step, -np.inf
+            while 0 <= j < n and not key[j] < key[m]:
+                highest = max(highest, v[j])
+                j += step
+            if 0 <= j < n:
+                deaths.append(max(highest, v[j]))
+        out[m] = (min(deaths) if deaths else v.max()) - v[m]
+    return out
+
+
+def test_matches_brute_force_on_random_series_with_ties():
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        values = rng.integers(0, 5, size=rng.integers(1, 25))
+        p = persistence_pairs(values)
+        assert dict(zip(p.min_index.tolist(), p.persistence.tolist())) == _brute_force(values)
+
+
+def _dip(s, centre, depth, half_width):
+    """A V-shaped dip: s drops linearly to 1 - depth at `centre`."""
+    for k in range(-half_width, half_width + 1):
+        s[centre + k] = min(s[centre + k], 1 - depth * (1 - abs(k) / half_width))
+
+
+def test_dips_within_window_are_one_event():
+    s = np.ones(300)
+    _dip(s, 100, 0.6, 10)
+    _dip(s, 130, 0.4, 10)
+    _dip(s, 250, 0.5, 10)
+    events = detect_events(s, persistence_threshold=0.2, window=50)
+    assert [e["peak_frame"] for e in events] == [100, 250]
+    first, second = events
+    assert first["min_regularity"] == pytest.approx(0.4)
+    assert first["persistence"] == pytest.approx(0.6)   # the global minimum: the range
+    # half depth of the dip at 100: level 0.7, s < 0.7 for |k| < 5 → frames 96..104;
+    # the dip at 130 (depth 0.4, level 0.8): |k| < 5 → frames 126..134; the group spans both
+    assert (first["start_frame"], first["end_frame"]) == (96, 134)
+    assert (second["start_frame"], second["end_frame"]) == (246, 254)
+    assert [e["event_id"] for e in events] == [0, 1]
+    assert set(first) <= set(EVENTS_SCHEMA.names)
+
+
+def test_dips_outside_window_are_separate_events():
+    s = np.ones(300)
+    _dip(s, 100, 0.6, 10)
+    _dip(s, 130, 0.4, 10)
+    events = detect_events(s, persistence_threshold=0.2, window=20)
+    assert [(e["start_frame"], e["peak_frame"], e["end_frame"]) for e in events] == [
+        (96, 100, 104), (126, 130, 134)]
+
+
+def test_small_wiggles_below_threshold_are_ignored():
+    s = 1 - 0.01 * (np.arange(200) % 2)    # persistence 0.01 everywhere
+    _dip(s, 150, 0.5, 8)
+    events = detect_events(s, persistence_threshold=0.1)
+    assert len(events) == 1 and events[0]["peak_frame"] == 150
+
+
+def test_minimum_at_first_and_last_frame():
+    rising = np.array([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
+    (event,) = detect_events(rising, persistence_threshold=0.1)
+    # range 0.75 → level 0.625: frames 0 and 1 lie below it
+    assert (event["start_frame"], event["peak_frame"], event["end_frame"]) == (0, 0, 1)
+    (event,) = detect_events(rising[::-1].copy(), persistence_threshold=0.1)
+    assert (event["start_frame"], event["peak_frame"], event["end_frame"]) == (4, 5, 5)
+
+
+def test_constant_and_monotone_series():
+    assert detect_events(np.ones(100)) == []
+    falling = np.linspace(1.0, 0.5, 100)
+    (event,) = detect_events(falling, persistence_threshold=0.1)
+    assert event["peak_frame"] == 99 and event["persistence"] == pytest.approx(0.5)
+
+
+def test_plateau_minimum_spans_the_plateau():
+    s = np.ones(40)
+    s[10:20] = 0.3
+    (event,) = detect_events(s, persistence_threshold=0.1)
+    assert (event["start_frame"], event["peak_frame"], event["end_frame"]) == (10, 10, 19)
+
+
+def test_frame_index_times_and_anomaly_score():
+    s = np.ones(100)
+    _dip(s, 60, 0.5, 10)
+    frames = np.arange(100) + 5000
+    times = frames / 25.0
+    score = (1 - s) * 10
+    (event,) = detect_events(s, times, frame_index=frames, anomaly_score=score, persistence_threshold=0.1)
+    assert event["peak_frame"] == 5060 and event["peak_time_s"] == pytest.approx(5060 / 25)
+    assert event["start_time_s"] == pytest.approx(event["start_frame"] / 25)
+    assert event["max_anomaly_score"] == pytest.approx(5.0)
+    # the event lasts 9 frames = 0.32 s: a 1 s minimum duration drops it
+    assert detect_events(s, times, frame_index=frames, persistence_threshold=0.1, min_duration_s=1.0) == []
+    no_times = detect_events(s, persistence_threshold=0.1)[0]
+    assert np.isnan(no_times["peak_time_s"]) and np.isnan(no_times["max_anomaly_score"])

@@ -1,0 +1,123 @@
+"""Evaluation metrics: frame-level ROC AUC (micro, macro) and EER; event-level counts.
+
+Scores are "higher = more anomalous" (pass 1 − regularity for the regularity column).
+A metric that is undefined (one class only, no frames) is NaN, never an exception, so a
+report over many videos still comes out.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+
+def _both_classes(labels: np.ndarray) -> bool:
+    return labels.size > 0 and labels.min() != labels.max()
+
+
+def frame_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC of scores (N,) against 0/1 labels (N,); NaN when only one class is present."""
+    labels = np.asarray(labels).astype(np.int8)
+    if not _both_classes(labels):
+        return float("nan")
+    return float(roc_auc_score(labels, np.asarray(scores, np.float64)))
+
+
+def equal_error_rate(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """(EER, threshold): the rate where FPR = FNR, linearly interpolated on the ROC curve.
+
+    FPR − FNR rises along the ROC curve; the EER lies on the segment where it changes sign.
+    The threshold is interpolated the same way (the end point's threshold when the
+    neighbouring one is sklearn's +inf). NaN, NaN when only one class is present.
+    """
+    labels = np.asarray(labels).astype(np.int8)
+    if not _both_classes(labels):
+        return float("nan"), float("nan")
+    fpr, tpr, thresholds = roc_curve(labels, np.asarray(scores, np.float64))
+    fnr = 1.0 - tpr
+    gap = fpr - fnr                                  # (P,) non-decreasing, −1 … +1
+    i = int(np.argmax(gap >= 0))                     # first point at or past the crossing
+    if gap[i] == 0 or i == 0:
+        return float(fpr[i]), float(thresholds[i])
+    w = gap[i - 1] / (gap[i - 1] - gap[i])           # fraction of the segment (i−1 → i)
+    rate = fpr[i - 1] + w * (fpr[i] - fpr[i - 1])
+    lo, hi = thresholds[i - 1], thresholds[i]
+    threshold = hi if not np.isfinite(lo) else lo + w * (hi - lo)
+    return float(rate), float(threshold)
+
+
+def frame_metrics(video_ids: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> dict:
+    """AUC over all frames pooled (micro), mean of per-video AUCs (macro), EER.
+
+    Macro averages only the videos that have both normal and anomalous frames.
+    """
+    video_ids = np.asarray(video_ids)
+    labels = np.asarray(labels).astype(np.int8)
+    scores = np.asarray(scores, np.float64)
+    per_video = {}
+    for video in np.unique(video_ids):
+        mask = video_ids == video
+        per_video[str(video)] = frame_auc(labels[mask], scores[mask])
+    defined = [v for v in per_video.values() if np.isfinite(v)]
+    rate, threshold = equal_error_rate(labels, scores)
+    return {
+        "auc": frame_auc(labels, scores),
+        "auc_macro": float(np.mean(defined)) if defined else float("nan"),
+        "eer": rate,
+        "eer_threshold": threshold,
+        "frames": int(labels.size),
+        "anomalous_frames": int(labels.sum()),
+        "videos": len(per_video),
+        "videos_in_macro": len(defined),
+        "auc_per_video": per_video,
+    }
+
+
+def label_runs(frame_index: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Ground-truth events of one video: runs of label 1 over consecutive frames → (K, 2).
+
+    Rows are [first, last] frame indices, inclusive; a gap in frame indices ends a run.
+    """
+    frame_index = np.asarray(frame_index, np.int64)
+    order = np.argsort(frame_index, kind="stable")
+    frames = frame_index[order]
+    positive = np.asarray(labels)[order].astype(bool)
+    if not positive.any():
+        return np.zeros((0, 2), np.int64)
+    # a run starts at a positive frame whose predecessor is not a positive, consecutive frame
+    continues = np.zeros(frames.size, bool)
+    continues[1:] = positive[:-1] & (np.diff(frames) == 1)
+    starts = np.flatnonzero(positive & ~continues)
+    ends_mask = np.zeros(frames.size, bool)
+    ends_mask[:-1] = ~(positive[1:] & (np.diff(frames) == 1))
+    ends_mask[-1] = True
+    ends = np.flatnonzero(positive & ends_mask)
+    return np.stack([frames[starts], frames[ends]], axis=1)
+
+
+def overlaps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(K, M) bool: inclusive intervals a (K, 2) and b (M, 2) share at least one frame."""
+    a = np.asarray(a, np.int64).reshape(-1, 2)
+    b = np.asarray(b, np.int64).reshape(-1, 2)
+    return (a[:, None, 0] <= b[None, :, 1]) & (b[None, :, 0] <= a[:, None, 1])
+
+
+def event_counts(ground_truth: dict[str, np.ndarray], detected: dict[str, np.ndarray]) -> dict:
+    """Event-level counts over videos (keys = video ids; values = (K, 2) frame intervals).
+
+    A ground-truth event is detected if some detected event overlaps it; a detected event
+    that overlaps no ground-truth event is a false alarm. Videos missing from `detected`
+    have no detections; detections in videos absent from `ground_truth` are not counted
+    (those videos have no labels).
+    """
+    totals = {"gt_events": 0, "gt_detected": 0, "detected_events": 0, "false_alarms": 0}
+    for video, truth in ground_truth.items():
+        found = np.asarray(detected.get(video, np.zeros((0, 2))), np.int64).reshape(-1, 2)
+        hit = overlaps(truth, found)                       # (K, M)
+        totals["gt_events"] += len(truth)
+        totals["gt_detected"] += int(hit.any(axis=1).sum())
+        totals["detected_events"] += len(found)
+        totals["false_alarms"] += int((~hit.any(axis=0)).sum())
+    totals["gt_missed"] = totals["gt_events"] - totals["gt_detected"]
+    totals["detection_rate"] = (totals["gt_detected"] / totals["gt_events"]
+                                if totals["gt_events"] else float("nan"))
+    return totals

@@ -1,0 +1,136 @@
+"""Listing, decoding, segmenting and preprocessing as pure functions (no Ray)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import videos
+from vadray.decode import InputError, decode_segment, probe
+from vadray.exits import UsageError
+from vadray.listing import list_videos
+from vadray.preprocess import NormStats, PartialSums
+from vadray.segments import MAX_VOLUME_OVERLAP, plan_segments
+from vadray.synth import write_video
+from vadray.volumes import gather, volume_starts
+
+
+def test_listing_ids_extensions_and_frame_folders(tmp_path):
+    write_video(str(tmp_path / "cam3" / "2024-05-01" / "0900.MP4"), videos.frames(10))
+    write_video(str(tmp_path / "top.mkv"), videos.frames(10), codec="libx264")
+    (tmp_path / "readme.txt").write_text("ignored")
+    (tmp_path / "labels.csv").write_text("ignored")
+    clip = tmp_path / "Train001"
+    clip.mkdir()
+    for i in (10, 2, 1):  # natural order: 1, 2, 10
+        (clip / f"{i:d}.tif").write_bytes(b"x")
+    refs = list_videos(str(tmp_path))
+    assert [r.video_id for r in refs] == ["Train001", "cam3/2024-05-01/0900", "top"]
+    folder = refs[0]
+    assert folder.is_frame_folder and [os.path.basename(u) for u in folder.frame_uris] == ["1.tif", "2.tif", "10.tif"]
+    assert refs[1].size > 0 and refs[1].mtime and refs[1].uri.endswith("0900.MP4")
+    single = list_videos(f"file://{tmp_path}/top.mkv")
+    assert [r.video_id for r in single] == ["top"]
+
+
+def test_listing_unreachable_source_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        list_videos(str(tmp_path / "nope"))
+
+
+@pytest.mark.parametrize("num_frames,per_second", [(1, 1.0), (29, 1.0), (30, 1.0), (31, 1.0), (250, 2.5)])
+def test_segments_tile_exactly_and_overlap(num_frames, per_second):
+    segments = plan_segments(num_frames, fps=10, segment_seconds=per_second)
+    owned = np.concatenate([np.arange(s.first, s.last) for s in segments])
+    np.testing.assert_array_equal(owned, np.arange(num_frames))  # nothing lost, nothing twice
+    for s in segments:
+        assert s.decode_last == min(s.last + MAX_VOLUME_OVERLAP, num_frames)
+    assert MAX_VOLUME_OVERLAP == (10 - 1) * 3  # a stride-3 volume at a seam is never lost
+
+
+def test_decode_in_segments_equals_whole_video(tmp_path):
+    path = str(tmp_path / "v.mp4")
+    write_video(path, videos.frames(45))  # keyframe every 20 frames: seeks land mid-GOP
+    timeline = probe(path)
+    whole = decode_segment(path, timeline, 0, timeline.num_frames, 27)
+    assert whole.frames.shape == (45, 27, 27) and not whole.error
+    parts = [decode_segment(path, timeline, s.first, s.last, 27) for s in plan_segments(45, 10, 1.3)]
+    np.testing.assert_array_equal(np.concatenate([p.frame_index for p in parts]), np.arange(45))
+    np.testing.assert_array_equal(np.concatenate([p.frames for p in parts]), whole.frames)
+    np.testing.assert_allclose(whole.time_s, np.arange(45) / 10.0)
+
+
+UNUSUAL = {
+    "ten_bit.mp4": videos.h264_10bit,
+    "alpha.mov": videos.alpha_png_mov,
+    "rgb.mkv": videos.rgb_ffv1_mkv,
+    "uhd.mp4": videos.h264_4k,
+    "vfr.mkv": videos.vfr_mkv,
+    "part2.avi": videos.mpeg4_avi,
+    "size_change.ts": videos.resolution_change_ts,
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNUSUAL))
+def test_unusual_but_valid_video_decodes(tmp_path, name):
+    path = str(tmp_path / name)
+    expected_times = UNUSUAL[name](path)
+    timeline = probe(path)
+    decoded = decode_segment(path, timeline, 0, timeline.num_frames, 27)
+    assert not decoded.error and decoded.frames.shape == (timeline.num_frames, 27, 27)
+    assert decoded.frames.dtype == np.uint8 and decoded.frames.std() > 1  # real content, not blank
+    if expected_times is not None:  # variable frame rate: times come from the pts, not i / fps
+        np.testing.assert_allclose(decoded.time_s, expected_times, atol=1e-3)
+
+
+def test_grey_content_is_preserved_across_pixel_formats(tmp_path):
+    reference = str(tmp_path / "ref.mkv")
+    rgb = str(tmp_path / "rgb.mkv")
+    videos.rgb_ffv1_mkv(rgb)  # lossless RGB
+    write_video(reference, videos.frames(12), codec="ffv1", pix_fmt="gray")
+    a = decode_segment(rgb, probe(rgb), 0, 12, 27).frames.astype(int)
+    b = decode_segment(reference, probe(reference), 0, 12, 27).frames.astype(int)
+    assert np.abs(a - b).mean() < 3
+
+
+def test_bad_inputs_get_a_reason(tmp_path):
+    expected = videos.bad_inputs(str(tmp_path))
+    for stem, error_type in expected.items():
+        path = next(str(p) for p in tmp_path.iterdir() if p.stem == stem)
+        with pytest.raises(InputError) as info:
+            probe(path)
+        assert info.value.error_type == error_type, (stem, str(info.value))
+        assert str(info.value)
+
+
+def test_norm_stats_match_direct_numpy_and_add_up():
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, size=(40, 11, 11), dtype=np.uint8)
+    sums = PartialSums.of(frames[:13]) + PartialSums.of(frames[13:])
+    stats = NormStats.from_sums(sums)
+    x = frames / 255.0
+    np.testing.assert_allclose(stats.mean_image, x.mean(axis=0), rtol=1e-6)
+    assert stats.std == pytest.approx((x - x.mean(axis=0)).std(), rel=1e-6)
+    assert stats.pixel_mean == pytest.approx(x.mean()) and stats.pixel_std == pytest.approx(x.std())
+    z = stats.normalize(frames)
+    assert abs(z.mean()) < 1e-5 and z.std() == pytest.approx(1.0, rel=1e-4)
+    # Global, not per-frame: a brighter frame keeps its extra energy after normalisation.
+    bright = stats.normalize(np.clip(frames[:1].astype(int) + 60, 0, 255).astype(np.uint8))
+    assert bright.mean() > 0.5
+    again = NormStats.from_json(stats.to_json())
+    np.testing.assert_array_equal(again.mean_image, stats.mean_image)
+    with pytest.raises(ValueError, match="--size"):
+        stats.normalize(np.zeros((1, 5, 5), np.uint8))
+
+
+def test_volume_starts_cover_every_frame():
+    for n, hop in [(10, 1), (23, 4), (37, 10)]:
+        starts = volume_starts(n, T=10, stride=1, hop=hop)
+        covered = np.zeros(n, bool)
+        for s in starts:
+            covered[s:s + 10] = True
+        assert covered.all() and starts[-1] == n - 10
+    assert volume_starts(27, T=10, stride=3).size == 0 and volume_starts(28, T=10, stride=3).tolist() == [0]
+    vols = gather(np.arange(30)[:, None, None] * np.ones((1, 2, 2)), np.array([0, 5]), T=10, stride=2)
+    assert vols.shape == (2, 10, 2, 2) and vols[1, :, 0, 0].tolist() == list(range(5, 25, 2))

@@ -1,0 +1,119 @@
+"""Tiny real video files of every awkward kind, made with PyAV (no fixtures on disk)."""
+from __future__ import annotations
+
+import fractions
+import os
+
+import av
+import numpy as np
+
+from vadray.synth import render_video, write_video
+
+
+def frames(n: int = 12, width: int = 64, height: int = 48, seed: int = 0) -> np.ndarray:
+    return render_video(width, height, n, seed=seed)[0]
+
+
+def _encode(path: str, images, codec: str, pix_fmt: str, in_format: str, rate=10,
+            options=None, pts=None, time_base=None) -> None:
+    with av.open(path, "w") as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.height, stream.width = images[0].shape[0], images[0].shape[1]
+        stream.pix_fmt = pix_fmt
+        if options:
+            stream.options = options
+        if time_base is not None:
+            stream.time_base = time_base
+            stream.codec_context.time_base = time_base
+        for i, image in enumerate(images):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format=in_format)
+            frame = frame.reformat(format=pix_fmt)
+            if pts is not None:
+                frame.pts, frame.time_base = pts[i], time_base
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def h264_10bit(path: str, n: int = 12) -> None:
+    _encode(path, frames(n), "libx264", "yuv420p10le", "gray")
+
+
+def alpha_png_mov(path: str, n: int = 12) -> None:
+    grey = frames(n)
+    rgba = np.stack([grey, grey, grey, np.full_like(grey, 200)], axis=-1)
+    _encode(path, rgba, "png", "rgba", "rgba")
+
+
+def rgb_ffv1_mkv(path: str, n: int = 12) -> None:
+    grey = frames(n)
+    _encode(path, np.stack([grey] * 3, axis=-1), "ffv1", "bgr0", "rgb24")
+
+
+def h264_4k(path: str, n: int = 10) -> None:
+    images = np.repeat(np.repeat(frames(n, 64, 36), 60, axis=1), 60, axis=2)  # 3840×2160
+    _encode(path, images, "libx264", "yuv420p", "gray", options={"preset": "ultrafast"})
+
+
+def vfr_mkv(path: str, n: int = 14) -> list[float]:
+    """Variable frame rate: gaps of 50-250 ms. Returns the frame times in seconds."""
+    gaps = np.array([50, 100, 250, 100, 50] * n)[:n]
+    pts = np.concatenate([[0], np.cumsum(gaps)[:-1]]).astype(int)
+    _encode(path, frames(n), "libx264", "yuv420p", "gray", pts=[int(p) for p in pts],
+            time_base=fractions.Fraction(1, 1000), options={"bf": "0"})
+    return (pts / 1000.0).tolist()
+
+
+def mpeg4_avi(path: str, n: int = 12) -> None:
+    _encode(path, frames(n), "mpeg4", "yuv420p", "gray")
+
+
+def resolution_change_ts(path: str, n1: int = 10, n2: int = 10) -> None:
+    """Two MPEG-TS pieces of different frame size, concatenated: a mid-stream size change.
+
+    The second piece's timestamps continue the first's, as a camera's stream would."""
+    a, b = path + ".a.ts", path + ".b.ts"
+    tb = fractions.Fraction(1, 10)
+    _encode(a, frames(n1, 64, 48), "libx264", "yuv420p", "gray", pts=list(range(n1)), time_base=tb)
+    _encode(b, frames(n2, 96, 64, seed=3), "libx264", "yuv420p", "gray",
+            pts=list(range(n1, n1 + n2)), time_base=tb)
+    with open(path, "wb") as out:
+        for piece in (a, b):
+            with open(piece, "rb") as f:
+                out.write(f.read())
+            os.remove(piece)
+
+
+def audio_only_mp4(path: str) -> None:
+    with av.open(path, "w") as container:
+        stream = container.add_stream("aac", rate=8000)
+        samples = (np.sin(np.arange(8000) / 5.0) * 0.2).astype(np.float32)[None, :]
+        frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+        frame.sample_rate = 8000
+        for chunk in [frame]:
+            for packet in stream.encode(chunk):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def bad_inputs(folder: str) -> dict[str, str]:
+    """Every kind of bad input → the error_type ingest must report for it."""
+    os.makedirs(folder, exist_ok=True)
+    good = os.path.join(folder, "_good.mp4")
+    write_video(good, frames(30))
+    data = open(good, "rb").read()
+    os.remove(good)
+    with open(os.path.join(folder, "zero.mp4"), "wb"):
+        pass
+    with open(os.path.join(folder, "notes.mp4"), "w") as f:
+        f.write("this is not a video, just some text someone renamed\n" * 20)
+    with open(os.path.join(folder, "garbage.mkv"), "wb") as f:
+        f.write(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with open(os.path.join(folder, "truncated.mp4"), "wb") as f:
+        f.write(data[: len(data) // 2])
+    audio_only_mp4(os.path.join(folder, "audio.mp4"))
+    write_video(os.path.join(folder, "short.mp4"), frames(5))
+    return {"zero": "empty", "notes": "not_video", "garbage": "corrupt", "truncated": "corrupt",
+            "audio": "no_video_stream", "short": "too_short"}

@@ -40,8 +40,7 @@ def s3_server():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing",
-               "client_kwargs": {"region_name": "us-east-1"}}
+    options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
     yield options
     server.stop()
 

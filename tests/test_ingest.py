@@ -1,0 +1,144 @@
+"""The ingest job on a real local Ray: local folders, S3 (moto server), bad inputs, Ped2."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+
+import videos
+from conftest import PED2, TEST_SIZE, ped2
+from vadray import storage
+from vadray.cli import main
+from vadray.decode import decode_segment, probe
+from vadray.errors import read_errors
+from vadray.ingest import read_stats, run_ingest
+from vadray.preprocess import NormStats, PartialSums
+
+
+def read_clips(output: str, storage_options=None):
+    fs, path = storage.pyarrow_fs(storage.join(output, "clips"), storage_options)
+    return pads.dataset(path, filesystem=fs, partitioning="hive").to_table().to_pandas()
+
+
+def frames_of(clips, video_id: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    rows = clips[clips.video_id == video_id].sort_values("start_frame")
+    index = np.concatenate([np.arange(r.start_frame, r.start_frame + r.num_frames) for r in rows.itertuples()])
+    frames = np.concatenate([np.frombuffer(r.frames, np.uint8).reshape(r.num_frames, size, size)
+                             for r in rows.itertuples()])
+    return index, frames
+
+
+def test_ingest_local_archive_tiles_videos_and_reruns_idempotently(ray_session, synth_archive, tmp_path):
+    out = str(tmp_path / "out")
+    summary = run_ingest(str(synth_archive), out, camera="lobby", size=TEST_SIZE, segment_seconds=1.3)
+    assert (summary.videos, summary.videos_failed, summary.failures, summary.frames) == (2, 0, 0, 60)
+    assert summary.segments == 6  # 30 frames at 10 fps in 13-frame segments, per video
+    clips = read_clips(out)
+    assert set(clips.video_id) == {"video001", "video002"} and set(clips.camera) == {"lobby"}
+    for vid in ("video001", "video002"):
+        index, frames = frames_of(clips, vid, TEST_SIZE)
+        np.testing.assert_array_equal(index, np.arange(30))  # seams: nothing lost, nothing twice
+        path = str(synth_archive / f"{vid}.mp4")
+        whole = decode_segment(path, probe(path), 0, 30, TEST_SIZE)
+        np.testing.assert_array_equal(frames, whole.frames)
+    row = clips.sort_values(["video_id", "start_frame"]).iloc[1]
+    assert (row.width, row.height, row["size"], row.fps) == (64, 48, TEST_SIZE, 10.0)
+    np.testing.assert_allclose(row.time_s, (row.start_frame + np.arange(row.num_frames)) / 10.0)
+
+    stats = read_stats(out)
+    all_frames = np.concatenate([frames_of(clips, v, TEST_SIZE)[1] for v in ("video001", "video002")])
+    direct = NormStats.from_sums(PartialSums.of(all_frames))
+    np.testing.assert_allclose(stats.mean_image, direct.mean_image, rtol=1e-5)
+    assert stats.std == pytest.approx(direct.std) and stats.num_frames == 60
+
+    again = run_ingest(str(synth_archive), out, camera="lobby", size=TEST_SIZE, segment_seconds=2.0)
+    assert again.frames == 60
+    assert len(read_clips(out).pipe(lambda c: c[c.video_id == "video001"]).pipe(
+        lambda c: np.concatenate([np.arange(s, s + n) for s, n in zip(c.start_frame, c.num_frames)]))) == 30
+    assert read_stats(out).num_frames == 60  # replaced, not duplicated
+
+
+def test_bad_inputs_become_error_rows_and_the_rest_is_ingested(ray_session, tmp_path, capsys):
+    src = tmp_path / "src"
+    expected = videos.bad_inputs(str(src))
+    from vadray.synth import write_video
+
+    write_video(str(src / "good.mp4"), videos.frames(20))
+    out = str(tmp_path / "out")
+    status = main(["ingest", str(src), out, "--size", str(TEST_SIZE)])
+    assert status == 3  # finished, some inputs failed
+    printed = capsys.readouterr().out
+    assert "7 videos (6 failed)" in printed and "20 frames" in printed
+    errors = read_errors(storage.join(out, "errors")).to_pandas()
+    got = dict(zip(errors.video_id, errors.error_type))
+    assert got == expected
+    assert all(errors.stage == "probe") and all(errors.message.str.len() > 10)
+    assert set(read_clips(out).video_id) == {"good"}
+
+
+def test_unusual_formats_through_the_job(ray_session, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    makers = {"ten_bit.mp4": videos.h264_10bit, "alpha.mov": videos.alpha_png_mov,
+              "rgb.mkv": videos.rgb_ffv1_mkv, "uhd.mp4": videos.h264_4k, "vfr.mkv": videos.vfr_mkv,
+              "part2.avi": videos.mpeg4_avi, "size_change.ts": videos.resolution_change_ts}
+    expected_frames = {}
+    for name, make in makers.items():
+        make(str(src / name))
+        expected_frames[name.rsplit(".", 1)[0]] = probe(str(src / name)).num_frames
+    out = str(tmp_path / "out")
+    summary = run_ingest(str(src), out, size=TEST_SIZE, segment_seconds=0.5)
+    assert summary.failures == 0, summary.errors
+    clips = read_clips(out)
+    for vid, n in expected_frames.items():
+        index, frames = frames_of(clips, vid, TEST_SIZE)
+        np.testing.assert_array_equal(index, np.arange(n))
+        assert frames.std() > 1
+
+
+def test_unreachable_source_and_bad_options_exit_2(tmp_path, capsys):
+    assert main(["ingest", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["ingest", str(tmp_path), str(tmp_path / "out"), "--storage-options", "{bad"]) == 2
+    (tmp_path / "notes.txt").write_text("no videos here")
+    assert main(["ingest", str(tmp_path), str(tmp_path / "out")]) == 2
+    assert "no videos" in capsys.readouterr().err
+
+
+def test_s3_to_s3_through_a_real_s3_server(ray_session, synth_archive, s3_bucket, tmp_path):
+    bucket, options = s3_bucket
+    fs, _ = storage.url_to_fs(f"s3://{bucket}", options)
+    for f in synth_archive.glob("*.mp4"):
+        fs.put(str(f), f"{bucket}/archive/site-a/{f.name}")
+    out = f"s3://{bucket}/ingested"
+    summary = run_ingest(f"s3://{bucket}/archive", out, size=TEST_SIZE, segment_seconds=1.3,
+                         storage_options=options)
+    assert (summary.videos, summary.failures, summary.frames) == (2, 0, 60)
+    clips = read_clips(out, options)
+    assert set(clips.video_id) == {"site-a/video001", "site-a/video002"}
+    assert set(clips.source_uri) == {f"s3://{bucket}/archive/site-a/video00{i}.mp4" for i in (1, 2)}
+    local = str(tmp_path / "local")
+    run_ingest(str(synth_archive), local, size=TEST_SIZE, segment_seconds=1.3)
+    np.testing.assert_array_equal(frames_of(clips, "site-a/video001", TEST_SIZE)[1],
+                                  frames_of(read_clips(local), "video001", TEST_SIZE)[1])
+    s3_stats = read_stats(out, options)
+    assert s3_stats.num_frames == 60 and s3_stats.std == pytest.approx(read_stats(local).std)
+
+
+@ped2
+@pytest.mark.slow
+def test_ped2_train_ingests_2550_frames_with_short_segments(ray_session, tmp_path):
+    out = str(tmp_path / "ped2")
+    summary = run_ingest(str(PED2 / "train"), out, size=227, segment_seconds=4.0)  # 40 < 120-180 frames
+    assert (summary.videos, summary.failures, summary.frames) == (16, 0, 2550)
+    clips = read_clips(out)
+    assert set(clips["size"]) == {227} and clips.video_id.nunique() == 16
+    for vid, rows in clips.groupby("video_id"):
+        starts = np.concatenate([np.arange(s, s + n) for s, n in zip(rows.start_frame, rows.num_frames)])
+        np.testing.assert_array_equal(np.sort(starts), np.arange(len(starts)))
+    index, frames = frames_of(clips, "Train001", 227)
+    path = str(PED2 / "train" / "Train001.mp4")
+    whole = decode_segment(path, probe(path), 0, 120, 227)
+    np.testing.assert_array_equal(frames, whole.frames)

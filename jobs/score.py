@@ -1,0 +1,19 @@
+"""Ray job entry point for `vadray score`: score an archive into frames/events tables (resumable backfill).
+
+    ray job submit --working-dir . -- python jobs/score.py SOURCE OUTPUT --checkpoint CHECKPOINT_DIR [options]
+
+The arguments are those of `vadray score --help`: this file only hands them to vadray.cli.main,
+so the CLI and the job share one parser and one exit status (0 ok, 3 some inputs failed,
+2 bad arguments). Inside a submitted job Ray sets RAY_ADDRESS, so the job joins that cluster;
+run by hand without it, it starts a local Ray.
+"""
+import os
+import sys
+
+# `python jobs/score.py` puts jobs/ on sys.path, not the working dir that holds vadray/.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from vadray.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["score", *sys.argv[1:]]))

@@ -1,0 +1,212 @@
+"""evaluate / report / query over small frames and events tables written in the documented layout."""
+import json
+import math
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from vadray import cli, evaluate, query, report
+from vadray.errors import error_row, safe_key, write_errors
+from vadray.events import EVENTS_SCHEMA
+from vadray.exits import UsageError
+from vadray.scoring import FRAMES_SCHEMA
+from vadray.synth import write_video
+
+FPS = 10.0
+
+
+def _source_video(path):
+    """40 dark frames; frames 20-25 carry a bright square (what the thumbnail must show)."""
+    frames = np.full((40, 48, 64), 60, np.uint8)
+    frames[20:26, 12:36, 16:48] = 220
+    write_video(path, frames, fps=int(FPS))
+    return path
+
+
+def _write(root, table_name, camera, date, video_id, rows, schema, keep_partition_columns):
+    folder = os.path.join(root, table_name, f"camera={camera}", f"date={date}")
+    os.makedirs(folder, exist_ok=True)
+    table = pa.Table.from_pylist([{"camera": camera, "date": date, "video_id": video_id, **r} for r in rows],
+                                 schema=schema)
+    if not keep_partition_columns:   # both layouts are valid: files with or without the partition columns
+        table = table.drop_columns(["camera", "date"])
+    pq.write_table(table, os.path.join(folder, f"{safe_key(video_id)}.parquet"))
+
+
+def _frames(source, regularity, cell_nan_at=()):
+    s_r = np.asarray(regularity, float)
+    return [{"source_uri": source, "frame_index": i, "time_s": i / FPS, "recon_error": float(2 - s_r[i]),
+             "regularity": float(s_r[i]), "anomaly_score": float(10 * (1 - s_r[i])),
+             "cell_error_max": float("nan") if i in cell_nan_at else float(1 - s_r[i]),
+             "model_id": "m1", "run_id": "r1"} for i in range(len(s_r))]
+
+
+def _event(event_id, start, peak, end, min_regularity):
+    return {"event_id": event_id, "start_frame": start, "end_frame": end, "peak_frame": peak,
+            "start_time_s": start / FPS, "end_time_s": end / FPS, "peak_time_s": peak / FPS,
+            "min_regularity": min_regularity, "max_anomaly_score": 10 * (1 - min_regularity),
+            "persistence": 0.5, "model_id": "m1"}
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    """An OUTPUT with three videos, an errors table and a label CSV.
+
+    A (cam1, 40 frames): labels 1 at 20..25 (s_r 0.4), s_r 0.9 elsewhere but 0.35 at frame 5.
+    B (camera "3", 30 frames): labels 1 at 10..14 (s_r 0.5), 0.8 elsewhere; cell_error_max NaN at 0.
+    C (no labels, 10 frames). Labels also for A frames 40, 41 and a video with no frames.
+    """
+    root = tmp_path_factory.mktemp("scored")
+    out = str(root / "out")
+    source_a = _source_video(str(root / "src" / "a.mp4"))
+    s_a = np.full(40, 0.9)
+    s_a[20:26], s_a[5] = 0.4, 0.35
+    s_b = np.full(30, 0.8)
+    s_b[10:15] = 0.5
+    videos = {"cam1/2024-05-01/0900": ("cam1", "2024-05-01", source_a, s_a, (), True),
+              "clipB": ("3", "unknown", str(root / "src" / "missing.mp4"), s_b, (0,), False),
+              "clipC": ("3", "unknown", str(root / "src" / "missing.mp4"), np.full(10, 0.7), (), True)}
+    for video_id, (camera, date, source, s_r, nan_at, keep) in videos.items():
+        _write(out, "frames", camera, date, video_id, _frames(source, s_r, nan_at), FRAMES_SCHEMA, keep)
+    _write(out, "events", "cam1", "2024-05-01", "cam1/2024-05-01/0900",
+           [_event(0, 19, 22, 26, 0.4), _event(1, 30, 31, 32, 0.85)], EVENTS_SCHEMA, True)
+    _write(out, "events", "3", "unknown", "clipC", [_event(0, 2, 3, 4, 0.7)], EVENTS_SCHEMA, False)
+    write_errors([error_row("broken", "src/broken.mp4", "decode", "corrupt", "bad header")],
+                 os.path.join(out, "errors"), "broken")
+    labels = root / "labels.csv"
+    rows = ["video,frame_index,label"]
+    rows += [f"cam1/2024-05-01/0900,{i},{int(20 <= i <= 25)}" for i in range(42)]
+    rows += [f"clipB,{i},{int(10 <= i <= 14)}" for i in range(30)]
+    rows += [f"ghost,{i},0" for i in range(3)]
+    labels.write_text("\n".join(rows) + "\n")
+    return {"out": out, "labels": str(labels), "root": root, "source_a": source_a}
+
+
+def test_evaluate_counts_pairs_by_hand(scored):
+    result = evaluate.evaluate_output(scored["out"], scored["labels"])
+    # A: 6 positives at 1 - s_r = 0.6 beat 33 of 34 negatives (not the 0.65 at frame 5); B: AUC 1
+    auc_a = 6 * 33 / (6 * 34)
+    # pooled: 11 positives (0.6 ×6, 0.5 ×5) vs 59 negatives (0.1 ×33, 0.65, 0.2 ×25); each beats 58
+    auc_micro = 11 * 58 / (11 * 59)
+    for column in ("regularity", "anomaly_score"):
+        m = result[column]
+        assert m["auc"] == pytest.approx(auc_micro)
+        assert m["auc_macro"] == pytest.approx((auc_a + 1.0) / 2)
+        assert m["auc_per_video"]["cam1/2024-05-01/0900"] == pytest.approx(auc_a)
+        assert m["frames"] == 70 and m["anomalous_frames"] == 11 and m["videos_in_macro"] == 2
+        assert 0 < m["eer"] < 0.5
+    assert result["cell_error_max"]["missing_scores"] == 1 and result["cell_error_max"]["frames"] == 69
+    c = result["coverage"]
+    assert (c["frames"], c["evaluated_frames"], c["frames_without_labels"], c["labels_without_frames"]) == (80, 70, 10, 5)
+    assert c["videos_without_labels"] == ["clipC"] and c["labelled_videos_without_frames"] == ["ghost"]
+    e = result["events"]
+    # A's event 19-26 hits [20, 25], 30-32 is a false alarm; B's [10, 14] is missed; C is unlabelled
+    assert (e["gt_events"], e["gt_detected"], e["false_alarms"], e["detected_events"]) == (2, 1, 1, 2)
+
+
+def test_evaluate_cli_writes_strict_json(scored, tmp_path, capsys):
+    path = tmp_path / "m" / "metrics.json"
+    assert cli.main(["evaluate", scored["out"], "--labels", scored["labels"], "--json", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "regularity" in printed and "1 of 2 ground-truth events" in printed
+    text = path.read_text()
+    assert "NaN" not in text
+    data = json.loads(text)
+    assert set(data) >= {"regularity", "anomaly_score", "cell_error_max", "events", "coverage"}
+    assert data["regularity"]["auc_macro"] == pytest.approx(evaluate.evaluate_output(
+        scored["out"], scored["labels"])["regularity"]["auc_macro"])
+    assert cli.main(["evaluate", str(tmp_path / "nothing"), "--labels", scored["labels"]]) == 2
+    bad = tmp_path / "bad.csv"
+    bad.write_text("clip,frame,label\n")
+    assert cli.main(["evaluate", scored["out"], "--labels", str(bad)]) == 2
+
+
+def test_query_local_views(scored, tmp_path, capsys):
+    counts = query.query(scored["out"], "SELECT camera, video_id, count(*) AS n FROM frames GROUP BY ALL ORDER BY video_id")
+    assert counts["video_id"].tolist() == ["cam1/2024-05-01/0900", "clipB", "clipC"]
+    assert counts["n"].tolist() == [40, 30, 10]
+    assert counts["camera"].tolist() == ["cam1", "3", "3"]      # partition values stay strings
+    dips = query.query(scored["out"], "SELECT f.frame_index FROM frames f JOIN events e USING (video_id) "
+                                      "WHERE f.frame_index = e.peak_frame ORDER BY 1")
+    assert dips["frame_index"].tolist() == [3, 22, 31]
+    assert query.query(scored["out"], "SELECT error_type FROM errors")["error_type"].tolist() == ["corrupt"]
+    with pytest.raises(UsageError):
+        query.query(scored["out"], "SELEC 1")
+    out_csv, out_pq = tmp_path / "r.csv", tmp_path / "r.parquet"
+    sql = "SELECT video_id, min(regularity) AS low FROM frames GROUP BY 1 ORDER BY 1"
+    assert cli.main(["query", scored["out"], sql, "--out", str(out_csv)]) == 0
+    assert cli.main(["query", scored["out"], sql, "--out", str(out_pq)]) == 0
+    assert out_csv.read_text().splitlines()[0] == "video_id,low"
+    assert pq.read_table(out_pq).column("low").to_pylist() == pytest.approx([0.35, 0.5, 0.7])
+    assert cli.main(["query", scored["out"], "SELECT count(*) AS n FROM events"]) == 0
+    assert "(1 rows)" in capsys.readouterr().out
+
+
+def test_query_empty_events_table(tmp_path):
+    out = tmp_path / "o"
+    _write(str(out), "frames", "c", "unknown", "v", _frames("x.mp4", [1.0, 0.5]), FRAMES_SCHEMA, True)
+    assert query.query(str(out), "SELECT count(*) AS n FROM events")["n"].tolist() == [0]
+
+
+def test_s3_outputs_give_the_same_answers(scored, s3_bucket):
+    import s3fs
+
+    bucket, options = s3_bucket
+    fs = s3fs.S3FileSystem(**options)
+    fs.put(scored["out"], f"{bucket}/run/out", recursive=True)
+    fs.put(scored["labels"], f"{bucket}/run/labels.csv")
+    remote = evaluate.evaluate_output(f"s3://{bucket}/run/out", f"s3://{bucket}/run/labels.csv", options)
+    local = evaluate.evaluate_output(scored["out"], scored["labels"])
+    assert remote["regularity"]["auc"] == local["regularity"]["auc"]
+    assert remote["coverage"] == local["coverage"] and remote["events"] == local["events"]
+    sql = "SELECT camera, date, video_id, count(*) AS n FROM frames GROUP BY ALL ORDER BY video_id"
+    assert query.query(f"s3://{bucket}/run/out", sql, options).equals(query.query(scored["out"], sql))
+
+
+def test_decode_thumbnail_video_and_frame_folder(scored, tmp_path):
+    import av
+
+    bright = report.decode_thumbnail(scored["source_a"], 22)
+    dark = report.decode_thumbnail(scored["source_a"], 5)
+    assert bright.shape == (48, 64) and dark.shape == (48, 64)
+    assert bright[20:30, 25:40].mean() > 180 and dark[20:30, 25:40].mean() < 100
+    assert report.decode_thumbnail(str(tmp_path / "absent.mp4"), 0) is None
+    assert report.decode_thumbnail(scored["source_a"], 400) is None
+    folder = tmp_path / "frames_clip"
+    folder.mkdir()
+    for i in range(12):   # 2.png sorts before 10.png: natural order, as ingest numbers frames
+        image = np.full((16, 16, 3), 20 * i, np.uint8)
+        av.VideoFrame.from_ndarray(image, format="rgb24").save(str(folder / f"{i}.png"))
+    assert report.decode_thumbnail(str(folder), 10).mean() == pytest.approx(200, abs=2)
+
+
+def test_report_writes_plots_and_index(scored, tmp_path):
+    calls = []
+
+    def error_map(source_uri, frame_index):
+        calls.append((source_uri, frame_index))
+        return np.outer(np.hanning(27), np.hanning(27))
+
+    rows = report.build_report(scored["out"], str(tmp_path / "rep"), scored["labels"], error_map_fn=error_map)
+    by_video = {r["video_id"]: r for r in rows}
+    assert set(by_video) == {"cam1/2024-05-01/0900", "clipB", "clipC"}
+    assert by_video["cam1/2024-05-01/0900"]["events"] == 2
+    assert by_video["cam1/2024-05-01/0900"]["auc"] == pytest.approx(6 * 33 / (6 * 34))
+    assert math.isnan(by_video["clipC"]["auc"])
+    assert (scored["source_a"], 22) in calls and (scored["source_a"], 31) in calls
+    for r in rows:
+        png = tmp_path / "rep" / r["png"]
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert page.count("<tr>") == 4 and f"href='{by_video['clipB']['png']}'" in page
+    assert "0.971" in page   # A's AUC, 198/204
+
+
+def test_report_cli_filters_and_no_thumbnails(scored, tmp_path):
+    assert cli.main(["report", scored["out"], str(tmp_path / "r"), "--camera", "3", "--max-thumbnails", "0"]) == 0
+    written = sorted(os.listdir(tmp_path / "r"))
+    assert written == sorted(["index.html", f"{safe_key('clipB')}.png", f"{safe_key('clipC')}.png"])
+    assert cli.main(["report", scored["out"], str(tmp_path / "r2"), "--video", "nope"]) == 2

@@ -1,0 +1,202 @@
+"""Frame-level ROC AUC (micro and macro) and EER of every score column, and event counts.
+
+Reads OUTPUT/frames and OUTPUT/events (hive-partitioned Parquet, local or s3://) and a label
+CSV `video,frame_index,label` (`video` joins `video_id`; label 1 = anomalous). Scored
+frames without a label and labels without a scored frame are counted in "coverage", never
+dropped silently. `regularity` is evaluated as 1 − s_r so that every score reads "higher =
+more anomalous".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from vadray import metrics, storage
+from vadray.events import EVENTS_SCHEMA
+from vadray.exits import UsageError
+from vadray.scoring import FRAMES_SCHEMA
+
+SCORE_COLUMNS = ("regularity", "anomaly_score", "cell_error_max")
+PARTITIONING = ds.partitioning(pa.schema([("camera", pa.string()), ("date", pa.string())]), flavor="hive")
+DOCUMENTED = {"frames": FRAMES_SCHEMA, "events": EVENTS_SCHEMA}
+
+
+def open_dataset(output: str, name: str, storage_options: dict | None = None) -> ds.Dataset | None:
+    """OUTPUT/<name> (frames, events, errors) as a lazy Arrow dataset; None when absent.
+
+    Partition folders (camera=, date=) are read as strings. The schema is the documented one
+    widened by whatever extra columns the files carry, so an old file lacking a column reads
+    it as nulls instead of hiding the column for every file.
+    """
+    fs, path = storage.pyarrow_fs(storage.join(output, name), storage_options)
+    try:
+        if fs.get_file_info(path).type != pa.fs.FileType.Directory:
+            return None
+        found = ds.dataset(path, filesystem=fs, format="parquet", partitioning=PARTITIONING)
+        if name in DOCUMENTED:
+            schema = pa.unify_schemas([DOCUMENTED[name], found.schema], promote_options="permissive")
+            found = ds.dataset(path, filesystem=fs, format="parquet", partitioning=PARTITIONING, schema=schema)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise UsageError(f"cannot read {storage.join(output, name)}: {exc}") from None
+    return found
+
+
+def read_table(output: str, name: str, storage_options: dict | None = None,
+               columns: list[str] | None = None, filter: Any = None) -> pa.Table | None:
+    """OUTPUT/<name> as one Arrow table (only `columns` that exist, rows matching `filter`)."""
+    found = open_dataset(output, name, storage_options)
+    if found is None:
+        return None
+    if columns is not None:
+        columns = [c for c in columns if c in found.schema.names]
+    return found.to_table(columns=columns, filter=filter)
+
+
+def read_labels(labels_csv: str, storage_options: dict | None = None) -> pd.DataFrame:
+    """Label CSV → DataFrame(video_id, frame_index, label), validated."""
+    fs, path = storage.url_to_fs(labels_csv, storage_options)
+    if not fs.exists(path):
+        raise UsageError(f"labels file {labels_csv!r} does not exist")
+    with fs.open(path, "rb") as f:
+        labels = pd.read_csv(f, dtype={"video": str})
+    missing = {"video", "frame_index", "label"} - set(labels.columns)
+    if missing:
+        raise UsageError(f"labels file needs columns video,frame_index,label; missing {sorted(missing)}")
+    if not labels["label"].isin([0, 1]).all():
+        raise UsageError("labels must be 0 (normal) or 1 (anomalous)")
+    labels = labels.rename(columns={"video": "video_id"})[["video_id", "frame_index", "label"]]
+    return labels.astype({"frame_index": "int64", "label": "int8"})
+
+
+def _per_video_intervals(table: pd.DataFrame) -> dict[str, np.ndarray]:
+    return {str(v): g[["start_frame", "end_frame"]].to_numpy(np.int64)
+            for v, g in table.groupby("video_id", sort=True)}
+
+
+def evaluate_output(output: str, labels_csv: str, storage_options: dict | None = None) -> dict:
+    """Metrics of one scoring OUTPUT against labels. Undefined metrics are NaN."""
+    table = read_table(output, "frames", storage_options,
+                       columns=["video_id", "frame_index", *SCORE_COLUMNS])
+    if table is None:
+        raise UsageError(f"no frames table under {output!r}: run `vadray score` first")
+    frames = table.to_pandas()
+    labels = read_labels(labels_csv, storage_options)
+    key = ["video_id", "frame_index"]
+    duplicate_labels = int(labels.duplicated(key).sum())
+    labels = labels.drop_duplicates(key, keep="first")
+    duplicate_frames = int(frames.duplicated(key).sum())
+    frames = frames.drop_duplicates(key, keep="first")
+    joined = frames.merge(labels, on=key, how="outer", indicator=True)
+    matched = joined[joined["_merge"] == "both"]
+    frame_videos, label_videos = set(frames["video_id"]), set(labels["video_id"])
+    result: dict[str, Any] = {"coverage": {
+        "frames": len(frames),
+        "labels": len(labels),
+        "evaluated_frames": len(matched),
+        "frames_without_labels": int((joined["_merge"] == "left_only").sum()),
+        "labels_without_frames": int((joined["_merge"] == "right_only").sum()),
+        "videos": len(frame_videos),
+        "videos_without_labels": sorted(frame_videos - label_videos),
+        "labelled_videos_without_frames": sorted(label_videos - frame_videos),
+        "duplicate_label_rows": duplicate_labels,
+        "duplicate_frame_rows": duplicate_frames,
+    }}
+    for column in SCORE_COLUMNS:
+        if column not in matched:
+            result[column] = {"available": False}
+            continue
+        scores = matched[column].to_numpy(np.float64)
+        if column == "regularity":
+            scores = 1.0 - scores
+        finite = np.isfinite(scores)
+        if not finite.any():
+            result[column] = {"available": False, "missing_scores": int(scores.size)}
+            continue
+        result[column] = {"available": True, "missing_scores": int((~finite).sum()),
+                          **metrics.frame_metrics(matched["video_id"].to_numpy()[finite],
+                                                  matched["label"].to_numpy()[finite], scores[finite])}
+    evaluated_videos = sorted(frame_videos & label_videos)
+    truth = {v: metrics.label_runs(g["frame_index"].to_numpy(), g["label"].to_numpy())
+             for v, g in labels[labels["video_id"].isin(evaluated_videos)].groupby("video_id")}
+    events = read_table(output, "events", storage_options, columns=["video_id", "start_frame", "end_frame"])
+    detected = _per_video_intervals(events.to_pandas()) if events is not None else {}
+    result["events"] = {"videos": len(truth), **metrics.event_counts(truth, detected)}
+    return result
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def format_metrics(result: dict) -> str:
+    """A readable table of the metrics, for the terminal."""
+    lines = [f"{'score':<16}{'AUC':>9}{'AUC macro':>11}{'EER':>9}{'frames':>9}{'videos':>8}"]
+    for column in SCORE_COLUMNS:
+        m = result.get(column, {})
+        if not m.get("available"):
+            lines.append(f"{column:<16}{'not in the frames table':>46}")
+            continue
+        lines.append(f"{column:<16}{_fmt(m['auc']):>9}{_fmt(m['auc_macro']):>11}{_fmt(m['eer']):>9}"
+                     f"{m['frames']:>9}{m['videos']:>8}")
+    e = result["events"]
+    lines += ["", f"events: {e['gt_detected']} of {e['gt_events']} ground-truth events detected, "
+                  f"{e['false_alarms']} false alarms among {e['detected_events']} detected events "
+                  f"({e['videos']} labelled videos)"]
+    c = result["coverage"]
+    lines += [f"coverage: {c['evaluated_frames']} frames evaluated; {c['frames_without_labels']} scored "
+              f"frames without labels; {c['labels_without_frames']} labels without scored frames"]
+    for what in ("videos_without_labels", "labelled_videos_without_frames"):
+        if c[what]:
+            shown = ", ".join(c[what][:5]) + (" …" if len(c[what]) > 5 else "")
+            lines.append(f"  {what.replace('_', ' ')}: {len(c[what])} ({shown})")
+    for what in ("duplicate_label_rows", "duplicate_frame_rows"):
+        if c[what]:
+            lines.append(f"  {what.replace('_', ' ')}: {c[what]} (first kept)")
+    return "\n".join(lines)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN → null: strict JSON has no NaN."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("output", help="scoring OUTPUT (folder or s3:// prefix holding frames/ and events/)")
+    parser.add_argument("--labels", required=True,
+                        help="CSV with columns video,frame_index,label (1 = anomalous frame)")
+    parser.add_argument("--json", dest="json_path", default=None,
+                        help="also write the metrics as JSON to this path (local or s3://); NaN → null")
+    parser.add_argument("--storage-options", default=None,
+                        help="JSON dict for s3fs (endpoint_url, key, secret, …); default: AWS environment")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        options = storage.parse_storage_options(args.storage_options)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    result = evaluate_output(args.output, args.labels, options)
+    print(format_metrics(result))
+    if args.json_path:
+        fs, path = storage.url_to_fs(args.json_path, options)
+        parent = path.rsplit("/", 1)[0] if "/" in path else ""
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        with fs.open(path, "w") as f:
+            json.dump(_json_safe(result), f, indent=2)
+    return 0

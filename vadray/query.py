@@ -1,0 +1,127 @@
+"""SQL over a scoring OUTPUT with DuckDB: views `frames`, `events` and `errors` (if present).
+
+Local outputs are read by DuckDB's own Parquet reader (read_parquet, hive_partitioning,
+partition values kept as strings). s3:// outputs use DuckDB's httpfs extension when it is
+installed, configured from --storage-options or the AWS environment; otherwise (offline
+machines: httpfs is a download) the tables are Arrow datasets over s3fs that DuckDB scans
+with filter and projection pushdown. The SQL and its results are the same either way.
+
+Example: vadray query out "SELECT video_id, count(*) FROM events GROUP BY 1 ORDER BY 2 DESC"
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+import duckdb
+import pandas as pd
+
+from vadray import storage
+from vadray.evaluate import DOCUMENTED, open_dataset
+from vadray.exits import UsageError
+
+log = logging.getLogger(__name__)
+TABLES = ("frames", "events", "errors")
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _parquet_view(con: duckdb.DuckDBPyConnection, name: str, glob: str) -> None:
+    con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({_quote(glob)}, hive_partitioning=true, "
+                "hive_types_autocast=false, union_by_name=true)")
+
+
+def _s3_secret(con: duckdb.DuckDBPyConnection, storage_options: dict) -> bool:
+    """Load httpfs and point it at the store; False when httpfs is not available."""
+    try:
+        con.execute("LOAD httpfs")
+    except duckdb.Error:
+        return False
+    options = dict(storage_options)
+    client = options.get("client_kwargs", {})
+    endpoint = (options.get("endpoint_url") or client.get("endpoint_url")
+                or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+    settings = {
+        "KEY_ID": options.get("key") or os.environ.get("AWS_ACCESS_KEY_ID"),
+        "SECRET": options.get("secret") or os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        "SESSION_TOKEN": options.get("token") or os.environ.get("AWS_SESSION_TOKEN"),
+        "REGION": client.get("region_name") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+    }
+    if endpoint:  # an S3-compatible store (MinIO, Ceph, moto): path-style URLs
+        settings["ENDPOINT"] = endpoint.split("://", 1)[-1]
+        settings["USE_SSL"] = not endpoint.startswith("http://")
+        settings["URL_STYLE"] = "path"
+    parts = [f"{k} {_quote(v) if isinstance(v, str) else str(v).lower()}" for k, v in settings.items() if v]
+    con.execute("CREATE OR REPLACE SECRET vadray_s3 (TYPE s3" + "".join(f", {p}" for p in parts) + ")")
+    return True
+
+
+def connect(output: str, storage_options: dict | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the OUTPUT's tables as views (frames/events always exist)."""
+    con = duckdb.connect()
+    fs, root = storage.url_to_fs(output, storage_options)
+    if not fs.exists(root):
+        raise UsageError(f"OUTPUT {output!r} does not exist or is not reachable")
+    use_httpfs = storage.is_remote(output) and output.startswith(("s3://", "s3a://")) \
+        and _s3_secret(con, dict(storage_options or {}))
+    for name in TABLES:
+        files = fs.glob(f"{root}/{name}/**/*.parquet") if fs.isdir(f"{root}/{name}") else []
+        if not storage.is_remote(output) and files:
+            _parquet_view(con, name, os.path.join(os.path.abspath(root), name, "**", "*.parquet"))
+        elif use_httpfs and files:
+            _parquet_view(con, name, f"s3://{root}/{name}/**/*.parquet")
+        elif files:
+            con.register(name, open_dataset(output, name, storage_options))
+        elif name in DOCUMENTED:  # an empty table still answers "SELECT count(*) FROM events"
+            con.register(name, DOCUMENTED[name].empty_table())
+    return con
+
+
+def query(output: str, sql: str, storage_options: dict | None = None) -> pd.DataFrame:
+    """Run one SQL statement over the OUTPUT's tables; bad SQL raises UsageError."""
+    con = connect(output, storage_options)
+    try:
+        return con.sql(sql).df()
+    except duckdb.Error as exc:
+        raise UsageError(f"SQL failed: {exc}") from None
+    finally:
+        con.close()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("output", help="scoring OUTPUT (folder or s3:// prefix holding frames/ and events/)")
+    parser.add_argument("sql", help="one SQL statement over the views frames, events (and errors)")
+    parser.add_argument("--out", default=None,
+                        help="write the result to this .csv or .parquet file (local or s3://) instead of printing")
+    parser.add_argument("--max-rows", type=int, default=50, help="rows to print when --out is not given")
+    parser.add_argument("--storage-options", default=None,
+                        help="JSON dict for s3fs (endpoint_url, key, secret, …); default: AWS environment")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        options = storage.parse_storage_options(args.storage_options)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.out and not args.out.endswith((".csv", ".parquet")):
+        raise UsageError("--out must end in .csv or .parquet")
+    result = query(args.output, args.sql, options)
+    if not args.out:
+        with pd.option_context("display.width", 200, "display.max_columns", 50):
+            print(result.to_string(index=False, max_rows=args.max_rows))
+        print(f"({len(result)} rows)")
+        return 0
+    fs, path = storage.url_to_fs(args.out, options)
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    with fs.open(path, "wb") as f:
+        if args.out.endswith(".csv"):
+            result.to_csv(f, index=False)
+        else:
+            result.to_parquet(f, index=False)
+    print(f"wrote {len(result)} rows to {args.out}")
+    return 0

@@ -1,0 +1,245 @@
+"""Plots of regularity over time (Chong & Tay, Figure 4), one PNG per video, and an index.html.
+
+Each PNG shows s_r(t) on 0..1 against seconds (frame index when times are unknown), the
+ground-truth anomalous frames shaded when labels are given, and the detected events with
+their lowest frame marked. Below the curve: for the deepest events, the source frame at the
+event's peak (decoded with PyAV) next to its reconstruction-error map when an
+`error_map_fn(source_uri, frame_index) -> (S, S) array | None` is supplied (the scoring
+module owns the model; this module only draws).
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import io
+import logging
+import math
+from typing import Any, Callable
+
+import av
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+from matplotlib.figure import Figure
+
+from vadray import decode, listing, metrics, storage
+from vadray.errors import safe_key
+from vadray.evaluate import read_labels, read_table
+from vadray.exits import UsageError
+
+log = logging.getLogger(__name__)
+
+ImageFn = Callable[[str, int], "np.ndarray | None"]
+FRAME_COLUMNS = ["camera", "date", "video_id", "source_uri", "frame_index", "time_s", "regularity", "model_id"]
+
+
+def decode_thumbnail(source_uri: str, frame_index: int, storage_options: dict | None = None,
+                     max_side: int = 240) -> np.ndarray | None:
+    """Frame `frame_index` of a video file or frame folder as grey (h, w) uint8, or None.
+
+    Indices follow `vadray.decode` (presentation order; natural sort of a frame folder), so
+    the thumbnail shows the frame the score belongs to. Unreachable sources give None.
+    """
+    try:
+        fs, path = storage.url_to_fs(source_uri, storage_options)
+        if fs.isdir(path):
+            folder_uri = storage.to_uri(fs, path)
+            clips = [v for v in listing.list_videos(source_uri, storage_options) if v.uri == folder_uri]
+            uri = clips[0].frame_uris[frame_index]
+            with fs.open(storage.url_to_fs(uri, storage_options)[1], "rb") as f, av.open(f) as container:
+                return _grey(next(container.decode(video=0)), max_side)
+        target = int(decode.probe(source_uri, min_frames=1, storage_options=storage_options).pts[frame_index])
+        with fs.open(path, "rb") as f, av.open(f) as container:
+            stream = container.streams.video[0]
+            container.seek(target, stream=stream, backward=True, any_frame=False)
+            for frame in container.decode(stream):
+                if frame.pts is not None and frame.pts >= target:
+                    return _grey(frame, max_side) if frame.pts == target else None
+    except (decode.InputError, av.error.FFmpegError, OSError, IndexError, StopIteration, UsageError) as exc:
+        log.warning("no thumbnail for %s frame %d: %s", source_uri, frame_index, exc)
+    return None
+
+
+def _grey(frame: av.VideoFrame, max_side: int) -> np.ndarray:
+    scale = min(1.0, max_side / max(frame.width, frame.height))
+    width, height = max(2, round(frame.width * scale)), max(2, round(frame.height * scale))
+    return frame.reformat(width=width, height=height, format="gray").to_ndarray()
+
+
+def _x_of(frames: pd.DataFrame, use_time: bool) -> Callable[[np.ndarray], np.ndarray]:
+    """Source frame index → x position (seconds, interpolated between scored frames)."""
+    if not use_time:
+        return lambda f: np.asarray(f, np.float64)
+    index, times = frames["frame_index"].to_numpy(np.float64), frames["time_s"].to_numpy(np.float64)
+    if index.size == 1:
+        return lambda f: np.full(np.shape(f), times[0])
+    slope = (times[-1] - times[0]) / (index[-1] - index[0])  # extrapolate with the mean rate
+    return lambda f: np.where((np.asarray(f) < index[0]) | (np.asarray(f) > index[-1]),
+                              times[0] + (np.asarray(f, np.float64) - index[0]) * slope,
+                              np.interp(f, index, times))
+
+
+def plot_video(frames: pd.DataFrame, events: pd.DataFrame, truth: np.ndarray | None = None,
+               thumbnails: list[tuple[dict, np.ndarray | None, np.ndarray | None]] = ()) -> Figure:
+    """One video's figure; a shaded span covers its frames [first, last + 1) on the time axis.
+
+    frames: the video's rows sorted by frame_index; truth: (K, 2) ground-truth frame runs;
+    thumbnails: (event row, peak frame image or None, error map or None) per shown event."""
+    use_time = bool(np.isfinite(frames["time_s"].to_numpy(np.float64)).all())
+    x_of = _x_of(frames, use_time)
+    shown = [t for t in thumbnails if t[1] is not None or t[2] is not None]
+    panels = sum((img is not None) + (emap is not None) for _, img, emap in shown)
+    fig = Figure(figsize=(11, 6.2 if panels else 3.6), layout="constrained")
+    grid = fig.add_gridspec(2 if panels else 1, max(panels, 1), height_ratios=[1.3, 1] if panels else [1])
+    ax = fig.add_subplot(grid[0, :])
+    ax.plot(x_of(frames["frame_index"]), frames["regularity"], color="#1f4e9c", lw=1.2, label="regularity $s_r$")
+    for k, (first, last) in enumerate(truth if truth is not None else []):
+        ax.axvspan(x_of(first), x_of(last + 1), color="0.45", alpha=0.3, lw=0,
+                   label="ground-truth anomaly" if k == 0 else None)
+    for k, event in enumerate(events.itertuples()):
+        ax.axvspan(x_of(event.start_frame), x_of(event.end_frame + 1), ymin=0.0, ymax=0.06,
+                   color="#ff7f0e", alpha=0.9, lw=0, label="detected event" if k == 0 else None)
+        ax.axvspan(x_of(event.start_frame), x_of(event.end_frame + 1), color="#ff7f0e", alpha=0.12, lw=0)
+        ax.plot(x_of(event.peak_frame), event.min_regularity, "v", color="#ff7f0e", ms=8, mec="k", mew=0.5)
+        ax.annotate(f"E{event.event_id}", (x_of(event.peak_frame), event.min_regularity),
+                    textcoords="offset points", xytext=(0, -14), ha="center", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlim(x_of(frames["frame_index"].iloc[0]), x_of(frames["frame_index"].iloc[-1]))
+    ax.set_xlabel("time (s)" if use_time else "frame")
+    ax.set_ylabel("regularity score")
+    first = frames.iloc[0]
+    ax.set_title(f"{first['video_id']}  ·  camera {first['camera']}  ·  {first['date']}  ·  "
+                 f"model {first.get('model_id', '')}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    column = 0
+    for event, image, emap in shown:
+        for picture, what, cmap in ((image, "frame", "gray"), (emap, "error", "inferno")):
+            if picture is None:
+                continue
+            sub = fig.add_subplot(grid[1, column])
+            sub.imshow(picture, cmap=cmap, vmin=0 if what == "frame" else None, vmax=255 if what == "frame" else None)
+            sub.set_title(f"E{event['event_id']} {what} {event['peak_frame']}", fontsize=8)
+            sub.axis("off")
+            column += 1
+    return fig
+
+
+def _write_bytes(uri: str, data: bytes, storage_options: dict | None) -> None:
+    fs, path = storage.url_to_fs(uri, storage_options)
+    with fs.open(path, "wb") as f:
+        f.write(data)
+
+
+def _filter(videos: list[str] | None, cameras: list[str] | None, dates: list[str] | None):
+    parts = [ds.field(name).isin(values) for name, values in
+             (("video_id", videos), ("camera", cameras), ("date", dates)) if values]
+    if not parts:
+        return None
+    combined = parts[0]
+    for part in parts[1:]:
+        combined = combined & part
+    return combined
+
+
+def build_report(output: str, out_dir: str, labels_csv: str | None = None,
+                 storage_options: dict | None = None, *, frame_fn: ImageFn | None = None,
+                 error_map_fn: ImageFn | None = None, videos: list[str] | None = None,
+                 cameras: list[str] | None = None, dates: list[str] | None = None,
+                 max_thumbnails: int = 4) -> list[dict[str, Any]]:
+    """Write <out_dir>/<safe_key>.png per video and index.html; return the summary rows.
+
+    frame_fn(source_uri, frame_index) defaults to `decode_thumbnail`; max_thumbnails=0 skips
+    thumbnails. The deepest events get the thumbnails.
+    """
+    where = _filter(videos, cameras, dates)
+    table = read_table(output, "frames", storage_options, columns=FRAME_COLUMNS, filter=where)
+    if table is None or table.num_rows == 0:
+        raise UsageError(f"no scored frames under {output!r} (for the selected videos)")
+    frames = table.to_pandas().sort_values(["video_id", "frame_index"], kind="stable")
+    event_table = read_table(output, "events", storage_options, filter=where)
+    events = event_table.to_pandas() if event_table is not None else pd.DataFrame(
+        columns=["video_id", "event_id", "start_frame", "end_frame", "peak_frame", "min_regularity"])
+    labels = read_labels(labels_csv, storage_options) if labels_csv else None
+    if frame_fn is None:
+        frame_fn = lambda uri, index: decode_thumbnail(uri, index, storage_options)  # noqa: E731
+    out_fs, out_path = storage.url_to_fs(out_dir, storage_options)
+    out_fs.makedirs(out_path, exist_ok=True)
+    rows = []
+    for video_id, video_frames in frames.groupby("video_id", sort=True):
+        video_events = events[events["video_id"] == video_id].sort_values("start_frame")
+        truth, auc = None, float("nan")
+        if labels is not None:
+            video_labels = labels[labels["video_id"] == video_id]
+            if len(video_labels):
+                truth = metrics.label_runs(video_labels["frame_index"].to_numpy(), video_labels["label"].to_numpy())
+                scored = video_frames.merge(video_labels, on=["video_id", "frame_index"])
+                auc = metrics.frame_auc(scored["label"].to_numpy(), 1.0 - scored["regularity"].to_numpy())
+        source = str(video_frames["source_uri"].iloc[0])
+        thumbnails = []
+        for event in video_events.nsmallest(max_thumbnails, "min_regularity").sort_values("start_frame").to_dict("records"):
+            image = frame_fn(source, int(event["peak_frame"]))
+            emap = error_map_fn(source, int(event["peak_frame"])) if error_map_fn else None
+            thumbnails.append((event, image, emap))
+        figure = plot_video(video_frames, video_events, truth, thumbnails)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=100)
+        png = f"{safe_key(str(video_id))}.png"
+        _write_bytes(storage.join(out_dir, png), buffer.getvalue(), storage_options)
+        times = video_frames["time_s"].to_numpy(np.float64)
+        rows.append({"video_id": str(video_id), "camera": str(video_frames["camera"].iloc[0]),
+                     "date": str(video_frames["date"].iloc[0]), "frames": len(video_frames),
+                     "duration_s": float(times[-1] - times[0]) if np.isfinite(times).all() else float("nan"),
+                     "min_regularity": float(video_frames["regularity"].min()),
+                     "events": len(video_events), "auc": auc, "png": png})
+    _write_bytes(storage.join(out_dir, "index.html"), index_html(rows, labels is not None).encode(), storage_options)
+    return rows
+
+
+def index_html(rows: list[dict[str, Any]], with_auc: bool) -> str:
+    """A summary table linking every video's PNG."""
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return "–" if math.isnan(value) else f"{value:.3f}"
+        return html.escape(str(value))
+
+    head = ["video", "camera", "date", "frames", "duration (s)", "min regularity", "events"]
+    head += ["AUC (1 − s_r)"] if with_auc else []
+    lines = ["<!doctype html><meta charset='utf-8'><title>vadray report</title>",
+             "<style>body{font-family:sans-serif} td,th{padding:3px 10px;border-bottom:1px solid #ddd}"
+             " td{text-align:right} td:first-child{text-align:left}</style>",
+             f"<h1>vadray report</h1><p>{len(rows)} videos, {sum(r['events'] for r in rows)} events</p>",
+             "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
+    for r in rows:
+        values = [r["camera"], r["date"], r["frames"], r["duration_s"], r["min_regularity"], r["events"]]
+        values += [r["auc"]] if with_auc else []
+        link = f"<a href='{html.escape(r['png'])}'>{html.escape(r['video_id'])}</a>"
+        lines.append(f"<tr><td>{link}</td>" + "".join(f"<td>{cell(v)}</td>" for v in values) + "</tr>")
+    lines.append("</table>")
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("output", help="scoring OUTPUT (folder or s3:// prefix holding frames/ and events/)")
+    parser.add_argument("dir", help="folder (or s3:// prefix) to write the PNGs and index.html into")
+    parser.add_argument("--labels", default=None, help="CSV video,frame_index,label: shade ground truth, per-video AUC")
+    parser.add_argument("--video", action="append", default=None, help="only this video_id (repeatable)")
+    parser.add_argument("--camera", action="append", default=None, help="only this camera (repeatable)")
+    parser.add_argument("--date", action="append", default=None, help="only this date YYYY-MM-DD (repeatable)")
+    parser.add_argument("--max-thumbnails", type=int, default=4,
+                        help="event frames shown per video, deepest first (0: none, no decoding)")
+    parser.add_argument("--storage-options", default=None,
+                        help="JSON dict for s3fs (endpoint_url, key, secret, …); default: AWS environment")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        options = storage.parse_storage_options(args.storage_options)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.max_thumbnails < 0:
+        raise UsageError("--max-thumbnails must be 0 or more")
+    rows = build_report(args.output, args.dir, args.labels, options, videos=args.video,
+                        cameras=args.camera, dates=args.date, max_thumbnails=args.max_thumbnails)
+    print(f"wrote {len(rows)} plots and {storage.join(args.dir, 'index.html')}")
+    return 0

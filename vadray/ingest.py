@@ -25,18 +25,16 @@ import numpy as np
 import pyarrow as pa
 
 from vadray import storage
-from vadray.decode import (InputError, Timeline, contiguous_runs, decode_frame_files,
-                           decode_segment, frame_folder_timeline, probe)
-from vadray.errors import error_row, read_errors, safe_key, write_errors
+from vadray.decode import contiguous_runs
+from vadray.errors import read_errors, safe_key
 from vadray.exits import EXIT_OK, EXIT_PARTIAL, UsageError
 from vadray.listing import VideoRef, list_videos
 from vadray.preprocess import NormStats, PartialSums
-from vadray.segments import plan_segments
+from vadray.stages import ProbeAndPlan, decode_planned
 
 log = logging.getLogger("vadray.ingest")
 
 CHUNK_FRAMES = 32  # frames per clips row: ~1.6 MB at 227×227, a good unit for streaming reads
-T_MIN_FRAMES = 10  # a video shorter than one volume cannot be used
 
 CLIPS_SCHEMA = pa.schema([
     ("video_id", pa.string()),
@@ -74,46 +72,6 @@ class IngestSummary:
                 f"{self.fps:.1f} frames/s")
 
 
-class ProbeAndPlan:
-    """Ray Data stage 1: one input → its segments (rows), or an errors file."""
-
-    def __init__(self, output: str, camera: str, segment_seconds: float, frame_fps: float,
-                 storage_options: dict[str, Any]):
-        self.errors_uri = storage.join(output, "errors")
-        self.camera, self.segment_seconds, self.frame_fps = camera, segment_seconds, frame_fps
-        self.storage_options = storage_options
-
-    def __call__(self, ref_row: dict[str, Any]) -> list[dict[str, Any]]:
-        ref = VideoRef(**ref_row)
-        key = safe_key(ref.video_id)
-        try:
-            if ref.is_frame_folder:
-                timeline = frame_folder_timeline(len(ref.frame_uris), self.frame_fps, T_MIN_FRAMES)
-            else:
-                timeline = probe(ref.uri, T_MIN_FRAMES, self.storage_options)
-        except InputError as exc:
-            self._error(ref, key, "probe", exc.error_type, str(exc))
-            return []
-        except Exception as exc:  # an unexpected failure is still one input's failure
-            self._error(ref, key, "probe", type(exc).__name__, str(exc))
-            return []
-        if timeline.warning:
-            self._error(ref, key, "probe", "truncated", timeline.warning)
-        segments = plan_segments(timeline.num_frames, timeline.fps, self.segment_seconds, overlap=0)
-        return [{
-            "video_id": ref.video_id, "video_key": key, "camera": self.camera, "uri": ref.uri,
-            "segment": seg.index, "first": seg.first, "last": seg.last,
-            "pts": timeline.pts[seg.first:seg.last].tolist(), "time_base": timeline.time_base,
-            "start_pts": timeline.start_pts, "fps": timeline.fps,
-            "width": timeline.width, "height": timeline.height, "codec": timeline.codec,
-            "frame_uris": ref.frame_uris[seg.first:seg.last],
-        } for seg in segments]
-
-    def _error(self, ref: VideoRef, key: str, stage: str, kind: str, message: str) -> None:
-        write_errors([error_row(ref.video_id, ref.uri, stage, kind, message)], self.errors_uri,
-                     f"{key}-{stage}", self.storage_options)
-
-
 class DecodeSegment:
     """Ray Data stage 2: one segment → clips rows (contiguous chunks of grey frames)."""
 
@@ -126,40 +84,19 @@ class DecodeSegment:
         return pa.concat_tables(tables) if tables else CLIPS_SCHEMA.empty_table()
 
     def _segment(self, seg: dict[str, Any]) -> pa.Table:
-        first, last = seg["first"], seg["last"]
-        # A timeline holding only this segment's frames; indices shift back by `first`.
-        timeline = Timeline(np.asarray(seg["pts"], np.int64), seg["time_base"], seg["start_pts"],
-                            seg["fps"], seg["width"], seg["height"], seg["codec"])
-        try:
-            if seg["frame_uris"]:
-                decoded = decode_frame_files(seg["frame_uris"], timeline, 0, last - first, self.size,
-                                             self.storage_options)
-            else:
-                decoded = decode_segment(seg["uri"], timeline, 0, last - first, self.size,
-                                         self.storage_options)
-        except Exception as exc:  # a segment's failure is reported, the job goes on
-            self._error(seg, type(exc).__name__, f"frames {first}-{last - 1}: {exc}")
-            return CLIPS_SCHEMA.empty_table()
-        if decoded.error:
-            lost = ", ".join(f"{a + first}-{b + first - 1}" for a, b in decoded.missing) or "none"
-            self._error(seg, "decode_failed", f"{decoded.error}; frames not decoded: {lost}")
+        decoded = decode_planned(seg, self.size, self.errors_uri, self.storage_options)
         rows = []
-        frame_index = decoded.frame_index + first
-        for a, b in contiguous_runs(frame_index):
+        for a, b in contiguous_runs(decoded.frame_index):
             for c in range(a, b, CHUNK_FRAMES):
                 d = min(c + CHUNK_FRAMES, b)
                 rows.append({
                     "video_id": seg["video_id"], "camera": seg["camera"], "source_uri": seg["uri"],
-                    "start_frame": int(frame_index[c]), "num_frames": d - c,
+                    "start_frame": int(decoded.frame_index[c]), "num_frames": d - c,
                     "time_s": decoded.time_s[c:d].tolist(), "fps": seg["fps"],
                     "width": seg["width"], "height": seg["height"], "size": self.size,
                     "frames": decoded.frames[c:d].tobytes(), "video_key": seg["video_key"],
                 })
         return pa.Table.from_pylist(rows, schema=CLIPS_SCHEMA)
-
-    def _error(self, seg: dict[str, Any], kind: str, message: str) -> None:
-        write_errors([error_row(seg["video_id"], seg["uri"], "decode", kind, message)], self.errors_uri,
-                     f"{seg['video_key']}-seg{seg['segment']:05d}", self.storage_options)
 
 
 def _partial_sums(batch: pa.Table) -> dict[str, np.ndarray]:
@@ -245,7 +182,9 @@ def run_ingest(source: str, output: str, *, camera: str = "default", size: int =
     log.info("ingesting %d videos from %s into %s", len(refs), source, output)
     _clear_previous(output, refs, storage_options)
 
-    probe_stage = ProbeAndPlan(output, camera, segment_seconds, frame_fps, storage_options)
+    # Chunks tile each video and training joins a video's chunks, so no volume is lost at a
+    # seam without decoding any overlap here (scoring, which never joins, decodes T-1 more).
+    probe_stage = ProbeAndPlan(output, camera, segment_seconds, frame_fps, storage_options, overlap=0)
     segments = (ray.data.from_items([r.to_dict() for r in refs], override_num_blocks=min(len(refs), 512))
                 .flat_map(probe_stage).take_all())
     log.info("decoding %d segments", len(segments))

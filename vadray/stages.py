@@ -1,0 +1,96 @@
+"""Ray Data stages that ingest and score share: probe + plan, and segment decode.
+
+Both jobs must see exactly the same frames (same decoder, same resize, same indices), or
+scores drift from training; so there is one implementation. The stages are plain callables
+over rows; bad input becomes an `errors` file written by the task (deterministic name, so a
+retry overwrites) and the stage goes on.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from vadray import storage
+from vadray.decode import (DecodedFrames, InputError, Timeline, decode_frame_files, decode_segment,
+                           frame_folder_timeline, probe)
+from vadray.errors import error_row, safe_key, write_errors
+from vadray.listing import VideoRef
+from vadray.segments import plan_segments
+
+T_MIN_FRAMES = 10  # a video shorter than one volume cannot be used
+
+
+class ProbeAndPlan:
+    """One input → its segments (rows), or an errors file. `overlap` extra frames are decoded
+    after each segment's owned range (scoring needs T−1 for the volumes at a seam)."""
+
+    def __init__(self, output: str, camera: str, segment_seconds: float, frame_fps: float,
+                 storage_options: dict[str, Any], overlap: int = 0):
+        self.errors_uri = storage.join(output, "errors")
+        self.camera, self.segment_seconds, self.frame_fps = camera, segment_seconds, frame_fps
+        self.storage_options, self.overlap = storage_options, overlap
+
+    def __call__(self, ref_row: dict[str, Any]) -> list[dict[str, Any]]:
+        ref = VideoRef(**{k: ref_row[k] for k in VideoRef.__dataclass_fields__})
+        key = safe_key(ref.video_id)
+        try:
+            if ref.is_frame_folder:
+                timeline = frame_folder_timeline(len(ref.frame_uris), self.frame_fps, T_MIN_FRAMES)
+            else:
+                timeline = probe(ref.uri, T_MIN_FRAMES, self.storage_options)
+        except Exception as exc:  # an unexpected failure is still one input's failure
+            kind = exc.error_type if isinstance(exc, InputError) else type(exc).__name__
+            self._error(ref, key, kind, str(exc))
+            return []
+        if timeline.warning:
+            self._error(ref, key, "truncated", timeline.warning)
+        segments = plan_segments(timeline.num_frames, timeline.fps, self.segment_seconds, self.overlap)
+        return [{
+            "video_id": ref.video_id, "video_key": key, "camera": self.camera, "uri": ref.uri,
+            "identity": ref.identity(), "num_frames": timeline.num_frames,
+            "segment": seg.index, "first": seg.first, "last": seg.last, "decode_last": seg.decode_last,
+            "pts": timeline.pts[seg.first:seg.decode_last].tolist(), "time_base": timeline.time_base,
+            "start_pts": timeline.start_pts, "fps": timeline.fps,
+            "width": timeline.width, "height": timeline.height, "codec": timeline.codec,
+            "frame_uris": ref.frame_uris[seg.first:seg.decode_last],
+        } for seg in segments]
+
+    def _error(self, ref: VideoRef, key: str, kind: str, message: str) -> None:
+        write_errors([error_row(ref.video_id, ref.uri, "probe", kind, message)], self.errors_uri,
+                     f"{key}-probe", self.storage_options)
+
+
+def decode_planned(seg: dict[str, Any], size: int, errors_uri: str,
+                   storage_options: dict[str, Any]) -> DecodedFrames:
+    """Decode a planned segment's frames [first, decode_last); frame_index is source-absolute.
+
+    A failure (or frames that would not decode) is written to errors_uri; what did decode is
+    returned, so nothing decodable is lost.
+    """
+    first, last = seg["first"], seg["decode_last"]
+    # A timeline holding only this segment's frames; positions shift back by `first`.
+    timeline = Timeline(np.asarray(seg["pts"], np.int64), seg["time_base"], seg["start_pts"],
+                        seg["fps"], seg["width"], seg["height"], seg["codec"])
+    try:
+        if seg["frame_uris"]:
+            decoded = decode_frame_files(seg["frame_uris"], timeline, 0, last - first, size, storage_options)
+        else:
+            decoded = decode_segment(seg["uri"], timeline, 0, last - first, size, storage_options)
+    except Exception as exc:
+        _segment_error(seg, errors_uri, type(exc).__name__, f"frames {first}-{last - 1}: {exc}",
+                       storage_options)
+        return DecodedFrames(np.zeros(0, np.int64), np.zeros(0), np.zeros((0, size, size), np.uint8))
+    if decoded.error:
+        lost = ", ".join(f"{a + first}-{b + first - 1}" for a, b in decoded.missing) or "none"
+        _segment_error(seg, errors_uri, "decode_failed", f"{decoded.error}; frames not decoded: {lost}",
+                       storage_options)
+    decoded.frame_index = decoded.frame_index + first
+    decoded.missing = [(a + first, b + first) for a, b in decoded.missing]
+    return decoded
+
+
+def _segment_error(seg: dict[str, Any], errors_uri: str, kind: str, message: str,
+                   storage_options: dict[str, Any]) -> None:
+    write_errors([error_row(seg["video_id"], seg["uri"], "decode", kind, message)], errors_uri,
+                 f"{seg['video_key']}-seg{seg['segment']:05d}", storage_options)

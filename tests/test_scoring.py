@@ -103,6 +103,31 @@ def test_segmented_assembly_is_bit_identical_to_unsegmented():
     np.testing.assert_allclose(whole.recon_error, expected, rtol=1e-12)
 
 
+def test_segments_finalise_inner_frames_and_pass_on_only_seams():
+    rng = np.random.default_rng(8)
+    T, C = 10, 3
+    starts = volume_starts(100, T=T)                       # frames 0..99, volumes 0..90
+    errs = rng.random((starts.size, T))
+    cells = rng.random((starts.size, T, C))
+    whole = scoring.accumulate(starts, T, errs, cells).mean()
+    finished, seams = [], []
+    for a, b in [(0, 30), (30, 61), (61, starts.size)]:
+        done, rest = scoring.accumulate(starts[a:b], T, errs[a:b], cells[a:b]).split(starts)
+        finished.append(done)
+        seams.append(rest)
+    # a seam between volumes 29 and 30 leaves frames 30..38 incomplete on both sides
+    assert seams[0].frame_index.tolist() == list(range(30, 39))
+    assert seams[1].frame_index.tolist() == list(range(30, 39)) + list(range(61, 70))
+    video = scoring.FrameMeans.concat(finished + [scoring.FrameSums.merge(seams).mean()])
+    np.testing.assert_array_equal(video.frame_index, whole.frame_index)
+    np.testing.assert_array_equal(video.recon_error, whole.recon_error)
+    np.testing.assert_array_equal(video.cell_error_max, whole.cell_error_max)
+    np.testing.assert_array_equal(video.count, whole.count)
+    assert video.cell_error is None                            # dropped unless asked for
+    with pytest.raises(ValueError):
+        scoring.FrameMeans.concat([whole, whole])
+
+
 def test_merge_rejects_a_volume_scored_twice():
     T = 3
     errs = np.ones((2, T))

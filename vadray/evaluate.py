@@ -72,7 +72,10 @@ def read_labels(labels_csv: str, storage_options: dict | None = None) -> pd.Data
     if not labels["label"].isin([0, 1]).all():
         raise UsageError("labels must be 0 (normal) or 1 (anomalous)")
     labels = labels.rename(columns={"video": "video_id"})[["video_id", "frame_index", "label"]]
-    return labels.astype({"frame_index": "int64", "label": "int8"})
+    try:
+        return labels.astype({"frame_index": "int64", "label": "int8"})
+    except (ValueError, TypeError):
+        raise UsageError("labels file: frame_index must be whole numbers") from None
 
 
 def _per_video_intervals(table: pd.DataFrame) -> dict[str, np.ndarray]:

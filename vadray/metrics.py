@@ -53,10 +53,10 @@ def frame_metrics(video_ids: np.ndarray, labels: np.ndarray, scores: np.ndarray)
     video_ids = np.asarray(video_ids)
     labels = np.asarray(labels).astype(np.int8)
     scores = np.asarray(scores, np.float64)
-    per_video = {}
-    for video in np.unique(video_ids):
-        mask = video_ids == video
-        per_video[str(video)] = frame_auc(labels[mask], scores[mask])
+    order = np.argsort(video_ids, kind="stable")
+    names, firsts = np.unique(video_ids[order], return_index=True)
+    per_video = {str(name): frame_auc(lab, sc) for name, lab, sc in
+                 zip(names, np.split(labels[order], firsts[1:]), np.split(scores[order], firsts[1:]))}
     defined = [v for v in per_video.values() if np.isfinite(v)]
     rate, threshold = equal_error_rate(labels, scores)
     return {

@@ -10,6 +10,11 @@ may have been scored by different tasks. `FrameSums` therefore keeps one slot pe
 (frame, position of the frame inside the volume): every volume fills its own slots, parts
 are merged by placing slots, and the mean adds the slots in a fixed order. Segmented and
 unsegmented scoring give bit-identical results, not merely close ones.
+
+Per segment:  sums = accumulate(starts, T, frame_errors(x, r), cell_errors(x, r))
+              done, seam = sums.split(all_starts_of_the_video)
+Per video:    means = FrameMeans.concat(dones + [FrameSums.merge(seams).mean()])
+              regularity(means.recon_error), calibrate(means.recon_error, card["validation"])
 """
 from __future__ import annotations
 
@@ -97,6 +102,19 @@ class FrameMeans:
     cell_error: np.ndarray | None = None      # (F, C) float64, per-cell means
     cell_error_max: np.ndarray | None = None  # (F,) float64, max over cells of cell_error
 
+    @classmethod
+    def concat(cls, parts: list["FrameMeans"], keep_cells: bool = False) -> "FrameMeans":
+        """Join disjoint sets of frames, sorted by frame index. The (F, C) per-cell means
+        are dropped unless `keep_cells` (a whole video's worth is large)."""
+        frames = np.concatenate([p.frame_index for p in parts])
+        order = np.argsort(frames, kind="stable")
+        if np.any(np.diff(frames[order]) == 0):
+            raise ValueError("a frame appears in two parts")
+        pick = lambda name: (None if any(getattr(p, name) is None for p in parts)  # noqa: E731
+                             else np.concatenate([getattr(p, name) for p in parts])[order])
+        return cls(frames[order], pick("recon_error"), pick("count"),
+                   pick("cell_error") if keep_cells else None, pick("cell_error_max"))
+
 
 @dataclass
 class FrameSums:
@@ -145,6 +163,25 @@ class FrameSums:
                 cells[rows] = np.where(part.filled[:, :, None], part.cell_slots, cells[rows])
             filled[rows] |= part.filled
         return cls(frames, err, filled, cells)
+
+    def split(self, all_starts: np.ndarray) -> tuple[FrameMeans, "FrameSums"]:
+        """(means of the frames whose volumes are all here, partial sums of the other frames).
+
+        all_starts (V_all,) are the start frames of every volume of the whole video. A segment
+        task finalises its inner frames itself and hands on only the T−1 frames at each seam,
+        so a video's assembly holds seam slots, never (F, T, C) for the whole video. The
+        means are bit-identical to unsegmented ones: `mean` adds slots in a fixed order.
+        """
+        all_starts = np.sort(np.asarray(all_starts, np.int64))
+        T = self.err_slots.shape[1]
+        expected = (np.searchsorted(all_starts, self.frame_index, side="right")
+                    - np.searchsorted(all_starts, self.frame_index - T + 1, side="left"))  # stride 1
+        done = self.count == expected
+        rest = FrameSums(self.frame_index[~done], self.err_slots[~done], self.filled[~done],
+                         None if self.cell_slots is None else self.cell_slots[~done])
+        finished = FrameSums(self.frame_index[done], self.err_slots[done], self.filled[done],
+                             None if self.cell_slots is None else self.cell_slots[done])
+        return finished.mean(), rest
 
     def mean(self) -> FrameMeans:
         """Per-frame mean over the volumes that contain each frame (frames with ≥ 1 volume)."""

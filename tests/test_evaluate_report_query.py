@@ -97,7 +97,9 @@ def test_evaluate_counts_pairs_by_hand(scored):
         assert m["auc_macro"] == pytest.approx((auc_a + 1.0) / 2)
         assert m["auc_per_video"]["cam1/2024-05-01/0900"] == pytest.approx(auc_a)
         assert m["frames"] == 70 and m["anomalous_frames"] == 11 and m["videos_in_macro"] == 2
-        assert 0 < m["eer"] < 0.5
+    # ROC: the negative at 0.65 first (FPR 1/59), then all 11 positives: FNR reaches 0 on that
+    # vertical segment while FPR = 1/59, so the curves cross at 1/59
+    assert result["regularity"]["eer"] == pytest.approx(1 / 59)
     assert result["cell_error_max"]["missing_scores"] == 1 and result["cell_error_max"]["frames"] == 69
     c = result["coverage"]
     assert (c["frames"], c["evaluated_frames"], c["frames_without_labels"], c["labels_without_frames"]) == (80, 70, 10, 5)

@@ -182,7 +182,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", help="scoring OUTPUT (folder or s3:// prefix holding frames/ and events/)")
     parser.add_argument("--labels", required=True,
                         help="CSV with columns video,frame_index,label (1 = anomalous frame)")
-    parser.add_argument("--json", dest="json_path", default=None,
+    parser.add_argument("--json", dest="json_path", default=None, metavar="METRICS.json",
                         help="also write the metrics as JSON to this path (local or s3://); NaN → null")
     parser.add_argument("--storage-options", default=None,
                         help="JSON dict for s3fs (endpoint_url, key, secret, …); default: AWS environment")

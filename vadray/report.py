@@ -104,7 +104,8 @@ def plot_video(frames: pd.DataFrame, events: pd.DataFrame, truth: np.ndarray | N
         ax.annotate(f"E{event.event_id}", (x_of(event.peak_frame), event.min_regularity),
                     textcoords="offset points", xytext=(0, -14), ha="center", fontsize=8)
     ax.set_ylim(0, 1.05)
-    ax.set_xlim(x_of(frames["frame_index"].iloc[0]), x_of(frames["frame_index"].iloc[-1]))
+    if len(frames) > 1:
+        ax.set_xlim(x_of(frames["frame_index"].iloc[0]), x_of(frames["frame_index"].iloc[-1]))
     ax.set_xlabel("time (s)" if use_time else "frame")
     ax.set_ylabel("regularity score")
     first = frames.iloc[0]

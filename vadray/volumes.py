@@ -42,3 +42,35 @@ def frame_offsets(starts: np.ndarray, T: int = T_DEFAULT, stride: int = 1) -> np
 def gather(frames: np.ndarray, starts: np.ndarray, T: int = T_DEFAULT, stride: int = 1) -> np.ndarray:
     """frames (N, S, S) → volumes (V, T, S, S); a view-free gather, dtype kept."""
     return frames[frame_offsets(starts, T, stride)]
+
+
+def stream_volumes(chunks, T: int = T_DEFAULT, strides=(1, 2, 3), hop: int = 1):
+    """Volumes of ONE video from its consecutive chunks, across the seams between chunks.
+
+    `chunks` yields (start_frame, frames (n, S, S)) in frame order, tiling the video with no
+    gap and no overlap (a ValueError says where they do not). Yields (stride, starts (V,),
+    volumes (V, T, S, S)) with absolute start frames: for each stride, exactly the volumes of
+    `volume_starts(N, T, stride, hop, cover_end=False)` on the whole video, shifted by its
+    first frame. Memory: one chunk plus the last (T-1)*max(strides) + hop frames before it.
+    """
+    buffer, buffer_start, next_start = None, None, {}
+    for chunk_start, frames in chunks:
+        if buffer is None:
+            buffer, buffer_start = frames[:0], int(chunk_start)
+            next_start = {s: buffer_start for s in strides}
+        expected = buffer_start + len(buffer)
+        if chunk_start != expected:
+            kind = "gap" if chunk_start > expected else "overlap"
+            raise ValueError(f"chunks are not contiguous: frame {chunk_start} follows frame "
+                             f"{expected - 1} ({kind})")
+        buffer = np.concatenate([buffer, frames]) if len(buffer) else frames
+        end = buffer_start + len(buffer)
+        for s in strides:
+            last = end - span(T, s)
+            if next_start[s] > last:
+                continue
+            starts = np.arange(next_start[s], last + 1, hop, dtype=np.int64)
+            yield s, starts, gather(buffer, starts - buffer_start, T, s)
+            next_start[s] = int(starts[-1]) + hop
+        drop = min(min(next_start.values()) - buffer_start, len(buffer))
+        buffer, buffer_start = buffer[drop:], buffer_start + drop

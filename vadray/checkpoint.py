@@ -1,0 +1,104 @@
+"""Self-describing checkpoints: `model.pt` (a plain state_dict) + `card.json` (the model card).
+
+Loading never unpickles arbitrary objects: weights go through `torch.load(weights_only=True)`
+and everything else is JSON. The card carries what scoring needs to reproduce training's
+input exactly (size, T, normalisation statistics) and to calibrate scores (the validation
+reconstruction-error distribution), so evaluation and archive scoring cannot drift.
+
+Layout of a training run's CHECKPOINT_DIR (local or s3://):
+    run/            Ray Train's own checkpoints (per epoch: model.pt, optimizer.pt, state.json)
+    run.json        the job's settings and run id (what --resume continues)
+    final/          model.pt + card.json of the epoch with the best validation loss
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import platform
+
+import numpy as np
+import torch
+from torch import nn
+
+from vadray import __version__, storage
+from vadray.models import build
+
+MODEL_FILE = "model.pt"
+CARD_FILE = "card.json"
+FINAL_DIR = "final"
+CARD_FORMAT = "vadray-model-card/1"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside a DDP (or similar) wrapper: its state_dict has no 'module.'."""
+    return getattr(model, "module", model)
+
+
+def weights_to_bytes(state_dict: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buffer)
+    return buffer.getvalue()
+
+
+def weights_from_bytes(data: bytes) -> dict:
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def model_id(name: str, state_dict: dict) -> str:
+    """`<name>-<12 hex>`: a hash of the tensors' names and bytes, not of torch.save's zip."""
+    digest = hashlib.sha1()
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().cpu().contiguous()
+        digest.update(key.encode())
+        digest.update(tensor.numpy().tobytes() if tensor.dtype != torch.bfloat16 else
+                      tensor.float().numpy().tobytes())
+    return f"{name}-{digest.hexdigest()[:12]}"
+
+
+def library_versions() -> dict:
+    import ray
+
+    return {"torch": torch.__version__, "ray": ray.__version__, "numpy": np.__version__,
+            "vadray": __version__, "python": platform.python_version()}
+
+
+def distribution(values: np.ndarray, quantiles=(0.5, 0.9, 0.95, 0.99, 0.999)) -> dict:
+    """{mean, std, quantiles{"0.5": …}, n} of the finite values, for the card (JSON floats)."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return {"mean": None, "std": None, "quantiles": {str(q): None for q in quantiles}, "n": 0}
+    return {"mean": float(v.mean()), "std": float(v.std()),
+            "quantiles": {str(q): float(np.quantile(v, q)) for q in quantiles}, "n": int(v.size)}
+
+
+def save(folder_uri: str, state_dict: dict, card: dict, storage_options: dict | None = None) -> None:
+    """Write model.pt and card.json into folder_uri (weights first: a card means complete)."""
+    fs, path = storage.url_to_fs(folder_uri, storage_options)
+    fs.makedirs(path, exist_ok=True)
+    fs.pipe_file(f"{path}/{MODEL_FILE}", weights_to_bytes(state_dict))
+    fs.pipe_file(f"{path}/{CARD_FILE}", json.dumps(card, indent=2, sort_keys=False).encode())
+
+
+def _checkpoint_folder(fs, path: str) -> str:
+    for candidate in (f"{path}/{FINAL_DIR}", path):
+        if fs.exists(f"{candidate}/{CARD_FILE}") and fs.exists(f"{candidate}/{MODEL_FILE}"):
+            return candidate
+    raise FileNotFoundError(f"{path} holds no {MODEL_FILE} + {CARD_FILE}, nor a {FINAL_DIR}/ with "
+                            f"them: is it a finished training run's CHECKPOINT_DIR?")
+
+
+def read_card(path: str, storage_options: dict | None = None) -> dict:
+    fs, fs_path = storage.url_to_fs(path, storage_options)
+    return json.loads(fs.cat_file(f"{_checkpoint_folder(fs, fs_path)}/{CARD_FILE}"))
+
+
+def load_model(path: str, storage_options: dict | None = None) -> tuple[nn.Module, dict]:
+    """(model in eval mode on the CPU, card) from CHECKPOINT_DIR or a checkpoint folder."""
+    fs, fs_path = storage.url_to_fs(path, storage_options)
+    folder = _checkpoint_folder(fs, fs_path)
+    card = json.loads(fs.cat_file(f"{folder}/{CARD_FILE}"))
+    model = build(card["model"]["name"], **card["model"]["params"])
+    model.load_state_dict(weights_from_bytes(fs.cat_file(f"{folder}/{MODEL_FILE}")))
+    return model.eval(), card

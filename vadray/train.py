@@ -1,0 +1,195 @@
+"""Train a spatiotemporal autoencoder on clip shards with Ray Train (PyTorch DDP).
+
+    vadray train OUTPUT/ ckpt/ --workers 2 --epochs 50
+    vadray train s3://bucket/ingest/ s3://bucket/models/cam3 --workers 4 --gpus-per-worker 1
+
+SHARDS is an ingest OUTPUT folder (or its clips/). Volumes of T=10 frames at strides 1, 2, 3
+stream from the shards through Ray Data into every worker; a held-out fraction of the
+VIDEOS is the validation set; training stops early when the validation loss has not improved
+for --patience epochs, and CHECKPOINT_DIR/final/ keeps the epoch with the best validation
+loss (never a test metric). A failed worker restarts from the last epoch's checkpoint;
+--resume continues an interrupted run with the settings it was started with.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from datetime import datetime, timezone
+
+from vadray import storage
+from vadray.checkpoint import FINAL_DIR, distribution, library_versions, model_id, save, weights_from_bytes
+from vadray.exits import UsageError
+from vadray.models import check_size, names, spec
+from vadray.trainloop import RUN_NAME, run_trainer
+from vadray.trainvolumes import count_volumes, discover, split_by_video, validation_frame_errors
+from vadray.volumes import T_DEFAULT
+
+log = logging.getLogger("vadray.train")
+
+RUN_FILE = "run.json"
+# Settings that define what is trained: --resume takes them from run.json, not the command line.
+RUN_SETTINGS = ("shards", "model", "model_params", "epochs", "batch_size", "lr", "patience",
+                "strides", "hop", "val_fraction", "seed", "T")
+
+
+def _strides(text: str) -> list[int]:
+    try:
+        values = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--strides must be comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise UsageError(f"--strides must be positive integers, got {text!r}")
+    return values
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("shards", metavar="SHARDS", help="ingest OUTPUT folder (clips/ + stats/) or its clips/ folder; local or s3://")
+    parser.add_argument("checkpoint_dir", metavar="CHECKPOINT_DIR", help="where Ray Train keeps checkpoints and final/ goes; local or s3://")
+    parser.add_argument("--model", default="convlstm_ae", choices=names(), help="architecture (default: convlstm_ae, Chong & Tay)")
+    parser.add_argument("--model-params", default=None, help="JSON object of architecture hyper-parameters, e.g. '{\"lstm_channels\": [32, 16, 32]}'")
+    parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP processes)")
+    parser.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per worker; > 0 trains on GPU with bf16 autocast and channels_last")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per worker; leave some to the Ray Data tasks that make volumes")
+    parser.add_argument("--epochs", type=int, default=50, help="maximum number of epochs")
+    parser.add_argument("--batch-size", type=int, default=64, help="global mini-batch (split across workers)")
+    parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
+    parser.add_argument("--patience", type=int, default=10, help="stop after this many epochs without a better validation loss")
+    parser.add_argument("--strides", default="1,2,3", help="temporal strides of the training volumes (augmentation)")
+    parser.add_argument("--hop", type=int, default=1, help="frames between the starts of consecutive training volumes")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="fraction of the VIDEOS held out for validation (0: none)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weight initialisation and shuffling")
+    parser.add_argument("--max-failures", type=int, default=3, help="worker failures to recover from (from the last checkpoint)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in CHECKPOINT_DIR with its saved settings")
+    parser.add_argument("--storage-options", default=None, help="JSON fsspec options for s3:// (e.g. endpoint_url); secrets are never logged")
+
+
+def run(args) -> int:
+    from vadray.raylib import ensure_ray
+
+    try:
+        options = storage.parse_storage_options(args.storage_options)
+        model_params = json.loads(args.model_params) if args.model_params else {}
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise UsageError(str(exc)) from None
+    ensure_ray()
+    card = run_training(
+        args.shards, args.checkpoint_dir, model=args.model, model_params=model_params,
+        workers=args.workers, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
+        strides=_strides(args.strides), hop=args.hop, val_fraction=args.val_fraction, seed=args.seed,
+        max_failures=args.max_failures, resume=args.resume, storage_options=options)
+    print(json.dumps({"model_id": card["model_id"], "best_epoch": card["best_epoch"],
+                      "epochs_run": card["epochs_run"], "best_val_loss": card["best_val_loss"],
+                      "final": storage.join(args.checkpoint_dir, FINAL_DIR)}, indent=2))
+    return 0
+
+
+def _run_settings(checkpoint_dir: str, settings: dict, resume: bool, storage_options: dict | None) -> dict:
+    """Write run.json for a new run, or read it back for --resume; refuse to mix two runs."""
+    fs, path = storage.url_to_fs(checkpoint_dir, storage_options)
+    run_file = f"{path}/{RUN_FILE}"
+    exists = fs.exists(run_file)
+    if resume:
+        if not exists:
+            raise UsageError(f"--resume: {checkpoint_dir} holds no run to continue ({RUN_FILE} missing)")
+        saved = json.loads(fs.cat_file(run_file))
+        log.info("resuming run %s with its saved settings", saved["run_id"])
+        return saved
+    if exists or fs.exists(f"{path}/{RUN_NAME}"):
+        raise UsageError(f"{checkpoint_dir} holds a run already: pass --resume to continue it, "
+                         f"or choose an empty CHECKPOINT_DIR")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    saved = dict(settings, run_id=f"train-{stamp}-{uuid.uuid4().hex[:6]}")
+    fs.makedirs(path, exist_ok=True)
+    fs.pipe_file(run_file, json.dumps(saved, indent=2).encode())
+    return saved
+
+
+def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae", model_params: dict | None = None,
+                 workers: int = 1, gpus_per_worker: float = 0, cpus_per_worker: float = 1.0, epochs: int = 50,
+                 batch_size: int = 64, lr: float = 1e-4, patience: int = 10, strides=(1, 2, 3), hop: int = 1,
+                 val_fraction: float = 0.1, seed: int = 0, max_failures: int = 3, resume: bool = False,
+                 storage_options: dict | None = None, fail_at_step: int | None = None) -> dict:
+    """Train, keep the best epoch in CHECKPOINT_DIR/final/, return its model card.
+
+    `fail_at_step` is a test hook: the last worker raises once at that global step (a marker
+    file in CHECKPOINT_DIR makes it fail only once), so the run must resume from a checkpoint.
+    """
+    if workers < 1 or epochs < 1 or batch_size < 1 or patience < 1 or hop < 1 or lr <= 0:
+        raise UsageError("--workers, --epochs, --batch-size, --patience, --hop and --lr must be positive")
+    settings = {"shards": shards, "model": model, "model_params": model_params or {}, "epochs": epochs,
+                "batch_size": batch_size, "lr": lr, "patience": patience, "strides": list(strides),
+                "hop": hop, "val_fraction": val_fraction, "seed": seed, "T": T_DEFAULT}
+    info = discover(shards, storage_options)  # fails fast on a wrong SHARDS, before any state is written
+    try:
+        check_size(model, info.size)
+        from vadray.models import build
+        model_spec = spec(build(model, **(model_params or {})))
+    except ValueError as exc:
+        raise UsageError(f"{exc} (the shards hold {info.size}×{info.size} frames)") from None
+    saved = _run_settings(checkpoint_dir, settings, resume, storage_options)
+    settings = {k: saved[k] for k in RUN_SETTINGS}
+    if resume and settings["shards"] != shards:
+        info = discover(settings["shards"], storage_options)
+    train_videos, val_videos = split_by_video(info.videos, settings["val_fraction"])
+    T, strides, hop = settings["T"], settings["strides"], settings["hop"]
+    n_train = count_volumes(train_videos, T, strides, hop)
+    if n_train == 0:
+        raise UsageError(f"the training videos are too short for one volume of {T} frames at strides {strides}")
+    log.info("training on %d videos (%d volumes/epoch), validating on %d videos",
+             len(train_videos), n_train, len(val_videos))
+
+    fail_marker = storage.join(checkpoint_dir, f".injected-failure-step{fail_at_step}") if fail_at_step else None
+    outcome = run_trainer(info, train_videos, val_videos, model_spec=model_spec, settings=settings,
+                          checkpoint_dir=checkpoint_dir, workers=workers, gpus_per_worker=gpus_per_worker,
+                          cpus_per_worker=cpus_per_worker, max_failures=max_failures,
+                          storage_options=storage_options, fail_at=(fail_at_step, fail_marker))
+
+    # Calibrate on held-out normal footage (validation videos; training videos when there are none).
+    weights = outcome["best_weights"]
+    calib_videos = val_videos or train_videos
+    errors = validation_frame_errors(info, calib_videos, model_spec, weights, T, storage_options,
+                                     use_gpu=gpus_per_worker > 0)
+    state, best = outcome["state"], outcome["best_metrics"]
+    state_dict = weights_from_bytes(weights)
+    card = {
+        "format": "vadray-model-card/1",
+        "model": model_spec,
+        "input": {"size": info.size, "T": T, "strides": strides, "hop": hop, "channels": 1,
+                  "normalisation": "(x/255 - mean_image) / std, global statistics of the training footage",
+                  "output": "linear last layer, same units as the normalised input"},
+        "norm_stats": info.stats.to_dict(),
+        "training_data": {
+            "source": info.stats_doc.get("source"), "shards": settings["shards"],
+            "videos": len(train_videos) + len(val_videos),
+            "frames": sum(v.num_frames for v in train_videos),
+            "train_videos": len(train_videos), "val_videos": len(val_videos),
+            "val_frames": sum(v.num_frames for v in val_videos),
+            "val_video_ids": [v.video_id for v in val_videos][:10000],
+            "volumes_per_epoch": n_train},
+        "training": {"optimizer": "adam", "lr": settings["lr"], "batch_size": settings["batch_size"],
+                     "loss": "mean squared error over the volume, normalised units",
+                     "max_epochs": settings["epochs"], "patience": settings["patience"],
+                     "workers": workers, "gpus_per_worker": gpus_per_worker, "seed": settings["seed"],
+                     "selection": "minimum validation loss" if val_videos else "minimum training loss (no validation videos)",
+                     "stopped": state["stopped"] or "max_epochs"},
+        "epochs_run": len(state["history"]),
+        "history": state["history"],
+        "best_epoch": int(best["epoch"]),
+        "best_val_loss": float(best["selection_loss"]),
+        "validation": {
+            "on": "validation videos" if val_videos else "training videos (no validation videos)",
+            "videos": len(calib_videos), "volume_stride": 1, "volume_hop": 1, "grid": 8,
+            "frame_error": distribution(errors["recon_error"]),
+            "cell_error_max": distribution(errors["cell_error_max"])},
+        "versions": library_versions(),
+        "run_id": saved["run_id"],
+        "model_id": model_id(model_spec["name"], state_dict),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    save(storage.join(checkpoint_dir, FINAL_DIR), state_dict, card, storage_options)
+    log.info("best epoch %d of %d (validation loss %.5f) → %s", card["best_epoch"], card["epochs_run"],
+             card["best_val_loss"], storage.join(checkpoint_dir, FINAL_DIR))
+    return card
+

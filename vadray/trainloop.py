@@ -1,0 +1,203 @@
+"""The Ray Train side of `vadray train`: the per-worker epoch loop and the TorchTrainer around it.
+
+Every worker streams its shard of the volumes (`get_dataset_shard` → `iter_torch_batches`,
+locally shuffled), normalises them on its device, and steps a DDP-wrapped model. Losses are
+all-reduced so every worker takes the same early-stopping decision. Each epoch, rank 0
+reports a checkpoint (model.pt, optimizer.pt, state.json); Ray Train keeps the best by
+`selection_loss` (validation loss) and the latest, which is what a restarted worker group
+(FailureConfig) or a rerun with the same name and storage (--resume) continues from.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+
+import torch
+
+from vadray import storage
+from vadray.checkpoint import MODEL_FILE, unwrap
+
+RUN_NAME = "run"
+STATE_FILE = "state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+
+
+def _global_mean(total: float, count: int, device: torch.device) -> tuple[float, int]:
+    """(Σ total / Σ count, Σ count) over all workers; NaN when no worker saw anything."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        t = torch.tensor([total, float(count)], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        total, count = t[0].item(), int(t[1].item())
+    return (total / count if count else math.nan), count
+
+
+def _maybe_fail(config: dict, step: int, rank: int, world: int) -> None:
+    """Test hook: the last worker raises once at the chosen global step."""
+    fail_step, marker = config["fail_at"]
+    if fail_step is None or step != fail_step or rank != world - 1:
+        return
+    fs, path = storage.url_to_fs(marker, config["storage_options"])
+    if fs.exists(path):
+        return
+    fs.pipe_file(path, f"failure injected at step {step} on rank {rank}\n".encode())
+    raise RuntimeError(f"injected failure at step {step} on rank {rank} (test hook)")
+
+
+def _batches(shard, batch_size: int, device, seed: int | None):
+    """uint8 (B, T, S, S) volumes of this worker's shard, moved to the device."""
+    shuffle = 4 * batch_size if seed is not None else None
+    for batch in shard.iter_torch_batches(batch_size=batch_size, local_shuffle_buffer_size=shuffle,
+                                          local_shuffle_seed=seed, device=device,
+                                          pin_memory=device.type == "cuda"):
+        yield batch["volume"]
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from vadray.models import build
+    from vadray.preprocess import NormStats
+    from vadray.trainvolumes import normalize
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    on_gpu = device.type == "cuda"
+    settings = config["settings"]
+    torch.manual_seed(settings["seed"])
+
+    model = build(config["model"]["name"], **config["model"]["params"])
+    if on_gpu:
+        model = model.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(model)  # to device; DDP when world > 1
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings["lr"])
+    state = {"epoch": 0, "step": 0, "history": [], "best_loss": math.inf, "best_epoch": 0,
+             "bad_epochs": 0, "stopped": None}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            unwrap(model).load_state_dict(torch.load(os.path.join(folder, MODEL_FILE), map_location=device, weights_only=True))
+            optimizer.load_state_dict(torch.load(os.path.join(folder, OPTIMIZER_FILE), map_location=device, weights_only=True))
+            with open(os.path.join(folder, STATE_FILE)) as f:
+                state = json.load(f)
+        if rank == 0:
+            print(f"[vadray train] resumed after epoch {state['epoch']} (step {state['step']})", flush=True)
+
+    stats = NormStats.from_dict(config["norm_stats"])
+    mean_image = torch.from_numpy(stats.mean_image).to(device)         # (S, S)
+    batch_size = max(1, settings["batch_size"] // world)
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val") if config["has_val"] else None
+
+    def loss_of(volumes: torch.Tensor) -> torch.Tensor:
+        x = normalize(volumes, mean_image, stats.std)                   # (B, T, 1, S, S)
+        with torch.autocast(device.type, torch.bfloat16, enabled=on_gpu):
+            y = model(x)
+        return torch.nn.functional.mse_loss(y.float(), x)
+
+    while state["epoch"] < settings["epochs"] and not state["stopped"]:
+        epoch = state["epoch"] + 1
+        started = time.perf_counter()
+        model.train()
+        total, count = torch.zeros((), dtype=torch.float64, device=device), 0
+        seed = settings["seed"] * 100003 + epoch * 101 + rank
+        for volumes in _batches(train_shard, batch_size, device, seed):
+            loss = loss_of(volumes)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach().double() * len(volumes)
+            count += len(volumes)
+            state["step"] += 1
+            _maybe_fail(config, state["step"], rank, world)
+        train_loss, n_train = _global_mean(total.item(), count, device)
+        seconds = time.perf_counter() - started
+
+        val_loss = None
+        if val_shard is not None:
+            model.eval()
+            total, count = 0.0, 0
+            with torch.no_grad():
+                for volumes in _batches(val_shard, batch_size, device, None):
+                    total += loss_of(volumes).item() * len(volumes)
+                    count += len(volumes)
+            val_loss, _ = _global_mean(total, count, device)
+        selection = val_loss if val_loss is not None and not math.isnan(val_loss) else train_loss
+
+        if selection < state["best_loss"]:
+            state.update(best_loss=selection, best_epoch=epoch, bad_epochs=0)
+        else:
+            state["bad_epochs"] += 1
+        state["history"].append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
+        state["epoch"] = epoch
+        if state["bad_epochs"] >= settings["patience"]:
+            state["stopped"] = "early_stop"
+        metrics = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                   "selection_loss": selection, "best_epoch": state["best_epoch"],
+                   "train_volumes": n_train, "epoch_seconds": seconds,
+                   "volumes_per_s": n_train / seconds if seconds > 0 else None, "step": state["step"]}
+        with tempfile.TemporaryDirectory() as folder:
+            report_checkpoint = None
+            if rank == 0:
+                torch.save(unwrap(model).state_dict(), os.path.join(folder, MODEL_FILE))
+                torch.save(optimizer.state_dict(), os.path.join(folder, OPTIMIZER_FILE))
+                with open(os.path.join(folder, STATE_FILE), "w") as f:
+                    json.dump(state, f)
+                report_checkpoint = ray.train.Checkpoint.from_directory(folder)
+                val_text = f"{val_loss:.5f}" if val_loss is not None else "-"
+                print(f"[vadray train] epoch {epoch}/{settings['epochs']} train_loss {train_loss:.5f} "
+                      f"val_loss {val_text} best epoch {state['best_epoch']} "
+                      f"{n_train} volumes in {seconds:.1f} s ({metrics['volumes_per_s']:.1f}/s)"
+                      + (" early stop" if state["stopped"] else ""), flush=True)
+            ray.train.report(metrics, checkpoint=report_checkpoint)
+
+
+def _read_checkpoint(checkpoint, name: str) -> bytes:
+    with checkpoint.as_directory() as folder:
+        with open(os.path.join(folder, name), "rb") as f:
+            return f.read()
+
+
+def run_trainer(info, train_videos, val_videos, *, model_spec: dict, settings: dict, checkpoint_dir: str,
+                workers: int, gpus_per_worker: float, cpus_per_worker: float, max_failures: int,
+                storage_options: dict | None, fail_at: tuple) -> dict:
+    """Fit a TorchTrainer; {"state": last state.json, "best_metrics", "best_weights": bytes}."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from vadray.trainvolumes import volume_dataset
+
+    T, strides, hop = settings["T"], settings["strides"], settings["hop"]
+    datasets = {"train": volume_dataset(info, train_videos, T, strides, hop, storage_options)}
+    if val_videos:
+        datasets["val"] = volume_dataset(info, val_videos, T, [1], T, storage_options)
+    resources = {"CPU": cpus_per_worker}
+    if gpus_per_worker > 0:
+        resources["GPU"] = gpus_per_worker
+    fs, path = storage.pyarrow_fs(checkpoint_dir, storage_options)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"model": model_spec, "settings": settings, "norm_stats": info.stats.to_dict(),
+                           "has_val": bool(val_videos), "fail_at": fail_at, "storage_options": storage_options},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=RUN_NAME, storage_path=path, storage_filesystem=fs,
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="selection_loss",
+                                               checkpoint_score_order="min")),
+        datasets=datasets)
+    result = trainer.fit()
+    if not result.best_checkpoints:
+        raise RuntimeError("training reported no checkpoint")
+    best_checkpoint, best_metrics = min(result.best_checkpoints,
+                                        key=lambda cm: (cm[1]["selection_loss"], cm[1]["epoch"]))
+    state = json.loads(_read_checkpoint(result.checkpoint, STATE_FILE))
+    return {"state": state, "best_metrics": best_metrics,
+            "best_weights": _read_checkpoint(best_checkpoint, MODEL_FILE)}

@@ -1,0 +1,256 @@
+"""Clip shards → training volumes, through Ray Data, one video per task.
+
+Ingest writes `clips/video_key=<key>/*.parquet`: rows are contiguous chunks (≤ 32 frames)
+of one video. Volumes must cross the seams between chunks of a video and never span two
+videos. The driver reads only small columns (video_id, start_frame, num_frames, size, file
+name) to list the videos and the files of each; a Ray Data task per video then streams that
+video's chunks in frame order through `volumes.stream_volumes`. No shuffle, no groupby.
+
+Memory per task: one group of files whose frame ranges overlap ("run"; normally one file,
+i.e. one ingest write block), plus ~30 frames of tail carried across file boundaries — never
+a whole video, never the whole dataset. Volumes travel as uint8 (V, T, S, S) and are
+normalised on the training device (`normalize`), 4× smaller than float32 through Ray Data.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import torch
+
+from vadray import storage
+from vadray.exits import UsageError
+from vadray.preprocess import NormStats
+from vadray.volumes import stream_volumes, volume_starts
+
+CHUNK_COLUMNS = ["video_id", "start_frame", "num_frames", "size", "frames"]
+
+
+@dataclass
+class VideoShards:
+    """One video of the clip shards: its frame count and its files grouped into runs."""
+
+    video_id: str
+    num_frames: int
+    first_frame: int
+    runs: list[list[str]]          # paths inside the filesystem, runs in frame order
+
+
+@dataclass
+class Shards:
+    clips_uri: str
+    stats: NormStats
+    stats_doc: dict                # stats.json as written by ingest (source, videos, ...)
+    size: int
+    videos: list[VideoShards] = field(default_factory=list)
+
+
+def resolve(shards_uri: str, storage_options: dict | None = None) -> tuple[str, str]:
+    """(clips URI, stats.json URI) for an ingest OUTPUT folder or its clips/ folder."""
+    fs, path = storage.url_to_fs(shards_uri, storage_options)
+    if not fs.exists(path):
+        raise UsageError(f"SHARDS {shards_uri} does not exist")
+    if fs.exists(path + "/clips"):
+        return storage.join(shards_uri, "clips"), storage.join(shards_uri, "stats", "stats.json")
+    parent = shards_uri.rstrip("/").rsplit("/", 1)[0]
+    if fs.exists(path.rsplit("/", 1)[0] + "/stats/stats.json"):
+        return shards_uri.rstrip("/"), storage.join(parent, "stats", "stats.json")
+    raise UsageError(f"SHARDS {shards_uri} is neither an ingest output (with clips/ and stats/) "
+                     f"nor a clips/ folder with stats/ beside it: run `vadray ingest` first")
+
+
+def _file_runs(files: pa.Table) -> list[list[str]]:
+    """Group a video's files whose frame ranges overlap; runs sorted by first frame."""
+    runs, run_end = [], None
+    for name, first, end in sorted(zip(files["__filename"].to_pylist(), files["first"].to_pylist(),
+                                       files["end"].to_pylist()), key=lambda r: r[1]):
+        if runs and first < run_end:
+            runs[-1].append(name)
+            run_end = max(run_end, end)
+        else:
+            runs.append([name])
+            run_end = end
+    return runs
+
+
+def discover(shards_uri: str, storage_options: dict | None = None) -> Shards:
+    """List the videos of clip shards (small columns only) with the ingest statistics."""
+    clips_uri, stats_uri = resolve(shards_uri, storage_options)
+    fs, stats_path = storage.url_to_fs(stats_uri, storage_options)
+    if not fs.exists(stats_path):
+        raise UsageError(f"no normalisation statistics at {stats_uri}: run `vadray ingest` first")
+    stats_doc = json.loads(fs.cat_file(stats_path))
+    stats = NormStats.from_dict(stats_doc)
+    pa_fs, clips_path = storage.pyarrow_fs(clips_uri, storage_options)
+    try:
+        dataset = pads.dataset(clips_path, filesystem=pa_fs, format="parquet", partitioning="hive")
+        meta = dataset.to_table(columns=["video_id", "start_frame", "num_frames", "size", "__filename"])
+    except (FileNotFoundError, pa.ArrowInvalid) as exc:
+        raise UsageError(f"cannot read clip shards at {clips_uri}: {exc}") from None
+    if meta.num_rows == 0:
+        raise UsageError(f"no clip shards under {clips_uri}: the ingest found no usable video")
+    sizes = set(meta["size"].to_pylist())
+    if sizes != {stats.size}:
+        raise UsageError(f"clip shards have frame sizes {sorted(sizes)} but the statistics are "
+                         f"for {stats.size}: ingest again into an empty folder")
+    meta = meta.append_column("end", pa.compute.add(meta["start_frame"],
+                                                    meta["num_frames"].cast(pa.int64())))
+    per_file = meta.group_by(["video_id", "__filename"]).aggregate(
+        [("start_frame", "min"), ("end", "max"), ("num_frames", "sum")]).rename_columns(
+        ["video_id", "__filename", "first", "end", "frames"])
+    videos = []
+    for video_id in sorted(set(per_file["video_id"].to_pylist())):
+        files = per_file.filter(pa.compute.equal(per_file["video_id"], video_id))
+        videos.append(VideoShards(video_id, int(pa.compute.sum(files["frames"]).as_py()),
+                                  int(pa.compute.min(files["first"]).as_py()), _file_runs(files)))
+    return Shards(clips_uri, stats, stats_doc, stats.size, videos)
+
+
+def split_by_video(videos: list[VideoShards], val_fraction: float) -> tuple[list[VideoShards], list[VideoShards]]:
+    """(train, validation) videos: a deterministic, content-keyed choice of whole videos."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise UsageError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if val_fraction == 0.0:
+        return list(videos), []
+    if len(videos) < 2:
+        raise UsageError(f"validation is split by video and the shards hold {len(videos)} "
+                         f"video(s): ingest at least 2, or pass --val-fraction 0")
+    import hashlib
+    by_hash = sorted(videos, key=lambda v: hashlib.sha1(v.video_id.encode()).hexdigest())
+    n_val = min(max(1, round(val_fraction * len(videos))), len(videos) - 1)
+    val_ids = {v.video_id for v in by_hash[:n_val]}
+    return [v for v in videos if v.video_id not in val_ids], [v for v in videos if v.video_id in val_ids]
+
+
+def count_volumes(videos: list[VideoShards], T: int, strides, hop: int) -> int:
+    return sum(len(volume_starts(v.num_frames, T, s, hop, cover_end=False)) for v in videos for s in strides)
+
+
+def read_chunks(pa_fs, runs: list[list[str]], video_id: str):
+    """Yield (start_frame, frames uint8 (n, S, S)) of one video in frame order, run by run."""
+    for run in runs:
+        table = pa.concat_tables([pq.read_table(f, filesystem=pa_fs, columns=CHUNK_COLUMNS) for f in run])
+        table = table.filter(pa.compute.equal(table["video_id"], video_id))
+        table = table.sort_by("start_frame")
+        for row in table.select(["start_frame", "num_frames", "size", "frames"]).to_pylist():
+            n, s = row["num_frames"], row["size"]
+            yield row["start_frame"], np.frombuffer(row["frames"], np.uint8).reshape(n, s, s)
+
+
+def video_items(videos: list[VideoShards]) -> list[dict]:
+    """One Ray Data row per video; `video_index` keeps the rows of volumes numeric."""
+    return [{"video_index": i, "video_id": v.video_id, "runs": json.dumps(v.runs)}
+            for i, v in enumerate(videos)]
+
+
+def expand_to_volumes(batch: dict, clips_uri: str, storage_options: dict | None, T: int,
+                      strides: list[int], hop: int):
+    """Ray Data UDF: video rows → batches of {"volume" (V, T, S, S) uint8, "video_index",
+    "start", "stride"}, one batch per chunk and stride (a generator: bounded memory)."""
+    pa_fs, _ = storage.pyarrow_fs(clips_uri, storage_options)
+    for video_index, video_id, runs in zip(batch["video_index"], batch["video_id"], batch["runs"]):
+        chunks = read_chunks(pa_fs, json.loads(runs), str(video_id))
+        for stride, starts, volumes in stream_volumes(chunks, T, strides, hop):
+            yield {"volume": volumes, "video_index": np.full(len(starts), video_index, np.int64),
+                   "start": starts, "stride": np.full(len(starts), stride, np.int64)}
+
+
+def volume_dataset(shards: Shards, videos: list[VideoShards], T: int, strides, hop: int,
+                   storage_options: dict | None = None, num_cpus: float = 1.0):
+    """A Ray Dataset of the videos' volumes; re-executed (streamed) at every epoch."""
+    import ray
+
+    items = video_items(videos)
+    return ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
+        expand_to_volumes, batch_size=1, num_cpus=num_cpus,
+        fn_kwargs={"clips_uri": shards.clips_uri, "storage_options": storage_options,
+                   "T": T, "strides": list(strides), "hop": hop})
+
+
+def normalize(volumes: torch.Tensor, mean_image: torch.Tensor, std: float) -> torch.Tensor:
+    """uint8 (B, T, S, S) → float32 (B, T, 1, S, S): `NormStats.normalize` on the device."""
+    x = volumes.float() * (1.0 / 255.0)
+    x -= mean_image
+    x *= 1.0 / max(std, 1e-6)
+    return x.unsqueeze(2)
+
+
+class ValidationFrameErrors:
+    """Ray Data UDF (an actor): video rows → per-frame errors of a trained model.
+
+    The error math and the assembly over volumes are scoring's own (`vadray.scoring`), on
+    stride-1 volumes at hop 1: each frame's error is the mean over every volume containing
+    it, so the card's distribution is on the scale archive scoring produces. Output rows:
+    video_index, frame_index, recon_error, cell_error_max (normalised units).
+    """
+
+    def __init__(self, model_spec: dict, weights: bytes, stats: dict, clips_uri: str,
+                 storage_options: dict | None, T: int, batch_size: int = 32, use_gpu: bool = False):
+        from vadray.checkpoint import weights_from_bytes
+        from vadray.models import build
+
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.model = build(model_spec["name"], **model_spec["params"])
+        self.model.load_state_dict(weights_from_bytes(weights))
+        self.model.to(self.device).eval()
+        norm = NormStats.from_dict(stats)
+        self.mean = torch.from_numpy(norm.mean_image).to(self.device)
+        self.std = norm.std
+        self.pa_fs, _ = storage.pyarrow_fs(clips_uri, storage_options)
+        self.T, self.batch_size = T, batch_size
+
+    def _frame_sums(self, starts: np.ndarray, volumes: np.ndarray):
+        from vadray import scoring
+
+        parts = []
+        with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16,
+                                                    enabled=self.device.type == "cuda"):
+            for i in range(0, len(volumes), self.batch_size):
+                x = normalize(torch.from_numpy(volumes[i:i + self.batch_size]).to(self.device),
+                              self.mean, self.std)               # (B, T, 1, S, S)
+                y = self.model(x).float()
+                x_np, y_np = x.cpu().numpy(), y.cpu().numpy()
+                parts.append(scoring.accumulate(starts[i:i + self.batch_size], self.T,
+                                                scoring.frame_errors(x_np, y_np),
+                                                scoring.cell_errors(x_np, y_np)))
+        return parts
+
+    def __call__(self, batch: dict) -> dict:
+        from vadray import scoring
+
+        out = {"video_index": [], "frame_index": [], "recon_error": [], "cell_error_max": []}
+        for video_index, video_id, runs in zip(batch["video_index"], batch["video_id"], batch["runs"]):
+            parts = []
+            chunks = read_chunks(self.pa_fs, json.loads(runs), str(video_id))
+            for _, starts, volumes in stream_volumes(chunks, self.T, (1,), 1):
+                parts += self._frame_sums(starts, volumes)
+            if not parts:
+                continue  # shorter than one volume
+            means = scoring.FrameSums.merge(parts).mean()
+            out["video_index"].append(np.full(len(means.frame_index), video_index, np.int64))
+            out["frame_index"].append(means.frame_index)
+            out["recon_error"].append(means.recon_error.astype(np.float32))
+            out["cell_error_max"].append(means.cell_error_max.astype(np.float32))
+        empty = {"video_index": np.int64, "frame_index": np.int64, "recon_error": np.float32,
+                 "cell_error_max": np.float32}
+        return {k: np.concatenate(v) if v else np.zeros(0, empty[k]) for k, v in out.items()}
+
+
+def validation_frame_errors(shards: Shards, videos: list[VideoShards], model_spec: dict, weights: bytes,
+                            T: int, storage_options: dict | None = None, use_gpu: bool = False) -> dict:
+    """{recon_error, cell_error_max} (N,) float32 over every frame of `videos`, computed by
+    one model actor through Ray Data (the frames stay in the tasks; only errors return)."""
+    import ray
+
+    ds = ray.data.from_items(video_items(videos), override_num_blocks=max(1, len(videos))).map_batches(
+        ValidationFrameErrors, batch_size=1, concurrency=1, num_gpus=1 if use_gpu else 0,
+        fn_constructor_kwargs={"model_spec": model_spec, "weights": weights,
+                               "stats": shards.stats.to_dict(), "clips_uri": shards.clips_uri,
+                               "storage_options": storage_options, "T": T, "use_gpu": use_gpu})
+    rows = ds.select_columns(["recon_error", "cell_error_max"]).to_pandas()
+    return {"recon_error": rows["recon_error"].to_numpy(np.float32),
+            "cell_error_max": rows["cell_error_max"].to_numpy(np.float32)}

@@ -80,3 +80,26 @@ def synth_test_archive(tmp_path_factory):
 
 
 ped2 = pytest.mark.skipif(not PED2.exists(), reason="../shared/datasets/ucsd-ped2 is absent")
+
+
+@pytest.fixture(scope="session")
+def ingested_archive(ray_session, synth_archive, tmp_path_factory):
+    """The training archive ingested at TEST_SIZE by the real ingest job."""
+    from vadray.ingest import run_ingest
+
+    out = tmp_path_factory.mktemp("ingested")
+    summary = run_ingest(str(synth_archive), str(out), size=TEST_SIZE, segment_seconds=1.3)
+    assert summary.failures == 0 and summary.frames == 60
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(ray_session, ingested_archive, tmp_path_factory):
+    """A ConvLSTM-AE trained for one epoch by the real training job (Ray Train, 1 CPU worker)."""
+    from vadray.train import run_training
+
+    ckpt = tmp_path_factory.mktemp("checkpoint")
+    card = run_training(str(ingested_archive), str(ckpt), epochs=1, batch_size=8, workers=1,
+                        cpus_per_worker=0.5, val_fraction=0.5, hop=2)
+    assert card["epochs_run"] == 1
+    return ckpt

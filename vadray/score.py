@@ -1,0 +1,191 @@
+"""vadray score SOURCE OUTPUT --checkpoint CKPT: score whole archives into frames/events tables.
+
+Reads videos straight from the archive (local or s3://; the same listing and video_id rule as
+ingest), decodes and preprocesses them exactly as the checkpoint's input spec says (the same
+code ingest and training used), runs the model in a Ray Data actor pool, and writes per
+video, under OUTPUT (hive-partitioned by camera= and date=):
+  frames/   one row per frame: recon_error, regularity, anomaly_score, cell_error_max
+  events/   one row per dip of regularity (Persistence1D minima grouped in a window)
+  errors/   one row per input (or segment) that failed
+  manifest/ one marker per finished (video identity, model) pair
+A backfill is resumable: a rerun skips finished videos, rescoring partial ones; file names
+are deterministic per video and model, so retries overwrite instead of appending. --force
+rescores everything. Exit status: 0 all ok, 3 some inputs failed, 2 bad arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from vadray import storage
+from vadray.exits import EXIT_OK, EXIT_PARTIAL, UsageError
+from vadray.listing import VideoRef, list_videos
+from vadray.score_stages import (AssembleVideo, ScoreVolumes, VolumeRows, manifest_marker,
+                                 video_date)
+
+log = logging.getLogger("vadray.score")
+
+
+@dataclass
+class ScoreSummary:
+    videos: int = 0
+    skipped: int = 0
+    videos_failed: int = 0
+    frames: int = 0
+    events: int = 0
+    failures: int = 0
+    seconds: float = 0.0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds else 0.0
+
+    def line(self) -> str:
+        return (f"score: {self.videos} videos ({self.skipped} already done, {self.videos_failed} failed), "
+                f"{self.frames} frames, {self.events} events, {self.failures} error rows, "
+                f"{self.seconds:.1f} s, {self.fps:.1f} frames/s")
+
+
+def scoring_run_id(model_id: str, hop: int, grid: int, persistence: float, window: int) -> str:
+    """Deterministic: the same model and settings give the same id, so reruns are identical."""
+    text = f"{model_id}|hop={hop}|grid={grid}|p={persistence}|w={window}"
+    return "score-" + hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def _finished(output: str, refs: list[VideoRef], model_id: str, storage_options: dict[str, Any]) -> set[str]:
+    """video_ids whose marker for (identity, model_id) exists: one listing, no per-video reads."""
+    fs, root = storage.url_to_fs(storage.join(output, "manifest"), storage_options)
+    try:
+        present = {p.rsplit("/", 1)[-1] for p in fs.find(root)}
+    except FileNotFoundError:
+        return set()
+    return {r.video_id for r in refs if manifest_marker(r.video_id, r.identity(), model_id) in present}
+
+
+def run_score(source: str, output: str, checkpoint: str, *, camera: str = "default", actors: int = 1,
+              gpus_per_actor: float = 0.0, batch_size: int = 16, hop: int = 5, segment_seconds: float = 60.0,
+              frame_fps: float = 10.0, grid: int = 8, persistence: float | None = None, window: int = 50,
+              force: bool = False, storage_options: dict[str, Any] | None = None,
+              checkpoint_storage_options: dict[str, Any] | None = None) -> ScoreSummary:
+    """The scoring job as a function (the CLI, jobs/score.py, the benchmark and tests call it)."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from vadray.checkpoint import read_card
+    from vadray.errors import read_errors
+    from vadray.events import PERSISTENCE_DEFAULT
+    from vadray.raylib import ensure_ray
+    from vadray.stages import ProbeAndPlan
+
+    storage_options = storage_options or {}
+    ckpt_options = checkpoint_storage_options if checkpoint_storage_options is not None else storage_options
+    persistence = PERSISTENCE_DEFAULT if persistence is None else persistence
+    if hop < 1 or batch_size < 1 or actors < 1 or segment_seconds <= 0:
+        raise UsageError("--hop, --batch-size, --actors and --segment-seconds must be positive")
+    try:
+        card = read_card(checkpoint, ckpt_options)
+    except (FileNotFoundError, OSError, ValueError, KeyError) as exc:
+        raise UsageError(f"cannot read checkpoint {checkpoint!r}: {exc}") from None
+    T = int(card["input"]["T"])
+    if hop > T:
+        raise UsageError(f"--hop {hop} > T={T} would leave frames without a score")
+    model_id = card["model_id"]
+    run_id = scoring_run_id(model_id, hop, grid, persistence, window)
+    started = time.perf_counter()
+    refs = list_videos(source, storage_options)
+    if not refs:
+        raise UsageError(f"no videos or frame folders found under {source!r}")
+    done = set() if force else _finished(output, refs, model_id, storage_options)
+    todo = [r for r in refs if r.video_id not in done]
+    summary = ScoreSummary(videos=len(refs), skipped=len(done))
+    log.info("scoring %d videos (%d already done) with %s", len(todo), len(done), model_id)
+    if todo:
+        ensure_ray()
+        _clear_errors(output, todo, storage_options)
+        plan = ProbeAndPlan(output, camera, segment_seconds, frame_fps, storage_options, overlap=T - 1)
+        segments = (ray.data.from_items([r.to_dict() for r in todo],
+                                        override_num_blocks=min(len(todo), 512))
+                    .flat_map(plan).take_all())
+        if segments:
+            size = int(card["input"]["size"])
+            volumes = (ray.data.from_items(segments, override_num_blocks=len(segments))
+                       .flat_map(VolumeRows(output, size, T, hop, storage_options)))
+            scored = volumes.map_batches(
+                ScoreVolumes, fn_constructor_args=(checkpoint, ckpt_options, batch_size, grid,
+                                                   os.environ.get("VADRAY_TEST_KILL_ACTOR_ONCE")),
+                batch_size=1, batch_format="pyarrow", compute=ActorPoolStrategy(size=actors),
+                num_gpus=gpus_per_actor, num_cpus=0 if gpus_per_actor else 1)
+            # Ray Data restarts a dead model actor and retries its tasks (max_restarts=-1 and
+            # max_task_retries=-1 are its defaults for actor pools); rows are recomputed identically.
+            dates = {r.video_id: video_date(r) for r in todo}
+            assemble = AssembleVideo(output, card, run_id, dates, persistence, window, grid, storage_options)
+            results = scored.groupby("video_id").map_groups(
+                lambda group: assemble(group), batch_format="pyarrow").take_all()
+            summary.frames = sum(int(r["frames"]) for r in results)
+            summary.events = sum(int(r["events"]) for r in results)
+    run_ids = {r.video_id for r in todo}
+    summary.errors = [e for e in read_errors(storage.join(output, "errors"), storage_options).to_pylist()
+                      if e["video_id"] in run_ids]
+    summary.failures = len(summary.errors)
+    summary.videos_failed = len({e["video_id"] for e in summary.errors})
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _clear_errors(output: str, refs: list[VideoRef], storage_options: dict[str, Any]) -> None:
+    """A rescored video's old error rows go: the errors table describes the latest attempt."""
+    from vadray.errors import safe_key
+
+    fs, root = storage.url_to_fs(storage.join(output, "errors"), storage_options)
+    for ref in refs:
+        for path in fs.glob(f"{root}/{safe_key(ref.video_id)}-*.parquet"):
+            fs.rm(path)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="folder, prefix or file of videos: /data/cam3, s3://bucket/cam3/2024/")
+    parser.add_argument("output", help="where frames/, events/, errors/ and manifest/ go (local or s3://)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a training run's CHECKPOINT_DIR or a checkpoint folder (model.pt + card.json)")
+    parser.add_argument("--camera", default="default", help="camera name: the camera= partition of the tables")
+    parser.add_argument("--actors", type=int, default=1, help="model actors (each loads the model once; default 1)")
+    parser.add_argument("--gpus-per-actor", type=float, default=0.0,
+                        help="GPUs per model actor (0 = CPU; fractions share a GPU)")
+    parser.add_argument("--batch-size", type=int, default=16, help="volumes per forward pass (default 16)")
+    parser.add_argument("--hop", type=int, default=5,
+                        help="frames between the starts of consecutive 10-frame volumes (1..T; default 5: "
+                             "each frame is in 2 volumes; 1 = the smoothest, 10× the work). A last volume "
+                             "ending on the final frame is always added, so every frame gets a score")
+    parser.add_argument("--segment-seconds", type=float, default=60.0,
+                        help="decode long videos in segments of this many seconds (default 60)")
+    parser.add_argument("--frame-fps", type=float, default=10.0, help="frame rate assumed for frame folders")
+    parser.add_argument("--grid", type=int, default=8, help="cells per side of the error grid for cell_error_max")
+    parser.add_argument("--persistence", type=float, default=None,
+                        help="minimum persistence (depth in regularity units) of an event's minimum "
+                             "(default vadray.events.PERSISTENCE_DEFAULT)")
+    parser.add_argument("--window", type=int, default=50, help="minima within this many frames form one event")
+    parser.add_argument("--force", action="store_true", help="rescore videos the manifest says are done")
+    parser.add_argument("--storage-options", default=None,
+                        help="JSON dict for fsspec/s3fs (SOURCE, OUTPUT and CHECKPOINT); AWS_* env vars work too")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        storage_options = storage.parse_storage_options(args.storage_options)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    summary = run_score(args.source, args.output, args.checkpoint, camera=args.camera, actors=args.actors,
+                        gpus_per_actor=args.gpus_per_actor, batch_size=args.batch_size, hop=args.hop,
+                        segment_seconds=args.segment_seconds, frame_fps=args.frame_fps, grid=args.grid,
+                        persistence=args.persistence, window=args.window, force=args.force,
+                        storage_options=storage_options)
+    for e in summary.errors:
+        print(f"  failed: {e['source_uri']} [{e['stage']}/{e['error_type']}] {e['message']}")
+    print(summary.line())
+    return EXIT_PARTIAL if summary.failures else EXIT_OK

@@ -1,0 +1,201 @@
+"""The scoring job's Ray Data stages: segment → volume rows → model actor → per-video tables.
+
+Data between stages is Arrow columns (bytes and lists), never pickled objects. Every stage
+is deterministic and retry-safe: an actor killed mid-run is restarted by Ray, its rows are
+recomputed identically, and the per-video tables are only written once all of a video's
+volumes have arrived (after the groupby), to names that depend only on (video, model).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vadray import storage
+from vadray.errors import safe_key
+from vadray.listing import VideoRef
+from vadray.stages import decode_planned
+from vadray.volumes import frame_offsets, gather, volume_starts
+
+ROW_VOLUMES = 64  # volumes per row sent to a model actor: bounds a row's memory
+_DATE = re.compile(r"(?<!\d)(20\d{2}|19\d{2})-?(0[1-9]|1[0-2])-?(0[1-9]|[12]\d|3[01])(?!\d)")
+
+
+def video_date(ref: VideoRef) -> str:
+    """YYYY-MM-DD from the video's path (cam3/2024-05-01/0900, 20240501_0900.mp4), else 'unknown'."""
+    match = _DATE.search(ref.video_id)
+    return f"{match.group(1)}-{match.group(2)}-{match.group(3)}" if match else "unknown"
+
+
+def manifest_marker(video_id: str, identity: str, model_id: str) -> str:
+    """An empty marker's name: keyed by video content identity and model, not by task rank."""
+    digest = hashlib.sha1(identity.encode()).hexdigest()[:12]
+    return f"{safe_key(video_id)}.{model_id}.{digest}.done"
+
+
+def _partition_value(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text) or "default"
+
+
+class VolumeRows:
+    """Decode a planned segment; emit rows of ≤ ROW_VOLUMES stride-1 volumes it owns.
+
+    Volume starts are planned over the whole video (so the hop and the final volume do not
+    depend on segmentation); a segment owns the starts inside [first, last) and decoded
+    T−1 frames beyond `last` for them. Volumes touching an undecodable frame are dropped
+    (the decode error is already in errors/).
+    """
+
+    def __init__(self, output: str, size: int, T: int, hop: int, storage_options: dict[str, Any]):
+        self.errors_uri = storage.join(output, "errors")
+        self.size, self.T, self.hop, self.storage_options = size, T, hop, storage_options
+
+    def __call__(self, seg: dict[str, Any]) -> list[dict[str, Any]]:
+        decoded = decode_planned(seg, self.size, self.errors_uri, self.storage_options)
+        starts = volume_starts(seg["num_frames"], self.T, 1, self.hop)
+        starts = starts[(starts >= seg["first"]) & (starts < seg["last"])]
+        whole = np.isin(frame_offsets(starts, self.T), decoded.frame_index).all(axis=1)
+        starts = starts[whole]
+        rows = []
+        for chunk in np.array_split(starts, max(1, -(-starts.size // ROW_VOLUMES))) if starts.size else []:
+            keep = (decoded.frame_index >= chunk[0]) & (decoded.frame_index < chunk[-1] + self.T)
+            rows.append({
+                "video_id": seg["video_id"], "video_key": seg["video_key"], "camera": seg["camera"],
+                "uri": seg["uri"], "identity": seg["identity"], "num_frames": seg["num_frames"],
+                "hop": self.hop, "starts": chunk.tolist(), "frame_index": decoded.frame_index[keep].tolist(),
+                "time_s": decoded.time_s[keep].tolist(), "frames": decoded.frames[keep].tobytes(),
+            })
+        return rows
+
+
+class ScoreVolumes:
+    """Model actor: loads the checkpoint once, scores volumes in batches, returns errors."""
+
+    def __init__(self, checkpoint: str, storage_options: dict[str, Any], batch_size: int, grid: int,
+                 fail_once_marker: str | None = None):
+        import torch
+
+        from vadray.checkpoint import load_model
+        from vadray.preprocess import NormStats
+
+        model, card = load_model(checkpoint, storage_options)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = model.to(self.device).eval()
+        self.stats = NormStats.from_dict(card["norm_stats"])
+        self.T, self.batch_size, self.grid = int(card["input"]["T"]), batch_size, grid
+        self.fail_once_marker = fail_once_marker  # test hook: die once, mid-run
+
+    def reconstruct(self, volumes: np.ndarray) -> np.ndarray:
+        """(V, T, S, S) float32 normalised → reconstructions, same shape; batched, no grad."""
+        import torch
+
+        out = np.empty_like(volumes)
+        with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+            for a in range(0, volumes.shape[0], self.batch_size):
+                x = torch.from_numpy(volumes[a:a + self.batch_size]).unsqueeze(2).to(self.device)  # (B,T,1,S,S)
+                out[a:a + self.batch_size] = self.model(x).float().squeeze(2).cpu().numpy()
+        return out
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from vadray.scoring import accumulate, cell_errors, frame_errors
+
+        out = []
+        for row in batch.to_pylist():
+            frame_index = np.asarray(row["frame_index"], np.int64)
+            frames = np.frombuffer(row["frames"], np.uint8).reshape(frame_index.size, self.stats.size,
+                                                                    self.stats.size)
+            starts = np.asarray(row["starts"], np.int64)
+            x = gather(self.stats.normalize(frames), np.searchsorted(frame_index, starts), self.T)
+            recon = self.reconstruct(x)
+            sums = accumulate(starts, self.T, frame_errors(x, recon), cell_errors(x, recon, self.grid))
+            # Frames whose volumes are all in this row are final here; only seam frames travel on
+            # with their per-volume slots, so a video's assembly never holds (F, T, C) for all F.
+            done, seam = sums.split(volume_starts(row["num_frames"], self.T, 1, row["hop"]))
+            times = dict(zip(row["frame_index"], row["time_s"]))
+            out.append({k: row[k] for k in ("video_id", "video_key", "camera", "uri", "identity", "num_frames")}
+                       | {"done_frame_index": done.frame_index.tolist(),
+                          "done_time_s": [times[i] for i in done.frame_index.tolist()],
+                          "done_recon_error": done.recon_error.tolist(),
+                          "done_count": done.count.tolist(),
+                          "done_cell_error_max": done.cell_error_max.tolist(),
+                          "seam_frame_index": seam.frame_index.tolist(),
+                          "seam_time_s": [times[i] for i in seam.frame_index.tolist()],
+                          "seam_err_slots": seam.err_slots.tobytes(),
+                          "seam_filled": seam.filled.tobytes(),
+                          "seam_cell_slots": seam.cell_slots.tobytes()})
+        if self.fail_once_marker and not os.path.exists(self.fail_once_marker):
+            open(self.fail_once_marker, "w").close()
+            os._exit(1)  # as if the node died: Ray restarts the actor and retries this batch
+        return pa.Table.from_pylist(out)
+
+
+class AssembleVideo:
+    """All volume errors of one video → its frames and events files, then its manifest marker."""
+
+    def __init__(self, output: str, card: dict, run_id: str, dates: dict[str, str], persistence: float,
+                 window: int, grid: int, storage_options: dict[str, Any]):
+        self.output, self.card, self.run_id, self.dates = output, card, run_id, dates
+        self.persistence, self.window, self.storage_options = persistence, window, storage_options
+        self.T, self.cells = int(card["input"]["T"]), grid * grid
+
+    def __call__(self, group: pa.Table) -> pa.Table:
+        from vadray.events import EVENTS_SCHEMA, detect_events
+        from vadray.scoring import FRAMES_SCHEMA, FrameMeans, FrameSums, calibrate, regularity
+
+        rows = group.to_pylist()
+        head = rows[0]
+        dones, seams, times = [], [], {}
+        for r in rows:
+            dones.append(FrameMeans(np.asarray(r["done_frame_index"], np.int64),
+                                    np.asarray(r["done_recon_error"]),
+                                    np.asarray(r["done_count"], np.int64), None,
+                                    np.asarray(r["done_cell_error_max"])))
+            n_seam = len(r["seam_frame_index"])
+            seams.append(FrameSums(np.asarray(r["seam_frame_index"], np.int64),
+                                   np.frombuffer(r["seam_err_slots"], np.float64).reshape(n_seam, self.T),
+                                   np.frombuffer(r["seam_filled"], np.bool_).reshape(n_seam, self.T),
+                                   np.frombuffer(r["seam_cell_slots"], np.float64).reshape(n_seam, self.T, self.cells)))
+            times.update(zip(r["done_frame_index"], r["done_time_s"]))
+            times.update(zip(r["seam_frame_index"], r["seam_time_s"]))
+        means = FrameMeans.concat(dones + [FrameSums.merge(seams).mean()])
+        e = means.recon_error
+        s_r = regularity(e)
+        score = calibrate(e, self.card["validation"])
+        time_s = np.array([times[i] for i in means.frame_index.tolist()], np.float64)
+        camera, date = _partition_value(head["camera"]), self.dates.get(head["video_id"], "unknown")
+        model_id, n = self.card["model_id"], means.frame_index.size
+        common = {"camera": [camera] * n, "date": [date] * n, "video_id": [head["video_id"]] * n}
+        frames = pa.table({**common, "source_uri": [head["uri"]] * n, "frame_index": means.frame_index,
+                           "time_s": time_s, "recon_error": e.astype(np.float32),
+                           "regularity": s_r.astype(np.float32), "anomaly_score": score.astype(np.float32),
+                           "cell_error_max": means.cell_error_max.astype(np.float32),
+                           "model_id": [model_id] * n, "run_id": [self.run_id] * n}, schema=FRAMES_SCHEMA)
+        events = detect_events(s_r, time_s, frame_index=means.frame_index, anomaly_score=score,
+                               persistence_threshold=self.persistence, window=self.window)
+        events = pa.Table.from_pylist([{"camera": camera, "date": date, "video_id": head["video_id"],
+                                        **ev, "model_id": model_id} for ev in events], schema=EVENTS_SCHEMA)
+        name = f"camera={camera}/date={date}/{head['video_key']}.{model_id}.parquet"
+        for table_name, table in (("frames", frames), ("events", events)):
+            fs, path = storage.pyarrow_fs(storage.join(self.output, table_name, name), self.storage_options)
+            fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+            # partition columns live in the path; the file holds the rest
+            pq.write_table(table.drop_columns(["camera", "date"]), path, filesystem=fs, compression="zstd")
+        complete = n == int(head["num_frames"])
+        if complete:
+            self._mark_done(head["video_id"], head["identity"], model_id)
+        return pa.table({"video_id": [head["video_id"]], "frames": [n], "events": [events.num_rows],
+                         "complete": [complete]})
+
+    def _mark_done(self, video_id: str, identity: str, model_id: str) -> None:
+        fs, root = storage.url_to_fs(storage.join(self.output, "manifest"), self.storage_options)
+        fs.makedirs(root, exist_ok=True)
+        marker = manifest_marker(video_id, identity, model_id)
+        for stale in fs.glob(f"{root}/{safe_key(video_id)}.{model_id}.*.done"):
+            if not stale.endswith(marker):
+                fs.rm(stale)
+        fs.pipe_file(f"{root}/{marker}", b"")

@@ -9,6 +9,7 @@ Ray process on the machine by name, other people's sessions included.
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shlex
@@ -43,6 +44,7 @@ class JobResult:
     exit_code: int | None
     message: str
     logs: str
+    seconds: float
 
 
 @dataclass
@@ -71,8 +73,10 @@ class Head:
                             f"{self.client.get_job_logs(job_id)[-4000:]}")
             time.sleep(0.5)
         info = self.client.get_job_info(job_id)
+        seconds = ((info.end_time or 0) - (info.start_time or 0)) / 1000
+        print(f"jobs/{script}.py: {status} in {seconds:.1f} s")
         return JobResult(job_id, status, info.driver_exit_code, info.message or "",
-                         self.client.get_job_logs(job_id))
+                         self.client.get_job_logs(job_id), seconds)
 
 
 def _free_ports(n: int) -> list[int]:
@@ -102,6 +106,14 @@ def _pids_mentioning(text: str) -> list[int]:
         if text in cmdline:
             pids.append(int(entry.name))
     return pids
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies, so a killed test run
+    leaves no head behind (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def _cluster_env(token: str) -> dict[str, str]:
@@ -141,7 +153,8 @@ def start_head(num_cpus: int = 2, timeout: float = 90) -> Head:
            "--ray-client-server-port", str(client)]
     with open(log_path, "w") as log:
         process = subprocess.Popen(cmd, env=_cluster_env(token), stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+                                   stdin=subprocess.DEVNULL, start_new_session=True,
+                                   preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     url = f"http://127.0.0.1:{dash}"
     deadline = time.monotonic() + timeout
     while True:
@@ -195,10 +208,17 @@ def test_bad_arguments_fail_the_job_with_exit_status_2(ray_head, tmp_path):
     assert not (tmp_path / "out" / "clips").exists()
 
 
-def test_ingest_job_joins_the_cluster_and_writes_clips(ray_head, synth_archive, tmp_path):
-    out = tmp_path / "ingested"
+@pytest.fixture(scope="module")
+def ingested(ray_head, synth_archive, tmp_path_factory):
+    """The ingest job over two tiny normal clips; its result and OUTPUT."""
+    out = tmp_path_factory.mktemp("cluster") / "ingested"
     result = ray_head.submit("ingest", str(synth_archive), str(out), "--size", str(TEST_SIZE),
                              "--camera", "cam1")
+    return result, out
+
+
+def test_ingest_job_joins_the_cluster_and_writes_clips(ray_head, ingested):
+    result, out = ingested
     assert result.status == "SUCCEEDED", result.logs[-4000:]
     assert result.exit_code == 0
     # The driver joined this head (RAY_ADDRESS set by the job supervisor), not a Ray of its own.
@@ -213,3 +233,46 @@ def test_ingest_job_joins_the_cluster_and_writes_clips(ray_head, synth_archive, 
     assert all(len(f) == n * TEST_SIZE * TEST_SIZE
                for f, n in zip(clips["frames"].to_pylist(), clips["num_frames"].to_pylist()))
     assert (out / "stats" / "stats.json").is_file()
+
+
+def test_train_then_score_jobs_write_one_row_per_frame(ray_head, ingested, synth_test_archive, tmp_path):
+    """train.py on the ingested shards, then score.py with that checkpoint over a test archive,
+    then the same score.py again: a rerun skips the finished videos and adds no rows."""
+    ingest_result, shards = ingested
+    assert ingest_result.status == "SUCCEEDED", "the ingest job failed: see the test above"
+    checkpoint = tmp_path / "model"
+    train = ray_head.submit(
+        "train", str(shards), str(checkpoint), "--epochs", "1", "--batch-size", "4",
+        "--cpus-per-worker", "0.5", "--val-fraction", "0.5",
+        "--model-params", json.dumps({"encoder_channels": [8, 4], "lstm_channels": [4, 4, 4]}))
+    assert train.status == "SUCCEEDED", train.logs[-4000:]
+    assert f"Connecting to existing Ray cluster at address: {ray_head.gcs_address}" in train.logs
+    card = json.loads((checkpoint / "final" / "card.json").read_text())
+    assert (checkpoint / "final" / "model.pt").is_file()
+    assert card["input"]["size"] == TEST_SIZE and card["epochs_run"] == 1
+
+    out = tmp_path / "scores"
+    args = (str(synth_test_archive), str(out), "--checkpoint", str(checkpoint), "--camera", "cam1",
+            "--actors", "1", "--batch-size", "8")
+    score = ray_head.submit("score", *args)
+    assert score.status == "SUCCEEDED", score.logs[-4000:]
+    assert f"Connecting to existing Ray cluster at address: {ray_head.gcs_address}" in score.logs
+
+    def frames_table():
+        return pads.dataset(out / "frames", format="parquet", partitioning="hive").to_table()
+
+    frames = frames_table()
+    per_video = {}
+    for video, index in zip(frames["video_id"].to_pylist(), frames["frame_index"].to_pylist()):
+        per_video.setdefault(video, []).append(index)
+    assert {v: sorted(i) for v, i in per_video.items()} == {v: list(range(30)) for v in
+                                                             ("test001", "test002", "test003")}
+    assert set(frames["model_id"].to_pylist()) == {card["model_id"]}
+    assert set(frames["camera"].to_pylist()) == {"cam1"}
+    assert all(e >= 0 for e in frames["recon_error"].to_pylist())
+    assert len(list((out / "manifest").rglob("*.done"))) == 3
+
+    rerun = ray_head.submit("score", *args)
+    assert rerun.status == "SUCCEEDED", rerun.logs[-4000:]
+    assert "3 already done" in rerun.logs
+    assert frames_table().num_rows == 3 * 30

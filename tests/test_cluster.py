@@ -57,8 +57,6 @@ class Head:
 
     def submit(self, script: str, *args: str, timeout: float = JOB_TIMEOUT_S) -> JobResult:
         """Submit `python jobs/<script>.py ARGS` with the repo as working dir; wait for the end."""
-        from ray.job_submission import JobStatus
-
         entrypoint = shlex.join(["python", f"jobs/{script}.py", *args])
         job_id = self.client.submit_job(
             entrypoint=entrypoint,

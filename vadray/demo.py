@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_demo(folder: str, size: int = 35, epochs: int = 8, videos: int = 4, frames: int = 60,
              model: str = "convlstm_ae") -> dict:
+    from vadray.errormap import ErrorMaps
     from vadray.evaluate import evaluate_output, format_metrics
     from vadray.ingest import run_ingest
     from vadray.raylib import ensure_ray
@@ -66,7 +67,7 @@ def run_demo(folder: str, size: int = 35, epochs: int = 8, videos: int = 4, fram
     metrics = evaluate_output(paths["tables"], labels)
     print(format_metrics(metrics))
     step("report")
-    build_report(paths["tables"], paths["report"], labels)
+    build_report(paths["tables"], paths["report"], labels, error_map_fn=ErrorMaps(paths["checkpoint"]))
     print(f"\ntables:  {paths['tables']}/frames, {paths['tables']}/events")
     print(f"report:  {paths['report']}/index.html")
     print(f"query:   vadray query {paths['tables']} \"SELECT video_id, min(regularity) FROM frames GROUP BY 1\"")

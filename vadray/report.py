@@ -229,6 +229,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--date", action="append", default=None, help="only this date YYYY-MM-DD (repeatable)")
     parser.add_argument("--max-thumbnails", type=int, default=4,
                         help="event frames shown per video, deepest first (0: none, no decoding)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="the model that scored OUTPUT: adds each event frame's reconstruction-error map")
     parser.add_argument("--storage-options", default=None,
                         help="JSON dict for s3fs (endpoint_url, key, secret, …); default: AWS environment")
 
@@ -240,7 +242,13 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if args.max_thumbnails < 0:
         raise UsageError("--max-thumbnails must be 0 or more")
+    error_map_fn = None
+    if args.checkpoint:
+        from vadray.errormap import ErrorMaps
+
+        error_map_fn = ErrorMaps(args.checkpoint, options)
     rows = build_report(args.output, args.dir, args.labels, options, videos=args.video,
-                        cameras=args.camera, dates=args.date, max_thumbnails=args.max_thumbnails)
+                        cameras=args.camera, dates=args.date, max_thumbnails=args.max_thumbnails,
+                        error_map_fn=error_map_fn)
     print(f"wrote {len(rows)} plots and {storage.join(args.dir, 'index.html')}")
     return 0

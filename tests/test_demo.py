@@ -1,0 +1,29 @@
+"""The demo path end to end at a tiny size, and the report's error maps."""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from vadray.demo import run_demo
+from vadray.errormap import ErrorMaps
+
+
+def test_demo_runs_the_whole_pipeline_at_a_tiny_size(ray_session, tmp_path, capsys):
+    result = run_demo(str(tmp_path / "demo"), size=27, epochs=1, videos=2, frames=30)
+    metrics, paths = result["metrics"], result["paths"]
+    assert metrics["coverage"]["evaluated_frames"] == 90
+    for column in ("regularity", "anomaly_score", "cell_error_max"):
+        assert 0.0 <= metrics[column]["auc"] <= 1.0 and not math.isnan(metrics[column]["eer"])
+    pngs = [f for f in os.listdir(paths["report"]) if f.endswith(".png")]
+    assert len(pngs) == 3 and os.path.getsize(os.path.join(paths["report"], "index.html")) > 500
+    printed = capsys.readouterr().out
+    assert "frame-level AUC (regularity, the paper's score)" in printed and "index.html" in printed
+
+
+def test_error_map_points_at_the_frame(trained_checkpoint, synth_test_archive):
+    maps = ErrorMaps(str(trained_checkpoint))
+    emap = maps(str(synth_test_archive / "test001.mp4"), 29)  # the last frame: volume clipped to the end
+    assert emap.shape == (27, 27) and emap.dtype == np.float32 and emap.min() >= 0 and emap.max() > 0
+    assert maps(str(synth_test_archive / "frame_labels.csv"), 0) is None  # not a video: no map, no crash

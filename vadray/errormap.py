@@ -1,0 +1,42 @@
+"""Where in a frame the model failed: the squared reconstruction error map of one frame.
+
+For reports: decode the stride-1 volume centred on the frame with the same decoder and
+normalisation as scoring, reconstruct it, and return the frame's (S, S) squared error.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class ErrorMaps:
+    """error_map(source_uri, frame_index) -> (S, S) float32, or None if the source is unreadable."""
+
+    def __init__(self, checkpoint: str, storage_options: dict[str, Any] | None = None):
+        from vadray.checkpoint import load_model
+        from vadray.preprocess import NormStats
+
+        self.model, card = load_model(checkpoint, storage_options)
+        self.stats = NormStats.from_dict(card["norm_stats"])
+        self.T = int(card["input"]["T"])
+        self.storage_options = storage_options
+
+    def __call__(self, source_uri: str, frame_index: int) -> np.ndarray | None:
+        import torch
+
+        from vadray.decode import InputError, decode_segment, probe
+
+        try:
+            timeline = probe(source_uri, self.T, self.storage_options)
+        except (InputError, OSError):
+            return None
+        start = int(np.clip(frame_index - self.T // 2, 0, timeline.num_frames - self.T))
+        decoded = decode_segment(source_uri, timeline, start, start + self.T, self.stats.size,
+                                 self.storage_options)
+        if decoded.frames.shape[0] != self.T:
+            return None
+        x = self.stats.normalize(decoded.frames)[None]  # (1, T, S, S)
+        with torch.inference_mode():
+            recon = self.model(torch.from_numpy(x).unsqueeze(2)).squeeze(2).numpy()
+        return np.square(x - recon)[0, frame_index - start].astype(np.float32)

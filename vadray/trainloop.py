@@ -78,7 +78,7 @@ def train_loop_per_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(model)  # to device; DDP when world > 1
     optimizer = torch.optim.Adam(model.parameters(), lr=settings["lr"])
     state = {"epoch": 0, "step": 0, "history": [], "best_loss": math.inf, "best_epoch": 0,
-             "bad_epochs": 0, "stopped": None}
+             "bad_epochs": 0, "stopped": None, "resumed_after_epochs": []}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
@@ -86,6 +86,7 @@ def train_loop_per_worker(config: dict) -> None:
             optimizer.load_state_dict(torch.load(os.path.join(folder, OPTIMIZER_FILE), map_location=device, weights_only=True))
             with open(os.path.join(folder, STATE_FILE)) as f:
                 state = json.load(f)
+        state["resumed_after_epochs"].append(state["epoch"])
         if rank == 0:
             print(f"[vadray train] resumed after epoch {state['epoch']} (step {state['step']})", flush=True)
 

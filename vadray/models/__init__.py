@@ -37,7 +37,8 @@ def _config(name: str, params: dict):
 
 def build(name: str, **params) -> nn.Module:
     """A freshly initialised model; raises ValueError for an unknown name or parameter."""
-    return REGISTRY[name][0](_config(name, params))
+    config = _config(name, params)
+    return REGISTRY[name][0](config)
 
 
 def spec(model: nn.Module) -> dict:

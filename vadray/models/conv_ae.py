@@ -14,7 +14,7 @@ standardised inputs outside ±1 can be reconstructed. Our reading, not verified 
 paper's released model: the hidden activation (tanh, as in the Chong & Tay model) and each
 deconvolution changing the width before its unpooling, so the switches' channels match.
 
-Sizes: S = 11 + 8k, k ≥ 2, as for `convlstm_ae` (the second pooling needs a 2×2 map).
+Sizes: S = 11 + 8k, k ≥ 2, as for `convlstm_ae` (55 → 28 → 14 at 227).
 """
 from __future__ import annotations
 
@@ -50,7 +50,9 @@ class ConvAE(nn.Module):
         self.deconv1 = nn.ConvTranspose2d(c3, c2, 3, padding=1)
         self.deconv2 = nn.ConvTranspose2d(c2, c1, 5, padding=2)
         self.deconv3 = nn.ConvTranspose2d(c1, config.T, 11, stride=4)
-        self.pool = nn.MaxPool2d(2, return_indices=True)
+        # ceil_mode (as Caffe pools): a floor-mode pool would drop the last row and column,
+        # and the frame border they map to could never be reconstructed.
+        self.pool = nn.MaxPool2d(2, ceil_mode=True, return_indices=True)
         self.unpool = nn.MaxUnpool2d(2)
 
     check_size = staticmethod(check_size)
@@ -60,12 +62,12 @@ class ConvAE(nn.Module):
             raise ValueError(f"conv_ae was built for T={self.config.T} frames, got {x.shape[1]}")
         z = x.squeeze(2)                                              # (B, T, S, S)
         a1 = torch.tanh(self.conv1(z))                                # (B, 512, 2k+1, 2k+1)
-        p1, switches1 = self.pool(a1)                                 # (B, 512, k, k)
-        a2 = torch.tanh(self.conv2(p1))                               # (B, 256, k, k)
-        p2, switches2 = self.pool(a2)                                 # (B, 256, k//2, k//2)
-        a3 = torch.tanh(self.conv3(p2))                               # (B, 128, k//2, k//2)
-        d1 = torch.tanh(self.deconv1(a3))                             # (B, 256, k//2, k//2)
-        u2 = self.unpool(d1, switches2, output_size=a2.shape[-2:])    # (B, 256, k, k)
-        d2 = torch.tanh(self.deconv2(u2))                             # (B, 512, k, k)
+        p1, switches1 = self.pool(a1)                                 # (B, 512, k+1, k+1)
+        a2 = torch.tanh(self.conv2(p1))                               # (B, 256, k+1, k+1)
+        p2, switches2 = self.pool(a2)                                 # (B, 256, m, m), m = ⌈(k+1)/2⌉
+        a3 = torch.tanh(self.conv3(p2))                               # (B, 128, m, m)
+        d1 = torch.tanh(self.deconv1(a3))                             # (B, 256, m, m)
+        u2 = self.unpool(d1, switches2, output_size=a2.shape[-2:])    # (B, 256, k+1, k+1)
+        d2 = torch.tanh(self.deconv2(u2))                             # (B, 512, k+1, k+1)
         u1 = self.unpool(d2, switches1, output_size=a1.shape[-2:])    # (B, 512, 2k+1, 2k+1)
         return self.deconv3(u1).unsqueeze(2)                          # (B, T, 1, S, S), linear

@@ -31,6 +31,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import av
@@ -83,22 +84,76 @@ def run_baseline(pool, tasks: list[tuple[str, list[str], int]]) -> tuple[int, fl
     return frames, time.perf_counter() - started
 
 
+# ---------------------------------------------------------------------------- CPU time
+
+def _proc_table() -> dict[int, tuple[int, float]]:
+    """pid → (parent pid, CPU seconds of it and its reaped children) of every process (Linux
+    /proc; {} elsewhere)."""
+    table: dict[int, tuple[int, float]] = {}
+    try:
+        tick = os.sysconf("SC_CLK_TCK")
+        names = os.listdir("/proc")
+    except (OSError, ValueError, AttributeError):
+        return table
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        # utime + stime, plus cutime + cstime: the CPU of children it has reaped (Ray's raylet
+        # reaps the workers and actors it kills), so a process that ended is not lost.
+        table[int(name)] = (int(fields[1]), sum(int(v) for v in fields[11:15]) / tick)
+    return table
+
+
+def cpu_seconds() -> dict[int, float]:
+    """CPU seconds of this process and of its descendants: a local Ray's GCS, raylet and
+    workers, and the baseline pool's processes. {} where there is no /proc."""
+    table = _proc_table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    out, todo = {}, [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        if pid in table and pid not in out:
+            out[pid] = table[pid][1]
+            todo.extend(children.get(pid, ()))
+    return out
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float], pids=None, exclude=frozenset()) -> float:
+    """CPU seconds spent between two snapshots by `pids` (default all) but `exclude`; a process
+    that started meanwhile counts whole, one that ended counts through its parent's reaped-children
+    time (under `pids`, only where the parent is one of them)."""
+    return sum(t - before.get(pid, 0.0) for pid, t in after.items()
+               if (pids is None or pid in pids) and pid not in exclude)
+
+
 # ---------------------------------------------------------------------------- ingest, timed by phase
+
+def _stamp() -> tuple[float, dict[int, float]]:
+    return time.perf_counter(), cpu_seconds()
+
 
 class _Marks(logging.Handler):
     def __init__(self) -> None:
         super().__init__(level=logging.INFO)
-        self.times: dict[str, float] = {}
+        self.times: dict[str, tuple[float, dict[int, float]]] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
         text = record.getMessage()
         for word in ("ingesting", "decoding"):
             if text.startswith(word):
-                self.times.setdefault(word, time.perf_counter())
+                if word not in self.times:
+                    self.times[word] = _stamp()
 
 
 @contextlib.contextmanager
-def _phase_clock() -> Iterator[dict[str, float]]:
+def _phase_clock() -> Iterator[dict[str, tuple[float, dict[int, float]]]]:
     """Time stamps of run_ingest's phases, from its log lines and two of its calls.
 
     Wraps `read_errors` and `compute_stats` in the vadray.ingest namespace for the duration
@@ -116,14 +171,15 @@ def _phase_clock() -> Iterator[dict[str, float]]:
     read_errors, compute_stats = ingest_module.read_errors, ingest_module.compute_stats
 
     def timed_read_errors(*a: Any, **k: Any):
-        times.setdefault("read_errors", time.perf_counter())
+        if "read_errors" not in times:
+            times["read_errors"] = _stamp()
         return read_errors(*a, **k)
 
     def timed_compute_stats(*a: Any, **k: Any):
         try:
             return compute_stats(*a, **k)
         finally:
-            times["stats_done"] = time.perf_counter()
+            times["stats_done"] = _stamp()
 
     ingest_module.read_errors, ingest_module.compute_stats = timed_read_errors, timed_compute_stats
     try:
@@ -135,19 +191,23 @@ def _phase_clock() -> Iterator[dict[str, float]]:
 
 
 def run_ingest_timed(source: str, output: str, size: int, segment_seconds: float):
-    """(IngestSummary, seconds, {phase: seconds}) of one run_ingest into a fresh output."""
+    """(IngestSummary, seconds, {phase: seconds}, {phase: CPU seconds}) of one run_ingest into
+    a fresh output. CPU seconds are those of this process and its descendants (all of a local
+    Ray), whatever they did meanwhile."""
     from vadray.ingest import run_ingest
 
     shutil.rmtree(output, ignore_errors=True)
     with _phase_clock() as marks:
-        started = time.perf_counter()
+        started = _stamp()
         summary = run_ingest(source, output, size=size, segment_seconds=segment_seconds)
-        ended = time.perf_counter()
+        ended = _stamp()
     points = [started, marks.get("decoding"), marks.get("read_errors"), marks.get("stats_done"), ended]
     phases: dict[str, float] = {}
+    phases_cpu: dict[str, float] = {}
     if None not in points:
-        phases = {name: b - a for name, a, b in zip(PHASES, points[:-1], points[1:])}
-    return summary, ended - started, phases
+        for name, a, b in zip(PHASES, points[:-1], points[1:]):
+            phases[name], phases_cpu[name] = b[0] - a[0], cpu_used(a[1], b[1])
+    return summary, ended[0] - started[0], phases, phases_cpu
 
 
 # ---------------------------------------------------------------------------- the source
@@ -190,10 +250,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=3,
                         help="baseline/ingest pairs, alternating; the median ratio is reported (default 3)")
     synth = parser.add_argument_group("synthetic source (when --source is not given)")
-    synth.add_argument("--videos", type=int, default=8, help="clips (default 8)")
-    synth.add_argument("--frames", type=int, default=600, help="frames per clip (default 600, 60 s at 10 fps)")
+    # 14,400 frames: the bare baseline needs ~5 s on 2 cores, enough for fixed costs (Ray Data
+    # start of each stage) to show at their real weight without dominating; 90 s clips make
+    # two segments each at the default --segment-seconds. Generating it takes ~1 min, once.
+    synth.add_argument("--videos", type=int, default=16, help="clips (default 16)")
+    synth.add_argument("--frames", type=int, default=900, help="frames per clip (default 900, 90 s at 10 fps)")
     synth.add_argument("--width", type=int, default=320, help="frame width (default 320)")
     synth.add_argument("--height", type=int, default=240, help="frame height (default 240)")
+
+
+@dataclass
+class Run:
+    """One baseline/ingest pair."""
+
+    base_frames: int = 0
+    base_s: float = 0.0
+    base_cpu: float = 0.0
+    ingest_frames: int = 0
+    ingest_s: float = 0.0
+    ingest_cpu: float = 0.0
+    failures: int = 0
+    phases: dict[str, float] = field(default_factory=dict)
+    phases_cpu: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def base_fps(self) -> float:
+        return self.base_frames / self.base_s if self.base_s else 0.0
+
+    @property
+    def ingest_fps(self) -> float:
+        return self.ingest_frames / self.ingest_s if self.ingest_s else 0.0
+
+    @property
+    def ratio(self) -> float:
+        return self.ingest_fps / self.base_fps if self.base_fps else float("nan")
 
 
 def _median(values: list[float]) -> float:
@@ -234,44 +324,67 @@ def run(args: argparse.Namespace) -> int:
     output = os.path.join(args.workdir, "ingest-output")
     print(f"ingest bench: {len(refs)} videos from {source}, size {args.size}, {processes} processes, "
           f"Ray CPUs {ray_cpus}, segment {args.segment_seconds:g} s, {args.repeat} repeat(s)")
-    rows = []
-    failures = 0
+    rows: list[Run] = []
     # spawn, not fork: this process runs Ray's threads. Started and warmed before timing.
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         pool.map(_warm, range(4 * processes), chunksize=1)
+        pool_pids = {p.pid for p in multiprocessing.active_children()}
         for i in range(args.repeat):
-            base_frames, base_s = run_baseline(pool, tasks)
-            summary, ingest_s, phases = run_ingest_timed(source, output, args.size, args.segment_seconds)
-            failures = summary.failures
-            base_fps, ingest_fps = base_frames / base_s, summary.frames / ingest_s
-            ratio = ingest_fps / base_fps if base_fps else float("nan")
-            rows.append((base_frames, base_s, base_fps, summary.frames, ingest_s, ingest_fps, ratio, phases))
-            where = "  ".join(f"{k} {v:.2f}s" for k, v in phases.items())
-            print(f"  run {i + 1}: baseline {base_frames} frames {base_s:.2f} s {base_fps:.0f} fps | "
-                  f"ingest {summary.frames} frames {ingest_s:.2f} s {ingest_fps:.0f} fps | "
-                  f"ratio {ratio:.2f} | {where}")
-            if summary.frames != base_frames:
-                print(f"  warning: ingest stored {summary.frames} frames, the baseline decoded {base_frames}")
+            run_ = Run()
+            cpu0 = cpu_seconds()
+            run_.base_frames, run_.base_s = run_baseline(pool, tasks)
+            cpu1 = cpu_seconds()
+            summary, run_.ingest_s, run_.phases, run_.phases_cpu = run_ingest_timed(
+                source, output, args.size, args.segment_seconds)
+            cpu2 = cpu_seconds()
+            run_.ingest_frames, run_.failures = summary.frames, summary.failures
+            # The driver (this process) counts on both sides: it feeds the pool, it runs the job.
+            run_.base_cpu = cpu_used(cpu0, cpu1, pids=pool_pids | {os.getpid()})
+            run_.ingest_cpu = cpu_used(cpu1, cpu2, exclude=pool_pids)
+            rows.append(run_)
+            where = "  ".join(f"{k} {v:.2f}s/{run_.phases_cpu.get(k, 0):.1f}cpu-s"
+                              for k, v in run_.phases.items())
+            print(f"  run {i + 1}: baseline {run_.base_frames} frames {run_.base_s:.2f} s "
+                  f"{run_.base_fps:.0f} fps {run_.base_cpu:.1f} cpu-s | ingest {run_.ingest_frames} frames "
+                  f"{run_.ingest_s:.2f} s {run_.ingest_fps:.0f} fps {run_.ingest_cpu:.1f} cpu-s | "
+                  f"ratio {run_.ratio:.2f} | {where}", flush=True)
+            if run_.ingest_frames != run_.base_frames:
+                print(f"  warning: ingest stored {run_.ingest_frames} frames, the baseline decoded "
+                      f"{run_.base_frames}")
     written = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(os.path.join(output, "clips"))
                   for f in files)
     shutil.rmtree(output, ignore_errors=True)
 
-    base_fps = _median([r[2] for r in rows])
-    ingest_fps = _median([r[5] for r in rows])
-    ratio = _median([r[6] for r in rows])
-    phase_medians = {name: _median([r[7][name] for r in rows if name in r[7]]) for name in PHASES}
-    phase_shares = {name: _median([r[7][name] / r[4] for r in rows if name in r[7]]) for name in PHASES}
+    last = rows[-1]
+    failures = last.failures
+    ratio = _median([r.ratio for r in rows])
+    phase_medians = {name: _median([r.phases[name] for r in rows if name in r.phases]) for name in PHASES}
+    phase_shares = {name: _median([r.phases[name] / r.ingest_s for r in rows if name in r.phases])
+                    for name in PHASES}
     print(f"videos            {len(refs)}")
-    print(f"frames            {rows[-1][3]} (baseline decoded {rows[-1][0]})")
-    print(f"clips written     {written / 1e6:.1f} MB of Parquet ({written / max(rows[-1][3], 1) / 1e3:.1f} kB/frame)")
-    print(f"baseline fps      {base_fps:.1f}  (bare PyAV decode + GreyScaler, {processes} processes)")
-    print(f"ingest fps        {ingest_fps:.1f}  (vadray.ingest.run_ingest end to end)")
+    print(f"frames            {last.ingest_frames} (baseline decoded {last.base_frames})")
+    print(f"clips written     {written / 1e6:.1f} MB of Parquet ({written / max(last.ingest_frames, 1) / 1e3:.1f} "
+          f"kB/frame)")
+    print(f"baseline fps      {_median([r.base_fps for r in rows]):.1f}  (bare PyAV decode + GreyScaler, "
+          f"{processes} processes)")
+    print(f"ingest fps        {_median([r.ingest_fps for r in rows]):.1f}  (vadray.ingest.run_ingest end to end)")
     if all(v == v for v in phase_medians.values()):
         print("ingest time       " + ", ".join(
             f"{k} {v:.2f} s ({100 * phase_shares[k]:.0f}%)" for k, v in phase_medians.items())
             + "  (medians)")
+    if last.ingest_cpu > 0 and last.phases_cpu:
+        print("ingest CPU        " + ", ".join(
+            f"{k} {_median([r.phases_cpu[k] for r in rows if k in r.phases_cpu]):.1f} s" for k in PHASES)
+            + "  (CPU seconds of all Ray processes and this one, medians)")
+    if last.ingest_cpu > 0:
+        base_ms = _median([1e3 * r.base_cpu / max(r.base_frames, 1) for r in rows])
+        ingest_ms = _median([1e3 * r.ingest_cpu / max(r.ingest_frames, 1) for r in rows])
+        busy = _median([r.ingest_cpu / (r.ingest_s * processes) for r in rows])
+        print(f"CPU per frame     baseline {base_ms:.2f} ms, ingest {ingest_ms:.2f} ms (all Ray processes); "
+              f"ingest kept {100 * busy:.0f}% of {processes} CPUs busy")
     verdict = "ok" if ratio >= 0.8 else "BELOW TARGET"
-    print(f"ratio             {ratio:.2f}  (median of {len(rows)}; ingest/baseline, target >= 0.80: {verdict})")
+    print(f"ratio             {ratio:.2f}  (median of {len(rows)}; ingest fps / baseline fps, "
+          f"target >= 0.80: {verdict})")
     if failures:
         print(f"note: {failures} error row(s) in the last ingest run")
     return EXIT_PARTIAL if failures else EXIT_OK

@@ -180,7 +180,7 @@ def normalize(volumes: torch.Tensor, mean_image: torch.Tensor, std: float) -> to
 
 
 class ValidationFrameErrors:
-    """Ray Data UDF (an actor): video rows → per-frame errors of a trained model.
+    """Video rows → per-frame errors of a trained model (used by `validation_frame_errors`).
 
     The error math and the assembly over volumes are scoring's own (`vadray.scoring`), on
     stride-1 volumes at hop 1: each frame's error is the mean over every volume containing
@@ -240,17 +240,22 @@ class ValidationFrameErrors:
         return {k: np.concatenate(v) if v else np.zeros(0, empty[k]) for k, v in out.items()}
 
 
+def _validation_errors_task(batch: dict, **model_and_data) -> dict:
+    """Ray Data task: a fresh model per video (cheap beside the video; no actor to start)."""
+    return ValidationFrameErrors(**model_and_data)(batch)
+
+
 def validation_frame_errors(shards: Shards, videos: list[VideoShards], model_spec: dict, weights: bytes,
                             T: int, storage_options: dict | None = None, use_gpu: bool = False) -> dict:
-    """{recon_error, cell_error_max} (N,) float32 over every frame of `videos`, computed by
-    one model actor through Ray Data (the frames stay in the tasks; only errors return)."""
+    """{recon_error, cell_error_max} (N,) float32 over every frame of `videos`, one Ray Data
+    task per video (the frames stay in the tasks; only per-frame errors come back)."""
     import ray
 
     ds = ray.data.from_items(video_items(videos), override_num_blocks=max(1, len(videos))).map_batches(
-        ValidationFrameErrors, batch_size=1, concurrency=1, num_gpus=1 if use_gpu else 0,
-        fn_constructor_kwargs={"model_spec": model_spec, "weights": weights,
-                               "stats": shards.stats.to_dict(), "clips_uri": shards.clips_uri,
-                               "storage_options": storage_options, "T": T, "use_gpu": use_gpu})
+        _validation_errors_task, batch_size=1, num_gpus=1 if use_gpu else 0,
+        fn_kwargs={"model_spec": model_spec, "weights": weights, "stats": shards.stats.to_dict(),
+                   "clips_uri": shards.clips_uri, "storage_options": storage_options, "T": T,
+                   "use_gpu": use_gpu})
     rows = ds.select_columns(["recon_error", "cell_error_max"]).to_pandas()
     return {"recon_error": rows["recon_error"].to_numpy(np.float32),
             "cell_error_max": rows["cell_error_max"].to_numpy(np.float32)}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -49,3 +50,34 @@ def read_errors(errors_uri: str, storage_options: dict[str, Any] | None = None) 
     except FileNotFoundError:
         return ERRORS_SCHEMA.empty_table()
     return pq.read_table(path, filesystem=fs, schema=ERRORS_SCHEMA)
+
+
+@dataclass
+class JobSummary:
+    """What a job did over its inputs: the end-of-run line, the failed inputs, the exit status."""
+
+    videos: int = 0
+    videos_failed: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+    errors: list[dict[str, Any]] = field(default_factory=list)  # this run's errors rows
+
+    @property
+    def failures(self) -> int:
+        return len(self.errors)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds else 0.0
+
+    def line(self) -> str:
+        raise NotImplementedError
+
+    def print_and_exit_status(self) -> int:
+        """Print each failed input and the summary; 3 when some inputs failed, else 0."""
+        from vadray.exits import EXIT_OK, EXIT_PARTIAL
+
+        for e in self.errors:
+            print(f"  failed: {e['source_uri']} [{e['stage']}/{e['error_type']}] {e['message']}")
+        print(self.line())
+        return EXIT_PARTIAL if self.errors else EXIT_OK

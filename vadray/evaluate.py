@@ -189,10 +189,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        options = storage.parse_storage_options(args.storage_options)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    options = storage.parse_storage_options(args.storage_options)
     result = evaluate_output(args.output, args.labels, options)
     print(format_metrics(result))
     if args.json_path:

@@ -18,7 +18,7 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,8 +26,8 @@ import pyarrow as pa
 
 from vadray import storage
 from vadray.decode import contiguous_runs
-from vadray.errors import read_errors, safe_key
-from vadray.exits import EXIT_OK, EXIT_PARTIAL, UsageError
+from vadray.errors import JobSummary, read_errors, safe_key
+from vadray.exits import UsageError
 from vadray.listing import VideoRef, list_videos
 from vadray.preprocess import NormStats, PartialSums
 from vadray.stages import ProbeAndPlan, decode_planned
@@ -53,18 +53,8 @@ CLIPS_SCHEMA = pa.schema([
 
 
 @dataclass
-class IngestSummary:
-    videos: int = 0
-    videos_failed: int = 0
+class IngestSummary(JobSummary):
     segments: int = 0
-    frames: int = 0
-    failures: int = 0
-    seconds: float = 0.0
-    errors: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def fps(self) -> float:
-        return self.frames / self.seconds if self.seconds else 0.0
 
     def line(self) -> str:
         return (f"ingest: {self.videos} videos ({self.videos_failed} failed), {self.segments} segments, "
@@ -199,7 +189,7 @@ def run_ingest(source: str, output: str, *, camera: str = "default", size: int =
     run_ids = {r.video_id for r in refs}
     errors = [e for e in read_errors(storage.join(output, "errors"), storage_options).to_pylist()
               if e["video_id"] in run_ids]
-    summary = IngestSummary(videos=len(refs), segments=len(segments), errors=errors, failures=len(errors))
+    summary = IngestSummary(videos=len(refs), segments=len(segments), errors=errors)
     try:
         stats, frames_per_video = compute_stats(clips_uri, storage_options)
     except (ValueError, FileNotFoundError):
@@ -230,14 +220,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        storage_options = storage.parse_storage_options(args.storage_options)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    storage_options = storage.parse_storage_options(args.storage_options)
     summary = run_ingest(args.source, args.output, camera=args.camera, size=args.size,
                          segment_seconds=args.segment_seconds, frame_fps=args.frame_fps,
                          storage_options=storage_options)
-    for e in summary.errors:
-        print(f"  failed: {e['source_uri']} [{e['stage']}/{e['error_type']}] {e['message']}")
-    print(summary.line())
-    return EXIT_PARTIAL if summary.failures else EXIT_OK
+    return summary.print_and_exit_status()

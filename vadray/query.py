@@ -102,10 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        options = storage.parse_storage_options(args.storage_options)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    options = storage.parse_storage_options(args.storage_options)
     if args.out and not args.out.endswith((".csv", ".parquet")):
         raise UsageError("--out must end in .csv or .parquet")
     result = query(args.output, args.sql, options)

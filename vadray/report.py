@@ -236,10 +236,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        options = storage.parse_storage_options(args.storage_options)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    options = storage.parse_storage_options(args.storage_options)
     if args.max_thumbnails < 0:
         raise UsageError("--max-thumbnails must be 0 or more")
     error_map_fn = None

@@ -19,11 +19,12 @@ import hashlib
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from vadray import storage
-from vadray.exits import EXIT_OK, EXIT_PARTIAL, UsageError
+from vadray.errors import JobSummary
+from vadray.exits import UsageError
 from vadray.listing import VideoRef, list_videos
 from vadray.score_stages import (AssembleVideo, ScoreVolumes, VolumeRows, manifest_marker,
                                  video_date)
@@ -32,19 +33,9 @@ log = logging.getLogger("vadray.score")
 
 
 @dataclass
-class ScoreSummary:
-    videos: int = 0
+class ScoreSummary(JobSummary):
     skipped: int = 0
-    videos_failed: int = 0
-    frames: int = 0
     events: int = 0
-    failures: int = 0
-    seconds: float = 0.0
-    errors: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def fps(self) -> float:
-        return self.frames / self.seconds if self.seconds else 0.0
 
     def line(self) -> str:
         return (f"score: {self.videos} videos ({self.skipped} already done, {self.videos_failed} failed), "
@@ -132,7 +123,6 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     run_ids = {r.video_id for r in todo}
     summary.errors = [e for e in read_errors(storage.join(output, "errors"), storage_options).to_pylist()
                       if e["video_id"] in run_ids]
-    summary.failures = len(summary.errors)
     summary.videos_failed = len({e["video_id"] for e in summary.errors})
     summary.seconds = time.perf_counter() - started
     return summary
@@ -176,16 +166,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        storage_options = storage.parse_storage_options(args.storage_options)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    storage_options = storage.parse_storage_options(args.storage_options)
     summary = run_score(args.source, args.output, args.checkpoint, camera=args.camera, actors=args.actors,
                         gpus_per_actor=args.gpus_per_actor, batch_size=args.batch_size, hop=args.hop,
                         segment_seconds=args.segment_seconds, frame_fps=args.frame_fps, grid=args.grid,
                         persistence=args.persistence, window=args.window, force=args.force,
                         storage_options=storage_options)
-    for e in summary.errors:
-        print(f"  failed: {e['source_uri']} [{e['stage']}/{e['error_type']}] {e['message']}")
-    print(summary.line())
-    return EXIT_PARTIAL if summary.failures else EXIT_OK
+    return summary.print_and_exit_status()

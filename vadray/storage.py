@@ -15,15 +15,17 @@ import pyarrow.fs as pafs
 
 
 def parse_storage_options(text: str | None) -> dict[str, Any]:
-    """`--storage-options` JSON → dict, with a clear error for bad JSON."""
+    """`--storage-options` JSON → dict; bad JSON is a UsageError (exit status 2)."""
+    from vadray.exits import UsageError
+
     if not text:
         return {}
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"--storage-options is not valid JSON: {exc.msg} at position {exc.pos}") from None
+        raise UsageError(f"--storage-options is not valid JSON: {exc.msg} at position {exc.pos}") from None
     if not isinstance(value, dict):
-        raise ValueError("--storage-options must be a JSON object, e.g. '{\"anon\": false}'")
+        raise UsageError("--storage-options must be a JSON object, e.g. '{\"anon\": false}'")
     return value
 
 

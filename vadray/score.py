@@ -116,7 +116,10 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
             # max_task_retries=-1 are its defaults for actor pools); rows are recomputed identically.
             dates = {r.video_id: video_date(r) for r in todo}
             assemble = AssembleVideo(output, card, run_id, dates, persistence, window, grid, storage_options)
-            results = scored.groupby("video_id").map_groups(
+            # One shuffle partition per video up to 64 (Ray's default of 200 costs more than
+            # the assembly itself on small backfills).
+            partitions = max(1, min(len(todo), 64))
+            results = scored.groupby("video_id", num_partitions=partitions).map_groups(
                 lambda group: assemble(group), batch_format="pyarrow").take_all()
             summary.frames = sum(int(r["frames"]) for r in results)
             summary.events = sum(int(r["events"]) for r in results)

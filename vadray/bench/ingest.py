@@ -16,6 +16,9 @@ ingest fps / baseline fps (target ≥ 0.8). Where ingest's time went is printed 
   decode+write  the decode stage and write_parquet
   stats         reading the errors table and the statistics reduction over the written shards
   rest          stats.json and the summary
+(a phase whose end cannot be seen in this version of run_ingest merges into the next one),
+with the CPU seconds that this process and all of its descendants (a local Ray's GCS,
+raylet, workers and actors) spent meanwhile, against the baseline's CPU seconds.
 By default the source is a synthetic archive (vadray.synth) generated once into the workdir
 and reused; `--source ../shared/datasets/ucsd-ped2/train` measures the real Ped2 clips.
 Use a local workdir: the baseline runs on this machine only.
@@ -45,12 +48,16 @@ PHASES = ("list+probe", "decode+write", "stats", "rest")
 
 # ---------------------------------------------------------------------------- baseline
 
-def _open_input(uri: str):
+@contextlib.contextmanager
+def _open_input(uri: str) -> Iterator[Any]:
     """A local path goes to FFmpeg's own file I/O; anything else through fsspec."""
     fs, path = storage.url_to_fs(uri)
     if not storage.is_remote(uri):
-        return av.open(path, mode="r")
-    return av.open(fs.open(path, "rb"), mode="r")
+        with av.open(path, mode="r") as container:
+            yield container
+    else:
+        with fs.open(path, "rb") as handle, av.open(handle, mode="r") as container:
+            yield container
 
 
 def bare_decode(task: tuple[str, list[str], int]) -> int:
@@ -78,7 +85,7 @@ def _warm(_: int) -> int:
 
 
 def run_baseline(pool, tasks: list[tuple[str, list[str], int]]) -> tuple[int, float]:
-    """(frames, seconds) of decoding every task in the pool, largest first."""
+    """(frames, seconds) of decoding every task in the pool, in the order given."""
     started = time.perf_counter()
     frames = sum(pool.imap_unordered(bare_decode, tasks, chunksize=1))
     return frames, time.perf_counter() - started
@@ -201,12 +208,18 @@ def run_ingest_timed(source: str, output: str, size: int, segment_seconds: float
         started = _stamp()
         summary = run_ingest(source, output, size=size, segment_seconds=segment_seconds)
         ended = _stamp()
-    points = [started, marks.get("decoding"), marks.get("read_errors"), marks.get("stats_done"), ended]
+    # Each phase ends at a mark; a missing mark (run_ingest changed: no stats pass, say) merges
+    # its phase into the next one ("stats+rest").
+    ends = [marks.get("decoding"), marks.get("read_errors"), marks.get("stats_done"), ended]
     phases: dict[str, float] = {}
     phases_cpu: dict[str, float] = {}
-    if None not in points:
-        for name, a, b in zip(PHASES, points[:-1], points[1:]):
-            phases[name], phases_cpu[name] = b[0] - a[0], cpu_used(a[1], b[1])
+    start, names = started, []
+    for name, end in zip(PHASES, ends):
+        names.append(name)
+        if end is not None:
+            key = "+".join(names)
+            phases[key], phases_cpu[key] = end[0] - start[0], cpu_used(start[1], end[1])
+            start, names = end, []
     return summary, ended[0] - started[0], phases, phases_cpu
 
 
@@ -358,9 +371,10 @@ def run(args: argparse.Namespace) -> int:
     last = rows[-1]
     failures = last.failures
     ratio = _median([r.ratio for r in rows])
-    phase_medians = {name: _median([r.phases[name] for r in rows if name in r.phases]) for name in PHASES}
+    names = list(last.phases)
+    phase_medians = {name: _median([r.phases[name] for r in rows if name in r.phases]) for name in names}
     phase_shares = {name: _median([r.phases[name] / r.ingest_s for r in rows if name in r.phases])
-                    for name in PHASES}
+                    for name in names}
     print(f"videos            {len(refs)}")
     print(f"frames            {last.ingest_frames} (baseline decoded {last.base_frames})")
     print(f"clips written     {written / 1e6:.1f} MB of Parquet ({written / max(last.ingest_frames, 1) / 1e3:.1f} "
@@ -368,13 +382,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"baseline fps      {_median([r.base_fps for r in rows]):.1f}  (bare PyAV decode + GreyScaler, "
           f"{processes} processes)")
     print(f"ingest fps        {_median([r.ingest_fps for r in rows]):.1f}  (vadray.ingest.run_ingest end to end)")
-    if all(v == v for v in phase_medians.values()):
+    if phase_medians:
         print("ingest time       " + ", ".join(
             f"{k} {v:.2f} s ({100 * phase_shares[k]:.0f}%)" for k, v in phase_medians.items())
             + "  (medians)")
     if last.ingest_cpu > 0 and last.phases_cpu:
         print("ingest CPU        " + ", ".join(
-            f"{k} {_median([r.phases_cpu[k] for r in rows if k in r.phases_cpu]):.1f} s" for k in PHASES)
+            f"{k} {_median([r.phases_cpu[k] for r in rows if k in r.phases_cpu]):.1f} s" for k in names)
             + "  (CPU seconds of all Ray processes and this one, medians)")
     if last.ingest_cpu > 0:
         base_ms = _median([1e3 * r.base_cpu / max(r.base_frames, 1) for r in rows])

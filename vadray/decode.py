@@ -157,7 +157,9 @@ def decode_segment(uri: str, timeline: Timeline, first: int, last: int, size: in
     scaler = GreyScaler(size)
     out: dict[int, np.ndarray] = {}
     error = ""
-    for attempt_seek in ((first > 0), False):
+    # Seek whenever the segment starts after the stream's first frame (positions are relative
+    # to `timeline`, which may hold only this segment's frames).
+    for attempt_seek in ((int(want[0]) > timeline.start_pts), False):
         out.clear()
         try:
             with _open(uri, storage_options) as handle, av.open(handle, mode="r") as container:

@@ -21,6 +21,7 @@ from vadray import storage
 from vadray.checkpoint import FINAL_DIR, distribution, library_versions, model_id, save, weights_from_bytes
 from vadray.exits import UsageError
 from vadray.models import check_size, names, spec
+from vadray.raylib import ensure_ray
 from vadray.trainloop import RUN_NAME, run_trainer
 from vadray.trainvolumes import count_volumes, discover, split_by_video, validation_frame_errors
 from vadray.volumes import T_DEFAULT
@@ -65,14 +66,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from vadray.raylib import ensure_ray
-
     try:
         options = storage.parse_storage_options(args.storage_options)
         model_params = json.loads(args.model_params) if args.model_params else {}
     except (ValueError, json.JSONDecodeError) as exc:
         raise UsageError(str(exc)) from None
-    ensure_ray()
     card = run_training(
         args.shards, args.checkpoint_dir, model=args.model, model_params=model_params,
         workers=args.workers, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
@@ -85,25 +83,55 @@ def run(args) -> int:
     return 0
 
 
-def _run_settings(checkpoint_dir: str, settings: dict, resume: bool, storage_options: dict | None) -> dict:
-    """Write run.json for a new run, or read it back for --resume; refuse to mix two runs."""
+def _saved_run(checkpoint_dir: str, storage_options: dict | None) -> dict | None:
+    """run.json of the run in CHECKPOINT_DIR, None when there is none."""
     fs, path = storage.url_to_fs(checkpoint_dir, storage_options)
-    run_file = f"{path}/{RUN_FILE}"
-    exists = fs.exists(run_file)
-    if resume:
-        if not exists:
-            raise UsageError(f"--resume: {checkpoint_dir} holds no run to continue ({RUN_FILE} missing)")
-        saved = json.loads(fs.cat_file(run_file))
-        log.info("resuming run %s with its saved settings", saved["run_id"])
-        return saved
-    if exists or fs.exists(f"{path}/{RUN_NAME}"):
-        raise UsageError(f"{checkpoint_dir} holds a run already: pass --resume to continue it, "
-                         f"or choose an empty CHECKPOINT_DIR")
+    if fs.exists(f"{path}/{RUN_FILE}"):
+        return json.loads(fs.cat_file(f"{path}/{RUN_FILE}"))
+    if fs.exists(f"{path}/{RUN_NAME}"):
+        return {}  # Ray Train state without our settings: not ours to continue or overwrite
+    return None
+
+
+def _start_run(checkpoint_dir: str, settings: dict, storage_options: dict | None) -> str:
+    """Write run.json for a new run; its run id."""
+    fs, path = storage.url_to_fs(checkpoint_dir, storage_options)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    saved = dict(settings, run_id=f"train-{stamp}-{uuid.uuid4().hex[:6]}")
+    run_id = f"train-{stamp}-{uuid.uuid4().hex[:6]}"
     fs.makedirs(path, exist_ok=True)
-    fs.pipe_file(run_file, json.dumps(saved, indent=2).encode())
-    return saved
+    fs.pipe_file(f"{path}/{RUN_FILE}", json.dumps(dict(settings, run_id=run_id), indent=2).encode())
+    return run_id
+
+
+def _check_room_for_data(workers: int, cpus_per_worker: float) -> None:
+    """Refuse a local Ray whose CPUs the train workers would take all: the Ray Data tasks that
+    make the volumes could never start and training would wait forever. On a cluster
+    (RAY_ADDRESS) the autoscaler may add nodes, so there it is only a warning."""
+    import os
+
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 0.0)
+    if total - workers * cpus_per_worker >= 1.0:
+        return
+    message = (f"{workers} workers × {cpus_per_worker:g} CPUs leave less than 1 of the cluster's "
+               f"{total:g} CPUs to the Ray Data tasks that make volumes: training would wait forever; "
+               f"lower --cpus-per-worker (e.g. {max(0.25, (total - 1) / workers):.2g}) or --workers")
+    if os.environ.get("RAY_ADDRESS"):
+        log.warning(message)
+    else:
+        raise UsageError(message)
+
+
+def _model_spec(settings: dict, size: int) -> dict:
+    """The architecture's card entry; a UsageError when it cannot take S×S frames."""
+    from vadray.models import build
+
+    try:
+        check_size(settings["model"], size)
+        return spec(build(settings["model"], **settings["model_params"]))
+    except ValueError as exc:
+        raise UsageError(f"{exc} (the shards hold {size}×{size} frames)") from None
 
 
 def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae", model_params: dict | None = None,
@@ -113,32 +141,38 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
                  storage_options: dict | None = None, fail_at_step: int | None = None) -> dict:
     """Train, keep the best epoch in CHECKPOINT_DIR/final/, return its model card.
 
-    `fail_at_step` is a test hook: the last worker raises once at that global step (a marker
-    file in CHECKPOINT_DIR makes it fail only once), so the run must resume from a checkpoint.
+    With `resume`, the settings saved in CHECKPOINT_DIR/run.json replace the ones given here
+    (all but workers, GPUs, CPUs and max_failures). `fail_at_step` is a test hook: the last
+    worker raises once at that global step (a marker file in CHECKPOINT_DIR makes it fail only
+    once), so the run has to resume from a checkpoint.
     """
     if workers < 1 or epochs < 1 or batch_size < 1 or patience < 1 or hop < 1 or lr <= 0:
         raise UsageError("--workers, --epochs, --batch-size, --patience, --hop and --lr must be positive")
     settings = {"shards": shards, "model": model, "model_params": model_params or {}, "epochs": epochs,
                 "batch_size": batch_size, "lr": lr, "patience": patience, "strides": list(strides),
                 "hop": hop, "val_fraction": val_fraction, "seed": seed, "T": T_DEFAULT}
-    info = discover(shards, storage_options)  # fails fast on a wrong SHARDS, before any state is written
-    try:
-        check_size(model, info.size)
-        from vadray.models import build
-        model_spec = spec(build(model, **(model_params or {})))
-    except ValueError as exc:
-        raise UsageError(f"{exc} (the shards hold {info.size}×{info.size} frames)") from None
-    saved = _run_settings(checkpoint_dir, settings, resume, storage_options)
-    settings = {k: saved[k] for k in RUN_SETTINGS}
-    if resume and settings["shards"] != shards:
-        info = discover(settings["shards"], storage_options)
+    saved = _saved_run(checkpoint_dir, storage_options)
+    if resume and not saved:
+        raise UsageError(f"--resume: {checkpoint_dir} holds no vadray run to continue ({RUN_FILE} missing)")
+    if not resume and saved is not None:
+        raise UsageError(f"{checkpoint_dir} holds a run already: pass --resume to continue it, "
+                         f"or choose an empty CHECKPOINT_DIR")
+    if resume:
+        settings = {k: saved[k] for k in RUN_SETTINGS}
+        log.info("resuming run %s with its saved settings", saved["run_id"])
+    # Inputs and resources are checked before anything is written.
+    info = discover(settings["shards"], storage_options)
+    model_spec = _model_spec(settings, info.size)
     train_videos, val_videos = split_by_video(info.videos, settings["val_fraction"])
     T, strides, hop = settings["T"], settings["strides"], settings["hop"]
     n_train = count_volumes(train_videos, T, strides, hop)
     if n_train == 0:
         raise UsageError(f"the training videos are too short for one volume of {T} frames at strides {strides}")
-    log.info("training on %d videos (%d volumes/epoch), validating on %d videos",
-             len(train_videos), n_train, len(val_videos))
+    ensure_ray()
+    _check_room_for_data(workers, cpus_per_worker)
+    run_id = saved["run_id"] if resume else _start_run(checkpoint_dir, settings, storage_options)
+    log.info("run %s: training on %d videos (%d volumes/epoch), validating on %d videos",
+             run_id, len(train_videos), n_train, len(val_videos))
 
     fail_marker = storage.join(checkpoint_dir, f".injected-failure-step{fail_at_step}") if fail_at_step else None
     outcome = run_trainer(info, train_videos, val_videos, model_spec=model_spec, settings=settings,
@@ -147,32 +181,45 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
                           storage_options=storage_options, fail_at=(fail_at_step, fail_marker))
 
     # Calibrate on held-out normal footage (validation videos; training videos when there are none).
-    weights = outcome["best_weights"]
     calib_videos = val_videos or train_videos
-    errors = validation_frame_errors(info, calib_videos, model_spec, weights, T, storage_options,
-                                     use_gpu=gpus_per_worker > 0)
+    errors = validation_frame_errors(info, calib_videos, model_spec, outcome["best_weights"], T,
+                                     storage_options, use_gpu=gpus_per_worker > 0)
+    state_dict = weights_from_bytes(outcome["best_weights"])
+    card = _model_card(info, settings, model_spec, state_dict, outcome, errors, train_videos, val_videos,
+                       n_train, run_id, workers=workers, gpus_per_worker=gpus_per_worker)
+    save(storage.join(checkpoint_dir, FINAL_DIR), state_dict, card, storage_options)
+    log.info("best epoch %d of %d (validation loss %.5f) → %s", card["best_epoch"], card["epochs_run"],
+             card["best_val_loss"], storage.join(checkpoint_dir, FINAL_DIR))
+    return card
+
+
+
+def _model_card(info, settings: dict, model_spec: dict, state_dict: dict, outcome: dict, errors: dict,
+                train_videos: list, val_videos: list, n_train: int, run_id: str, **execution) -> dict:
+    """The JSON card of docs/ARCHITECTURE.md "Checkpoints" (plus a few extras for people)."""
     state, best = outcome["state"], outcome["best_metrics"]
-    state_dict = weights_from_bytes(weights)
-    card = {
+    train_frames, val_frames = (sum(v.num_frames for v in vs) for vs in (train_videos, val_videos))
+    return {
         "format": "vadray-model-card/1",
         "model": model_spec,
-        "input": {"size": info.size, "T": T, "strides": strides, "hop": hop, "channels": 1,
+        "input": {"size": info.size, "T": settings["T"], "strides": settings["strides"],
+                  "hop": settings["hop"], "channels": 1,
                   "normalisation": "(x/255 - mean_image) / std, global statistics of the training footage",
                   "output": "linear last layer, same units as the normalised input"},
         "norm_stats": info.stats.to_dict(),
         "training_data": {
             "source": info.stats_doc.get("source"), "shards": settings["shards"],
-            "videos": len(train_videos) + len(val_videos),
-            "frames": sum(v.num_frames for v in train_videos),
-            "train_videos": len(train_videos), "val_videos": len(val_videos),
-            "val_frames": sum(v.num_frames for v in val_videos),
+            "videos": len(train_videos) + len(val_videos), "frames": train_frames + val_frames,
+            "train_videos": len(train_videos), "train_frames": train_frames,
+            "val_videos": len(val_videos), "val_frames": val_frames,
             "val_video_ids": [v.video_id for v in val_videos][:10000],
             "volumes_per_epoch": n_train},
         "training": {"optimizer": "adam", "lr": settings["lr"], "batch_size": settings["batch_size"],
                      "loss": "mean squared error over the volume, normalised units",
                      "max_epochs": settings["epochs"], "patience": settings["patience"],
-                     "workers": workers, "gpus_per_worker": gpus_per_worker, "seed": settings["seed"],
-                     "selection": "minimum validation loss" if val_videos else "minimum training loss (no validation videos)",
+                     "seed": settings["seed"], **execution,
+                     "selection": "minimum validation loss" if val_videos else
+                                  "minimum training loss (no validation videos)",
                      "stopped": state["stopped"] or "max_epochs",
                      "resumed_after_epochs": state["resumed_after_epochs"]},
         "epochs_run": len(state["history"]),
@@ -181,16 +228,11 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
         "best_val_loss": float(best["selection_loss"]),
         "validation": {
             "on": "validation videos" if val_videos else "training videos (no validation videos)",
-            "videos": len(calib_videos), "volume_stride": 1, "volume_hop": 1, "grid": 8,
+            "videos": len(val_videos or train_videos), "volume_stride": 1, "volume_hop": 1, "grid": 8,
             "frame_error": distribution(errors["recon_error"]),
             "cell_error_max": distribution(errors["cell_error_max"])},
         "versions": library_versions(),
-        "run_id": saved["run_id"],
+        "run_id": run_id,
         "model_id": model_id(model_spec["name"], state_dict),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    save(storage.join(checkpoint_dir, FINAL_DIR), state_dict, card, storage_options)
-    log.info("best epoch %d of %d (validation loss %.5f) → %s", card["best_epoch"], card["epochs_run"],
-             card["best_val_loss"], storage.join(checkpoint_dir, FINAL_DIR))
-    return card
-

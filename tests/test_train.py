@@ -1,0 +1,274 @@
+"""Training: volume building (seams, never across videos), the split, errors, and real Ray Train runs."""
+from __future__ import annotations
+
+import functools
+import json
+import operator
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import vadray
+from vadray import scoring
+from vadray.cli import main as cli_main
+from vadray.errors import safe_key
+from vadray.exits import UsageError
+from vadray.ingest import CLIPS_SCHEMA
+from vadray.preprocess import NormStats, PartialSums
+from vadray.train import run_training
+from vadray.trainvolumes import (count_volumes, discover, normalize, split_by_video,
+                                 volume_dataset)
+from vadray.volumes import gather, stream_volumes, volume_starts
+
+TINY = {"encoder_channels": [8, 4], "lstm_channels": [4, 4, 4]}
+
+
+def write_clip_shards(output, videos: dict[str, np.ndarray], chunk: int, files_per_video: int = 1, seed: int = 0):
+    """Clip shards in the documented schema, awkwardly laid out: several files per video, rows
+    shuffled inside a file, so only start_frame says the order. Returns the per-video frames."""
+    rng = np.random.default_rng(seed)
+    for video_id, frames in videos.items():
+        n, size = frames.shape[0], frames.shape[1]
+        rows = [{"video_id": video_id, "camera": "default", "source_uri": f"/src/{video_id}.mp4",
+                 "start_frame": a, "num_frames": min(chunk, n - a),
+                 "time_s": [t / 10 for t in range(a, min(a + chunk, n))], "fps": 10.0,
+                 "width": 64, "height": 48, "size": size, "frames": frames[a:a + chunk].tobytes(),
+                 "video_key": safe_key(video_id)} for a in range(0, n, chunk)]
+        folder = os.path.join(output, "clips", f"video_key={safe_key(video_id)}")
+        os.makedirs(folder, exist_ok=True)
+        for i, part in enumerate(np.array_split(np.arange(len(rows)), files_per_video)):
+            part_rows = [rows[j] for j in rng.permutation(part)]
+            table = pa.Table.from_pylist(part_rows, schema=CLIPS_SCHEMA).drop_columns(["video_key"])
+            pq.write_table(table, os.path.join(folder, f"part-{i}.parquet"))
+    stats = NormStats.from_sums(functools.reduce(operator.add, (PartialSums.of(f) for f in videos.values())))
+    os.makedirs(os.path.join(output, "stats"), exist_ok=True)
+    with open(os.path.join(output, "stats", "stats.json"), "w") as f:
+        json.dump({**stats.to_dict(), "videos": len(videos), "source": "/src"}, f)
+
+
+def random_videos(lengths: dict[str, int], size: int = 27, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {vid: rng.integers(0, 256, (n, size, size), dtype=np.uint8) for vid, n in lengths.items()}
+
+
+# ---------------------------------------------------------------- pure volume building
+
+def test_stream_volumes_equal_whole_video_volumes_for_any_chunking():
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        n, hop = int(rng.integers(1, 70)), int(rng.integers(1, 6))
+        frames = rng.integers(0, 256, (n, 3, 3), dtype=np.uint8)
+        cuts = sorted(rng.choice(np.arange(1, n), size=min(n - 1, int(rng.integers(0, 8))), replace=False)) if n > 1 else []
+        bounds = [0, *cuts, n]
+        chunks = [(50 + a, frames[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        got = {1: [], 2: [], 3: []}
+        for stride, starts, volumes in stream_volumes(iter(chunks), 10, (1, 2, 3), hop):
+            np.testing.assert_array_equal(volumes, gather(frames, starts - 50, 10, stride))
+            got[stride] += starts.tolist()
+        for stride in (1, 2, 3):
+            expected = volume_starts(n, 10, stride, hop, cover_end=False) + 50
+            assert got[stride] == expected.tolist(), (n, hop, stride, bounds)
+
+
+def test_stream_volumes_refuses_gaps_and_overlaps():
+    frames = np.zeros((20, 2, 2), np.uint8)
+    with pytest.raises(ValueError, match="gap"):
+        list(stream_volumes(iter([(0, frames[:8]), (9, frames[9:])]), 10, (1,), 1))
+    with pytest.raises(ValueError, match="overlap"):
+        list(stream_volumes(iter([(0, frames[:8]), (7, frames[7:])]), 10, (1,), 1))
+
+
+def test_normalize_on_the_device_equals_normstats():
+    frames = np.random.default_rng(1).integers(0, 256, (12, 27, 27), dtype=np.uint8)
+    stats = NormStats.from_sums(PartialSums.of(frames))
+    volumes = frames[:10][None]                                            # (1, T, S, S)
+    got = normalize(torch.from_numpy(volumes), torch.from_numpy(stats.mean_image), stats.std)
+    assert got.shape == (1, 10, 1, 27, 27)
+    np.testing.assert_array_equal(got[0, :, 0].numpy(), stats.normalize(volumes[0]))
+
+
+# ---------------------------------------------------------------- shards on disk, split
+
+def test_split_is_by_whole_video_and_deterministic(tmp_path):
+    write_clip_shards(tmp_path, random_videos({f"cam/v{i}": 12 for i in range(10)}), chunk=5)
+    videos = discover(str(tmp_path)).videos
+    train, val = split_by_video(videos, 0.2)
+    assert len(val) == 2 and len(train) == 8
+    assert {v.video_id for v in train}.isdisjoint({v.video_id for v in val})
+    again_train, again_val = split_by_video(list(reversed(videos)), 0.2)
+    assert {v.video_id for v in again_val} == {v.video_id for v in val}
+    assert split_by_video(videos, 0.0) == (videos, [])
+    with pytest.raises(UsageError, match="at least 2"):
+        split_by_video(videos[:1], 0.1)
+
+
+def test_discover_accepts_the_clips_folder_and_reports_bad_paths(tmp_path):
+    write_clip_shards(tmp_path / "out", random_videos({"a": 40, "b": 9}), chunk=7, files_per_video=2)
+    direct = discover(str(tmp_path / "out" / "clips"))
+    via_output = discover(str(tmp_path / "out"))
+    assert [(v.video_id, v.num_frames) for v in direct.videos] == [("a", 40), ("b", 9)]
+    assert [v.runs for v in direct.videos] == [v.runs for v in via_output.videos]
+    assert len(direct.videos[0].runs) == 2          # two files that do not overlap: two runs
+    assert count_volumes(direct.videos, 10, [1, 2, 3], 1) == (40 - 9) + (40 - 18) + (40 - 27)
+    with pytest.raises(UsageError, match="does not exist"):
+        discover(str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="run `vadray ingest`"):
+        discover(str(tmp_path / "empty"))
+
+
+def test_volumes_through_ray_data_cross_seams_and_never_span_videos(ray_session, tmp_path):
+    videos = random_videos({"a": 45, "b": 31, "c": 8})      # c is shorter than one volume
+    write_clip_shards(tmp_path, videos, chunk=7, files_per_video=2)
+    shards = discover(str(tmp_path))
+    rows = volume_dataset(shards, shards.videos, 10, [1, 2, 3], 2).take_all()
+    order = [v.video_id for v in shards.videos]
+    seen = {}
+    for row in rows:
+        video = order[row["video_index"]]
+        expected = gather(videos[video], np.array([row["start"]]), 10, row["stride"])[0]
+        np.testing.assert_array_equal(row["volume"], expected)   # frames of its own video only
+        seen.setdefault((video, row["stride"]), []).append(row["start"])
+    for video, frames in videos.items():
+        for stride in (1, 2, 3):
+            expected = volume_starts(len(frames), 10, stride, 2, cover_end=False).tolist()
+            assert sorted(seen.get((video, stride), [])) == expected
+    crossing = [r for r in rows if r["start"] // 7 != (r["start"] + 9 * r["stride"]) // 7]
+    assert crossing, "no volume crossed a chunk seam"
+
+
+def test_frame_size_that_the_model_cannot_take_is_a_usage_error(tmp_path):
+    write_clip_shards(tmp_path / "out", random_videos({"a": 20, "b": 20}, size=31), chunk=8)
+    with pytest.raises(UsageError, match="11 \\+ 8k"):
+        run_training(str(tmp_path / "out"), str(tmp_path / "ckpt"))
+    assert cli_main(["train", str(tmp_path / "out"), str(tmp_path / "ckpt2")]) == 2
+    assert cli_main(["train", str(tmp_path / "missing"), str(tmp_path / "ckpt3")]) == 2
+    assert not (tmp_path / "ckpt").exists()   # nothing written before the inputs are checked
+
+
+def test_workers_that_would_starve_the_data_tasks_are_refused(ray_session, tmp_path):
+    write_clip_shards(tmp_path / "out", random_videos({"a": 20, "b": 20}), chunk=8)
+    cpus = ray_session.cluster_resources()["CPU"]
+    with pytest.raises(UsageError, match="cpus-per-worker"):
+        run_training(str(tmp_path / "out"), str(tmp_path / "ckpt"), workers=2, cpus_per_worker=cpus / 2)
+    assert not (tmp_path / "ckpt").exists()
+
+
+# ---------------------------------------------------------------- real Ray Train runs
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory, ray_session):
+    """Three tiny H.264 clips (40 frames each) ingested at 27×27 by `vadray ingest`."""
+    from vadray.ingest import run_ingest
+    from vadray.synth import make_archive
+
+    folder = tmp_path_factory.mktemp("train_archive")
+    make_archive(str(folder / "archive"), num_videos=3, width=64, height=48, num_frames=40, seed=1)
+    summary = run_ingest(str(folder / "archive"), str(folder / "out"), size=27)
+    assert summary.failures == 0 and summary.frames == 120
+    return str(folder / "out")
+
+
+RUN = dict(model_params=TINY, cpus_per_worker=0.5, epochs=3, batch_size=8, hop=4, val_fraction=0.34)
+
+
+def _first_step_of_epoch(epoch: int, shards: str, workers: int) -> int:
+    train, _ = split_by_video(discover(shards).videos, RUN["val_fraction"])
+    per_worker = count_volumes(train, 10, [1, 2, 3], RUN["hop"]) // workers  # equal split
+    steps_per_epoch = -(-per_worker // (RUN["batch_size"] // workers))
+    return (epoch - 1) * steps_per_epoch + 1
+
+
+@pytest.fixture(scope="module")
+def interrupted_then_resumed(ingested, tmp_path_factory):
+    """2 CPU workers, 3 epochs. Run 1 (no retries) dies in epoch 2: an interrupted job.
+    Run 2 (--resume) continues after epoch 1; a worker dies in epoch 3 and FailureConfig
+    restarts the group from epoch 2's checkpoint."""
+    from ray.train import TrainingFailedError
+
+    checkpoint_dir = str(tmp_path_factory.mktemp("ckpt") / "cam")
+    outcome = {"checkpoint_dir": checkpoint_dir}
+    try:
+        run_training(ingested, checkpoint_dir, workers=2, max_failures=0,
+                     fail_at_step=_first_step_of_epoch(2, ingested, 2), **RUN)
+    except TrainingFailedError as exc:
+        outcome["interruption"] = exc
+    outcome["final_after_interruption"] = os.path.exists(os.path.join(checkpoint_dir, "final"))
+    try:
+        run_training(ingested, checkpoint_dir, workers=2, **RUN)
+    except UsageError as exc:
+        outcome["rerun_without_resume"] = exc
+    outcome["card"] = run_training(ingested, checkpoint_dir, workers=2, cpus_per_worker=0.5, max_failures=2,
+                                   resume=True, epochs=99, fail_at_step=_first_step_of_epoch(3, ingested, 2))
+    return outcome
+
+
+def test_resume_continues_an_interrupted_run(interrupted_then_resumed):
+    outcome = interrupted_then_resumed
+    assert "interruption" in outcome and "injected failure" in str(outcome["interruption"])
+    assert not outcome["final_after_interruption"]
+    assert "--resume" in str(outcome["rerun_without_resume"])
+    card = outcome["card"]
+    assert card["training"]["resumed_after_epochs"][0] == 1     # --resume: after epoch 1's checkpoint
+    assert [h["epoch"] for h in card["history"]] == [1, 2, 3]
+    assert card["epochs_run"] == 3                               # saved settings win over epochs=99
+
+
+def test_a_failed_worker_resumes_from_the_last_checkpoint_and_finishes(interrupted_then_resumed):
+    card = interrupted_then_resumed["card"]
+    markers = [n for n in os.listdir(interrupted_then_resumed["checkpoint_dir"]) if n.startswith(".injected-failure")]
+    assert len(markers) == 2                                     # both injected failures happened
+    assert card["training"]["resumed_after_epochs"] == [1, 2]    # FailureConfig: after epoch 2's
+    assert card["training"]["stopped"] == "max_epochs"
+
+
+def test_the_final_checkpoint_is_the_best_by_validation_loss(interrupted_then_resumed):
+    checkpoint_dir, card = interrupted_then_resumed["checkpoint_dir"], interrupted_then_resumed["card"]
+    val_losses = [h["val_loss"] for h in card["history"]]
+    assert card["best_epoch"] == 1 + int(np.argmin(val_losses))
+    assert card["best_val_loss"] == min(val_losses)
+    import ray.train
+
+    result = ray.train.Result.from_path(os.path.join(checkpoint_dir, "run"))
+    best = min(result.best_checkpoints, key=lambda cm: cm[1]["val_loss"])
+    assert best[1]["epoch"] == card["best_epoch"]
+    with best[0].as_directory() as folder:
+        best_weights = torch.load(os.path.join(folder, "model.pt"), weights_only=True)
+    final_weights = torch.load(os.path.join(checkpoint_dir, "final", "model.pt"), weights_only=True)
+    for key in best_weights:
+        torch.testing.assert_close(final_weights[key], best_weights[key])
+
+
+def test_the_card_describes_the_model_and_reloads(interrupted_then_resumed, ingested):
+    checkpoint_dir, card = interrupted_then_resumed["checkpoint_dir"], interrupted_then_resumed["card"]
+    model, loaded_card = vadray.load_model(checkpoint_dir)
+    assert loaded_card == json.loads(json.dumps(card))
+    assert card["model"]["name"] == "convlstm_ae" and card["model"]["params"]["lstm_channels"] == [4, 4, 4]
+    assert card["input"] == {**card["input"], "size": 27, "T": 10, "strides": [1, 2, 3], "hop": 4}
+    assert NormStats.from_dict(card["norm_stats"]).size == 27
+    assert card["training_data"]["videos"] == 3 and card["training_data"]["val_videos"] == 1
+    assert card["training_data"]["frames"] == 120 and card["training_data"]["train_frames"] == 80
+    assert set(card["versions"]) >= {"torch", "ray", "vadray", "python"}
+    assert card["model_id"] == vadray.checkpoint.model_id("convlstm_ae", model.state_dict())
+    assert card["run_id"].startswith("train-")
+
+    # The card's validation distribution is scoring's math on the held-out video, recomputed here.
+    shards = discover(ingested)
+    (val_video,) = [v for v in shards.videos if v.video_id in card["training_data"]["val_video_ids"]]
+    from vadray.trainvolumes import read_chunks
+    from vadray import storage
+    fs, _ = storage.pyarrow_fs(shards.clips_uri)
+    frames = np.concatenate([f for _, f in read_chunks(fs, val_video.runs, val_video.video_id)])
+    starts = volume_starts(len(frames), 10, 1, 1, cover_end=False)
+    x = torch.from_numpy(shards.stats.normalize(gather(frames, starts, 10, 1)))[:, :, None]
+    with torch.no_grad():
+        y = model(x)
+    means = scoring.accumulate(starts, 10, scoring.frame_errors(x.numpy(), y.numpy())).mean()
+    validation = card["validation"]["frame_error"]
+    assert validation["n"] == len(frames) == 40
+    assert validation["mean"] == pytest.approx(float(means.recon_error.mean()), rel=1e-4)
+    assert card["validation"]["cell_error_max"]["n"] == 40

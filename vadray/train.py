@@ -221,7 +221,8 @@ def _model_card(info, settings: dict, model_spec: dict, state_dict: dict, outcom
                      "selection": "minimum validation loss" if val_videos else
                                   "minimum training loss (no validation videos)",
                      "stopped": state["stopped"] or "max_epochs",
-                     "resumed_after_epochs": state["resumed_after_epochs"]},
+                     "resumed_after_epochs": state["resumed_after_epochs"],
+                     "torch_threads_per_worker": state.get("torch_threads")},
         "epochs_run": len(state["history"]),
         "history": state["history"],
         "best_epoch": int(best["epoch"]),

@@ -78,7 +78,8 @@ def train_loop_per_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(model)  # to device; DDP when world > 1
     optimizer = torch.optim.Adam(model.parameters(), lr=settings["lr"])
     state = {"epoch": 0, "step": 0, "history": [], "best_loss": math.inf, "best_epoch": 0,
-             "bad_epochs": 0, "stopped": None, "resumed_after_epochs": []}
+             "bad_epochs": 0, "stopped": None, "resumed_after_epochs": [],
+             "torch_threads": torch.get_num_threads()}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
@@ -135,7 +136,8 @@ def train_loop_per_worker(config: dict) -> None:
             state.update(best_loss=selection, best_epoch=epoch, bad_epochs=0)
         else:
             state["bad_epochs"] += 1
-        state["history"].append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
+        state["history"].append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                                 "train_volumes": n_train, "train_seconds": seconds})
         state["epoch"] = epoch
         if state["bad_epochs"] >= settings["patience"]:
             state["stopped"] = "early_stop"

@@ -20,8 +20,8 @@ from vadray.exits import UsageError
 from vadray.ingest import CLIPS_SCHEMA
 from vadray.preprocess import NormStats, PartialSums
 from vadray.train import run_training
-from vadray.trainvolumes import (count_volumes, discover, normalize, split_by_video,
-                                 volume_dataset)
+from vadray.trainloop import normalize
+from vadray.trainvolumes import count_volumes, discover, split_by_video, volume_dataset
 from vadray.volumes import gather, stream_volumes, volume_starts
 
 TINY = {"encoder_channels": [8, 4], "lstm_channels": [4, 4, 4]}
@@ -176,8 +176,8 @@ def ingested(tmp_path_factory, ray_session):
 RUN = dict(model_params=TINY, cpus_per_worker=0.5, epochs=3, batch_size=8, hop=4, val_fraction=0.34)
 
 
-def _first_step_of_epoch(epoch: int, shards: str, workers: int) -> int:
-    train, _ = split_by_video(discover(shards).videos, RUN["val_fraction"])
+def _first_step_of_epoch(epoch: int, shards: str, workers: int, options=None) -> int:
+    train, _ = split_by_video(discover(shards, options).videos, RUN["val_fraction"])
     per_worker = count_volumes(train, 10, [1, 2, 3], RUN["hop"]) // workers  # equal split
     steps_per_epoch = -(-per_worker // (RUN["batch_size"] // workers))
     return (epoch - 1) * steps_per_epoch + 1
@@ -190,19 +190,19 @@ def interrupted_then_resumed(ingested, tmp_path_factory):
     restarts the group from epoch 2's checkpoint."""
     from ray.train import TrainingFailedError
 
-    checkpoint_dir = str(tmp_path_factory.mktemp("ckpt") / "cam")
+    checkpoint_dir = tmp_path_factory.mktemp("ckpt") / "cam"
     outcome = {"checkpoint_dir": checkpoint_dir}
     try:
-        run_training(ingested, checkpoint_dir, workers=2, max_failures=0,
+        run_training(ingested, str(checkpoint_dir), workers=2, max_failures=0,
                      fail_at_step=_first_step_of_epoch(2, ingested, 2), **RUN)
     except TrainingFailedError as exc:
         outcome["interruption"] = exc
-    outcome["final_after_interruption"] = os.path.exists(os.path.join(checkpoint_dir, "final"))
+    outcome["final_after_interruption"] = (checkpoint_dir / "final").exists()
     try:
-        run_training(ingested, checkpoint_dir, workers=2, **RUN)
+        run_training(ingested, str(checkpoint_dir), workers=2, **RUN)
     except UsageError as exc:
         outcome["rerun_without_resume"] = exc
-    outcome["card"] = run_training(ingested, checkpoint_dir, workers=2, cpus_per_worker=0.5, max_failures=2,
+    outcome["card"] = run_training(ingested, str(checkpoint_dir), workers=2, cpus_per_worker=0.5, max_failures=2,
                                    resume=True, epochs=99, fail_at_step=_first_step_of_epoch(3, ingested, 2))
     return outcome
 
@@ -219,33 +219,35 @@ def test_resume_continues_an_interrupted_run(interrupted_then_resumed):
 
 
 def test_a_failed_worker_resumes_from_the_last_checkpoint_and_finishes(interrupted_then_resumed):
-    card = interrupted_then_resumed["card"]
-    markers = [n for n in os.listdir(interrupted_then_resumed["checkpoint_dir"]) if n.startswith(".injected-failure")]
+    outcome = interrupted_then_resumed
+    markers = list(outcome["checkpoint_dir"].glob(".injected-failure*"))
     assert len(markers) == 2                                     # both injected failures happened
-    assert card["training"]["resumed_after_epochs"] == [1, 2]    # FailureConfig: after epoch 2's
-    assert card["training"]["stopped"] == "max_epochs"
+    assert outcome["card"]["training"]["resumed_after_epochs"] == [1, 2]  # FailureConfig: after epoch 2
+    assert outcome["card"]["training"]["stopped"] == "max_epochs"
 
 
 def test_the_final_checkpoint_is_the_best_by_validation_loss(interrupted_then_resumed):
-    checkpoint_dir, card = interrupted_then_resumed["checkpoint_dir"], interrupted_then_resumed["card"]
+    import ray.train
+
+    outcome = interrupted_then_resumed
+    card, checkpoint_dir = outcome["card"], outcome["checkpoint_dir"]
     val_losses = [h["val_loss"] for h in card["history"]]
     assert card["best_epoch"] == 1 + int(np.argmin(val_losses))
     assert card["best_val_loss"] == min(val_losses)
-    import ray.train
-
-    result = ray.train.Result.from_path(os.path.join(checkpoint_dir, "run"))
+    result = ray.train.Result.from_path(str(checkpoint_dir / "run"))
     best = min(result.best_checkpoints, key=lambda cm: cm[1]["val_loss"])
     assert best[1]["epoch"] == card["best_epoch"]
     with best[0].as_directory() as folder:
         best_weights = torch.load(os.path.join(folder, "model.pt"), weights_only=True)
-    final_weights = torch.load(os.path.join(checkpoint_dir, "final", "model.pt"), weights_only=True)
+    final_weights = torch.load(checkpoint_dir / "final" / "model.pt", weights_only=True)
     for key in best_weights:
         torch.testing.assert_close(final_weights[key], best_weights[key])
 
 
 def test_the_card_describes_the_model_and_reloads(interrupted_then_resumed, ingested):
-    checkpoint_dir, card = interrupted_then_resumed["checkpoint_dir"], interrupted_then_resumed["card"]
-    model, loaded_card = vadray.load_model(checkpoint_dir)
+    outcome = interrupted_then_resumed
+    card = outcome["card"]
+    model, loaded_card = vadray.load_model(str(outcome["checkpoint_dir"]))
     assert loaded_card == json.loads(json.dumps(card))
     assert card["model"]["name"] == "convlstm_ae" and card["model"]["params"]["lstm_channels"] == [4, 4, 4]
     assert card["input"] == {**card["input"], "size": 27, "T": 10, "strides": [1, 2, 3], "hop": 4}
@@ -257,10 +259,11 @@ def test_the_card_describes_the_model_and_reloads(interrupted_then_resumed, inge
     assert card["run_id"].startswith("train-")
 
     # The card's validation distribution is scoring's math on the held-out video, recomputed here.
+    from vadray import storage
+    from vadray.trainvolumes import read_chunks
+
     shards = discover(ingested)
     (val_video,) = [v for v in shards.videos if v.video_id in card["training_data"]["val_video_ids"]]
-    from vadray.trainvolumes import read_chunks
-    from vadray import storage
     fs, _ = storage.pyarrow_fs(shards.clips_uri)
     frames = np.concatenate([f for _, f in read_chunks(fs, val_video.runs, val_video.video_id)])
     starts = volume_starts(len(frames), 10, 1, 1, cover_end=False)
@@ -272,3 +275,23 @@ def test_the_card_describes_the_model_and_reloads(interrupted_then_resumed, inge
     assert validation["n"] == len(frames) == 40
     assert validation["mean"] == pytest.approx(float(means.recon_error.mean()), rel=1e-4)
     assert card["validation"]["cell_error_max"]["n"] == 40
+
+
+def test_the_cli_trains_from_and_into_s3(ingested, s3_bucket, capsys):
+    """`vadray train s3://… s3://…` (moto's S3 server): shards read and checkpoints written
+    through the storage options, the final checkpoint loadable from the bucket."""
+    import s3fs
+
+    bucket, options = s3_bucket
+    s3fs.S3FileSystem(**options).put(ingested, f"{bucket}/out", recursive=True)
+    checkpoint_dir = f"s3://{bucket}/models/cam"
+    status = cli_main(["train", f"s3://{bucket}/out", checkpoint_dir, "--epochs", "1", "--workers", "1",
+                       "--cpus-per-worker", "0.5", "--batch-size", "8", "--hop", "4", "--val-fraction", "0.34",
+                       "--model-params", json.dumps(TINY), "--storage-options", json.dumps(options)])
+    assert status == 0
+    out = capsys.readouterr().out
+    printed = json.loads(out[out.index("{"):])
+    model, card = vadray.load_model(checkpoint_dir, storage_options=options)
+    assert printed["model_id"] == card["model_id"] == vadray.checkpoint.model_id("convlstm_ae", model.state_dict())
+    assert card["epochs_run"] == 1 and card["training_data"]["shards"] == f"s3://{bucket}/out"
+    assert card["validation"]["frame_error"]["n"] == 40

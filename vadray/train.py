@@ -23,7 +23,8 @@ from vadray.exits import UsageError
 from vadray.models import check_size, names, spec
 from vadray.raylib import ensure_ray
 from vadray.trainloop import RUN_NAME, run_trainer
-from vadray.trainvolumes import count_volumes, discover, split_by_video, validation_frame_errors
+from vadray.calibration import validation_frame_errors
+from vadray.trainvolumes import count_volumes, discover, split_by_video
 from vadray.volumes import T_DEFAULT
 
 log = logging.getLogger("vadray.train")

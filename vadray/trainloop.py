@@ -25,6 +25,14 @@ STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 
 
+def normalize(volumes: torch.Tensor, mean_image: torch.Tensor, std: float) -> torch.Tensor:
+    """uint8 (B, T, S, S) → float32 (B, T, 1, S, S): `NormStats.normalize` on the device."""
+    x = volumes.float() * (1.0 / 255.0)
+    x -= mean_image
+    x *= 1.0 / max(std, 1e-6)
+    return x.unsqueeze(2)
+
+
 def _global_mean(total: float, count: int, device: torch.device) -> tuple[float, int]:
     """(Σ total / Σ count, Σ count) over all workers; NaN when no worker saw anything."""
     import torch.distributed as dist
@@ -63,7 +71,6 @@ def train_loop_per_worker(config: dict) -> None:
 
     from vadray.models import build
     from vadray.preprocess import NormStats
-    from vadray.trainvolumes import normalize
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

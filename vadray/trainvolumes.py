@@ -9,18 +9,21 @@ video's chunks in frame order through `volumes.stream_volumes`. No shuffle, no g
 Memory per task: one group of files whose frame ranges overlap ("run"; normally one file,
 i.e. one ingest write block), plus ~30 frames of tail carried across file boundaries — never
 a whole video, never the whole dataset. Volumes travel as uint8 (V, T, S, S) and are
-normalised on the training device (`normalize`), 4× smaller than float32 through Ray Data.
+normalised on the training device (`trainloop.normalize`), 4× smaller than float32 through
+Ray Data. This module does not import torch: the Ray Data tasks that run it stay light.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-import torch
 
 from vadray import storage
 from vadray.exits import UsageError
@@ -36,7 +39,6 @@ class VideoShards:
 
     video_id: str
     num_frames: int
-    first_frame: int
     runs: list[list[str]]          # paths inside the filesystem, runs in frame order
 
 
@@ -63,11 +65,10 @@ def resolve(shards_uri: str, storage_options: dict | None = None) -> tuple[str, 
                      f"nor a clips/ folder with stats/ beside it: run `vadray ingest` first")
 
 
-def _file_runs(files: pa.Table) -> list[list[str]]:
-    """Group a video's files whose frame ranges overlap; runs sorted by first frame."""
+def _file_runs(files: list[tuple[str, int, int]]) -> list[list[str]]:
+    """Group a video's (file, first frame, end frame) whose frame ranges overlap, in frame order."""
     runs, run_end = [], None
-    for name, first, end in sorted(zip(files["__filename"].to_pylist(), files["first"].to_pylist(),
-                                       files["end"].to_pylist()), key=lambda r: r[1]):
+    for name, first, end in sorted(files, key=lambda f: f[1]):
         if runs and first < run_end:
             runs[-1].append(name)
             run_end = max(run_end, end)
@@ -97,16 +98,14 @@ def discover(shards_uri: str, storage_options: dict | None = None) -> Shards:
     if sizes != {stats.size}:
         raise UsageError(f"clip shards have frame sizes {sorted(sizes)} but the statistics are "
                          f"for {stats.size}: ingest again into an empty folder")
-    meta = meta.append_column("end", pa.compute.add(meta["start_frame"],
-                                                    meta["num_frames"].cast(pa.int64())))
+    meta = meta.append_column("end", pc.add(meta["start_frame"], meta["num_frames"].cast(pa.int64())))
     per_file = meta.group_by(["video_id", "__filename"]).aggregate(
-        [("start_frame", "min"), ("end", "max"), ("num_frames", "sum")]).rename_columns(
-        ["video_id", "__filename", "first", "end", "frames"])
-    videos = []
-    for video_id in sorted(set(per_file["video_id"].to_pylist())):
-        files = per_file.filter(pa.compute.equal(per_file["video_id"], video_id))
-        videos.append(VideoShards(video_id, int(pa.compute.sum(files["frames"]).as_py()),
-                                  int(pa.compute.min(files["first"]).as_py()), _file_runs(files)))
+        [("start_frame", "min"), ("end", "max"), ("num_frames", "sum")])
+    files_of, frames_of = defaultdict(list), defaultdict(int)
+    for row in per_file.to_pylist():
+        files_of[row["video_id"]].append((row["__filename"], row["start_frame_min"], row["end_max"]))
+        frames_of[row["video_id"]] += row["num_frames_sum"]
+    videos = [VideoShards(v, frames_of[v], _file_runs(files_of[v])) for v in sorted(files_of)]
     return Shards(clips_uri, stats, stats_doc, stats.size, videos)
 
 
@@ -119,7 +118,6 @@ def split_by_video(videos: list[VideoShards], val_fraction: float) -> tuple[list
     if len(videos) < 2:
         raise UsageError(f"validation is split by video and the shards hold {len(videos)} "
                          f"video(s): ingest at least 2, or pass --val-fraction 0")
-    import hashlib
     by_hash = sorted(videos, key=lambda v: hashlib.sha1(v.video_id.encode()).hexdigest())
     n_val = min(max(1, round(val_fraction * len(videos))), len(videos) - 1)
     val_ids = {v.video_id for v in by_hash[:n_val]}
@@ -134,7 +132,7 @@ def read_chunks(pa_fs, runs: list[list[str]], video_id: str):
     """Yield (start_frame, frames uint8 (n, S, S)) of one video in frame order, run by run."""
     for run in runs:
         table = pa.concat_tables([pq.read_table(f, filesystem=pa_fs, columns=CHUNK_COLUMNS) for f in run])
-        table = table.filter(pa.compute.equal(table["video_id"], video_id))
+        table = table.filter(pc.equal(table["video_id"], video_id))
         table = table.sort_by("start_frame")
         for row in table.select(["start_frame", "num_frames", "size", "frames"]).to_pylist():
             n, s = row["num_frames"], row["size"]
@@ -169,93 +167,3 @@ def volume_dataset(shards: Shards, videos: list[VideoShards], T: int, strides, h
         expand_to_volumes, batch_size=1, num_cpus=num_cpus,
         fn_kwargs={"clips_uri": shards.clips_uri, "storage_options": storage_options,
                    "T": T, "strides": list(strides), "hop": hop})
-
-
-def normalize(volumes: torch.Tensor, mean_image: torch.Tensor, std: float) -> torch.Tensor:
-    """uint8 (B, T, S, S) → float32 (B, T, 1, S, S): `NormStats.normalize` on the device."""
-    x = volumes.float() * (1.0 / 255.0)
-    x -= mean_image
-    x *= 1.0 / max(std, 1e-6)
-    return x.unsqueeze(2)
-
-
-class ValidationFrameErrors:
-    """Video rows → per-frame errors of a trained model (used by `validation_frame_errors`).
-
-    The error math and the assembly over volumes are scoring's own (`vadray.scoring`), on
-    stride-1 volumes at hop 1: each frame's error is the mean over every volume containing
-    it, so the card's distribution is on the scale archive scoring produces. Output rows:
-    video_index, frame_index, recon_error, cell_error_max (normalised units).
-    """
-
-    def __init__(self, model_spec: dict, weights: bytes, stats: dict, clips_uri: str,
-                 storage_options: dict | None, T: int, batch_size: int = 32, use_gpu: bool = False):
-        from vadray.checkpoint import weights_from_bytes
-        from vadray.models import build
-
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        self.model = build(model_spec["name"], **model_spec["params"])
-        self.model.load_state_dict(weights_from_bytes(weights))
-        self.model.to(self.device).eval()
-        norm = NormStats.from_dict(stats)
-        self.mean = torch.from_numpy(norm.mean_image).to(self.device)
-        self.std = norm.std
-        self.pa_fs, _ = storage.pyarrow_fs(clips_uri, storage_options)
-        self.T, self.batch_size = T, batch_size
-
-    def _frame_sums(self, starts: np.ndarray, volumes: np.ndarray):
-        from vadray import scoring
-
-        parts = []
-        with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16,
-                                                    enabled=self.device.type == "cuda"):
-            for i in range(0, len(volumes), self.batch_size):
-                x = normalize(torch.from_numpy(volumes[i:i + self.batch_size]).to(self.device),
-                              self.mean, self.std)               # (B, T, 1, S, S)
-                y = self.model(x).float()
-                x_np, y_np = x.cpu().numpy(), y.cpu().numpy()
-                parts.append(scoring.accumulate(starts[i:i + self.batch_size], self.T,
-                                                scoring.frame_errors(x_np, y_np),
-                                                scoring.cell_errors(x_np, y_np)))
-        return parts
-
-    def __call__(self, batch: dict) -> dict:
-        from vadray import scoring
-
-        out = {"video_index": [], "frame_index": [], "recon_error": [], "cell_error_max": []}
-        for video_index, video_id, runs in zip(batch["video_index"], batch["video_id"], batch["runs"]):
-            parts = []
-            chunks = read_chunks(self.pa_fs, json.loads(runs), str(video_id))
-            for _, starts, volumes in stream_volumes(chunks, self.T, (1,), 1):
-                parts += self._frame_sums(starts, volumes)
-            if not parts:
-                continue  # shorter than one volume
-            means = scoring.FrameSums.merge(parts).mean()
-            out["video_index"].append(np.full(len(means.frame_index), video_index, np.int64))
-            out["frame_index"].append(means.frame_index)
-            out["recon_error"].append(means.recon_error.astype(np.float32))
-            out["cell_error_max"].append(means.cell_error_max.astype(np.float32))
-        empty = {"video_index": np.int64, "frame_index": np.int64, "recon_error": np.float32,
-                 "cell_error_max": np.float32}
-        return {k: np.concatenate(v) if v else np.zeros(0, empty[k]) for k, v in out.items()}
-
-
-def _validation_errors_task(batch: dict, **model_and_data) -> dict:
-    """Ray Data task: a fresh model per video (cheap beside the video; no actor to start)."""
-    return ValidationFrameErrors(**model_and_data)(batch)
-
-
-def validation_frame_errors(shards: Shards, videos: list[VideoShards], model_spec: dict, weights: bytes,
-                            T: int, storage_options: dict | None = None, use_gpu: bool = False) -> dict:
-    """{recon_error, cell_error_max} (N,) float32 over every frame of `videos`, one Ray Data
-    task per video (the frames stay in the tasks; only per-frame errors come back)."""
-    import ray
-
-    ds = ray.data.from_items(video_items(videos), override_num_blocks=max(1, len(videos))).map_batches(
-        _validation_errors_task, batch_size=1, num_gpus=1 if use_gpu else 0,
-        fn_kwargs={"model_spec": model_spec, "weights": weights, "stats": shards.stats.to_dict(),
-                   "clips_uri": shards.clips_uri, "storage_options": storage_options, "T": T,
-                   "use_gpu": use_gpu})
-    rows = ds.select_columns(["recon_error", "cell_error_max"]).to_pandas()
-    return {"recon_error": rows["recon_error"].to_numpy(np.float32),
-            "cell_error_max": rows["cell_error_max"].to_numpy(np.float32)}

@@ -1,0 +1,102 @@
+"""The validation reconstruction-error distribution of a trained model, for its model card.
+
+After training, the best weights reconstruct every frame of the held-out validation videos;
+scoring's own math (`vadray.scoring`: per-frame L2 error, 8×8 cell errors, the mean over the
+stride-1 volumes containing a frame) turns that into per-frame errors, so the card's
+distribution is on exactly the scale archive scoring produces and `scoring.calibrate` can
+use it. One Ray Data task per video; only per-frame errors come back to the driver.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from vadray import storage
+from vadray.preprocess import NormStats
+from vadray.trainloop import normalize
+from vadray.trainvolumes import Shards, VideoShards, read_chunks, video_items
+from vadray.volumes import stream_volumes
+
+
+class ValidationFrameErrors:
+    """Video rows → per-frame errors of a trained model (used by `validation_frame_errors`).
+
+    The error math and the assembly over volumes are scoring's own (`vadray.scoring`), on
+    stride-1 volumes at hop 1: each frame's error is the mean over every volume containing
+    it, so the card's distribution is on the scale archive scoring produces. Output rows:
+    video_index, frame_index, recon_error, cell_error_max (normalised units).
+    """
+
+    def __init__(self, model_spec: dict, weights: bytes, stats: dict, clips_uri: str,
+                 storage_options: dict | None, T: int, batch_size: int = 32, use_gpu: bool = False):
+        from vadray.checkpoint import weights_from_bytes
+        from vadray.models import build
+
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.model = build(model_spec["name"], **model_spec["params"])
+        self.model.load_state_dict(weights_from_bytes(weights))
+        self.model.to(self.device).eval()
+        norm = NormStats.from_dict(stats)
+        self.mean = torch.from_numpy(norm.mean_image).to(self.device)
+        self.std = norm.std
+        self.pa_fs, _ = storage.pyarrow_fs(clips_uri, storage_options)
+        self.T, self.batch_size = T, batch_size
+
+    def _frame_sums(self, starts: np.ndarray, volumes: np.ndarray):
+        from vadray import scoring
+
+        parts = []
+        with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16,
+                                                    enabled=self.device.type == "cuda"):
+            for i in range(0, len(volumes), self.batch_size):
+                x = normalize(torch.from_numpy(volumes[i:i + self.batch_size]).to(self.device),
+                              self.mean, self.std)               # (B, T, 1, S, S)
+                y = self.model(x).float()
+                x_np, y_np = x.cpu().numpy(), y.cpu().numpy()
+                parts.append(scoring.accumulate(starts[i:i + self.batch_size], self.T,
+                                                scoring.frame_errors(x_np, y_np),
+                                                scoring.cell_errors(x_np, y_np)))
+        return parts
+
+    def __call__(self, batch: dict) -> dict:
+        from vadray import scoring
+
+        out = {"video_index": [], "frame_index": [], "recon_error": [], "cell_error_max": []}
+        for video_index, video_id, runs in zip(batch["video_index"], batch["video_id"], batch["runs"]):
+            parts = []
+            chunks = read_chunks(self.pa_fs, json.loads(runs), str(video_id))
+            for _, starts, volumes in stream_volumes(chunks, self.T, (1,), 1):
+                parts += self._frame_sums(starts, volumes)
+            if not parts:
+                continue  # shorter than one volume
+            means = scoring.FrameSums.merge(parts).mean()
+            out["video_index"].append(np.full(len(means.frame_index), video_index, np.int64))
+            out["frame_index"].append(means.frame_index)
+            out["recon_error"].append(means.recon_error.astype(np.float32))
+            out["cell_error_max"].append(means.cell_error_max.astype(np.float32))
+        empty = {"video_index": np.int64, "frame_index": np.int64, "recon_error": np.float32,
+                 "cell_error_max": np.float32}
+        return {k: np.concatenate(v) if v else np.zeros(0, empty[k]) for k, v in out.items()}
+
+
+def _validation_errors_task(batch: dict, **model_and_data) -> dict:
+    """Ray Data task: a fresh model per video (cheap beside the video; no actor to start)."""
+    return ValidationFrameErrors(**model_and_data)(batch)
+
+
+def validation_frame_errors(shards: Shards, videos: list[VideoShards], model_spec: dict, weights: bytes,
+                            T: int, storage_options: dict | None = None, use_gpu: bool = False) -> dict:
+    """{recon_error, cell_error_max} (N,) float32 over every frame of `videos`, one Ray Data
+    task per video (the frames stay in the tasks; only per-frame errors come back)."""
+    import ray
+
+    ds = ray.data.from_items(video_items(videos), override_num_blocks=max(1, len(videos))).map_batches(
+        _validation_errors_task, batch_size=1, num_gpus=1 if use_gpu else 0,
+        fn_kwargs={"model_spec": model_spec, "weights": weights, "stats": shards.stats.to_dict(),
+                   "clips_uri": shards.clips_uri, "storage_options": storage_options, "T": T,
+                   "use_gpu": use_gpu})
+    rows = ds.select_columns(["recon_error", "cell_error_max"]).to_pandas()
+    return {"recon_error": rows["recon_error"].to_numpy(np.float32),
+            "cell_error_max": rows["cell_error_max"].to_numpy(np.float32)}

@@ -91,6 +91,22 @@ def test_normalize_on_the_device_equals_normstats():
     np.testing.assert_array_equal(got[0, :, 0].numpy(), stats.normalize(volumes[0]))
 
 
+def test_early_stopping_keeps_the_best_epoch_and_waits_patience_epochs():
+    from vadray.trainloop import end_of_epoch
+
+    state = {"best_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0, "epoch": 0, "stopped": None}
+    val_losses = [0.9, 0.7, 0.75, 0.7, 0.72, 0.5, 0.8]          # a tie (0.7) is no improvement
+    for epoch, loss in enumerate(val_losses, start=1):
+        end_of_epoch(state, epoch, loss, patience=3)
+        if state["stopped"]:
+            break
+    assert state["stopped"] == "early_stop" and state["epoch"] == 5   # 3 epochs after epoch 2
+    assert state["best_epoch"] == 2 and state["best_loss"] == 0.7
+    nan_state = dict(state, stopped=None, bad_epochs=0)
+    end_of_epoch(nan_state, 6, float("nan"), patience=3)
+    assert nan_state["best_epoch"] == 2 and nan_state["bad_epochs"] == 1
+
+
 # ---------------------------------------------------------------- shards on disk, split
 
 def test_split_is_by_whole_video_and_deterministic(tmp_path):

@@ -44,6 +44,18 @@ def _global_mean(total: float, count: int, device: torch.device) -> tuple[float,
     return (total / count if count else math.nan), count
 
 
+def end_of_epoch(state: dict, epoch: int, selection_loss: float, patience: int) -> None:
+    """Early stopping: remember the best epoch; stop after `patience` epochs without a better
+    selection (validation) loss. A tie is no improvement; a NaN loss never improves."""
+    if selection_loss < state["best_loss"]:
+        state.update(best_loss=selection_loss, best_epoch=epoch, bad_epochs=0)
+    else:
+        state["bad_epochs"] += 1
+    state["epoch"] = epoch
+    if state["bad_epochs"] >= patience:
+        state["stopped"] = "early_stop"
+
+
 def _maybe_fail(config: dict, step: int, rank: int, world: int) -> None:
     """Test hook: the last worker raises once at the chosen global step."""
     fail_step, marker = config["fail_at"]
@@ -58,7 +70,7 @@ def _maybe_fail(config: dict, step: int, rank: int, world: int) -> None:
 
 def _batches(shard, batch_size: int, device, seed: int | None):
     """uint8 (B, T, S, S) volumes of this worker's shard, moved to the device."""
-    shuffle = 4 * batch_size if seed is not None else None
+    shuffle = max(4 * batch_size, 256) if seed is not None else None  # 256 volumes ≈ 130 MB at 227²
     for batch in shard.iter_torch_batches(batch_size=batch_size, local_shuffle_buffer_size=shuffle,
                                           local_shuffle_seed=seed, device=device,
                                           pin_memory=device.type == "cuda"):
@@ -139,15 +151,9 @@ def train_loop_per_worker(config: dict) -> None:
             val_loss, _ = _global_mean(total, count, device)
         selection = val_loss if val_loss is not None and not math.isnan(val_loss) else train_loss
 
-        if selection < state["best_loss"]:
-            state.update(best_loss=selection, best_epoch=epoch, bad_epochs=0)
-        else:
-            state["bad_epochs"] += 1
         state["history"].append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                                  "train_volumes": n_train, "train_seconds": seconds})
-        state["epoch"] = epoch
-        if state["bad_epochs"] >= settings["patience"]:
-            state["stopped"] = "early_stop"
+        end_of_epoch(state, epoch, selection, settings["patience"])
         metrics = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                    "selection_loss": selection, "best_epoch": state["best_epoch"],
                    "train_volumes": n_train, "epoch_seconds": seconds,
@@ -184,7 +190,8 @@ def run_trainer(info, train_videos, val_videos, *, model_spec: dict, settings: d
     from vadray.trainvolumes import volume_dataset
 
     T, strides, hop = settings["T"], settings["strides"], settings["hop"]
-    datasets = {"train": volume_dataset(info, train_videos, T, strides, hop, storage_options)}
+    datasets = {"train": volume_dataset(info, train_videos, T, strides, hop, storage_options,
+                                        seed=settings["seed"])}
     if val_videos:
         datasets["val"] = volume_dataset(info, val_videos, T, [1], T, storage_options)
     resources = {"CPU": cpus_per_worker}

@@ -158,12 +158,19 @@ def expand_to_volumes(batch: dict, clips_uri: str, storage_options: dict | None,
 
 
 def volume_dataset(shards: Shards, videos: list[VideoShards], T: int, strides, hop: int,
-                   storage_options: dict | None = None, num_cpus: float = 1.0):
-    """A Ray Dataset of the videos' volumes; re-executed (streamed) at every epoch."""
+                   storage_options: dict | None = None, num_cpus: float = 1.0, seed: int | None = None):
+    """A Ray Dataset of the videos' volumes; re-executed (streamed) at every epoch.
+
+    With a seed, the order of the videos changes at every epoch (reproducibly); the workers'
+    local shuffle buffers then mix volumes of the videos whose tasks run at the same time.
+    """
     import ray
 
     items = video_items(videos)
-    return ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    if seed is not None:  # cheap: only the small video rows are materialised to reorder them
+        ds = ds.randomize_block_order(seed=ray.data.RandomSeedConfig(seed, reseed_after_execution=True))
+    return ds.map_batches(
         expand_to_volumes, batch_size=1, num_cpus=num_cpus,
         fn_kwargs={"clips_uri": shards.clips_uri, "storage_options": storage_options,
                    "T": T, "strides": list(strides), "hop": hop})

@@ -223,6 +223,7 @@ def interrupted_then_resumed(ingested, tmp_path_factory):
     return outcome
 
 
+@pytest.mark.slow
 def test_resume_continues_an_interrupted_run(interrupted_then_resumed):
     outcome = interrupted_then_resumed
     assert "interruption" in outcome and "injected failure" in str(outcome["interruption"])
@@ -234,6 +235,7 @@ def test_resume_continues_an_interrupted_run(interrupted_then_resumed):
     assert card["epochs_run"] == 3                               # saved settings win over epochs=99
 
 
+@pytest.mark.slow
 def test_a_failed_worker_resumes_from_the_last_checkpoint_and_finishes(interrupted_then_resumed):
     outcome = interrupted_then_resumed
     markers = list(outcome["checkpoint_dir"].glob(".injected-failure*"))
@@ -242,6 +244,7 @@ def test_a_failed_worker_resumes_from_the_last_checkpoint_and_finishes(interrupt
     assert outcome["card"]["training"]["stopped"] == "max_epochs"
 
 
+@pytest.mark.slow
 def test_the_final_checkpoint_is_the_best_by_validation_loss(interrupted_then_resumed):
     import ray.train
 
@@ -260,6 +263,7 @@ def test_the_final_checkpoint_is_the_best_by_validation_loss(interrupted_then_re
         torch.testing.assert_close(final_weights[key], best_weights[key])
 
 
+@pytest.mark.slow
 def test_the_card_describes_the_model_and_reloads(interrupted_then_resumed, ingested):
     outcome = interrupted_then_resumed
     card = outcome["card"]
@@ -293,6 +297,7 @@ def test_the_card_describes_the_model_and_reloads(interrupted_then_resumed, inge
     assert card["validation"]["cell_error_max"]["n"] == 40
 
 
+@pytest.mark.slow
 def test_the_cli_trains_from_and_into_s3(ingested, s3_bucket, capsys):
     """`vadray train s3://… s3://…` (moto's S3 server): shards read and checkpoints written
     through the storage options, the final checkpoint loadable from the bucket."""

@@ -7,8 +7,10 @@ SHARDS is an ingest OUTPUT folder (or its clips/). Volumes of T=10 frames at str
 stream from the shards through Ray Data into every worker; a held-out fraction of the
 VIDEOS is the validation set; training stops early when the validation loss has not improved
 for --patience epochs, and CHECKPOINT_DIR/final/ keeps the epoch with the best validation
-loss (never a test metric). A failed worker restarts from the last epoch's checkpoint;
---resume continues an interrupted run with the settings it was started with.
+loss (never a test metric). The validation loss is the mean squared error over the
+validation videos' stride-1 volumes taken every T frames (each frame once). A failed worker
+restarts from the last epoch's checkpoint; --resume continues an interrupted run with the
+settings it was started with. Progress: one line per epoch from worker 0 (losses, volumes/s).
 """
 from __future__ import annotations
 
@@ -18,12 +20,12 @@ import uuid
 from datetime import datetime, timezone
 
 from vadray import storage
+from vadray.calibration import validation_frame_errors
 from vadray.checkpoint import FINAL_DIR, distribution, library_versions, model_id, save, weights_from_bytes
 from vadray.exits import UsageError
 from vadray.models import check_size, names, spec
 from vadray.raylib import ensure_ray
 from vadray.trainloop import RUN_NAME, run_trainer
-from vadray.calibration import validation_frame_errors
 from vadray.trainvolumes import count_volumes, discover, split_by_video
 from vadray.volumes import T_DEFAULT
 
@@ -72,6 +74,8 @@ def run(args) -> int:
         model_params = json.loads(args.model_params) if args.model_params else {}
     except (ValueError, json.JSONDecodeError) as exc:
         raise UsageError(str(exc)) from None
+    if not isinstance(model_params, dict):
+        raise UsageError("--model-params must be a JSON object, e.g. '{\"lstm_channels\": [32, 16, 32]}'")
     card = run_training(
         args.shards, args.checkpoint_dir, model=args.model, model_params=model_params,
         workers=args.workers, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,

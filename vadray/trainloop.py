@@ -77,7 +77,41 @@ def _batches(shard, batch_size: int, device, seed: int | None):
         yield batch["volume"]
 
 
+def _restore(checkpoint, model, optimizer, device) -> dict:
+    """Load weights, optimizer and loop state from a reported checkpoint; a fresh state without."""
+    if checkpoint is None:
+        return {"epoch": 0, "step": 0, "history": [], "best_loss": math.inf, "best_epoch": 0,
+                "bad_epochs": 0, "stopped": None, "resumed_after_epochs": [],
+                "torch_threads": torch.get_num_threads()}
+    with checkpoint.as_directory() as folder:
+        def load(name):
+            return torch.load(os.path.join(folder, name), map_location=device, weights_only=True)
+        unwrap(model).load_state_dict(load(MODEL_FILE))
+        optimizer.load_state_dict(load(OPTIMIZER_FILE))
+        with open(os.path.join(folder, STATE_FILE)) as f:
+            state = json.load(f)
+    state["resumed_after_epochs"].append(state["epoch"])
+    return state
+
+
+def _report(metrics: dict, state: dict, model, optimizer, rank: int) -> None:
+    """Every worker reports (a barrier); rank 0 attaches the checkpoint: unwrapped weights,
+    optimizer and loop state, enough to continue exactly where this epoch ended."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if rank == 0:
+            torch.save(unwrap(model).state_dict(), os.path.join(folder, MODEL_FILE))
+            torch.save(optimizer.state_dict(), os.path.join(folder, OPTIMIZER_FILE))
+            with open(os.path.join(folder, STATE_FILE), "w") as f:
+                json.dump(state, f)
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
 def train_loop_per_worker(config: dict) -> None:
+    """Ray Train's per-worker function: restore, then epochs until max or early stop."""
     import ray.train
     import ray.train.torch
 
@@ -96,19 +130,9 @@ def train_loop_per_worker(config: dict) -> None:
         model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)  # to device; DDP when world > 1
     optimizer = torch.optim.Adam(model.parameters(), lr=settings["lr"])
-    state = {"epoch": 0, "step": 0, "history": [], "best_loss": math.inf, "best_epoch": 0,
-             "bad_epochs": 0, "stopped": None, "resumed_after_epochs": [],
-             "torch_threads": torch.get_num_threads()}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            unwrap(model).load_state_dict(torch.load(os.path.join(folder, MODEL_FILE), map_location=device, weights_only=True))
-            optimizer.load_state_dict(torch.load(os.path.join(folder, OPTIMIZER_FILE), map_location=device, weights_only=True))
-            with open(os.path.join(folder, STATE_FILE)) as f:
-                state = json.load(f)
-        state["resumed_after_epochs"].append(state["epoch"])
-        if rank == 0:
-            print(f"[vadray train] resumed after epoch {state['epoch']} (step {state['step']})", flush=True)
+    state = _restore(ray.train.get_checkpoint(), model, optimizer, device)
+    if rank == 0 and state["resumed_after_epochs"]:
+        print(f"[vadray train] resumed after epoch {state['epoch']} (step {state['step']})", flush=True)
 
     stats = NormStats.from_dict(config["norm_stats"])
     mean_image = torch.from_numpy(stats.mean_image).to(device)         # (S, S)
@@ -158,20 +182,13 @@ def train_loop_per_worker(config: dict) -> None:
                    "selection_loss": selection, "best_epoch": state["best_epoch"],
                    "train_volumes": n_train, "epoch_seconds": seconds,
                    "volumes_per_s": n_train / seconds if seconds > 0 else None, "step": state["step"]}
-        with tempfile.TemporaryDirectory() as folder:
-            report_checkpoint = None
-            if rank == 0:
-                torch.save(unwrap(model).state_dict(), os.path.join(folder, MODEL_FILE))
-                torch.save(optimizer.state_dict(), os.path.join(folder, OPTIMIZER_FILE))
-                with open(os.path.join(folder, STATE_FILE), "w") as f:
-                    json.dump(state, f)
-                report_checkpoint = ray.train.Checkpoint.from_directory(folder)
-                val_text = f"{val_loss:.5f}" if val_loss is not None else "-"
-                print(f"[vadray train] epoch {epoch}/{settings['epochs']} train_loss {train_loss:.5f} "
-                      f"val_loss {val_text} best epoch {state['best_epoch']} "
-                      f"{n_train} volumes in {seconds:.1f} s ({metrics['volumes_per_s']:.1f}/s)"
-                      + (" early stop" if state["stopped"] else ""), flush=True)
-            ray.train.report(metrics, checkpoint=report_checkpoint)
+        if rank == 0:
+            val_text = f"{val_loss:.5f}" if val_loss is not None else "-"
+            print(f"[vadray train] epoch {epoch}/{settings['epochs']} train_loss {train_loss:.5f} "
+                  f"val_loss {val_text} best epoch {state['best_epoch']} "
+                  f"{n_train} volumes in {seconds:.1f} s ({metrics['volumes_per_s']:.1f}/s)"
+                  + (" early stop" if state["stopped"] else ""), flush=True)
+        _report(metrics, state, model, optimizer, rank)
 
 
 def _read_checkpoint(checkpoint, name: str) -> bytes:
@@ -201,7 +218,9 @@ def run_trainer(info, train_videos, val_videos, *, model_spec: dict, settings: d
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"model": model_spec, "settings": settings, "norm_stats": info.stats.to_dict(),
-                           "has_val": bool(val_videos), "fail_at": fail_at, "storage_options": storage_options},
+                           "has_val": bool(val_videos), "fail_at": fail_at,
+                           # only the test hook writes through it; the config is never logged otherwise
+                           "storage_options": storage_options if fail_at[0] else None},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
                                      resources_per_worker=resources),
         run_config=RunConfig(

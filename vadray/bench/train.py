@@ -14,6 +14,8 @@ first epoch warms up (Ray Data starts its tasks, PyTorch allocates) and is left 
 figure is the median volumes/s of epochs 2..E. Printed:
   1 worker  (--threads CPUs)            volumes/s and job/baseline (target ≥ 0.9)
   2 workers (--threads/2 CPUs each)     volumes/s and job/baseline: DDP on the same CPUs
+(Ray gives a worker max(1, floor(CPUs)) torch threads, so with --threads 1 the two workers
+run one thread each: two threads against the baseline's one; the line says so.)
 Ray is started with --threads + --data-cpus CPUs, so the Ray Data tasks that make the volumes
 have their own CPUs (on a machine with fewer cores they compete with training: that shows).
 
@@ -176,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
         job = job_epochs(shards, os.path.join(args.workdir, f"ckpt-{workers}w"), workers, cpus, args, model_params)
         job["ratio_to_baseline"] = job["volumes_per_s"] / baseline["volumes_per_s"]
         results["jobs"].append(job)
-        print(f"Ray Train, {workers} worker(s) × {cpus:g} CPUs: {job['volumes_per_s']:.1f} volumes/s, "
+        print(f"Ray Train, {workers} worker(s) × {cpus:g} CPUs × {job['torch_threads_per_worker']} torch "
+              f"thread(s): {job['volumes_per_s']:.1f} volumes/s, "
               f"ratio {job['ratio_to_baseline']:.2f} (target ≥ 0.9 for 1 worker); "
               f"wall {job['wall_seconds_incl_startup_and_calibration']:.0f} s with start-up", flush=True)
     with open(os.path.join(args.workdir, "bench_train.json"), "w") as f:

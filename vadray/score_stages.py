@@ -95,7 +95,9 @@ class ScoreVolumes:
         import torch
 
         out = np.empty_like(volumes)
-        with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+        # bf16 autocast on GPU, as training and the card's calibration pass use: same numerics.
+        with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16,
+                                                    enabled=self.device.type == "cuda"):
             for a in range(0, volumes.shape[0], self.batch_size):
                 x = torch.from_numpy(volumes[a:a + self.batch_size]).unsqueeze(2).to(self.device)  # (B,T,1,S,S)
                 out[a:a + self.batch_size] = self.model(x).float().squeeze(2).cpu().numpy()

@@ -41,6 +41,15 @@ def write_errors(rows: list[dict[str, Any]], errors_uri: str, name: str,
     return path
 
 
+def clear_errors(errors_uri: str, video_ids: list[str], storage_options: dict[str, Any] | None = None) -> None:
+    """Remove these videos' error files (named `<safe_key>-<stage/segment>`): a rerun's errors
+    table then describes the latest attempt only."""
+    fs, root = storage.url_to_fs(errors_uri, storage_options)
+    for video_id in video_ids:
+        for path in fs.glob(f"{root}/{safe_key(video_id)}-*.parquet"):
+            fs.rm(path)
+
+
 def read_errors(errors_uri: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
     fs, path = storage.pyarrow_fs(errors_uri, storage_options)
     try:

@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from vadray import storage
 from vadray.decode import contiguous_runs
-from vadray.errors import JobSummary, read_errors, safe_key
+from vadray.errors import JobSummary, clear_errors, read_errors, safe_key
 from vadray.exits import UsageError
 from vadray.listing import VideoRef, list_videos
 from vadray.preprocess import NormStats, PartialSums
@@ -143,11 +143,10 @@ def _clear_previous(output: str, refs: list[VideoRef], storage_options: dict[str
     """Idempotent reruns: an input's old shards and error rows go before its new ones arrive."""
     fs, root = storage.url_to_fs(output, storage_options)
     for ref in refs:
-        key = safe_key(ref.video_id)
-        stale = [f"{root}/clips/video_key={key}"] + fs.glob(f"{root}/errors/{key}-*.parquet")
-        for path in stale:
-            if fs.exists(path):
-                fs.rm(path, recursive=True)
+        shards = f"{root}/clips/video_key={safe_key(ref.video_id)}"
+        if fs.exists(shards):
+            fs.rm(shards, recursive=True)
+    clear_errors(storage.join(output, "errors"), [r.video_id for r in refs], storage_options)
 
 
 def run_ingest(source: str, output: str, *, camera: str = "default", size: int = 227,

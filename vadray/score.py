@@ -69,7 +69,7 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     from ray.data import ActorPoolStrategy
 
     from vadray.checkpoint import read_card
-    from vadray.errors import read_errors
+    from vadray.errors import clear_errors, read_errors
     from vadray.events import PERSISTENCE_DEFAULT
     from vadray.raylib import ensure_ray
     from vadray.stages import ProbeAndPlan
@@ -98,7 +98,7 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     log.info("scoring %d videos (%d already done) with %s", len(todo), len(done), model_id)
     if todo:
         ensure_ray()
-        _clear_errors(output, todo, storage_options)
+        clear_errors(storage.join(output, "errors"), [r.video_id for r in todo], storage_options)
         plan = ProbeAndPlan(output, camera, segment_seconds, frame_fps, storage_options, overlap=T - 1)
         segments = (ray.data.from_items([r.to_dict() for r in todo],
                                         override_num_blocks=min(len(todo), 512))
@@ -129,16 +129,6 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     summary.videos_failed = len({e["video_id"] for e in summary.errors})
     summary.seconds = time.perf_counter() - started
     return summary
-
-
-def _clear_errors(output: str, refs: list[VideoRef], storage_options: dict[str, Any]) -> None:
-    """A rescored video's old error rows go: the errors table describes the latest attempt."""
-    from vadray.errors import safe_key
-
-    fs, root = storage.url_to_fs(storage.join(output, "errors"), storage_options)
-    for ref in refs:
-        for path in fs.glob(f"{root}/{safe_key(ref.video_id)}-*.parquet"):
-            fs.rm(path)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

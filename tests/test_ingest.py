@@ -60,6 +60,26 @@ def test_ingest_local_archive_tiles_videos_and_reruns_idempotently(ray_session, 
     assert read_stats(out).num_frames == 60  # replaced, not duplicated
 
 
+def test_stats_cover_every_video_in_output_across_runs(ray_session, synth_archive, synth_test_archive,
+                                                       tmp_path):
+    """Stats come from the decode tasks' integer sums (no read-back pass); a second archive
+    ingested into the same OUTPUT adds to them, and the result equals a direct computation."""
+    out = str(tmp_path / "out")
+    run_ingest(str(synth_archive), out, size=TEST_SIZE, segment_seconds=1.3)
+    second = run_ingest(str(synth_test_archive), out, size=TEST_SIZE, segment_seconds=60.0)
+    assert (second.frames, second.segments) == (90, 3)
+    clips = read_clips(out)
+    assert len(set(clips.video_id)) == 5
+    frames = np.concatenate([frames_of(clips, v, TEST_SIZE)[1] for v in sorted(set(clips.video_id))])
+    direct = NormStats.from_sums(PartialSums.of(frames))
+    stats = read_stats(out)
+    assert stats.num_frames == 150 == frames.shape[0]
+    np.testing.assert_array_equal(stats.mean_image, direct.mean_image)  # exact integer sums
+    assert stats.std == direct.std and stats.pixel_std == direct.pixel_std
+    x = frames / 255.0
+    assert stats.std == pytest.approx((x - x.mean(axis=0)).std(), rel=1e-9)
+
+
 def test_bad_inputs_become_error_rows_and_the_rest_is_ingested(ray_session, tmp_path, capsys):
     src = tmp_path / "src"
     expected = videos.bad_inputs(str(src))

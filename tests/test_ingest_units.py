@@ -134,3 +134,22 @@ def test_volume_starts_cover_every_frame():
     assert volume_starts(27, T=10, stride=3).size == 0 and volume_starts(28, T=10, stride=3).tolist() == [0]
     vols = gather(np.arange(30)[:, None, None] * np.ones((1, 2, 2)), np.array([0, 5]), T=10, stride=2)
     assert vols.shape == (2, 10, 2, 2) and vols[1, :, 0, 0].tolist() == list(range(5, 25, 2))
+
+
+def test_clip_table_chunks_runs_over_the_decoded_buffer():
+    from vadray.ingest import CHUNK_FRAMES, CLIPS_SCHEMA, clip_table
+
+    seg = {"video_id": "cam/v", "camera": "c", "uri": "s3://b/cam/v.mp4", "fps": 10.0, "width": 4,
+           "height": 3, "video_key": "cam%2Fv"}
+    index = np.array([0, 1, 2, 5, 6] + list(range(10, 10 + 2 * CHUNK_FRAMES + 6)))  # gaps: lost frames
+    frames = np.random.default_rng(0).integers(0, 256, (index.size, 3, 3), dtype=np.uint8)
+    table = clip_table(seg, index, index / 10.0, frames, 3)
+    assert table.schema == CLIPS_SCHEMA
+    assert table.column("start_frame").to_pylist() == [0, 5, 10, 10 + CHUNK_FRAMES, 10 + 2 * CHUNK_FRAMES]
+    assert table.column("num_frames").to_pylist() == [3, 2, CHUNK_FRAMES, CHUNK_FRAMES, 6]
+    rows = table.to_pylist()
+    back = np.concatenate([np.frombuffer(r["frames"], np.uint8).reshape(r["num_frames"], 3, 3) for r in rows])
+    np.testing.assert_array_equal(back, frames)
+    np.testing.assert_allclose(np.concatenate([r["time_s"] for r in rows]), index / 10.0)
+    assert {r["video_key"] for r in rows} == {"cam%2Fv"} and rows[0]["size"] == 3
+    assert clip_table(seg, index[:0], index[:0] / 10.0, frames[:0], 3).num_rows == 0

@@ -4,20 +4,26 @@ SOURCE is a folder or prefix (local path, file://, s3://) of videos (.mp4 .avi .
 .m4v .ts, recursive), one video file, or folders of still frames (.tif .jpg .png, one folder
 per clip, as UCSD distributes its data). Writes, under OUTPUT:
   clips/   Parquet shards, one row per contiguous chunk of grey SIZE×SIZE frames of a video
-  stats/   normalisation statistics of the ingested footage (mean image, global std)
+  stats/   normalisation statistics of the ingested footage (mean image, global std; parts/
+           holds the exact integer sums of each segment they are added from)
   errors/  one row per input (or segment) that failed, with the reason
-Ray Data does the work in two stages: probe every input in parallel (demux only, to learn
-each video's frame timeline) and cut it into segments; then decode the segments in parallel,
-each task holding one segment, and write the shards. Rerunning into the same OUTPUT replaces
+Ray Data does the work in one streaming pipeline of two stages: probe every input (demux
+only, to learn each video's frame timeline) and cut it into segments; decode the segments in
+parallel, each task holding one segment, write the shards and the segment's statistics sums.
+The driver then adds the small sums: no frame is read twice. Rerunning into the same OUTPUT replaces
 the previous result of each input. Exit status: 0 all inputs ok, 3 some failed, 2 bad
 arguments or unreachable SOURCE.
 """
 from __future__ import annotations
 
 import argparse
+import functools
+import io
 import json
 import logging
+import operator
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,10 +69,16 @@ class IngestSummary(JobSummary):
 
 
 class DecodeSegment:
-    """Ray Data stage 2: one segment → clips rows (contiguous chunks of grey frames)."""
+    """Ray Data stage 2: one segment → clips rows (contiguous chunks of grey frames).
+
+    The task also writes the segment's statistics sums beside the shards (`stats/parts/`,
+    a few hundred KB, deterministic name so a retry overwrites): statistics then need no
+    second pass over the frames, and a rerun that replaces one input replaces its sums too.
+    """
 
     def __init__(self, output: str, size: int, storage_options: dict[str, Any]):
         self.errors_uri = storage.join(output, "errors")
+        self.parts_uri = storage.join(output, "stats", "parts")
         self.size, self.storage_options = size, storage_options
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -75,53 +87,82 @@ class DecodeSegment:
 
     def _segment(self, seg: dict[str, Any]) -> pa.Table:
         decoded = decode_planned(seg, self.size, self.errors_uri, self.storage_options)
-        rows = []
-        for a, b in contiguous_runs(decoded.frame_index):
-            for c in range(a, b, CHUNK_FRAMES):
-                d = min(c + CHUNK_FRAMES, b)
-                rows.append({
-                    "video_id": seg["video_id"], "camera": seg["camera"], "source_uri": seg["uri"],
-                    "start_frame": int(decoded.frame_index[c]), "num_frames": d - c,
-                    "time_s": decoded.time_s[c:d].tolist(), "fps": seg["fps"],
-                    "width": seg["width"], "height": seg["height"], "size": self.size,
-                    "frames": decoded.frames[c:d].tobytes(), "video_key": seg["video_key"],
-                })
-        return pa.Table.from_pylist(rows, schema=CLIPS_SCHEMA)
+        if decoded.frame_index.size:
+            write_sums(self.parts_uri, seg["video_key"], seg["segment"], PartialSums.of(decoded.frames),
+                       self.storage_options)
+        return clip_table(seg, decoded.frame_index, decoded.time_s, decoded.frames, self.size)
 
 
-def _partial_sums(batch: pa.Table) -> dict[str, np.ndarray]:
-    """Stats stage: a block of clips rows → one row of additive sums (no frames leave the task)."""
-    size = int(batch.column("size")[0].as_py())
-    total = PartialSums(0, np.zeros((size, size)), np.zeros((size, size)))
-    counts: dict[str, int] = {}
-    for blob, n, key in zip(batch.column("frames").to_pylist(), batch.column("num_frames").to_pylist(),
-                            batch.column("video_key").to_pylist()):
-        total = total + PartialSums.of(np.frombuffer(blob, np.uint8).reshape(n, size, size))
-        counts[key] = counts.get(key, 0) + n
-    return {"count": np.array([total.count]), "size": np.array([size]),
-            "sum_image": np.array([total.sum_image.tobytes()], dtype=object),
-            "sumsq_image": np.array([total.sumsq_image.tobytes()], dtype=object),
-            "frames_per_video": np.array([json.dumps(counts)], dtype=object)}
+def clip_table(seg: dict[str, Any], frame_index: np.ndarray, time_s: np.ndarray, frames: np.ndarray,
+               size: int) -> pa.Table:
+    """Clips rows: contiguous runs of frames cut into chunks of ≤ CHUNK_FRAMES.
+
+    The `frames` column is built over the decoded array's own buffer (offsets at chunk
+    bounds), so 50 KB frames are not copied into Python bytes on their way to Parquet.
+    """
+    bounds = [(c, min(c + CHUNK_FRAMES, b)) for a, b in contiguous_runs(frame_index)
+              for c in range(a, b, CHUNK_FRAMES)]
+    n = len(bounds)
+    frame_bytes = size * size
+    frames = np.ascontiguousarray(frames, dtype=np.uint8)
+    offsets = np.array([0] + [d * frame_bytes for _, d in bounds], np.int64)  # runs tile 0..N
+    blob = pa.LargeBinaryArray.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(offsets),
+                                                                   pa.py_buffer(frames)])
+    starts = np.array([c for c, _ in bounds], np.int64)
+    counts = np.array([d - c for c, d in bounds], np.int32)
+    times = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)),
+                                     pa.array(np.asarray(time_s, np.float64)))
+    constant = {"video_id": seg["video_id"], "camera": seg["camera"], "source_uri": seg["uri"],
+                "fps": seg["fps"], "width": seg["width"], "height": seg["height"], "size": size,
+                "video_key": seg["video_key"]}
+    columns = {name: pa.array([constant[name]] * n, type=CLIPS_SCHEMA.field(name).type) for name in constant}
+    columns |= {"start_frame": pa.array(np.asarray(frame_index, np.int64)[starts]),
+                "num_frames": pa.array(counts), "time_s": times,
+                "frames": blob.cast(pa.binary())}
+    return pa.table({name: columns[name] for name in CLIPS_SCHEMA.names}, schema=CLIPS_SCHEMA)
 
 
-def compute_stats(clips_uri: str, storage_options: dict[str, Any]) -> tuple[NormStats, dict[str, int]]:
-    """Distributed reduction over all clips in clips_uri: tasks sum, the driver adds the sums."""
-    import ray
+def write_sums(parts_uri: str, video_key: str, segment: int, sums: PartialSums,
+               storage_options: dict[str, Any]) -> None:
+    fs, root = storage.url_to_fs(parts_uri, storage_options)
+    folder = f"{root}/video_key={video_key}"
+    fs.makedirs(folder, exist_ok=True)
+    buffer = io.BytesIO()
+    np.savez(buffer, count=np.int64(sums.count), sumsq=np.array(str(sums.sumsq)),
+                        sum_image=sums.sum_image.astype(np.uint32 if sums.count < 2**24 else np.int64))
+    fs.pipe_file(f"{folder}/seg-{segment:05d}.npz", buffer.getvalue())
 
-    fs, path = storage.pyarrow_fs(clips_uri, storage_options)
-    ds = ray.data.read_parquet(path, filesystem=fs, columns=["frames", "num_frames", "size", "video_key"])
-    total: PartialSums | None = None
+
+def _read_sums(fs, path: str) -> PartialSums:
+    with np.load(io.BytesIO(fs.cat_file(path)), allow_pickle=False) as z:
+        return PartialSums(int(z["count"]), z["sum_image"].astype(np.int64), int(str(z["sumsq"])))
+
+
+def compute_stats(output: str, storage_options: dict[str, Any]
+                  ) -> tuple[NormStats, dict[str, int], dict[str, int]]:
+    """Statistics of every video in OUTPUT, and frames and segments per video key: add the
+    per-segment sums the decode tasks wrote.
+
+    A distributed reduction whose map side ran inside the decode tasks; the driver reads
+    one small file per segment (in threads) and adds them. No frame is read twice.
+    """
+    fs, root = storage.url_to_fs(storage.join(output, "stats", "parts"), storage_options)
+    try:
+        paths = sorted(p for p in fs.find(root) if p.endswith(".npz"))
+    except FileNotFoundError:
+        paths = []
+    if not paths:
+        raise ValueError(f"no frames under {output}")
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        parts = list(pool.map(lambda p: _read_sums(fs, p), paths))
     frames_per_video: dict[str, int] = {}
-    for row in ds.map_batches(_partial_sums, batch_size=None, batch_format="pyarrow").iter_rows():
-        size = int(row["size"])
-        part = PartialSums(int(row["count"]), np.frombuffer(row["sum_image"]).reshape(size, size),
-                           np.frombuffer(row["sumsq_image"]).reshape(size, size))
-        total = part if total is None else total + part
-        for key, n in json.loads(row["frames_per_video"]).items():
-            frames_per_video[key] = frames_per_video.get(key, 0) + n
-    if total is None:
-        raise ValueError(f"no frames under {clips_uri}")
-    return NormStats.from_sums(total), frames_per_video
+    segments_per_video: dict[str, int] = {}
+    for path, part in zip(paths, parts):
+        key = path.rsplit("/", 2)[-2].split("=", 1)[1]
+        frames_per_video[key] = frames_per_video.get(key, 0) + part.count
+        segments_per_video[key] = segments_per_video.get(key, 0) + 1
+    total = functools.reduce(operator.add, parts)
+    return NormStats.from_sums(total), frames_per_video, segments_per_video
 
 
 def write_stats(output: str, stats: NormStats, extra: dict[str, Any], storage_options: dict[str, Any]) -> None:
@@ -143,9 +184,10 @@ def _clear_previous(output: str, refs: list[VideoRef], storage_options: dict[str
     """Idempotent reruns: an input's old shards and error rows go before its new ones arrive."""
     fs, root = storage.url_to_fs(output, storage_options)
     for ref in refs:
-        shards = f"{root}/clips/video_key={safe_key(ref.video_id)}"
-        if fs.exists(shards):
-            fs.rm(shards, recursive=True)
+        for folder in ("clips", "stats/parts"):
+            previous = f"{root}/{folder}/video_key={safe_key(ref.video_id)}"
+            if fs.exists(previous):
+                fs.rm(previous, recursive=True)
     clear_errors(storage.join(output, "errors"), [r.video_id for r in refs], storage_options)
 
 
@@ -171,31 +213,33 @@ def run_ingest(source: str, output: str, *, camera: str = "default", size: int =
     log.info("ingesting %d videos from %s into %s", len(refs), source, output)
     _clear_previous(output, refs, storage_options)
 
+    # One streaming pipeline: probing the next videos overlaps decoding the first ones. The
+    # streaming repartition puts each planned segment in its own block, so a long video's
+    # segments go to as many decode tasks (a block is a task's unit of work).
     # Chunks tile each video and training joins a video's chunks, so no volume is lost at a
     # seam without decoding any overlap here (scoring, which never joins, decodes T-1 more).
     probe_stage = ProbeAndPlan(output, camera, segment_seconds, frame_fps, storage_options, overlap=0)
-    segments = (ray.data.from_items([r.to_dict() for r in refs], override_num_blocks=min(len(refs), 512))
-                .flat_map(probe_stage).take_all())
-    log.info("decoding %d segments", len(segments))
-    clips_uri = storage.join(output, "clips")
-    if segments:
-        fs, clips_path = storage.pyarrow_fs(clips_uri, storage_options)
-        (ray.data.from_items(segments, override_num_blocks=len(segments))
-         .map_batches(DecodeSegment(output, size, storage_options), batch_size=1, batch_format="pyarrow")
-         .write_parquet(clips_path, filesystem=fs, partition_cols=["video_key"], compression="zstd",
-                        row_group_size=CHUNK_FRAMES // 4))
+    fs, clips_path = storage.pyarrow_fs(storage.join(output, "clips"), storage_options)
+    (ray.data.from_items([r.to_dict() for r in refs], override_num_blocks=min(len(refs), 512))
+     .flat_map(probe_stage)
+     .repartition(target_num_rows_per_block=1)
+     .map_batches(DecodeSegment(output, size, storage_options), batch_size=1, batch_format="pyarrow")
+     .write_parquet(clips_path, filesystem=fs, partition_cols=["video_key"], compression="zstd",
+                    row_group_size=CHUNK_FRAMES // 4))
 
     run_ids = {r.video_id for r in refs}
     errors = [e for e in read_errors(storage.join(output, "errors"), storage_options).to_pylist()
               if e["video_id"] in run_ids]
-    summary = IngestSummary(videos=len(refs), segments=len(segments), errors=errors)
+    summary = IngestSummary(videos=len(refs), errors=errors)
     try:
-        stats, frames_per_video = compute_stats(clips_uri, storage_options)
+        stats, frames_per_video, segments_per_video = compute_stats(output, storage_options)
     except (ValueError, FileNotFoundError):
-        frames_per_video = {}
+        frames_per_video, segments_per_video = {}, {}
     else:
         write_stats(output, stats, {"videos": len(frames_per_video), "source": source}, storage_options)
-    summary.frames = sum(frames_per_video.get(safe_key(v), 0) for v in run_ids)
+    run_keys = {safe_key(v) for v in run_ids}
+    summary.frames = sum(n for k, n in frames_per_video.items() if k in run_keys)
+    summary.segments = sum(n for k, n in segments_per_video.items() if k in run_keys)
     summary.videos_failed = len({e["video_id"] for e in errors})
     summary.seconds = time.perf_counter() - started
     return summary

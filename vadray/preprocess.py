@@ -19,20 +19,32 @@ import numpy as np
 
 @dataclass
 class PartialSums:
-    """Additive sufficient statistics of uint8 frames scaled to [0,1]."""
+    """Additive sufficient statistics of uint8 frames, as exact integers.
+
+    Integers make the statistics independent of how frames were split between tasks (float
+    sums differ in the last bits with the order of addition) and cheap to compute where the
+    frames are: a per-pixel sum and a sum of squares.
+    """
 
     count: int
-    sum_image: np.ndarray      # (S, S) float64, Σ x
-    sumsq_image: np.ndarray    # (S, S) float64, Σ x²
+    sum_image: np.ndarray  # (S, S) int64, Σ of pixel values (0..255)
+    sumsq: int             # Σ over all pixels and frames of value²
 
     @classmethod
     def of(cls, frames: np.ndarray) -> "PartialSums":
-        x = frames.astype(np.float64) / 255.0  # (N, S, S)
-        return cls(int(x.shape[0]), x.sum(axis=0), np.square(x).sum(axis=0))
+        frames = np.asarray(frames, dtype=np.uint8)  # (N, S, S)
+        sumsq = 0
+        for chunk in frames:  # one frame's squares fit uint32; per-frame chunks bound the memory
+            sumsq += int(np.square(chunk, dtype=np.uint32).sum(dtype=np.uint64))
+        return cls(int(frames.shape[0]), frames.sum(axis=0, dtype=np.int64), sumsq)
+
+    @classmethod
+    def zero(cls, size: int) -> "PartialSums":
+        return cls(0, np.zeros((size, size), np.int64), 0)
 
     def __add__(self, other: "PartialSums") -> "PartialSums":
         return PartialSums(self.count + other.count, self.sum_image + other.sum_image,
-                           self.sumsq_image + other.sumsq_image)
+                           self.sumsq + other.sumsq)
 
 
 @dataclass
@@ -50,18 +62,19 @@ class NormStats:
     def from_sums(cls, sums: PartialSums) -> "NormStats":
         if sums.count == 0:
             raise ValueError("no frames to compute normalisation statistics from")
-        n = sums.count
-        mean_image = sums.sum_image / n
-        per_pixel_var = np.maximum(sums.sumsq_image / n - np.square(mean_image), 0.0)
+        n, pixels = sums.count, sums.sum_image.size
+        mean_image = sums.sum_image / (255.0 * n)           # per-pixel mean of x = value/255
+        mean_sq = sums.sumsq / (255.0**2 * n * pixels)      # E[x²] over all pixels and frames
         pixel_mean = float(mean_image.mean())
-        pixel_var = float(sums.sumsq_image.sum() / (n * mean_image.size) - pixel_mean**2)
+        # The mean over pixels of the per-pixel variance = the variance of x - mean_image.
+        residual_var = mean_sq - float(np.square(mean_image).mean())
         return cls(
             size=int(mean_image.shape[0]),
             num_frames=n,
             mean_image=mean_image.astype(np.float32),
-            std=float(np.sqrt(per_pixel_var.mean())),
+            std=float(np.sqrt(max(residual_var, 0.0))),
             pixel_mean=pixel_mean,
-            pixel_std=float(np.sqrt(max(pixel_var, 0.0))),
+            pixel_std=float(np.sqrt(max(mean_sq - pixel_mean**2, 0.0))),
         )
 
     def normalize(self, frames: np.ndarray) -> np.ndarray:

@@ -116,3 +116,26 @@ def test_ped2_test_videos_give_2010_frame_rows(ray_session, trained_checkpoint, 
     frames = read_table(out, "frames")
     assert len(frames) == 2010 and frames.groupby("video_id").frame_index.apply(
         lambda s: (s.to_numpy() == np.arange(len(s))).all()).all()
+
+
+def test_a_segment_that_decoded_nothing_still_reaches_the_driver(trained_checkpoint, tmp_path):
+    """VolumeRows sends one empty row for a segment without volumes, and the model actor's
+    code passes it through, so the driver can count that video's segments in."""
+    import pyarrow as pa
+
+    from vadray.checkpoint import read_card
+    from vadray.score_stages import ScoreVolumes, VolumeRows
+
+    card = read_card(str(trained_checkpoint))
+    size, T = int(card["input"]["size"]), int(card["input"]["T"])
+    missing = str(tmp_path / "gone.mp4")  # decode fails: the error goes to errors/, no frames
+    seg = {"video_id": "gone", "video_key": "gone", "camera": "c", "uri": missing, "identity": "x",
+           "num_frames": 30, "segment": 1, "segments": 3, "first": 13, "last": 26, "decode_last": 30,
+           "pts": list(range(13, 30)), "time_base": 0.1, "start_pts": 0, "fps": 10.0, "width": 64,
+           "height": 48, "codec": "h264", "frame_uris": []}
+    rows = VolumeRows(str(tmp_path / "out"), size, T, 5, {})(seg)
+    assert len(rows) == 1 and rows[0]["starts"] == [] and (rows[0]["part"], rows[0]["parts"]) == (0, 1)
+    out = ScoreVolumes(str(trained_checkpoint), {}, 16, 8)(pa.Table.from_pylist(rows)).to_pylist()
+    assert len(out) == 1 and out[0]["done_frame_index"] == [] and out[0]["seam_frame_index"] == []
+    assert (out[0]["segment"], out[0]["segments"], out[0]["parts"]) == (1, 3, 1)
+    assert read_errors(str(tmp_path / "out" / "errors")).num_rows == 1

@@ -170,3 +170,22 @@ def test_calibrate_uses_validation_distribution():
         scoring.calibrate(np.ones(2), {"frame_error": {"mean": 1.0, "std": 0.0}})
     with pytest.raises(ValueError):
         scoring.calibrate(np.ones(2), {})
+
+
+def test_video_rows_complete_when_every_segments_rows_are_in():
+    from vadray.score_stages import VideoRows
+
+    def row(video, segment, part, parts, segments=2):
+        return {"video_id": video, "segment": segment, "segments": segments, "part": part, "parts": parts}
+
+    videos = VideoRows()
+    # Rows of two videos arrive interleaved and out of order; segment 1 of "a" has 3 rows.
+    arrivals = [row("a", 1, 2, 3), row("b", 0, 0, 1, segments=1), row("a", 0, 0, 1), row("a", 1, 0, 3)]
+    results = [videos.add(r) for r in arrivals]
+    assert results[0] is None and results[2] is None and results[3] is None
+    assert [r["video_id"] for r in results[1]] == ["b"]  # one segment, one row: complete at once
+    done = videos.add(row("a", 1, 1, 3))
+    assert sorted((r["segment"], r["part"]) for r in done) == [(0, 0), (1, 0), (1, 1), (1, 2)]
+    assert videos.leftovers() == []
+    videos.add(row("c", 0, 0, 1, segments=3))  # segments 1 and 2 never arrive
+    assert [[r["video_id"] for r in rows] for rows in videos.leftovers()] == [["c"]]

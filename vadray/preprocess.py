@@ -33,10 +33,13 @@ class PartialSums:
     @classmethod
     def of(cls, frames: np.ndarray) -> "PartialSums":
         frames = np.asarray(frames, dtype=np.uint8)  # (N, S, S)
+        n = int(frames.shape[0])
         sumsq = 0
-        for chunk in frames:  # one frame's squares fit uint32; per-frame chunks bound the memory
-            sumsq += int(np.square(chunk, dtype=np.uint32).sum(dtype=np.uint64))
-        return cls(int(frames.shape[0]), frames.sum(axis=0, dtype=np.int64), sumsq)
+        for frame in frames:  # one frame's squares fit uint32; per frame bounds the memory
+            sumsq += int(np.square(frame, dtype=np.uint32).sum(dtype=np.uint64))
+        # uint32 accumulates faster than int64 and is exact up to 16.8 M frames per call
+        sum_image = frames.sum(axis=0, dtype=np.uint32 if n < 2**24 else np.uint64).astype(np.int64)
+        return cls(n, sum_image, sumsq)
 
     @classmethod
     def zero(cls, size: int) -> "PartialSums":

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ from vadray import storage
 from vadray.errors import JobSummary
 from vadray.exits import UsageError
 from vadray.listing import VideoRef, list_videos
-from vadray.score_stages import (AssembleVideo, ScoreVolumes, VolumeRows, manifest_marker,
+from vadray.score_stages import (AssembleVideo, ScoreVolumes, VideoRows, VolumeRows, manifest_marker,
                                  video_date)
 
 log = logging.getLogger("vadray.score")
@@ -49,6 +50,19 @@ def scoring_run_id(model_id: str, hop: int, grid: int, persistence: float, windo
     return "score-" + hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
+def default_actor_threads(actors: int) -> int:
+    """Torch threads per CPU model actor: the largest node's CPUs shared by the actors.
+
+    An actor reserves 1 CPU so that decode tasks can run beside it, and Ray then starts it with
+    OMP_NUM_THREADS=1; but the model is most of the work, and decoding is bursty and light
+    beside it, so one thread would leave the node's other cores idle between decodes.
+    """
+    import ray
+
+    cpus = max((n.get("Resources", {}).get("CPU", 1.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
+    return max(1, int(cpus) // max(1, actors))
+
+
 def _finished(output: str, refs: list[VideoRef], model_id: str, storage_options: dict[str, Any]) -> set[str]:
     """video_ids whose marker for (identity, model_id) exists: one listing, no per-video reads."""
     fs, root = storage.url_to_fs(storage.join(output, "manifest"), storage_options)
@@ -62,7 +76,8 @@ def _finished(output: str, refs: list[VideoRef], model_id: str, storage_options:
 def run_score(source: str, output: str, checkpoint: str, *, camera: str = "default", actors: int = 1,
               gpus_per_actor: float = 0.0, batch_size: int = 16, hop: int = 5, segment_seconds: float = 60.0,
               frame_fps: float = 10.0, grid: int = 8, persistence: float | None = None, window: int = 50,
-              force: bool = False, storage_options: dict[str, Any] | None = None,
+              force: bool = False, actor_threads: int | None = None,
+              storage_options: dict[str, Any] | None = None,
               checkpoint_storage_options: dict[str, Any] | None = None) -> ScoreSummary:
     """The scoring job as a function (the CLI, jobs/score.py, the benchmark and tests call it)."""
     import ray
@@ -77,8 +92,8 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     storage_options = storage_options or {}
     ckpt_options = checkpoint_storage_options if checkpoint_storage_options is not None else storage_options
     persistence = PERSISTENCE_DEFAULT if persistence is None else persistence
-    if hop < 1 or batch_size < 1 or actors < 1 or segment_seconds <= 0:
-        raise UsageError("--hop, --batch-size, --actors and --segment-seconds must be positive")
+    if hop < 1 or batch_size < 1 or actors < 1 or segment_seconds <= 0 or (actor_threads is not None and actor_threads < 1):
+        raise UsageError("--hop, --batch-size, --actors, --actor-threads and --segment-seconds must be positive")
     try:
         card = read_card(checkpoint, ckpt_options)
     except (FileNotFoundError, OSError, ValueError, KeyError) as exc:
@@ -98,31 +113,41 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     log.info("scoring %d videos (%d already done) with %s", len(todo), len(done), model_id)
     if todo:
         ensure_ray()
+        if actor_threads is None:
+            actor_threads = default_actor_threads(actors)
         clear_errors(storage.join(output, "errors"), [r.video_id for r in todo], storage_options)
         plan = ProbeAndPlan(output, camera, segment_seconds, frame_fps, storage_options, overlap=T - 1)
-        segments = (ray.data.from_items([r.to_dict() for r in todo],
-                                        override_num_blocks=min(len(todo), 512))
-                    .flat_map(plan).take_all())
-        if segments:
-            size = int(card["input"]["size"])
-            volumes = (ray.data.from_items(segments, override_num_blocks=len(segments))
-                       .flat_map(VolumeRows(output, size, T, hop, storage_options)))
-            scored = volumes.map_batches(
-                ScoreVolumes, fn_constructor_args=(checkpoint, ckpt_options, batch_size, grid,
-                                                   os.environ.get("VADRAY_TEST_KILL_ACTOR_ONCE")),
-                batch_size=1, batch_format="pyarrow", compute=ActorPoolStrategy(size=actors),
-                num_gpus=gpus_per_actor, num_cpus=0 if gpus_per_actor else 1)
-            # Ray Data restarts a dead model actor and retries its tasks (max_restarts=-1 and
-            # max_task_retries=-1 are its defaults for actor pools); rows are recomputed identically.
-            dates = {r.video_id: video_date(r) for r in todo}
-            assemble = AssembleVideo(output, card, run_id, dates, persistence, window, grid, storage_options)
-            # One shuffle partition per video up to 64 (Ray's default of 200 costs more than
-            # the assembly itself on small backfills).
-            partitions = max(1, min(len(todo), 64))
-            results = scored.groupby("video_id", num_partitions=partitions).map_groups(
-                lambda group: assemble(group), batch_format="pyarrow").take_all()
-            summary.frames = sum(int(r["frames"]) for r in results)
-            summary.events = sum(int(r["events"]) for r in results)
+        size = int(card["input"]["size"])
+        # One streaming pipeline, as ingest's: probe → one block per segment → decode into volume
+        # rows (CPU tasks) → model actors. The driver assembles each video as soon as all of its
+        # rows are in (`VideoRows`): per-frame errors are small, so no shuffle barrier.
+        scored = (ray.data.from_items([r.to_dict() for r in todo], override_num_blocks=min(len(todo), 512))
+                  .flat_map(plan)
+                  .repartition(target_num_rows_per_block=1)
+                  .flat_map(VolumeRows(output, size, T, hop, storage_options))
+                  .map_batches(ScoreVolumes,
+                               fn_constructor_args=(checkpoint, ckpt_options, batch_size, grid,
+                                                    os.environ.get("VADRAY_TEST_KILL_ACTOR_ONCE"),
+                                                    actor_threads),
+                               batch_size=1, batch_format="pyarrow", compute=ActorPoolStrategy(size=actors),
+                               num_gpus=gpus_per_actor, num_cpus=0 if gpus_per_actor else 1))
+        # Ray Data restarts a dead model actor and retries its tasks (max_restarts=-1 and
+        # max_task_retries=-1 are its defaults for actor pools); rows are recomputed identically
+        # and each task's output reaches the driver once.
+        dates = {r.video_id: video_date(r) for r in todo}
+        assemble = AssembleVideo(output, card, run_id, dates, persistence, window, grid, storage_options)
+        videos = VideoRows()
+        with ThreadPoolExecutor(max_workers=4) as writers:  # table writes overlap the stream
+            pending = []
+            for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for row in batch.to_pylist():
+                    complete = videos.add(row)
+                    if complete is not None:
+                        pending.append(writers.submit(assemble, complete))
+            pending += [writers.submit(assemble, rows) for rows in videos.leftovers()]
+            results = [f.result() for f in pending]
+        summary.frames = sum(r["frames"] for r in results)
+        summary.events = sum(r["events"] for r in results)
     run_ids = {r.video_id for r in todo}
     summary.errors = [e for e in read_errors(storage.join(output, "errors"), storage_options).to_pylist()
                       if e["video_id"] in run_ids]
@@ -141,6 +166,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus-per-actor", type=float, default=0.0,
                         help="GPUs per model actor (0 = CPU; fractions share a GPU)")
     parser.add_argument("--batch-size", type=int, default=16, help="volumes per forward pass (default 16)")
+    parser.add_argument("--actor-threads", type=int, default=None,
+                        help="torch threads per CPU model actor (default: the largest node's CPUs "
+                             "divided by --actors; each actor reserves 1 CPU, decode tasks use the rest)")
     parser.add_argument("--hop", type=int, default=5,
                         help="frames between the starts of consecutive 10-frame volumes (1..T; default 5: "
                              "each frame is in 2 volumes; 1 = the smoothest, 10× the work). A last volume "
@@ -164,5 +192,5 @@ def run(args: argparse.Namespace) -> int:
                         gpus_per_actor=args.gpus_per_actor, batch_size=args.batch_size, hop=args.hop,
                         segment_seconds=args.segment_seconds, frame_fps=args.frame_fps, grid=args.grid,
                         persistence=args.persistence, window=args.window, force=args.force,
-                        storage_options=storage_options)
+                        actor_threads=args.actor_threads, storage_options=storage_options)
     return summary.print_and_exit_status()

@@ -1,9 +1,9 @@
-"""The scoring job's Ray Data stages: segment → volume rows → model actor → per-video tables.
+"""The scoring job's stages: segment → volume rows → model actor → per-video tables.
 
 Data between stages is Arrow columns (bytes and lists), never pickled objects. Every stage
 is deterministic and retry-safe: an actor killed mid-run is restarted by Ray, its rows are
 recomputed identically, and the per-video tables are only written once all of a video's
-volumes have arrived (after the groupby), to names that depend only on (video, model).
+rows have arrived (`VideoRows` counts them), to names that depend only on (video, model).
 """
 from __future__ import annotations
 
@@ -62,22 +62,26 @@ class VolumeRows:
         whole = np.isin(frame_offsets(starts, self.T), decoded.frame_index).all(axis=1)
         starts = starts[whole]
         rows = []
-        for chunk in np.array_split(starts, max(1, -(-starts.size // ROW_VOLUMES))) if starts.size else []:
-            keep = (decoded.frame_index >= chunk[0]) & (decoded.frame_index < chunk[-1] + self.T)
+        for chunk in np.array_split(starts, max(1, -(-starts.size // ROW_VOLUMES))):
+            # A segment with no volume (nothing decoded) still sends one empty row, so the
+            # driver can count every segment of a video in.
+            keep = ((decoded.frame_index >= chunk[0]) & (decoded.frame_index < chunk[-1] + self.T)
+                    if chunk.size else np.zeros(decoded.frame_index.size, bool))
             rows.append({
                 "video_id": seg["video_id"], "video_key": seg["video_key"], "camera": seg["camera"],
                 "uri": seg["uri"], "identity": seg["identity"], "num_frames": seg["num_frames"],
                 "hop": self.hop, "starts": chunk.tolist(), "frame_index": decoded.frame_index[keep].tolist(),
                 "time_s": decoded.time_s[keep].tolist(), "frames": decoded.frames[keep].tobytes(),
+                "segment": seg["segment"], "segments": seg["segments"], "part": len(rows),
             })
-        return rows
+        return [row | {"parts": len(rows)} for row in rows]
 
 
 class ScoreVolumes:
     """Model actor: loads the checkpoint once, scores volumes in batches, returns errors."""
 
     def __init__(self, checkpoint: str, storage_options: dict[str, Any], batch_size: int, grid: int,
-                 fail_once_marker: str | None = None):
+                 fail_once_marker: str | None = None, threads: int = 1):
         import torch
 
         from vadray.checkpoint import load_model
@@ -85,6 +89,9 @@ class ScoreVolumes:
 
         model, card = load_model(checkpoint, storage_options)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cpu":
+            # Ray starts a 1-CPU actor with OMP_NUM_THREADS=1; see run_score's actor_threads.
+            torch.set_num_threads(max(1, threads))
         self.model = model.to(self.device).eval()
         self.stats = NormStats.from_dict(card["norm_stats"])
         self.T, self.batch_size, self.grid = int(card["input"]["T"]), batch_size, grid
@@ -119,7 +126,8 @@ class ScoreVolumes:
             # with their per-volume slots, so a video's assembly never holds (F, T, C) for all F.
             done, seam = sums.split(volume_starts(row["num_frames"], self.T, 1, row["hop"]))
             times = dict(zip(row["frame_index"], row["time_s"]))
-            out.append({k: row[k] for k in ("video_id", "video_key", "camera", "uri", "identity", "num_frames")}
+            out.append({k: row[k] for k in ("video_id", "video_key", "camera", "uri", "identity", "num_frames",
+                                             "segment", "segments", "part", "parts")}
                        | {"done_frame_index": done.frame_index.tolist(),
                           "done_time_s": [times[i] for i in done.frame_index.tolist()],
                           "done_recon_error": done.recon_error.tolist(),
@@ -136,6 +144,38 @@ class ScoreVolumes:
         return pa.Table.from_pylist(out)
 
 
+class VideoRows:
+    """Driver side: a video's scored rows, held until every row of every segment is in.
+
+    Rows carry (segment, segments, part, parts), so completeness needs no plan on the driver
+    and no shuffle: each video is assembled as soon as its last row arrives. What is held is
+    small (per-frame errors and the seam slots of unfinished videos), never frames.
+    """
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[dict[str, Any]]] = {}
+        self.parts: dict[str, dict[int, int]] = {}
+        self.seen: dict[str, dict[int, int]] = {}
+
+    def add(self, row: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """Keep `row`; its video's rows when this one completes the video, else None."""
+        vid, segment = row["video_id"], int(row["segment"])
+        self.rows.setdefault(vid, []).append(row)
+        self.parts.setdefault(vid, {})[segment] = int(row["parts"])
+        seen = self.seen.setdefault(vid, {})
+        seen[segment] = seen.get(segment, 0) + 1
+        if len(seen) == int(row["segments"]) and seen == self.parts[vid]:
+            del self.parts[vid], self.seen[vid]
+            return self.rows.pop(vid)
+        return None
+
+    def leftovers(self) -> list[list[dict[str, Any]]]:
+        """Rows of videos that never completed (not expected; assembled as partial, unmarked)."""
+        rest = list(self.rows.values())
+        self.rows.clear()
+        return rest
+
+
 class AssembleVideo:
     """All volume errors of one video → its frames and events files, then its manifest marker."""
 
@@ -145,11 +185,10 @@ class AssembleVideo:
         self.persistence, self.window, self.storage_options = persistence, window, storage_options
         self.T, self.cells = int(card["input"]["T"]), grid * grid
 
-    def __call__(self, group: pa.Table) -> pa.Table:
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         from vadray.events import EVENTS_SCHEMA, detect_events
         from vadray.scoring import FRAMES_SCHEMA, FrameMeans, FrameSums, calibrate, regularity
 
-        rows = group.to_pylist()
         head = rows[0]
         dones, seams, times = [], [], {}
         for r in rows:
@@ -190,8 +229,7 @@ class AssembleVideo:
         complete = n == int(head["num_frames"])
         if complete:
             self._mark_done(head["video_id"], head["identity"], model_id)
-        return pa.table({"video_id": [head["video_id"]], "frames": [n], "events": [events.num_rows],
-                         "complete": [complete]})
+        return {"video_id": head["video_id"], "frames": n, "events": events.num_rows, "complete": complete}
 
     def _mark_done(self, video_id: str, identity: str, model_id: str) -> None:
         fs, root = storage.url_to_fs(storage.join(self.output, "manifest"), self.storage_options)

@@ -12,10 +12,11 @@ No listing, probe, Parquet, statistics or scheduling. The pool is started before
 
 Baseline and ingest runs alternate (--repeat); the line to read is the median ratio
 ingest fps / baseline fps (target ≥ 0.8). Where ingest's time went is printed per phase:
-  list+probe    listing, removing a previous output, the probe stage (until segments are known)
-  decode+write  the decode stage and write_parquet
-  stats         reading the errors table and the statistics reduction over the written shards
-  rest          stats.json and the summary
+  list                listing the source (until run_ingest logs "ingesting")
+  probe+decode+write  removing a previous output, then the one streaming Ray Data pipeline:
+                      probe, decode, write_parquet and each segment's statistics sums
+  stats               reading the errors table and adding the per-segment sums
+  rest                stats.json and the summary
 (a phase whose end cannot be seen in this version of run_ingest merges into the next one),
 with the CPU seconds that this process and all of its descendants (a local Ray's GCS,
 raylet, workers and actors) spent meanwhile, against the baseline's CPU seconds.
@@ -43,7 +44,7 @@ from vadray import storage
 from vadray.decode import GreyScaler
 from vadray.exits import EXIT_OK, EXIT_PARTIAL, UsageError
 
-PHASES = ("list+probe", "decode+write", "stats", "rest")
+PHASES = ("list", "probe+decode+write", "stats", "rest")
 
 
 # ---------------------------------------------------------------------------- baseline
@@ -153,7 +154,7 @@ class _Marks(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         text = record.getMessage()
-        for word in ("ingesting", "decoding"):
+        for word in ("ingesting",):
             if text.startswith(word):
                 if word not in self.times:
                     self.times[word] = _stamp()
@@ -210,7 +211,7 @@ def run_ingest_timed(source: str, output: str, size: int, segment_seconds: float
         ended = _stamp()
     # Each phase ends at a mark; a missing mark (run_ingest changed: no stats pass, say) merges
     # its phase into the next one ("stats+rest").
-    ends = [marks.get("decoding"), marks.get("read_errors"), marks.get("stats_done"), ended]
+    ends = [marks.get("ingesting"), marks.get("read_errors"), marks.get("stats_done"), ended]
     phases: dict[str, float] = {}
     phases_cpu: dict[str, float] = {}
     start, names = started, []

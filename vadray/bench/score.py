@@ -18,12 +18,10 @@ Where the job's time went is printed as three phases (start, batches, finish).
 
 The model actor is probed: a subclass of `ScoreVolumes` that records, inside the actor,
 torch.get_num_threads(), OMP_NUM_THREADS, the CPUs it may run on and the seconds spent in
-`reconstruct` (the model). When the actor runs torch with fewer threads than the baseline
-(Ray sets OMP_NUM_THREADS to the floor of an actor's num_cpus, and run_score gives a CPU
-model actor num_cpus=1), a second baseline with the actor's thread count is measured right
-after each job run and printed as well, so the gap splits into "fewer threads" and
-"pipeline overhead". --actor-threads N is an experiment: torch.set_num_threads(N) in the
-actor, to see what a thread-count fix would change.
+`reconstruct` (the model). The actor's torch threads are score's --actor-threads (default:
+the node's CPUs shared by the actors). When the actor runs torch with fewer threads than the
+baseline, a second baseline with the actor's thread count is measured right after each job
+run and printed as well, so the gap splits into "fewer threads" and "pipeline overhead".
 
 MEMORY. One video of N frames and one of 10×N (--memory-frames; the same synthetic scene), each
 scored by `vadray score` in a fresh process with its own fresh local Ray (so no worker of
@@ -172,13 +170,11 @@ def bare_inference(model, volumes: list, batch_size: int, threads: int) -> float
 
 # ---------------------------------------------------------------------------- the job, with a probe in its actor
 
-def probed_score_volumes(probe_dir: str, actor_threads: int | None = None):
+def probed_score_volumes(probe_dir: str):
     """A ScoreVolumes subclass that records, inside the actor, what torch runs with.
 
     Defined in a function so that Ray pickles it by value together with `probe_dir`. Each
     actor writes `<pid>.json` into probe_dir after its constructor and after every batch.
-    `actor_threads` (an experiment, --actor-threads) calls torch.set_num_threads after the
-    constructor, to show what a thread-count fix in ScoreVolumes would change.
     """
     from vadray.score_stages import ScoreVolumes
 
@@ -188,15 +184,12 @@ def probed_score_volumes(probe_dir: str, actor_threads: int | None = None):
             super().__init__(*args, **kwargs)
             import torch
 
-            threads_as_started = torch.get_num_threads()
-            if actor_threads:
-                torch.set_num_threads(actor_threads)
             try:
                 cpus = len(os.sched_getaffinity(0))
             except AttributeError:
                 cpus = os.cpu_count()
             self._probe = {"pid": os.getpid(), "torch_threads": torch.get_num_threads(),
-                           "torch_threads_as_started": threads_as_started,
+                           "OMP_NUM_THREADS_as_started": os.environ.get("OMP_NUM_THREADS"),
                            "torch_interop_threads": torch.get_num_interop_threads(),
                            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
                            "cpus_visible": cpus, "device": str(self.device),
@@ -237,12 +230,12 @@ def probed_score_volumes(probe_dir: str, actor_threads: int | None = None):
 
 
 @contextlib.contextmanager
-def _probe_actor(probe_dir: str, actor_threads: int | None):
+def _probe_actor(probe_dir: str):
     """run_score uses vadray.score.ScoreVolumes: swap in the probed subclass for the duration."""
     import vadray.score as score_module
 
     original = score_module.ScoreVolumes
-    score_module.ScoreVolumes = probed_score_volumes(probe_dir, actor_threads)
+    score_module.ScoreVolumes = probed_score_volumes(probe_dir)
     try:
         yield
     finally:
@@ -266,17 +259,18 @@ def run_score_timed(source: str, output: str, checkpoint: str, hop: int, batch_s
       start     run_score called → the first batch reaches a model actor (listing, probe and
                 plan, actor start-up and model load, the first segment's decode)
       batches   first batch → last batch done in the actors (the model share of it is printed)
-      finish    last batch done → run_score returns (groupby, per-video assembly, tables, manifest)
+      finish    last batch done → run_score returns (the last videos' assembly, tables, manifest)
     """
     from vadray.score import run_score
 
     shutil.rmtree(output, ignore_errors=True)
     shutil.rmtree(probe_dir, ignore_errors=True)
     os.makedirs(probe_dir)
-    with _probe_actor(probe_dir, actor_threads):
+    with _probe_actor(probe_dir):
         wall_start = time.time()
         started = time.perf_counter()
-        summary = run_score(source, output, checkpoint, hop=hop, batch_size=batch_size, actors=actors)
+        summary = run_score(source, output, checkpoint, hop=hop, batch_size=batch_size, actors=actors,
+                            actor_threads=actor_threads)
         seconds = time.perf_counter() - started
     probes = read_probes(probe_dir)
     firsts = [p["first_call_start"] for p in probes if p.get("first_call_start")]
@@ -403,8 +397,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads of the baseline (default: the CPUs Ray has)")
     parser.add_argument("--actor-threads", type=int, default=None,
-                        help="experiment: torch.set_num_threads(N) in the model actor after its "
-                             "constructor (default: leave it as Ray starts it)")
+                        help="score's --actor-threads (default: score's default, the node's CPUs "
+                             "divided by --actors)")
     parser.add_argument("--repeat", type=int, default=2,
                         help="baseline/job pairs, alternating; the median ratio is reported (default 2)")
     parser.add_argument("--memory-segment-seconds", type=float, default=5.0,
@@ -501,8 +495,8 @@ def throughput(args: argparse.Namespace, checkpoint: str, card: dict, ray_cpus: 
     shutil.rmtree(output, ignore_errors=True)
 
     for p in probes:
-        forced = (f" (set by --actor-threads; {p['torch_threads_as_started']} as Ray started it)"
-                  if args.actor_threads else "")
+        forced = (f" (--actor-threads {args.actor_threads})" if args.actor_threads
+                  else " (score's default --actor-threads)")
         print(f"actor (pid {p['pid']}): torch threads {p['torch_threads']}{forced} (interop "
               f"{p['torch_interop_threads']}), OMP_NUM_THREADS={p['OMP_NUM_THREADS']}, "
               f"{p['cpus_visible']} CPUs visible, device {p['device']}, {p['volumes']} volumes, "
@@ -524,7 +518,7 @@ def throughput(args: argparse.Namespace, checkpoint: str, card: dict, ray_cpus: 
     if med["phase_batches"] == med["phase_batches"]:
         print(f"job time          start {med['phase_start']:.1f} s (until the first batch reaches the "
               f"actor), batches {med['phase_batches']:.1f} s, finish {med['phase_finish']:.1f} s (after "
-              f"the last batch: groupby, assembly, tables)  (medians)")
+              f"the last batch: last assembly, tables)  (medians)")
     note = (f"  FINDING: the actor runs torch with {actor_threads[0]} thread(s), the baseline with "
             f"{threads}" if differs else "")
     print(f"actor threads     {', '.join(map(str, actor_threads))}{note}")

@@ -1,8 +1,6 @@
 """The ingest job on a real local Ray: local folders, S3 (moto server), bad inputs, Ped2."""
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pyarrow.dataset as pads
 import pytest

@@ -32,11 +32,9 @@ import contextlib
 import json
 import os
 import platform
-import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from vadray import storage
 from vadray.exits import EXIT_OK, EXIT_PARTIAL, UsageError

@@ -26,11 +26,7 @@ run and printed as well, so the gap splits into "fewer threads" and "pipeline ov
 MEMORY. One video of N frames and one of 10×N (--memory-frames; the same synthetic scene), each
 scored by `vadray score` in a fresh process with its own fresh local Ray (so no worker of
 an earlier run is measured) and a small --memory-segment-seconds so that the long one is cut
-into many segments. psutil samples the RSS of that Ray's worker processes (titles
-`ray::…`, Ray's agents excluded) every --sample-interval seconds; printed: the peak of
-their sum, the peak of the largest single worker, and long/short ratios (target ≤ 1.2).
-RSS counts shared pages (torch libraries, Ray's object store) in every process that maps
-them, so the sum overstates the total; the ratio is what to read.
+into many segments (vadray/bench/score_memory.py says what is sampled and how).
 
 Without --checkpoint, a checkpoint is made once into WORKDIR by the real jobs (synthetic
 archive → run_ingest → run_training, one epoch, tiny settings) and reused.
@@ -40,86 +36,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import shutil
 import statistics
-import subprocess
-import sys
-import threading
 import time
 from typing import Any
 
 import numpy as np
 
 from vadray import storage
+from vadray.bench.score_inputs import quick_checkpoint, synthetic_archive
+from vadray.bench.score_memory import memory
 from vadray.exits import EXIT_OK, EXIT_PARTIAL, UsageError
-
-FPS = 10  # frame rate of the synthetic videos
-
-
-# ---------------------------------------------------------------------------- inputs
-
-def _done_marker(folder: str) -> str:
-    return os.path.join(folder, ".complete")
-
-
-def synthetic_archive(folder: str, videos: int, frames: int, width: int, height: int, seed: int) -> str:
-    """Normal synthetic footage (make_archive), generated once and reused."""
-    from vadray.synth import make_archive
-
-    if os.path.exists(_done_marker(folder)):
-        return folder
-    shutil.rmtree(folder, ignore_errors=True)
-    make_archive(folder, num_videos=videos, width=width, height=height, num_frames=frames, seed=seed)
-    os.remove(os.path.join(folder, "frame_labels.csv"))  # only videos: the archive to score
-    with open(_done_marker(folder), "w") as f:
-        f.write("ok\n")
-    return folder
-
-
-def single_video(folder: str, frames: int, width: int, height: int, seed: int) -> str:
-    """A folder holding one synthetic video of `frames` frames (render_video/write_video)."""
-    from vadray.synth import render_video, write_video
-
-    if os.path.exists(_done_marker(folder)):
-        return folder
-    shutil.rmtree(folder, ignore_errors=True)
-    pixels, _ = render_video(width, height, frames, seed=seed)
-    write_video(os.path.join(folder, f"long{frames:06d}.mp4"), pixels, fps=FPS)
-    with open(_done_marker(folder), "w") as f:
-        f.write("ok\n")
-    return folder
-
-
-def quick_checkpoint(workdir: str, size: int, width: int, height: int) -> str:
-    """A real checkpoint, quickly: 3 short synthetic clips → run_ingest → run_training (1 epoch).
-
-    Made once per size into WORKDIR/checkpoint-<size> and reused. Its weights barely matter
-    here: the benchmark measures speed and memory, not detection quality.
-    """
-    from vadray.ingest import run_ingest
-    from vadray.train import run_training
-
-    ckpt = os.path.join(workdir, f"checkpoint-{size}")
-    if os.path.exists(os.path.join(ckpt, "final", "card.json")):
-        print(f"checkpoint: {ckpt} (reused)")
-        return ckpt
-    started = time.perf_counter()
-    archive = synthetic_archive(os.path.join(workdir, f"train-archive-{width}x{height}"), videos=3,
-                                frames=40, width=width, height=height, seed=11)
-    shards = os.path.join(workdir, f"train-shards-{size}")
-    shutil.rmtree(shards, ignore_errors=True)
-    shutil.rmtree(ckpt, ignore_errors=True)
-    summary = run_ingest(archive, shards, size=size, segment_seconds=60.0)
-    if summary.failures:
-        raise RuntimeError(f"ingest of the checkpoint's training archive failed: {summary.errors}")
-    # Fractional CPUs for the worker leave room for the Ray Data tasks that make its volumes.
-    run_training(shards, ckpt, epochs=1, batch_size=8, workers=1, cpus_per_worker=0.5,
-                 val_fraction=0.34, hop=3, patience=1)
-    print(f"checkpoint: {ckpt} (1 epoch on 3 synthetic clips at {size} px, made in "
-          f"{time.perf_counter() - started:.0f} s, not counted)")
-    return ckpt
 
 
 # ---------------------------------------------------------------------------- baseline
@@ -283,91 +211,6 @@ def run_score_timed(source: str, output: str, checkpoint: str, hop: int, batch_s
     return summary, seconds, probes, phases
 
 
-# ---------------------------------------------------------------------------- memory
-
-_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent", "ray::JobSupervisor")
-
-
-def _title(proc) -> str:
-    return " ".join(proc.cmdline()).strip()
-
-
-class WorkerMemory:
-    """Samples the RSS of the Ray worker processes under one process tree (a thread)."""
-
-    def __init__(self, root_pid: int, interval: float):
-        import psutil
-
-        self.root = psutil.Process(root_pid)
-        self.interval = interval
-        self.peak_sum = 0          # bytes: largest Σ RSS of the workers at one sample
-        self.peak_one = 0          # bytes: largest RSS of one worker
-        self.peak_driver = 0       # bytes: the root process (the `vadray score` driver)
-        self.by_title: dict[str, int] = {}
-        self.workers_seen: set[int] = set()
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> "WorkerMemory":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def sample(self) -> None:
-        import psutil
-
-        try:
-            self.peak_driver = max(self.peak_driver, self.root.memory_info().rss)
-            children = self.root.children(recursive=True)
-        except psutil.Error:
-            return
-        total = 0
-        for proc in children:
-            try:
-                title = _title(proc)
-                if not title.startswith("ray::") or title.startswith(_AGENTS):
-                    continue
-                rss = proc.memory_info().rss
-            except psutil.Error:
-                continue  # exited between the listing and the read
-            total += rss
-            self.workers_seen.add(proc.pid)
-            self.peak_one = max(self.peak_one, rss)
-            key = title.split(" ")[0][:60]
-            self.by_title[key] = max(self.by_title.get(key, 0), rss)
-        self.peak_sum = max(self.peak_sum, total)
-        self.samples += 1
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(self.interval)
-
-
-def score_in_fresh_ray(source: str, output: str, checkpoint: str, hop: int, batch_size: int, actors: int,
-                       segment_seconds: float, interval: float, log_path: str):
-    """`vadray score` in a new process with its own local Ray; (WorkerMemory, seconds, rc, last line)."""
-    shutil.rmtree(output, ignore_errors=True)
-    env = dict(os.environ, RAY_ADDRESS="local", RAY_USAGE_STATS_ENABLED="0",
-               RAY_DATA_DISABLE_PROGRESS_BARS="1", PYTHONUNBUFFERED="1")
-    command = [sys.executable, "-m", "vadray.cli", "score", source, output, "--checkpoint", checkpoint,
-               "--hop", str(hop), "--batch-size", str(batch_size), "--actors", str(actors),
-               "--segment-seconds", f"{segment_seconds:g}"]
-    started = time.perf_counter()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        with WorkerMemory(proc.pid, interval) as memory:
-            rc = proc.wait()
-    seconds = time.perf_counter() - started
-    with open(log_path) as f:
-        lines = [line.strip() for line in f if line.startswith("score:")]
-    return memory, seconds, rc, (lines[-1] if lines else "")
-
-
 # ---------------------------------------------------------------------------- command
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -412,10 +255,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
-
-
-def _mb(n: int) -> str:
-    return f"{n / 2**20:.0f} MB"
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -532,46 +371,6 @@ def throughput(args: argparse.Namespace, checkpoint: str, card: dict, ray_cpus: 
           f"{verdict})")
     if failures:
         print(f"note: {failures} error row(s) in the last score run")
-    return failures
-
-
-def memory(args: argparse.Namespace, checkpoint: str) -> int:
-    n = args.memory_frames or args.frames
-    short = single_video(os.path.join(args.workdir, f"memory-{n}-{args.width}x{args.height}"),
-                         n, args.width, args.height, seed=21)
-    long = single_video(os.path.join(args.workdir, f"memory-{10 * n}-{args.width}x{args.height}"),
-                        10 * n, args.width, args.height, seed=21)
-    seg = args.memory_segment_seconds
-    per_segment = max(1.0, seg * FPS)
-    print(f"memory bench: one video of {n} frames vs one of {10 * n} ({args.width}×{args.height}, "
-          f"{FPS} fps), segments of {seg:g} s (about {math.ceil(n / per_segment)} vs "
-          f"{math.ceil(10 * n / per_segment)}), each scored by `vadray score` with a fresh local Ray; "
-          f"RSS of its ray:: workers sampled every {args.sample_interval:g} s")
-    results, failures = {}, 0
-    for label, source, frames in (("short", short, n), ("long", long, 10 * n)):
-        out = os.path.join(args.workdir, f"memory-output-{label}")
-        mem, seconds, rc, line = score_in_fresh_ray(source, out, checkpoint, args.hop, args.batch_size,
-                                                    args.actors, seg,
-                                                    args.sample_interval,
-                                                    os.path.join(args.workdir, f"memory-{label}.log"))
-        shutil.rmtree(out, ignore_errors=True)
-        if rc != 0:
-            failures += 1
-            print(f"  {label}: `vadray score` exited {rc}; see {os.path.join(args.workdir, f'memory-{label}.log')}")
-        results[label] = mem
-        top = ", ".join(f"{k} {_mb(v)}" for k, v in sorted(mem.by_title.items(), key=lambda kv: -kv[1])[:4])
-        print(f"  {label}: {frames} frames in {seconds:.1f} s (incl. Ray start) | workers Σ peak "
-              f"{_mb(mem.peak_sum)}, largest worker {_mb(mem.peak_one)}, driver {_mb(mem.peak_driver)} | "
-              f"{len(mem.workers_seen)} workers, {mem.samples} samples | {line}")
-        print(f"         peak by worker title: {top}")
-    s, l_ = results["short"], results["long"]
-    ratio_sum = l_.peak_sum / s.peak_sum if s.peak_sum else float("nan")
-    ratio_one = l_.peak_one / s.peak_one if s.peak_one else float("nan")
-    verdict = "ok" if ratio_sum <= 1.2 else "ABOVE TARGET"
-    print(f"memory short      workers Σ {_mb(s.peak_sum)}, largest worker {_mb(s.peak_one)}  ({n} frames)")
-    print(f"memory long       workers Σ {_mb(l_.peak_sum)}, largest worker {_mb(l_.peak_one)}  ({10 * n} frames)")
-    print(f"memory ratio      {ratio_sum:.2f}  (peak Σ RSS of Ray workers, long/short, target <= 1.20: "
-          f"{verdict}); largest single worker {ratio_one:.2f}")
     return failures
 
 

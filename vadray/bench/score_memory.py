@@ -144,6 +144,8 @@ def memory(args: argparse.Namespace, checkpoint: str) -> int:
     verdict = "ok" if ratio_sum <= 1.2 else "ABOVE TARGET"
     print(f"memory short      workers Σ {_mb(s.peak_sum)}, largest worker {_mb(s.peak_one)}  ({n} frames)")
     print(f"memory long       workers Σ {_mb(l_.peak_sum)}, largest worker {_mb(l_.peak_one)}  ({10 * n} frames)")
+    ratio_driver = l_.peak_driver / s.peak_driver if s.peak_driver else float("nan")
     print(f"memory ratio      {ratio_sum:.2f}  (peak Σ RSS of Ray workers, long/short, target <= 1.20: "
-          f"{verdict}); largest single worker {ratio_one:.2f}")
+          f"{verdict}); largest single worker {ratio_one:.2f}; the driver, which assembles each "
+          f"video's per-frame errors, {ratio_driver:.2f}")
     return failures

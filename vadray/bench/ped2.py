@@ -217,9 +217,12 @@ def stage_train(stages: Stages, shards: str, workdir: str, args: argparse.Namesp
 
 def stage_score(stages: Stages, data: str, workdir: str, card: dict, args: argparse.Namespace,
                 device: dict) -> tuple[str, int]:
-    from vadray.score import run_score
+    from vadray.score import default_actor_threads, run_score
 
     out = os.path.join(workdir, f"score-{card['model_id']}")
+    score_device = dict(device)
+    if device["kind"] == "CPU":  # the model actor sets its own thread count (--actor-threads)
+        score_device["torch_threads"] = default_actor_threads(1)
     ckpt = os.path.join(workdir, "checkpoint")
     with stages.timed("score", f"{data}/test → {out}, hop {args.hop}") as entry:
         summary = run_score(os.path.join(data, "test"), out, ckpt, hop=args.hop,
@@ -228,7 +231,7 @@ def stage_score(stages: Stages, data: str, workdir: str, card: dict, args: argpa
         print(f"[ped2] {summary.line()}", flush=True)
         entry.update(complete=summary.failures == 0, videos=summary.videos, skipped=summary.skipped,
                      frames_this_session=summary.frames, failures=summary.failures,
-                     device=_device_text(device), output=out)
+                     device=_device_text(score_device), output=out)
     return out, summary.failures
 
 

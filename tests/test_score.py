@@ -139,3 +139,9 @@ def test_a_segment_that_decoded_nothing_still_reaches_the_driver(trained_checkpo
     assert len(out) == 1 and out[0]["done_frame_index"] == [] and out[0]["seam_frame_index"] == []
     assert (out[0]["segment"], out[0]["segments"], out[0]["parts"]) == (1, 3, 1)
     assert read_errors(str(tmp_path / "out" / "errors")).num_rows == 1
+
+
+def test_default_actor_threads_share_the_node_cpus(ray_session):
+    from vadray.score import default_actor_threads
+
+    assert [default_actor_threads(n) for n in (1, 2, 5)] == [2, 1, 1]  # the session's Ray has 2 CPUs

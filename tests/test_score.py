@@ -83,6 +83,9 @@ def test_bad_arguments_exit_2(tmp_path, trained_checkpoint, synth_test_archive, 
     assert "cannot read checkpoint" in capsys.readouterr().err
     assert main(["score", str(synth_test_archive), str(tmp_path / "o"), "--checkpoint",
                  str(trained_checkpoint), "--hop", "11"]) == 2
+    assert main(["score", str(synth_test_archive), str(tmp_path / "o"), "--checkpoint",
+                 str(trained_checkpoint), "--actor-threads", "0"]) == 2
+    assert "--actor-threads" in capsys.readouterr().err
 
 
 def test_dates_come_from_paths():

@@ -129,7 +129,7 @@ def write_sums(parts_uri: str, video_key: str, segment: int, sums: PartialSums,
     fs.makedirs(folder, exist_ok=True)
     buffer = io.BytesIO()
     np.savez(buffer, count=np.int64(sums.count), sumsq=np.array(str(sums.sumsq)),
-                        sum_image=sums.sum_image.astype(np.uint32 if sums.count < 2**24 else np.int64))
+             sum_image=sums.sum_image.astype(np.uint32 if sums.count < 2**24 else np.int64))
     fs.pipe_file(f"{folder}/seg-{segment:05d}.npz", buffer.getvalue())
 
 

@@ -41,10 +41,6 @@ class PartialSums:
         sum_image = frames.sum(axis=0, dtype=np.uint32 if n < 2**24 else np.uint64).astype(np.int64)
         return cls(n, sum_image, sumsq)
 
-    @classmethod
-    def zero(cls, size: int) -> "PartialSums":
-        return cls(0, np.zeros((size, size), np.int64), 0)
-
     def __add__(self, other: "PartialSums") -> "PartialSums":
         return PartialSums(self.count + other.count, self.sum_image + other.sum_image,
                            self.sumsq + other.sumsq)

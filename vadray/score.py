@@ -92,7 +92,8 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     storage_options = storage_options or {}
     ckpt_options = checkpoint_storage_options if checkpoint_storage_options is not None else storage_options
     persistence = PERSISTENCE_DEFAULT if persistence is None else persistence
-    if hop < 1 or batch_size < 1 or actors < 1 or segment_seconds <= 0 or (actor_threads is not None and actor_threads < 1):
+    if (hop < 1 or batch_size < 1 or actors < 1 or segment_seconds <= 0
+            or (actor_threads is not None and actor_threads < 1)):
         raise UsageError("--hop, --batch-size, --actors, --actor-threads and --segment-seconds must be positive")
     try:
         card = read_card(checkpoint, ckpt_options)

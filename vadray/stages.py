@@ -49,7 +49,8 @@ class ProbeAndPlan:
         return [{
             "video_id": ref.video_id, "video_key": key, "camera": self.camera, "uri": ref.uri,
             "identity": ref.identity(), "num_frames": timeline.num_frames,
-            "segment": seg.index, "segments": len(segments), "first": seg.first, "last": seg.last, "decode_last": seg.decode_last,
+            "segment": seg.index, "segments": len(segments),
+            "first": seg.first, "last": seg.last, "decode_last": seg.decode_last,
             "pts": timeline.pts[seg.first:seg.decode_last].tolist(), "time_base": timeline.time_base,
             "start_pts": timeline.start_pts, "fps": timeline.fps,
             "width": timeline.width, "height": timeline.height, "codec": timeline.codec,

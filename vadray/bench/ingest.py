@@ -153,11 +153,8 @@ class _Marks(logging.Handler):
         self.times: dict[str, tuple[float, dict[int, float]]] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        for word in ("ingesting",):
-            if text.startswith(word):
-                if word not in self.times:
-                    self.times[word] = _stamp()
+        if record.getMessage().startswith("ingesting") and "ingesting" not in self.times:
+            self.times["ingesting"] = _stamp()
 
 
 @contextlib.contextmanager

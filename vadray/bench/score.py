@@ -117,7 +117,6 @@ def probed_score_volumes(probe_dir: str):
             except AttributeError:
                 cpus = os.cpu_count()
             self._probe = {"pid": os.getpid(), "torch_threads": torch.get_num_threads(),
-                           "OMP_NUM_THREADS_as_started": os.environ.get("OMP_NUM_THREADS"),
                            "torch_interop_threads": torch.get_num_interop_threads(),
                            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
                            "cpus_visible": cpus, "device": str(self.device),

@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import platform
+from datetime import datetime, timezone
 
 import numpy as np
 import torch
@@ -57,9 +58,12 @@ def model_id(name: str, state_dict: dict) -> str:
 
 
 def library_versions() -> dict:
-    import ray
-
-    return {"torch": torch.__version__, "ray": ray.__version__, "numpy": np.__version__,
+    try:
+        import ray
+        ray_version = ray.__version__
+    except ImportError:  # the single-process trainer runs where Ray is not installed
+        ray_version = None
+    return {"torch": torch.__version__, "ray": ray_version, "numpy": np.__version__,
             "vadray": __version__, "python": platform.python_version()}
 
 
@@ -102,3 +106,52 @@ def load_model(path: str, storage_options: dict | None = None) -> tuple[nn.Modul
     model = build(card["model"]["name"], **card["model"]["params"])
     model.load_state_dict(weights_from_bytes(fs.cat_file(f"{folder}/{MODEL_FILE}")))
     return model.eval(), card
+
+
+def model_card(info, settings: dict, model_spec: dict, state_dict: dict, outcome: dict, errors: dict,
+                train_videos: list, val_videos: list, n_train: int, run_id: str, **execution) -> dict:
+    """The JSON card of docs/ARCHITECTURE.md "Checkpoints" (plus a few extras for people).
+
+    `info` is the `trainvolumes.Shards` trained on; `outcome` {"state": the loop state, "best_metrics":
+    {"epoch", "selection_loss"}}; `errors` the validation frame errors (`calibration`).
+    Shared by the Ray Train job and the single-process trainer (`vadray.bench.ped2_direct`)."""
+    state, best = outcome["state"], outcome["best_metrics"]
+    train_frames, val_frames = (sum(v.num_frames for v in vs) for vs in (train_videos, val_videos))
+    return {
+        "format": "vadray-model-card/1",
+        "model": model_spec,
+        "input": {"size": info.size, "T": settings["T"], "strides": settings["strides"],
+                  "hop": settings["hop"], "channels": 1,
+                  "normalisation": "(x/255 - mean_image) / std, global statistics of the training footage",
+                  "output": "linear last layer, same units as the normalised input"},
+        "norm_stats": info.stats.to_dict(),
+        "training_data": {
+            "source": info.stats_doc.get("source"), "shards": settings["shards"],
+            "videos": len(train_videos) + len(val_videos), "frames": train_frames + val_frames,
+            "train_videos": len(train_videos), "train_frames": train_frames,
+            "val_videos": len(val_videos), "val_frames": val_frames,
+            "val_video_ids": [v.video_id for v in val_videos][:10000],
+            "volumes_per_epoch": n_train},
+        "training": {"optimizer": "adam", "lr": settings["lr"], "batch_size": settings["batch_size"],
+                     "loss": "mean squared error over the volume, normalised units",
+                     "max_epochs": settings["epochs"], "patience": settings["patience"],
+                     "seed": settings["seed"], **execution,
+                     "selection": "minimum validation loss" if val_videos else
+                                  "minimum training loss (no validation videos)",
+                     "stopped": state["stopped"] or "max_epochs",
+                     "resumed_after_epochs": state["resumed_after_epochs"],
+                     "torch_threads_per_worker": state.get("torch_threads")},
+        "epochs_run": len(state["history"]),
+        "history": state["history"],
+        "best_epoch": int(best["epoch"]),
+        "best_val_loss": float(best["selection_loss"]),
+        "validation": {
+            "on": "validation videos" if val_videos else "training videos (no validation videos)",
+            "videos": len(val_videos or train_videos), "volume_stride": 1, "volume_hop": 1, "grid": 8,
+            "frame_error": distribution(errors["recon_error"]),
+            "cell_error_max": distribution(errors["cell_error_max"])},
+        "versions": library_versions(),
+        "run_id": run_id,
+        "model_id": model_id(model_spec["name"], state_dict),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

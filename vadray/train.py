@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 
 from vadray import storage
 from vadray.calibration import validation_frame_errors
-from vadray.checkpoint import FINAL_DIR, distribution, library_versions, model_id, save, weights_from_bytes
+from vadray.checkpoint import FINAL_DIR, model_card, save, weights_from_bytes
 from vadray.exits import UsageError
 from vadray.models import check_size, names, spec
 from vadray.raylib import ensure_ray
@@ -190,55 +190,9 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
     errors = validation_frame_errors(info, calib_videos, model_spec, outcome["best_weights"], T,
                                      storage_options, use_gpu=gpus_per_worker > 0)
     state_dict = weights_from_bytes(outcome["best_weights"])
-    card = _model_card(info, settings, model_spec, state_dict, outcome, errors, train_videos, val_videos,
+    card = model_card(info, settings, model_spec, state_dict, outcome, errors, train_videos, val_videos,
                        n_train, run_id, workers=workers, gpus_per_worker=gpus_per_worker)
     save(storage.join(checkpoint_dir, FINAL_DIR), state_dict, card, storage_options)
     log.info("best epoch %d of %d (validation loss %.5f) → %s", card["best_epoch"], card["epochs_run"],
              card["best_val_loss"], storage.join(checkpoint_dir, FINAL_DIR))
     return card
-
-
-
-def _model_card(info, settings: dict, model_spec: dict, state_dict: dict, outcome: dict, errors: dict,
-                train_videos: list, val_videos: list, n_train: int, run_id: str, **execution) -> dict:
-    """The JSON card of docs/ARCHITECTURE.md "Checkpoints" (plus a few extras for people)."""
-    state, best = outcome["state"], outcome["best_metrics"]
-    train_frames, val_frames = (sum(v.num_frames for v in vs) for vs in (train_videos, val_videos))
-    return {
-        "format": "vadray-model-card/1",
-        "model": model_spec,
-        "input": {"size": info.size, "T": settings["T"], "strides": settings["strides"],
-                  "hop": settings["hop"], "channels": 1,
-                  "normalisation": "(x/255 - mean_image) / std, global statistics of the training footage",
-                  "output": "linear last layer, same units as the normalised input"},
-        "norm_stats": info.stats.to_dict(),
-        "training_data": {
-            "source": info.stats_doc.get("source"), "shards": settings["shards"],
-            "videos": len(train_videos) + len(val_videos), "frames": train_frames + val_frames,
-            "train_videos": len(train_videos), "train_frames": train_frames,
-            "val_videos": len(val_videos), "val_frames": val_frames,
-            "val_video_ids": [v.video_id for v in val_videos][:10000],
-            "volumes_per_epoch": n_train},
-        "training": {"optimizer": "adam", "lr": settings["lr"], "batch_size": settings["batch_size"],
-                     "loss": "mean squared error over the volume, normalised units",
-                     "max_epochs": settings["epochs"], "patience": settings["patience"],
-                     "seed": settings["seed"], **execution,
-                     "selection": "minimum validation loss" if val_videos else
-                                  "minimum training loss (no validation videos)",
-                     "stopped": state["stopped"] or "max_epochs",
-                     "resumed_after_epochs": state["resumed_after_epochs"],
-                     "torch_threads_per_worker": state.get("torch_threads")},
-        "epochs_run": len(state["history"]),
-        "history": state["history"],
-        "best_epoch": int(best["epoch"]),
-        "best_val_loss": float(best["selection_loss"]),
-        "validation": {
-            "on": "validation videos" if val_videos else "training videos (no validation videos)",
-            "videos": len(val_videos or train_videos), "volume_stride": 1, "volume_hop": 1, "grid": 8,
-            "frame_error": distribution(errors["recon_error"]),
-            "cell_error_max": distribution(errors["cell_error_max"])},
-        "versions": library_versions(),
-        "run_id": run_id,
-        "model_id": model_id(model_spec["name"], state_dict),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }

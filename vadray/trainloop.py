@@ -77,12 +77,17 @@ def _batches(shard, batch_size: int, device, seed: int | None):
         yield batch["volume"]
 
 
+def fresh_state() -> dict:
+    """The loop state before the first epoch (what a checkpoint's state.json continues)."""
+    return {"epoch": 0, "step": 0, "history": [], "best_loss": math.inf, "best_epoch": 0,
+            "bad_epochs": 0, "stopped": None, "resumed_after_epochs": [],
+            "torch_threads": torch.get_num_threads()}
+
+
 def _restore(checkpoint, model, optimizer, device) -> dict:
     """Load weights, optimizer and loop state from a reported checkpoint; a fresh state without."""
     if checkpoint is None:
-        return {"epoch": 0, "step": 0, "history": [], "best_loss": math.inf, "best_epoch": 0,
-                "bad_epochs": 0, "stopped": None, "resumed_after_epochs": [],
-                "torch_threads": torch.get_num_threads()}
+        return fresh_state()
     with checkpoint.as_directory() as folder:
         def load(name):
             return torch.load(os.path.join(folder, name), map_location=device, weights_only=True)

@@ -19,6 +19,9 @@ BENCHMARKS = {
     "train": ("vadray.bench.train", "training throughput (Ray Train) vs a bare PyTorch loop"),
     "score": ("vadray.bench.score", "scoring frames/s (Ray Data actor pool) vs bare model inference"),
     "ped2": ("vadray.bench.ped2", "UCSD Ped2 end to end: ingest, train, score, frame AUC/EER"),
+    "ped2-direct": ("vadray.bench.ped2_direct",
+                    "train on clip shards in one process without Ray (a GPU machine without Ray); "
+                    "per-epoch test AUC as a diagnostic"),
 }
 
 

@@ -1,0 +1,362 @@
+"""vadray bench ped2-direct: decode, train and score in ONE process on one device, without Ray.
+
+Why it exists: a GPU machine that has PyTorch and PyAV but no Ray (our lent GPU cannot
+install it) still has to give the paper's Ped2 settings a run. The pieces are the jobs' own,
+composed in one process instead of Ray Data tasks and a TorchTrainer:
+  decode      every video of TRAIN (and TEST) with `decode.probe` + `decode.segment` at S×S,
+              statistics from `preprocess.PartialSums` — what `vadray ingest` stores
+  split       held-out TRAINING videos for validation (`trainvolumes.split_by_video`)
+  volumes     T=10 at --strides, every --train-hop frames (`volumes.volume_starts`), gathered
+              on the device from the decoded frames held there as uint8
+  step        `trainloop.normalize`, bf16 autocast on GPU, MSE, Adam — `vadray train`'s step
+  selection   `trainloop.end_of_epoch` on the validation loss (stride-1 volumes every T frames)
+  card        validation frame errors (scoring's math: stride-1 volumes at hop 1, the mean
+              over volumes, 8×8 cells) + `checkpoint.model_card`, so the checkpoint in
+              WORKDIR/checkpoint/final/ is scored by the real `vadray score` job.
+
+Diagnostics (optional): with --test and --labels, the test videos are scored after
+every epoch (stride-1 volumes every --hop frames, the mean over volumes, the paper's
+regularity) and the AUCs are printed and recorded. They are NEVER used to choose anything:
+the epoch kept is the one with the lowest validation loss, as in `vadray train`.
+Also printed: the model's scoring speed on this device (frames/s, the paper's 140 on a Titan X).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+
+import numpy as np
+import torch
+
+from vadray import scoring, storage
+from vadray.exits import UsageError
+from vadray.trainvolumes import Shards, VideoShards, split_by_video
+from vadray.volumes import T_DEFAULT, volume_starts
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("train", metavar="TRAIN", help="folder of normal (training) videos, e.g. ucsd-ped2/train")
+    parser.add_argument("workdir", metavar="WORKDIR", help="checkpoint/final/ and direct-results.json go here")
+    parser.add_argument("--size", type=int, default=227, help="frame size S (11 + 8k; default 227, the paper's)")
+    parser.add_argument("--test", default=None, help="folder of test videos (diagnostics only)")
+    parser.add_argument("--labels", default=None, help="frame labels CSV of the test videos (diagnostics only)")
+    parser.add_argument("--model", default="convlstm_ae", help="architecture: convlstm_ae (default) or conv_ae")
+    parser.add_argument("--epochs", type=int, default=50, help="maximum epochs (default 50, the paper's)")
+    parser.add_argument("--patience", type=int, default=10, help="early stop after this many epochs without a better validation loss")
+    parser.add_argument("--batch-size", type=int, default=64, help="mini-batch (default 64)")
+    parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
+    parser.add_argument("--strides", default="1,2,3", help="temporal strides of the training volumes")
+    parser.add_argument("--train-hop", type=int, default=1, help="frames between training volume starts")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="fraction of the training VIDEOS held out")
+    parser.add_argument("--hop", type=int, default=5, help="scoring hop of the diagnostics (as vadray score)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the shuffling")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="seconds of training after which no new epoch starts (the card says so)")
+    parser.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
+
+
+# ---------------------------------------------------------------------------- data
+
+def decode_videos(source: str, size: int) -> tuple[list[str], list[np.ndarray]]:
+    """(video ids, frames uint8 (N, S, S) per video) of every video under `source`, decoded
+    exactly as an ingest decode task does (one segment per video)."""
+    from vadray.decode import decode_segment, probe
+    from vadray.listing import list_videos
+
+    refs = [r for r in list_videos(source) if not r.is_frame_folder]
+    if not refs:
+        raise UsageError(f"no video files under {source}")
+    ids, frames = [], []
+    for ref in refs:
+        timeline = probe(ref.uri)
+        decoded = decode_segment(ref.uri, timeline, 0, timeline.num_frames, size)
+        if decoded.error or decoded.missing:
+            raise UsageError(f"{ref.uri}: {decoded.error or decoded.missing}")
+        ids.append(ref.video_id)
+        frames.append(decoded.frames)
+    return ids, frames
+
+
+def volume_index(lengths: list[int], T: int, strides, hop: int) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, strides) (V,) of every volume of videos laid end to end in one frame tensor;
+    per video exactly `volume_starts(n, T, stride, hop, cover_end=False)`, never across videos."""
+    starts, steps, offset = [], [], 0
+    for n in lengths:
+        for s in strides:
+            local = volume_starts(n, T, s, hop, cover_end=False)
+            starts.append(local + offset)
+            steps.append(np.full(len(local), s, np.int64))
+        offset += n
+    return np.concatenate(starts), np.concatenate(steps)
+
+
+def gather(frames: torch.Tensor, starts: torch.Tensor, strides: torch.Tensor, T: int) -> torch.Tensor:
+    """frames (N, S, S) on the device → volumes (B, T, S, S), same dtype."""
+    offsets = torch.arange(T, device=frames.device)
+    return frames[starts[:, None] + strides[:, None] * offsets[None, :]]
+
+
+# ---------------------------------------------------------------------------- training
+
+class Trainer:
+    """The `vadray train` step and epoch on one device, with the frames resident there."""
+
+    def __init__(self, model, stats, device: torch.device, lr: float, batch_size: int, seed: int):
+        from vadray.trainloop import normalize
+
+        self.model, self.device, self.batch_size = model.to(device), device, batch_size
+        self.on_gpu = device.type == "cuda"
+        if self.on_gpu:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
+        self.mean_image = torch.from_numpy(stats.mean_image).to(device)
+        self.std = stats.std
+        self.normalize = normalize
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def loss_of(self, volumes: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(volumes, self.mean_image, self.std)               # (B, T, 1, S, S)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.on_gpu):
+            y = self.model(x)
+        return torch.nn.functional.mse_loss(y.float(), x)
+
+    def train_epoch(self, frames: torch.Tensor, starts: np.ndarray, strides: np.ndarray, T: int) -> tuple[float, int]:
+        self.model.train()
+        order = torch.randperm(len(starts), generator=self.generator)
+        starts_t = torch.from_numpy(starts)[order].to(self.device)
+        strides_t = torch.from_numpy(strides)[order].to(self.device)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for i in range(0, len(starts), self.batch_size):
+            volumes = gather(frames, starts_t[i:i + self.batch_size], strides_t[i:i + self.batch_size], T)
+            loss = self.loss_of(volumes)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.detach().double() * len(volumes)
+        return total.item() / max(1, len(starts)), len(starts)
+
+    @torch.no_grad()
+    def mean_loss(self, frames: torch.Tensor, starts: np.ndarray, strides: np.ndarray, T: int) -> float:
+        self.model.eval()
+        total = 0.0
+        for i in range(0, len(starts), self.batch_size):
+            s = torch.from_numpy(starts[i:i + self.batch_size]).to(self.device)
+            k = torch.from_numpy(strides[i:i + self.batch_size]).to(self.device)
+            total += self.loss_of(gather(frames, s, k, T)).item() * len(s)
+        return total / len(starts) if len(starts) else math.nan
+
+
+# ---------------------------------------------------------------------------- diagnostics
+
+def cell_matrix(size: int, grid: int, device) -> torch.Tensor:
+    """(grid, S) 0/1 rows that sum the pixels of each cell as `scoring.cell_bounds` cuts them."""
+    bounds = list(scoring.cell_bounds(size, grid)) + [size]
+    m = torch.zeros(grid, size, device=device)
+    for g in range(grid):
+        m[g, bounds[g]:bounds[g + 1]] = 1.0
+    return m
+
+
+@torch.inference_mode()
+def score_video(model, frames: np.ndarray, mean_image: torch.Tensor, std: float, T: int, hop: int,
+                batch_size: int, device: torch.device, grid: int = scoring.GRID_DEFAULT) -> scoring.FrameMeans:
+    """Scoring's per-frame errors of one video on the device: e(t), 8×8 cells, the mean over
+    the stride-1 volumes every `hop` frames (`scoring.accumulate`, as `vadray score`)."""
+    from vadray.trainloop import normalize
+
+    starts = volume_starts(len(frames), T, 1, hop)
+    frames_t = torch.from_numpy(frames).to(device)
+    cells_of = cell_matrix(frames.shape[-1], grid, device)
+    errs, cells = [], []
+    for i in range(0, len(starts), batch_size):
+        s = torch.from_numpy(starts[i:i + batch_size]).to(device)
+        x = normalize(gather(frames_t, s, torch.ones_like(s), T), mean_image, std)   # (B, T, 1, S, S)
+        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            y = model(x)
+        sq = (x - y.float()).square()[:, :, 0]                                        # (B, T, S, S)
+        errs.append(sq.sum(dim=(-2, -1)).double().sqrt().cpu().numpy())
+        per_cell = cells_of @ sq @ cells_of.T                                        # (B, T, g, g)
+        cells.append(per_cell.double().sqrt().flatten(2).cpu().numpy())
+    return scoring.accumulate(starts, T, np.concatenate(errs), np.concatenate(cells)).mean()
+
+
+def test_metrics(model, test_ids: list[str], test_frames: list[np.ndarray], labels, stats, T: int,
+                 hop: int, batch_size: int, device) -> tuple[dict, float]:
+    """Frame AUC/EER of the paper's regularity, recon_error (ranks as anomaly_score) and
+    cell_error_max on the test videos; and the frames/s of this scoring pass."""
+    from vadray import metrics
+
+    mean_image = torch.from_numpy(stats.mean_image).to(device)
+    model.eval()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    per_video = [score_video(model, f, mean_image, stats.std, T, hop, batch_size, device) for f in test_frames]
+    seconds = time.perf_counter() - started
+    ids, truth, columns = [], [], {"regularity": [], "anomaly_score": [], "cell_error_max": []}
+    for video_id, means in zip(test_ids, per_video):
+        lab = labels.get(video_id)
+        if lab is None:
+            continue
+        known = np.isin(means.frame_index, lab.index.to_numpy())
+        ids.append(np.full(int(known.sum()), video_id))
+        truth.append(lab.loc[means.frame_index[known]].to_numpy())
+        columns["regularity"].append(1.0 - scoring.regularity(means.recon_error)[known])
+        columns["anomaly_score"].append(means.recon_error[known])
+        columns["cell_error_max"].append(means.cell_error_max[known])
+    result = {}
+    for name, parts in columns.items():
+        m = metrics.frame_metrics(np.concatenate(ids), np.concatenate(truth), np.concatenate(parts))
+        result[name] = {k: m[k] for k in ("auc", "auc_macro", "eer", "frames")}
+    return result, sum(len(f) for f in test_frames) / seconds
+
+
+def read_labels(path: str) -> dict:
+    from vadray.evaluate import read_labels as read
+
+    table = read(path)
+    return {v: g.set_index("frame_index")["label"] for v, g in table.groupby("video_id")}
+
+
+# ---------------------------------------------------------------------------- command
+
+def _write(path: str, doc: dict) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(doc, f, indent=2, default=str)
+    os.replace(path + ".tmp", path)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda but torch sees no GPU")
+    return torch.device(name)
+
+
+def _check(args: argparse.Namespace) -> None:
+    from vadray.models import check_size
+
+    if args.epochs < 1 or args.patience < 1 or args.batch_size < 1 or args.train_hop < 1 or args.hop < 1:
+        raise UsageError("--epochs, --patience, --batch-size, --train-hop and --hop must be positive")
+    if (args.test is None) != (args.labels is None):
+        raise UsageError("--test and --labels go together")
+    try:
+        check_size(args.model, args.size)
+        args.strides_list = [int(s) for s in args.strides.split(",")]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def calibration_errors(model, frames: list[np.ndarray], stats, T: int, device) -> dict:
+    """Per-frame errors of held-out normal videos for the card (as `calibration` computes
+    them: stride-1 volumes at hop 1, the mean over the volumes containing a frame)."""
+    mean_image = torch.from_numpy(stats.mean_image).to(device)
+    model.eval()
+    per_video = [score_video(model, f, mean_image, stats.std, T, 1, 64, device) for f in frames]
+    return {"recon_error": np.concatenate([m.recon_error for m in per_video]),
+            "cell_error_max": np.concatenate([m.cell_error_max for m in per_video])}
+
+
+def run(args: argparse.Namespace) -> int:
+    from vadray.checkpoint import FINAL_DIR, model_card, save
+    from vadray.models import build, spec
+    from vadray.preprocess import NormStats, PartialSums
+    from vadray.trainloop import end_of_epoch, fresh_state
+
+    _check(args)
+    device = _device(args.device)
+    T, strides = T_DEFAULT, args.strides_list
+    loaded = time.perf_counter()
+    ids, frames = decode_videos(args.train, args.size)
+    videos = [VideoShards(v, len(f), []) for v, f in zip(ids, frames)]
+    stats = NormStats.from_sums(sum((PartialSums.of(f) for f in frames[1:]), PartialSums.of(frames[0])))
+    info = Shards(args.train, stats, {"source": args.train, "videos": len(ids)}, args.size, videos)
+    train_videos, val_videos = split_by_video(videos, args.val_fraction)
+    frames_of = dict(zip(ids, frames))
+    train_frames = [frames_of[v.video_id] for v in train_videos]
+    val_frames = [frames_of[v.video_id] for v in val_videos]
+    train_starts, train_strides = volume_index([len(f) for f in train_frames], T, strides, args.train_hop)
+    val_starts, val_strides = volume_index([len(f) for f in val_frames], T, [1], T)
+    train_t = torch.from_numpy(np.concatenate(train_frames)).to(device)
+    val_t = torch.from_numpy(np.concatenate(val_frames)).to(device) if val_frames else None
+    test = (*decode_videos(args.test, args.size), read_labels(args.labels)) if args.test else None
+    load_seconds = time.perf_counter() - loaded
+
+    os.makedirs(args.workdir, exist_ok=True)
+    results_path = os.path.join(args.workdir, "direct-results.json")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(args.seed)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"[direct] {device_name}: {len(train_videos)} train videos ({len(train_starts)} volumes/epoch), "
+          f"{len(val_videos)} validation videos ({len(val_starts)} volumes), {args.size} px, "
+          f"decoded in {load_seconds:.1f} s", flush=True)
+    model = build(args.model)
+    model_spec = spec(model)
+    trainer = Trainer(model, stats, device, args.lr, args.batch_size, args.seed)
+    state, best_weights, diagnostics = fresh_state(), None, []
+    doc = {"benchmark": "ped2-direct", "device": device_name, "torch": torch.__version__,
+           "settings": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+           "volumes_per_epoch": len(train_starts), "decode_seconds": load_seconds}
+    started = time.perf_counter()
+    while state["epoch"] < args.epochs and not state["stopped"]:
+        epoch, epoch_started = state["epoch"] + 1, time.perf_counter()
+        train_loss, n = trainer.train_epoch(train_t, train_starts, train_strides, T)
+        seconds = time.perf_counter() - epoch_started
+        val_loss = trainer.mean_loss(val_t, val_starts, val_strides, T) if val_t is not None else None
+        state["history"].append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                                 "train_volumes": n, "train_seconds": seconds})
+        state["step"] += math.ceil(n / args.batch_size)
+        end_of_epoch(state, epoch, val_loss if val_loss is not None else train_loss, args.patience)
+        if state["best_epoch"] == epoch:
+            best_weights = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
+        line = (f"[direct] epoch {epoch}/{args.epochs} train {train_loss:.5f} val "
+                f"{val_loss if val_loss is None else round(val_loss, 5)} best {state['best_epoch']} "
+                f"{n / seconds:.0f} volumes/s")
+        if test is not None:
+            aucs, fps = test_metrics(trainer.model, *test, stats, T, args.hop, 64, device)
+            diagnostics.append({"epoch": epoch, "scoring_fps": fps, **aucs})
+            line += (f" | test AUC (diagnostic, not used) regularity {aucs['regularity']['auc']:.4f} "
+                     f"anomaly {aucs['anomaly_score']['auc']:.4f} cell {aucs['cell_error_max']['auc']:.4f}")
+        print(line, flush=True)
+        elapsed = time.perf_counter() - started
+        if args.time_budget and not state["stopped"] and elapsed + seconds > args.time_budget:
+            state["stopped"] = "time_budget"
+        _write(results_path, dict(doc, history=state["history"], best_epoch=state["best_epoch"],
+                                  diagnostics_not_used_for_selection=diagnostics, train_seconds=elapsed))
+    train_seconds = time.perf_counter() - started
+
+    trainer.model.load_state_dict(best_weights)
+    errors = calibration_errors(trainer.model, val_frames or train_frames, stats, T, device)
+    settings = {"shards": args.train, "model": args.model, "model_params": {}, "epochs": args.epochs,
+                "batch_size": args.batch_size, "lr": args.lr, "patience": args.patience, "strides": strides,
+                "hop": args.train_hop, "val_fraction": args.val_fraction, "seed": args.seed, "T": T}
+    outcome = {"state": state, "best_metrics": {"epoch": state["best_epoch"], "selection_loss": state["best_loss"]}}
+    card = model_card(info, settings, model_spec, best_weights, outcome, errors, train_videos, val_videos,
+                      len(train_starts), f"direct-{int(time.time())}", workers=1,
+                      gpus_per_worker=1 if device.type == "cuda" else 0, device=device_name,
+                      trainer="single process, no Ray (vadray bench ped2-direct)")
+    final_dir = os.path.join(args.workdir, "checkpoint", FINAL_DIR)
+    save(final_dir, best_weights, card)
+
+    final = None
+    if test is not None:
+        final, fps = test_metrics(trainer.model, *test, stats, T, args.hop, 64, device)
+        final["scoring_fps_on_device"] = fps
+    doc.update(history=state["history"], best_epoch=state["best_epoch"], epochs_run=state["epoch"],
+               stopped=state["stopped"] or "max_epochs", train_seconds=train_seconds,
+               model_id=card["model_id"], diagnostics_not_used_for_selection=diagnostics,
+               best_epoch_test_metrics=final)
+    _write(results_path, doc)
+    print(f"[direct] best epoch {state['best_epoch']} of {state['epoch']} by validation loss "
+          f"({doc['stopped']}), {train_seconds:.0f} s of training; model {card['model_id']} → {final_dir}",
+          flush=True)
+    if final is not None:
+        print("[direct] test at the chosen epoch: " + ", ".join(
+            f"{k} AUC {v['auc']:.4f} EER {v['eer']:.4f}" for k, v in final.items() if isinstance(v, dict))
+            + f"; scoring {final['scoring_fps_on_device']:.0f} frames/s on {device_name}", flush=True)
+    return 0

@@ -97,8 +97,8 @@ def clip_table(seg: dict[str, Any], frame_index: np.ndarray, time_s: np.ndarray,
                size: int) -> pa.Table:
     """Clips rows: contiguous runs of frames cut into chunks of ≤ CHUNK_FRAMES.
 
-    The `frames` column is built over the decoded array's own buffer (offsets at chunk
-    bounds), so 50 KB frames are not copied into Python bytes on their way to Parquet.
+    The `frames` column is a view of the decoded array's own buffer (offsets at chunk
+    bounds), so frames are not copied on their way to Parquet.
     """
     bounds = [(c, min(c + CHUNK_FRAMES, b)) for a, b in contiguous_runs(frame_index)
               for c in range(a, b, CHUNK_FRAMES)]
@@ -106,8 +106,12 @@ def clip_table(seg: dict[str, Any], frame_index: np.ndarray, time_s: np.ndarray,
     frame_bytes = size * size
     frames = np.ascontiguousarray(frames, dtype=np.uint8)
     offsets = np.array([0] + [d * frame_bytes for _, d in bounds], np.int64)  # runs tile 0..N
-    blob = pa.LargeBinaryArray.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(offsets),
-                                                                   pa.py_buffer(frames)])
+    if offsets[-1] < 2**31:  # binary's int32 offsets: a view, no copy of the frames
+        blob = pa.BinaryArray.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets.astype(np.int32)),
+                                                            pa.py_buffer(frames)])
+    else:                    # a segment of over 2 GB of frames: large_binary, then the cast copies
+        blob = pa.LargeBinaryArray.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(offsets),
+                                                                       pa.py_buffer(frames)]).cast(pa.binary())
     starts = np.array([c for c, _ in bounds], np.int64)
     counts = np.array([d - c for c, d in bounds], np.int32)
     times = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)),
@@ -118,7 +122,7 @@ def clip_table(seg: dict[str, Any], frame_index: np.ndarray, time_s: np.ndarray,
     columns = {name: pa.array([constant[name]] * n, type=CLIPS_SCHEMA.field(name).type) for name in constant}
     columns |= {"start_frame": pa.array(np.asarray(frame_index, np.int64)[starts]),
                 "num_frames": pa.array(counts), "time_s": times,
-                "frames": blob.cast(pa.binary())}
+                "frames": blob}
     return pa.table({name: columns[name] for name in CLIPS_SCHEMA.names}, schema=CLIPS_SCHEMA)
 
 

@@ -316,3 +316,17 @@ def test_the_cli_trains_from_and_into_s3(ingested, s3_bucket, capsys):
     assert printed["model_id"] == card["model_id"] == vadray.checkpoint.model_id("convlstm_ae", model.state_dict())
     assert card["epochs_run"] == 1 and card["training_data"]["shards"] == f"s3://{bucket}/out"
     assert card["validation"]["frame_error"]["n"] == 40
+
+
+def test_select_synthetic_keeps_the_epoch_with_the_best_synthetic_auc(ingested, tmp_path):
+    card = run_training(ingested, str(tmp_path / "ckpt"), workers=1, select="synthetic",
+                        **dict(RUN, epochs=2))
+    aucs = [h["synthetic_auc"] for h in card["history"]]
+    assert all(0.0 <= a <= 1.0 for a in aucs)
+    ranked = sorted(card["history"], key=lambda h: (-h["synthetic_auc"], h["val_loss"]))
+    assert card["best_epoch"] == ranked[0]["epoch"]  # a tie goes to the lower validation loss
+    assert card["best_synthetic_auc"] == max(aucs)
+    assert card["best_val_loss"] == card["history"][card["best_epoch"] - 1]["val_loss"]
+    assert card["training"]["selection"].startswith("maximum synthetic-anomaly AUC")
+    with pytest.raises(UsageError, match="--select"):
+        run_training(ingested, str(tmp_path / "other"), select="test_labels")

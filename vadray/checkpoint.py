@@ -116,6 +116,8 @@ def model_card(info, settings: dict, model_spec: dict, state_dict: dict, outcome
     {"epoch", "selection_loss"}}; `errors` the validation frame errors (`calibration`).
     Shared by the Ray Train job and the single-process trainer (`vadray.bench.ped2_direct`)."""
     state, best = outcome["state"], outcome["best_metrics"]
+    best_row = next((h for h in state["history"] if h["epoch"] == int(best["epoch"])), {})
+    by_synthetic = settings.get("select") == "synthetic" and best_row.get("synthetic_auc") is not None
     train_frames, val_frames = (sum(v.num_frames for v in vs) for vs in (train_videos, val_videos))
     return {
         "format": "vadray-model-card/1",
@@ -136,15 +138,17 @@ def model_card(info, settings: dict, model_spec: dict, state_dict: dict, outcome
                      "loss": "mean squared error over the volume, normalised units",
                      "max_epochs": settings["epochs"], "patience": settings["patience"],
                      "seed": settings["seed"], **execution,
-                     "selection": "minimum validation loss" if val_videos else
-                                  "minimum training loss (no validation videos)",
+                     "selection": ("maximum synthetic-anomaly AUC on the validation videos (vadray.pasted)"
+                                   if by_synthetic else "minimum validation loss" if val_videos else
+                                   "minimum training loss (no validation videos)"),
                      "stopped": state["stopped"] or "max_epochs",
                      "resumed_after_epochs": state["resumed_after_epochs"],
                      "torch_threads_per_worker": state.get("torch_threads")},
         "epochs_run": len(state["history"]),
         "history": state["history"],
         "best_epoch": int(best["epoch"]),
-        "best_val_loss": float(best["selection_loss"]),
+        "best_val_loss": float(best_row["val_loss"]) if by_synthetic else float(best["selection_loss"]),
+        "best_synthetic_auc": best_row.get("synthetic_auc"),
         "validation": {
             "on": "validation videos" if val_videos else "training videos (no validation videos)",
             "videos": len(val_videos or train_videos), "volume_stride": 1, "volume_hop": 1, "grid": 8,

@@ -7,8 +7,9 @@ SHARDS is an ingest OUTPUT folder (or its clips/). Volumes of T=10 frames at str
 stream from the shards through Ray Data into every worker; a held-out fraction of the
 VIDEOS is the validation set; training stops early when the validation loss has not improved
 for --patience epochs, and CHECKPOINT_DIR/final/ keeps the epoch with the best validation
-loss (never a test metric). The validation loss is the mean squared error over the
-validation videos' stride-1 volumes taken every T frames (each frame once). A failed worker
+loss, or with --select synthetic the epoch that best tells validation volumes from copies with
+a fast patch pasted in (vadray/pasted.py) — never a test metric. The validation loss is the
+mean squared error over the validation videos' stride-1 volumes taken every T frames. A failed worker
 restarts from the last epoch's checkpoint; --resume continues an interrupted run with the
 settings it was started with. Progress: one line per epoch from worker 0 (losses, volumes/s).
 """
@@ -25,7 +26,7 @@ from vadray.checkpoint import FINAL_DIR, model_card, save, weights_from_bytes
 from vadray.exits import UsageError
 from vadray.models import check_size, names, spec
 from vadray.raylib import ensure_ray
-from vadray.trainloop import RUN_NAME, run_trainer
+from vadray.trainloop import RUN_NAME, SELECTIONS, run_trainer
 from vadray.trainvolumes import count_volumes, discover, split_by_video
 from vadray.volumes import T_DEFAULT
 
@@ -34,7 +35,7 @@ log = logging.getLogger("vadray.train")
 RUN_FILE = "run.json"
 # Settings that define what is trained: --resume takes them from run.json, not the command line.
 RUN_SETTINGS = ("shards", "model", "model_params", "epochs", "batch_size", "lr", "patience",
-                "strides", "hop", "val_fraction", "seed", "T")
+                "strides", "hop", "val_fraction", "seed", "T", "select")
 
 
 def _strides(text: str) -> list[int]:
@@ -62,6 +63,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--strides", default="1,2,3", help="temporal strides of the training volumes (augmentation)")
     parser.add_argument("--hop", type=int, default=1, help="frames between the starts of consecutive training volumes")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="fraction of the VIDEOS held out for validation (0: none)")
+    parser.add_argument("--select", choices=SELECTIONS, default="val_loss",
+                        help="how the epoch kept in final/ (and early stopping) is chosen on the held-out "
+                             "NORMAL videos: val_loss (default), or synthetic: the best AUC at telling "
+                             "validation volumes from copies with a fast patch of the scene pasted in "
+                             "(an autoencoder that keeps lowering its loss also learns to reconstruct anomalies)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weight initialisation and shuffling")
     parser.add_argument("--max-failures", type=int, default=3, help="worker failures to recover from (from the last checkpoint)")
     parser.add_argument("--resume", action="store_true", help="continue the run in CHECKPOINT_DIR with its saved settings")
@@ -81,6 +87,7 @@ def run(args) -> int:
         workers=args.workers, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
         strides=_strides(args.strides), hop=args.hop, val_fraction=args.val_fraction, seed=args.seed,
+        select=args.select,
         max_failures=args.max_failures, resume=args.resume, storage_options=options)
     print(json.dumps({"model_id": card["model_id"], "best_epoch": card["best_epoch"],
                       "epochs_run": card["epochs_run"], "best_val_loss": card["best_val_loss"],
@@ -142,7 +149,8 @@ def _model_spec(settings: dict, size: int) -> dict:
 def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae", model_params: dict | None = None,
                  workers: int = 1, gpus_per_worker: float = 0, cpus_per_worker: float = 1.0, epochs: int = 50,
                  batch_size: int = 64, lr: float = 1e-4, patience: int = 10, strides=(1, 2, 3), hop: int = 1,
-                 val_fraction: float = 0.1, seed: int = 0, max_failures: int = 3, resume: bool = False,
+                 val_fraction: float = 0.1, seed: int = 0, select: str = "val_loss", max_failures: int = 3,
+                 resume: bool = False,
                  storage_options: dict | None = None, fail_at_step: int | None = None) -> dict:
     """Train, keep the best epoch in CHECKPOINT_DIR/final/, return its model card.
 
@@ -155,7 +163,9 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
         raise UsageError("--workers, --epochs, --batch-size, --patience, --hop and --lr must be positive")
     settings = {"shards": shards, "model": model, "model_params": model_params or {}, "epochs": epochs,
                 "batch_size": batch_size, "lr": lr, "patience": patience, "strides": list(strides),
-                "hop": hop, "val_fraction": val_fraction, "seed": seed, "T": T_DEFAULT}
+                "hop": hop, "val_fraction": val_fraction, "seed": seed, "T": T_DEFAULT, "select": select}
+    if select not in SELECTIONS:
+        raise UsageError(f"--select must be one of {', '.join(SELECTIONS)}, got {select!r}")
     saved = _saved_run(checkpoint_dir, storage_options)
     if resume and not saved:
         raise UsageError(f"--resume: {checkpoint_dir} holds no vadray run to continue ({RUN_FILE} missing)")
@@ -163,7 +173,7 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
         raise UsageError(f"{checkpoint_dir} holds a run already: pass --resume to continue it, "
                          f"or choose an empty CHECKPOINT_DIR")
     if resume:
-        settings = {k: saved[k] for k in RUN_SETTINGS}
+        settings = {"select": "val_loss"} | {k: saved[k] for k in RUN_SETTINGS if k in saved}
         log.info("resuming run %s with its saved settings", saved["run_id"])
     # Inputs and resources are checked before anything is written.
     info = discover(settings["shards"], storage_options)

@@ -4,7 +4,8 @@ Every worker streams its shard of the volumes (`get_dataset_shard` → `iter_tor
 locally shuffled), normalises them on its device, and steps a DDP-wrapped model. Losses are
 all-reduced so every worker takes the same early-stopping decision. Each epoch, rank 0
 reports a checkpoint (model.pt, optimizer.pt, state.json); Ray Train keeps the best by
-`selection_loss` (validation loss) and the latest, which is what a restarted worker group
+`selection_loss` (validation loss, or minus the synthetic-anomaly AUC with --select
+synthetic) and the latest, which is what a restarted worker group
 (FailureConfig) or a rerun with the same name and storage (--resume) continues from.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import tempfile
 import time
 
+import numpy as np
 import torch
 
 from vadray import storage
@@ -54,6 +56,41 @@ def end_of_epoch(state: dict, epoch: int, selection_loss: float, patience: int) 
     state["epoch"] = epoch
     if state["bad_epochs"] >= patience:
         state["stopped"] = "early_stop"
+
+
+SELECTIONS = ("val_loss", "synthetic")
+
+
+def validation_pass(batches, reconstruct, synthetic: bool, seed: int) -> tuple[float, int, float, int]:
+    """(Σ loss·n, n, synthetic-anomaly AUC, volumes it was computed on) over the validation
+    batches; `reconstruct(volumes uint8) -> (x, y)` in normalised units. With `synthetic`, each
+    volume is also scored with a fast patch pasted in (`vadray.pasted`); else the AUC is NaN."""
+    from vadray.pasted import paste_fast_patches, twin_auc, volume_errors
+
+    total, count, clean, pasted = 0.0, 0, [], []
+    with torch.no_grad():
+        for volumes in batches:
+            x, y = reconstruct(volumes)
+            total += torch.nn.functional.mse_loss(y, x).item() * len(volumes)
+            count += len(volumes)
+            if synthetic:
+                clean.append(volume_errors(x, y).cpu().numpy())
+                pasted.append(volume_errors(*reconstruct(paste_fast_patches(volumes, seed))).cpu().numpy())
+    auc = twin_auc(np.concatenate(clean), np.concatenate(pasted)) if clean else math.nan
+    return total, count, auc, sum(len(c) for c in clean)
+
+
+def selection_value(select: str, train_loss: float, val_loss: float | None, synthetic_auc: float | None) -> float:
+    """The number early stopping and the final choice minimise: the validation loss, or minus
+    the synthetic-anomaly AUC; the training loss when there is no validation set. An AUC on a
+    small validation set ties often; the lower validation loss breaks a tie (by 1e-9 of it,
+    far below any AUC step), so the epoch kept never depends on which of two equals came last."""
+    if select == "synthetic" and synthetic_auc is not None and not math.isnan(synthetic_auc):
+        tie_break = 1e-9 * val_loss if val_loss is not None and math.isfinite(val_loss) else 0.0
+        return -synthetic_auc + tie_break
+    if val_loss is not None and not math.isnan(val_loss):
+        return val_loss
+    return train_loss
 
 
 def _maybe_fail(config: dict, step: int, rank: int, world: int) -> None:
@@ -128,6 +165,7 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     on_gpu = device.type == "cuda"
     settings = config["settings"]
+    select = settings.get("select", "val_loss")  # runs saved before --select chose by val loss
     torch.manual_seed(settings["seed"])
 
     model = build(config["model"]["name"], **config["model"]["params"])
@@ -145,11 +183,14 @@ def train_loop_per_worker(config: dict) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if config["has_val"] else None
 
-    def loss_of(volumes: torch.Tensor) -> torch.Tensor:
+    def reconstruct(volumes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = normalize(volumes, mean_image, stats.std)                   # (B, T, 1, S, S)
         with torch.autocast(device.type, torch.bfloat16, enabled=on_gpu):
             y = model(x)
-        return torch.nn.functional.mse_loss(y.float(), x)
+        return x, y.float()
+
+    def loss_of(volumes: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.mse_loss(*reversed(reconstruct(volumes)))
 
     while state["epoch"] < settings["epochs"] and not state["stopped"]:
         epoch = state["epoch"] + 1
@@ -169,26 +210,30 @@ def train_loop_per_worker(config: dict) -> None:
         train_loss, n_train = _global_mean(total.item(), count, device)
         seconds = time.perf_counter() - started
 
-        val_loss = None
+        val_loss = synthetic_auc = None
         if val_shard is not None:
             model.eval()
-            total, count = 0.0, 0
-            with torch.no_grad():
-                for volumes in _batches(val_shard, batch_size, device, None):
-                    total += loss_of(volumes).item() * len(volumes)
-                    count += len(volumes)
+            total, count, auc, n_auc = validation_pass(
+                _batches(val_shard, batch_size, device, None), reconstruct, select == "synthetic",
+                settings["seed"])
             val_loss, _ = _global_mean(total, count, device)
-        selection = val_loss if val_loss is not None and not math.isnan(val_loss) else train_loss
+            if select == "synthetic":  # workers' AUCs weighted by their volumes
+                synthetic_auc, _ = _global_mean(auc * n_auc if n_auc else 0.0, n_auc, device)
+        selection = selection_value(select, train_loss, val_loss, synthetic_auc)
 
         state["history"].append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                                 "train_volumes": n_train, "train_seconds": seconds})
+                                 "synthetic_auc": synthetic_auc, "train_volumes": n_train,
+                                 "train_seconds": seconds})
         end_of_epoch(state, epoch, selection, settings["patience"])
         metrics = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                   "synthetic_auc": synthetic_auc,
                    "selection_loss": selection, "best_epoch": state["best_epoch"],
                    "train_volumes": n_train, "epoch_seconds": seconds,
                    "volumes_per_s": n_train / seconds if seconds > 0 else None, "step": state["step"]}
         if rank == 0:
             val_text = f"{val_loss:.5f}" if val_loss is not None else "-"
+            if synthetic_auc is not None:
+                val_text += f" synthetic_auc {synthetic_auc:.4f}"
             print(f"[vadray train] epoch {epoch}/{settings['epochs']} train_loss {train_loss:.5f} "
                   f"val_loss {val_text} best epoch {state['best_epoch']} "
                   f"{n_train} volumes in {seconds:.1f} s ({metrics['volumes_per_s']:.1f}/s)"

@@ -9,7 +9,8 @@ composed in one process instead of Ray Data tasks and a TorchTrainer:
   volumes     T=10 at --strides, every --train-hop frames (`volumes.volume_starts`), gathered
               on the device from the decoded frames held there as uint8
   step        `trainloop.normalize`, bf16 autocast on GPU, MSE, Adam — `vadray train`'s step
-  selection   `trainloop.end_of_epoch` on the validation loss (stride-1 volumes every T frames)
+  selection   `trainloop.end_of_epoch` on the validation loss (stride-1 volumes every T frames),
+              or with --select synthetic on pasted synthetic anomalies (`vadray.pasted`)
   card        validation frame errors (scoring's math: stride-1 volumes at hop 1, the mean
               over volumes, 8×8 cells) + `checkpoint.model_card`, so the checkpoint in
               WORKDIR/checkpoint/final/ is scored by the real `vadray score` job.
@@ -17,7 +18,7 @@ composed in one process instead of Ray Data tasks and a TorchTrainer:
 Diagnostics (optional): with --test and --labels, the test videos are scored after
 every epoch (stride-1 volumes every --hop frames, the mean over volumes, the paper's
 regularity) and the AUCs are printed and recorded. They are NEVER used to choose anything:
-the epoch kept is the one with the lowest validation loss, as in `vadray train`.
+the epoch kept is chosen on the validation videos only (--select), as in `vadray train`.
 Also printed: the model's scoring speed on this device (frames/s, the paper's 140 on a Titan X).
 """
 from __future__ import annotations
@@ -52,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-hop", type=int, default=1, help="frames between training volume starts")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="fraction of the training VIDEOS held out")
     parser.add_argument("--hop", type=int, default=5, help="scoring hop of the diagnostics (as vadray score)")
+    parser.add_argument("--select", choices=("val_loss", "synthetic"), default="val_loss",
+                        help="epoch choice on the validation videos, as `vadray train --select`")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the shuffling")
     parser.add_argument("--time-budget", type=float, default=None,
                         help="seconds of training after which no new epoch starts (the card says so)")
@@ -118,10 +121,8 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(seed)
 
     def loss_of(self, volumes: torch.Tensor) -> torch.Tensor:
-        x = self.normalize(volumes, self.mean_image, self.std)               # (B, T, 1, S, S)
-        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.on_gpu):
-            y = self.model(x)
-        return torch.nn.functional.mse_loss(y.float(), x)
+        x, y = self.reconstruct(volumes)                                   # (B, T, 1, S, S)
+        return torch.nn.functional.mse_loss(y, x)
 
     def train_epoch(self, frames: torch.Tensor, starts: np.ndarray, strides: np.ndarray, T: int) -> tuple[float, int]:
         self.model.train()
@@ -138,15 +139,22 @@ class Trainer:
             total += loss.detach().double() * len(volumes)
         return total.item() / max(1, len(starts)), len(starts)
 
-    @torch.no_grad()
-    def mean_loss(self, frames: torch.Tensor, starts: np.ndarray, strides: np.ndarray, T: int) -> float:
+    def reconstruct(self, volumes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.normalize(volumes, self.mean_image, self.std)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.on_gpu):
+            return x, self.model(x).float()
+
+    def validate(self, frames: torch.Tensor, starts: np.ndarray, strides: np.ndarray, T: int,
+                 synthetic: bool, seed: int) -> tuple[float, float | None]:
+        """(validation loss, synthetic-anomaly AUC or None): `trainloop.validation_pass`."""
+        from vadray.trainloop import validation_pass
+
         self.model.eval()
-        total = 0.0
-        for i in range(0, len(starts), self.batch_size):
-            s = torch.from_numpy(starts[i:i + self.batch_size]).to(self.device)
-            k = torch.from_numpy(strides[i:i + self.batch_size]).to(self.device)
-            total += self.loss_of(gather(frames, s, k, T)).item() * len(s)
-        return total / len(starts) if len(starts) else math.nan
+        batches = (gather(frames, torch.from_numpy(starts[i:i + self.batch_size]).to(self.device),
+                          torch.from_numpy(strides[i:i + self.batch_size]).to(self.device), T)
+                   for i in range(0, len(starts), self.batch_size))
+        total, count, auc, _ = validation_pass(batches, self.reconstruct, synthetic, seed)
+        return (total / count if count else math.nan), (auc if synthetic else None)
 
 
 # ---------------------------------------------------------------------------- diagnostics
@@ -265,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
     from vadray.checkpoint import FINAL_DIR, model_card, save
     from vadray.models import build, spec
     from vadray.preprocess import NormStats, PartialSums
-    from vadray.trainloop import end_of_epoch, fresh_state
+    from vadray.trainloop import end_of_epoch, fresh_state, selection_value
 
     _check(args)
     device = _device(args.device)
@@ -307,15 +315,21 @@ def run(args: argparse.Namespace) -> int:
         epoch, epoch_started = state["epoch"] + 1, time.perf_counter()
         train_loss, n = trainer.train_epoch(train_t, train_starts, train_strides, T)
         seconds = time.perf_counter() - epoch_started
-        val_loss = trainer.mean_loss(val_t, val_starts, val_strides, T) if val_t is not None else None
+        val_loss = synthetic_auc = None
+        if val_t is not None:
+            val_loss, synthetic_auc = trainer.validate(val_t, val_starts, val_strides, T,
+                                                       args.select == "synthetic", args.seed)
         state["history"].append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                                 "train_volumes": n, "train_seconds": seconds})
+                                 "synthetic_auc": synthetic_auc, "train_volumes": n, "train_seconds": seconds})
         state["step"] += math.ceil(n / args.batch_size)
-        end_of_epoch(state, epoch, val_loss if val_loss is not None else train_loss, args.patience)
+        end_of_epoch(state, epoch, selection_value(args.select, train_loss, val_loss, synthetic_auc),
+                     args.patience)
         if state["best_epoch"] == epoch:
             best_weights = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
         line = (f"[direct] epoch {epoch}/{args.epochs} train {train_loss:.5f} val "
-                f"{val_loss if val_loss is None else round(val_loss, 5)} best {state['best_epoch']} "
+                f"{val_loss if val_loss is None else round(val_loss, 5)} "
+                + (f"synthetic AUC {synthetic_auc:.4f} " if synthetic_auc is not None else "")
+                + f"best {state['best_epoch']} "
                 f"{n / seconds:.0f} volumes/s")
         if test is not None:
             aucs, fps = test_metrics(trainer.model, *test, stats, T, args.hop, 64, device)
@@ -334,7 +348,8 @@ def run(args: argparse.Namespace) -> int:
     errors = calibration_errors(trainer.model, val_frames or train_frames, stats, T, device)
     settings = {"shards": args.train, "model": args.model, "model_params": {}, "epochs": args.epochs,
                 "batch_size": args.batch_size, "lr": args.lr, "patience": args.patience, "strides": strides,
-                "hop": args.train_hop, "val_fraction": args.val_fraction, "seed": args.seed, "T": T}
+                "hop": args.train_hop, "val_fraction": args.val_fraction, "seed": args.seed, "T": T,
+                "select": args.select}
     outcome = {"state": state, "best_metrics": {"epoch": state["best_epoch"], "selection_loss": state["best_loss"]}}
     card = model_card(info, settings, model_spec, best_weights, outcome, errors, train_videos, val_videos,
                       len(train_starts), f"direct-{int(time.time())}", workers=1,
@@ -352,7 +367,7 @@ def run(args: argparse.Namespace) -> int:
                model_id=card["model_id"], diagnostics_not_used_for_selection=diagnostics,
                best_epoch_test_metrics=final)
     _write(results_path, doc)
-    print(f"[direct] best epoch {state['best_epoch']} of {state['epoch']} by validation loss "
+    print(f"[direct] best epoch {state['best_epoch']} of {state['epoch']} by {args.select} "
           f"({doc['stopped']}), {train_seconds:.0f} s of training; model {card['model_id']} → {final_dir}",
           flush=True)
     if final is not None:

@@ -123,12 +123,12 @@ class ScoreVolumes:
         normalized = self.stats.normalize(frames)                      # (F, S, S) float32
         positions = np.searchsorted(frame_index, starts)
         parts = []
-        for a in range(0, max(len(starts), 1), self.batch_size):
+        for a in range(0, len(starts), self.batch_size):
             x = gather(normalized, positions[a:a + self.batch_size], self.T)   # (B, T, S, S)
             recon = self.reconstruct(x)
             parts.append(accumulate(starts[a:a + self.batch_size], self.T, frame_errors(x, recon),
                                     cell_errors(x, recon, self.grid)))
-        return FrameSums.merge(parts)
+        return FrameSums.merge(parts) if parts else FrameSums.empty(self.T, self.grid * self.grid)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = []

@@ -35,6 +35,15 @@ def normalize(volumes: torch.Tensor, mean_image: torch.Tensor, std: float) -> to
     return x.unsqueeze(2)
 
 
+def reconstruct(model, volumes: torch.Tensor, mean_image: torch.Tensor, std: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training step's forward: uint8 (B, T, S, S) → (x, y) float32 (B, T, 1, S, S), the
+    normalised input and its reconstruction; bf16 autocast on GPU."""
+    x = normalize(volumes, mean_image, std)
+    with torch.autocast(x.device.type, torch.bfloat16, enabled=x.device.type == "cuda"):
+        y = model(x)
+    return x, y.float()
+
+
 def _global_mean(total: float, count: int, device: torch.device) -> tuple[float, int]:
     """(Σ total / Σ count, Σ count) over all workers; NaN when no worker saw anything."""
     import torch.distributed as dist
@@ -183,14 +192,12 @@ def train_loop_per_worker(config: dict) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if config["has_val"] else None
 
-    def reconstruct(volumes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = normalize(volumes, mean_image, stats.std)                   # (B, T, 1, S, S)
-        with torch.autocast(device.type, torch.bfloat16, enabled=on_gpu):
-            y = model(x)
-        return x, y.float()
+    def forward(volumes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return reconstruct(model, volumes, mean_image, stats.std)      # (B, T, 1, S, S) each
 
     def loss_of(volumes: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.mse_loss(*reversed(reconstruct(volumes)))
+        x, y = forward(volumes)
+        return torch.nn.functional.mse_loss(y, x)
 
     while state["epoch"] < settings["epochs"] and not state["stopped"]:
         epoch = state["epoch"] + 1
@@ -214,7 +221,7 @@ def train_loop_per_worker(config: dict) -> None:
         if val_shard is not None:
             model.eval()
             total, count, auc, n_auc = validation_pass(
-                _batches(val_shard, batch_size, device, None), reconstruct, select == "synthetic",
+                _batches(val_shard, batch_size, device, None), forward, select == "synthetic",
                 settings["seed"])
             val_loss, _ = _global_mean(total, count, device)
             if select == "synthetic":  # workers' AUCs weighted by their volumes

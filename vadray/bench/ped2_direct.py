@@ -8,11 +8,11 @@ composed in one process instead of Ray Data tasks and a TorchTrainer:
   split       held-out TRAINING videos for validation (`trainvolumes.split_by_video`)
   volumes     T=10 at --strides, every --train-hop frames (`volumes.volume_starts`), gathered
               on the device from the decoded frames held there as uint8
-  step        `trainloop.normalize`, bf16 autocast on GPU, MSE, Adam — `vadray train`'s step
+  step        `trainloop.reconstruct` (normalise, bf16 autocast on GPU), MSE, Adam — `vadray train`'s step
   selection   `trainloop.end_of_epoch` on the validation loss (stride-1 volumes every T frames),
               or with --select synthetic on pasted synthetic anomalies (`vadray.pasted`)
-  card        validation frame errors (scoring's math: stride-1 volumes at hop 1, the mean
-              over volumes, 8×8 cells) + `checkpoint.model_card`, so the checkpoint in
+  card        validation frame errors (`scoring.frame_errors` / `cell_errors` on stride-1
+              volumes at hop 1, the mean over volumes) + `checkpoint.model_card`, so the checkpoint in
               WORKDIR/checkpoint/final/ is scored by the real `vadray score` job.
 
 Diagnostics (optional): with --test and --labels, the test videos are scored after
@@ -34,6 +34,7 @@ import torch
 
 from vadray import scoring, storage
 from vadray.exits import UsageError
+from vadray.trainloop import reconstruct, validation_pass
 from vadray.trainvolumes import Shards, VideoShards, split_by_video
 from vadray.volumes import T_DEFAULT, volume_starts
 
@@ -108,21 +109,16 @@ class Trainer:
     """The `vadray train` step and epoch on one device, with the frames resident there."""
 
     def __init__(self, model, stats, device: torch.device, lr: float, batch_size: int, seed: int):
-        from vadray.trainloop import normalize
-
         self.model, self.device, self.batch_size = model.to(device), device, batch_size
-        self.on_gpu = device.type == "cuda"
-        if self.on_gpu:
+        if device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.mean_image = torch.from_numpy(stats.mean_image).to(device)
         self.std = stats.std
-        self.normalize = normalize
         self.generator = torch.Generator().manual_seed(seed)
 
-    def loss_of(self, volumes: torch.Tensor) -> torch.Tensor:
-        x, y = self.reconstruct(volumes)                                   # (B, T, 1, S, S)
-        return torch.nn.functional.mse_loss(y, x)
+    def reconstruct(self, volumes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return reconstruct(self.model, volumes, self.mean_image, self.std)  # (B, T, 1, S, S) each
 
     def train_epoch(self, frames: torch.Tensor, starts: np.ndarray, strides: np.ndarray, T: int) -> tuple[float, int]:
         self.model.train()
@@ -132,23 +128,17 @@ class Trainer:
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         for i in range(0, len(starts), self.batch_size):
             volumes = gather(frames, starts_t[i:i + self.batch_size], strides_t[i:i + self.batch_size], T)
-            loss = self.loss_of(volumes)
+            x, y = self.reconstruct(volumes)
+            loss = torch.nn.functional.mse_loss(y, x)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             total += loss.detach().double() * len(volumes)
         return total.item() / max(1, len(starts)), len(starts)
 
-    def reconstruct(self, volumes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.normalize(volumes, self.mean_image, self.std)
-        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.on_gpu):
-            return x, self.model(x).float()
-
     def validate(self, frames: torch.Tensor, starts: np.ndarray, strides: np.ndarray, T: int,
                  synthetic: bool, seed: int) -> tuple[float, float | None]:
         """(validation loss, synthetic-anomaly AUC or None): `trainloop.validation_pass`."""
-        from vadray.trainloop import validation_pass
-
         self.model.eval()
         batches = (gather(frames, torch.from_numpy(starts[i:i + self.batch_size]).to(self.device),
                           torch.from_numpy(strides[i:i + self.batch_size]).to(self.device), T)
@@ -156,53 +146,34 @@ class Trainer:
         total, count, auc, _ = validation_pass(batches, self.reconstruct, synthetic, seed)
         return (total / count if count else math.nan), (auc if synthetic else None)
 
+    @torch.inference_mode()
+    def score_video(self, frames: np.ndarray, T: int, hop: int) -> scoring.FrameMeans:
+        """Per-frame errors of one video as `vadray score` computes them: stride-1 volumes every
+        `hop` frames, `scoring.frame_errors` / `cell_errors` on each, the mean over volumes."""
+        self.model.eval()
+        starts = volume_starts(len(frames), T, 1, hop)
+        frames_t = torch.from_numpy(frames).to(self.device)
+        parts = []
+        for i in range(0, len(starts), self.batch_size):
+            s = torch.from_numpy(starts[i:i + self.batch_size]).to(self.device)
+            x, y = (t.cpu().numpy() for t in self.reconstruct(gather(frames_t, s, torch.ones_like(s), T)))
+            parts.append(scoring.accumulate(starts[i:i + self.batch_size], T, scoring.frame_errors(x, y),
+                                            scoring.cell_errors(x, y)))
+        return scoring.FrameSums.merge(parts).mean()
+
 
 # ---------------------------------------------------------------------------- diagnostics
 
-def cell_matrix(size: int, grid: int, device) -> torch.Tensor:
-    """(grid, S) 0/1 rows that sum the pixels of each cell as `scoring.cell_bounds` cuts them."""
-    bounds = list(scoring.cell_bounds(size, grid)) + [size]
-    m = torch.zeros(grid, size, device=device)
-    for g in range(grid):
-        m[g, bounds[g]:bounds[g + 1]] = 1.0
-    return m
-
-
-@torch.inference_mode()
-def score_video(model, frames: np.ndarray, mean_image: torch.Tensor, std: float, T: int, hop: int,
-                batch_size: int, device: torch.device, grid: int = scoring.GRID_DEFAULT) -> scoring.FrameMeans:
-    """Scoring's per-frame errors of one video on the device: e(t), 8×8 cells, the mean over
-    the stride-1 volumes every `hop` frames (`scoring.accumulate`, as `vadray score`)."""
-    from vadray.trainloop import normalize
-
-    starts = volume_starts(len(frames), T, 1, hop)
-    frames_t = torch.from_numpy(frames).to(device)
-    cells_of = cell_matrix(frames.shape[-1], grid, device)
-    errs, cells = [], []
-    for i in range(0, len(starts), batch_size):
-        s = torch.from_numpy(starts[i:i + batch_size]).to(device)
-        x = normalize(gather(frames_t, s, torch.ones_like(s), T), mean_image, std)   # (B, T, 1, S, S)
-        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-            y = model(x)
-        sq = (x - y.float()).square()[:, :, 0]                                        # (B, T, S, S)
-        errs.append(sq.sum(dim=(-2, -1)).double().sqrt().cpu().numpy())
-        per_cell = cells_of @ sq @ cells_of.T                                        # (B, T, g, g)
-        cells.append(per_cell.double().sqrt().flatten(2).cpu().numpy())
-    return scoring.accumulate(starts, T, np.concatenate(errs), np.concatenate(cells)).mean()
-
-
-def test_metrics(model, test_ids: list[str], test_frames: list[np.ndarray], labels, stats, T: int,
-                 hop: int, batch_size: int, device) -> tuple[dict, float]:
+def test_metrics(trainer: Trainer, test_ids: list[str], test_frames: list[np.ndarray], labels, T: int,
+                 hop: int) -> tuple[dict, float]:
     """Frame AUC/EER of the paper's regularity, recon_error (ranks as anomaly_score) and
     cell_error_max on the test videos; and the frames/s of this scoring pass."""
     from vadray import metrics
 
-    mean_image = torch.from_numpy(stats.mean_image).to(device)
-    model.eval()
-    if device.type == "cuda":
+    if trainer.device.type == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()
-    per_video = [score_video(model, f, mean_image, stats.std, T, hop, batch_size, device) for f in test_frames]
+    per_video = [trainer.score_video(f, T, hop) for f in test_frames]
     seconds = time.perf_counter() - started
     ids, truth, columns = [], [], {"regularity": [], "anomaly_score": [], "cell_error_max": []}
     for video_id, means in zip(test_ids, per_video):
@@ -259,12 +230,10 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(str(exc)) from None
 
 
-def calibration_errors(model, frames: list[np.ndarray], stats, T: int, device) -> dict:
+def calibration_errors(trainer: Trainer, frames: list[np.ndarray], T: int) -> dict:
     """Per-frame errors of held-out normal videos for the card (as `calibration` computes
     them: stride-1 volumes at hop 1, the mean over the volumes containing a frame)."""
-    mean_image = torch.from_numpy(stats.mean_image).to(device)
-    model.eval()
-    per_video = [score_video(model, f, mean_image, stats.std, T, 1, 64, device) for f in frames]
+    per_video = [trainer.score_video(f, T, 1) for f in frames]
     return {"recon_error": np.concatenate([m.recon_error for m in per_video]),
             "cell_error_max": np.concatenate([m.cell_error_max for m in per_video])}
 
@@ -332,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
                 + f"best {state['best_epoch']} "
                 f"{n / seconds:.0f} volumes/s")
         if test is not None:
-            aucs, fps = test_metrics(trainer.model, *test, stats, T, args.hop, 64, device)
+            aucs, fps = test_metrics(trainer, *test, T, args.hop)
             diagnostics.append({"epoch": epoch, "scoring_fps": fps, **aucs})
             line += (f" | test AUC (diagnostic, not used) regularity {aucs['regularity']['auc']:.4f} "
                      f"anomaly {aucs['anomaly_score']['auc']:.4f} cell {aucs['cell_error_max']['auc']:.4f}")
@@ -345,7 +314,7 @@ def run(args: argparse.Namespace) -> int:
     train_seconds = time.perf_counter() - started
 
     trainer.model.load_state_dict(best_weights)
-    errors = calibration_errors(trainer.model, val_frames or train_frames, stats, T, device)
+    errors = calibration_errors(trainer, val_frames or train_frames, T)
     settings = {"shards": args.train, "model": args.model, "model_params": {}, "epochs": args.epochs,
                 "batch_size": args.batch_size, "lr": args.lr, "patience": args.patience, "strides": strides,
                 "hop": args.train_hop, "val_fraction": args.val_fraction, "seed": args.seed, "T": T,
@@ -360,7 +329,7 @@ def run(args: argparse.Namespace) -> int:
 
     final = None
     if test is not None:
-        final, fps = test_metrics(trainer.model, *test, stats, T, args.hop, 64, device)
+        final, fps = test_metrics(trainer, *test, T, args.hop)
         final["scoring_fps_on_device"] = fps
     doc.update(history=state["history"], best_epoch=state["best_epoch"], epochs_run=state["epoch"],
                stopped=state["stopped"] or "max_epochs", train_seconds=train_seconds,

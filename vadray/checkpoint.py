@@ -117,7 +117,7 @@ def model_card(info, settings: dict, model_spec: dict, state_dict: dict, outcome
     Shared by the Ray Train job and the single-process trainer (`vadray.bench.ped2_direct`)."""
     state, best = outcome["state"], outcome["best_metrics"]
     best_row = next((h for h in state["history"] if h["epoch"] == int(best["epoch"])), {})
-    by_synthetic = settings.get("select") == "synthetic" and best_row.get("synthetic_auc") is not None
+    by_synthetic = settings.get("select", "val_loss") != "val_loss" and best_row.get("synthetic_auc") is not None
     train_frames, val_frames = (sum(v.num_frames for v in vs) for vs in (train_videos, val_videos))
     return {
         "format": "vadray-model-card/1",
@@ -138,7 +138,7 @@ def model_card(info, settings: dict, model_spec: dict, state_dict: dict, outcome
                      "loss": "mean squared error over the volume, normalised units",
                      "max_epochs": settings["epochs"], "patience": settings["patience"],
                      "seed": settings["seed"], **execution,
-                     "selection": ("maximum synthetic-anomaly AUC on the validation videos (vadray.pasted)"
+                     "selection": (f"maximum synthetic-anomaly AUC on the validation videos (vadray.pasted, {settings['select']})"
                                    if by_synthetic else "minimum validation loss" if val_videos else
                                    "minimum training loss (no validation videos)"),
                      "stopped": state["stopped"] or "max_epochs",

@@ -7,8 +7,8 @@ SHARDS is an ingest OUTPUT folder (or its clips/). Volumes of T=10 frames at str
 stream from the shards through Ray Data into every worker; a held-out fraction of the
 VIDEOS is the validation set; training stops early when the validation loss has not improved
 for --patience epochs, and CHECKPOINT_DIR/final/ keeps the epoch with the best validation
-loss, or with --select synthetic the epoch that best tells validation volumes from copies with
-a fast patch pasted in (vadray/pasted.py) — never a test metric. The validation loss is the
+loss, or with --select synthetic / synthetic_gliding the epoch that best tells validation
+volumes from copies with a synthetic anomaly pasted in (vadray/pasted.py) — never a test metric. The validation loss is the
 mean squared error over the validation videos' stride-1 volumes taken every T frames. A failed worker
 restarts from the last epoch's checkpoint; --resume continues an interrupted run with the
 settings it was started with. Progress: one line per epoch from worker 0 (losses, volumes/s).
@@ -65,9 +65,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.1, help="fraction of the VIDEOS held out for validation (0: none)")
     parser.add_argument("--select", choices=SELECTIONS, default="val_loss",
                         help="how the epoch kept in final/ (and early stopping) is chosen on the held-out "
-                             "NORMAL videos: val_loss (default), or synthetic: the best AUC at telling "
-                             "validation volumes from copies with a fast patch of the scene pasted in "
-                             "(an autoencoder that keeps lowering its loss also learns to reconstruct anomalies)")
+                             "NORMAL videos: val_loss (default); synthetic: the best AUC at telling "
+                             "validation volumes from copies with a fast patch of the scene pasted in; "
+                             "synthetic_gliding: the same with the volume's own moving object gliding "
+                             "at ~4x walking speed (an autoencoder that keeps lowering its loss also "
+                             "learns to reconstruct anomalies)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weight initialisation and shuffling")
     parser.add_argument("--max-failures", type=int, default=3, help="worker failures to recover from (from the last checkpoint)")
     parser.add_argument("--resume", action="store_true", help="continue the run in CHECKPOINT_DIR with its saved settings")

@@ -21,6 +21,7 @@ import torch
 
 from vadray import storage
 from vadray.checkpoint import MODEL_FILE, unwrap
+from vadray.pasted import PASTES
 
 RUN_NAME = "run"
 STATE_FILE = "state.json"
@@ -67,14 +68,14 @@ def end_of_epoch(state: dict, epoch: int, selection_loss: float, patience: int) 
         state["stopped"] = "early_stop"
 
 
-SELECTIONS = ("val_loss", "synthetic")
+SELECTIONS = ("val_loss", *PASTES)  # validation loss, or a kind of pasted synthetic anomaly
 
 
-def validation_pass(batches, reconstruct, synthetic: bool, seed: int) -> tuple[float, int, float, int]:
+def validation_pass(batches, reconstruct, paste, seed: int) -> tuple[float, int, float, int]:
     """(Σ loss·n, n, synthetic-anomaly AUC, volumes it was computed on) over the validation
-    batches; `reconstruct(volumes uint8) -> (x, y)` in normalised units. With `synthetic`, each
-    volume is also scored with a fast patch pasted in (`vadray.pasted`); else the AUC is NaN."""
-    from vadray.pasted import paste_fast_patches, twin_auc, volume_errors
+    batches; `reconstruct(volumes uint8) -> (x, y)` in normalised units. With a `paste`
+    (`vadray.pasted.Paste`), each volume is also scored with its pasted twins; else the AUC is NaN."""
+    from vadray.pasted import twin_auc, volume_errors
 
     total, count, clean, pasted = 0.0, 0, [], []
     with torch.no_grad():
@@ -82,9 +83,10 @@ def validation_pass(batches, reconstruct, synthetic: bool, seed: int) -> tuple[f
             x, y = reconstruct(volumes)
             total += torch.nn.functional.mse_loss(y, x).item() * len(volumes)
             count += len(volumes)
-            if synthetic:
+            if paste is not None:
                 clean.append(volume_errors(x, y).cpu().numpy())
-                pasted.append(volume_errors(*reconstruct(paste_fast_patches(volumes, seed))).cpu().numpy())
+                for twin in range(paste.twins):
+                    pasted.append(volume_errors(*reconstruct(paste.make(volumes, seed, twin))).cpu().numpy())
     auc = twin_auc(np.concatenate(clean), np.concatenate(pasted)) if clean else math.nan
     return total, count, auc, sum(len(c) for c in clean)
 
@@ -94,7 +96,7 @@ def selection_value(select: str, train_loss: float, val_loss: float | None, synt
     the synthetic-anomaly AUC; the training loss when there is no validation set. An AUC on a
     small validation set ties often; the lower validation loss breaks a tie (by 1e-9 of it,
     far below any AUC step), so the epoch kept never depends on which of two equals came last."""
-    if select == "synthetic" and synthetic_auc is not None and not math.isnan(synthetic_auc):
+    if select != "val_loss" and synthetic_auc is not None and not math.isnan(synthetic_auc):
         tie_break = 1e-9 * val_loss if val_loss is not None and math.isfinite(val_loss) else 0.0
         return -synthetic_auc + tie_break
     if val_loss is not None and not math.isnan(val_loss):
@@ -221,10 +223,10 @@ def train_loop_per_worker(config: dict) -> None:
         if val_shard is not None:
             model.eval()
             total, count, auc, n_auc = validation_pass(
-                _batches(val_shard, batch_size, device, None), forward, select == "synthetic",
+                _batches(val_shard, batch_size, device, None), forward, PASTES.get(select),
                 settings["seed"])
             val_loss, _ = _global_mean(total, count, device)
-            if select == "synthetic":  # workers' AUCs weighted by their volumes
+            if select in PASTES:  # workers' AUCs weighted by their volumes
                 synthetic_auc, _ = _global_mean(auc * n_auc if n_auc else 0.0, n_auc, device)
         selection = selection_value(select, train_loss, val_loss, synthetic_auc)
 

@@ -10,7 +10,7 @@ composed in one process instead of Ray Data tasks and a TorchTrainer:
               on the device from the decoded frames held there as uint8
   step        `trainloop.reconstruct` (normalise, bf16 autocast on GPU), MSE, Adam — `vadray train`'s step
   selection   `trainloop.end_of_epoch` on the validation loss (stride-1 volumes every T frames),
-              or with --select synthetic on pasted synthetic anomalies (`vadray.pasted`)
+              or with --select synthetic / synthetic_gliding on pasted anomalies (`vadray.pasted`)
   card        validation frame errors (`scoring.frame_errors` / `cell_errors` on stride-1
               volumes at hop 1, the mean over volumes) + `checkpoint.model_card`, so the checkpoint in
               WORKDIR/checkpoint/final/ is scored by the real `vadray score` job.
@@ -34,7 +34,8 @@ import torch
 
 from vadray import scoring, storage
 from vadray.exits import UsageError
-from vadray.trainloop import reconstruct, validation_pass
+from vadray.pasted import PASTES
+from vadray.trainloop import SELECTIONS, reconstruct, validation_pass
 from vadray.trainvolumes import Shards, VideoShards, split_by_video
 from vadray.volumes import T_DEFAULT, volume_starts
 
@@ -54,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-hop", type=int, default=1, help="frames between training volume starts")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="fraction of the training VIDEOS held out")
     parser.add_argument("--hop", type=int, default=5, help="scoring hop of the diagnostics (as vadray score)")
-    parser.add_argument("--select", choices=("val_loss", "synthetic"), default="val_loss",
+    parser.add_argument("--select", choices=SELECTIONS, default="val_loss",
                         help="epoch choice on the validation videos, as `vadray train --select`")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the shuffling")
     parser.add_argument("--time-budget", type=float, default=None,
@@ -137,14 +138,14 @@ class Trainer:
         return total.item() / max(1, len(starts)), len(starts)
 
     def validate(self, frames: torch.Tensor, starts: np.ndarray, strides: np.ndarray, T: int,
-                 synthetic: bool, seed: int) -> tuple[float, float | None]:
+                 select: str, seed: int) -> tuple[float, float | None]:
         """(validation loss, synthetic-anomaly AUC or None): `trainloop.validation_pass`."""
         self.model.eval()
         batches = (gather(frames, torch.from_numpy(starts[i:i + self.batch_size]).to(self.device),
                           torch.from_numpy(strides[i:i + self.batch_size]).to(self.device), T)
                    for i in range(0, len(starts), self.batch_size))
-        total, count, auc, _ = validation_pass(batches, self.reconstruct, synthetic, seed)
-        return (total / count if count else math.nan), (auc if synthetic else None)
+        total, count, auc, _ = validation_pass(batches, self.reconstruct, PASTES.get(select), seed)
+        return (total / count if count else math.nan), (auc if select in PASTES else None)
 
     @torch.inference_mode()
     def score_video(self, frames: np.ndarray, T: int, hop: int) -> scoring.FrameMeans:
@@ -287,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
         val_loss = synthetic_auc = None
         if val_t is not None:
             val_loss, synthetic_auc = trainer.validate(val_t, val_starts, val_strides, T,
-                                                       args.select == "synthetic", args.seed)
+                                                       args.select, args.seed)
         state["history"].append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                                  "synthetic_auc": synthetic_auc, "train_volumes": n, "train_seconds": seconds})
         state["step"] += math.ceil(n / args.batch_size)

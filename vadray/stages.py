@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from vadray import storage
 from vadray.decode import (DecodedFrames, InputError, Timeline, decode_frame_files, decode_segment,
@@ -19,6 +20,15 @@ from vadray.listing import VideoRef
 from vadray.segments import plan_segments
 
 T_MIN_FRAMES = 10  # a video shorter than one volume cannot be used
+
+# One planned segment (a row of `ProbeAndPlan`): what a decode task needs, with no re-probe.
+SEGMENT_SCHEMA = pa.schema([
+    ("video_id", pa.string()), ("video_key", pa.string()), ("camera", pa.string()), ("uri", pa.string()),
+    ("identity", pa.string()), ("num_frames", pa.int64()), ("segment", pa.int64()), ("segments", pa.int64()),
+    ("first", pa.int64()), ("last", pa.int64()), ("decode_last", pa.int64()), ("pts", pa.list_(pa.int64())),
+    ("time_base", pa.float64()), ("start_pts", pa.int64()), ("fps", pa.float64()), ("width", pa.int64()),
+    ("height", pa.int64()), ("codec", pa.string()), ("frame_uris", pa.list_(pa.string())),
+])
 
 
 class ProbeAndPlan:
@@ -56,6 +66,13 @@ class ProbeAndPlan:
             "width": timeline.width, "height": timeline.height, "codec": timeline.codec,
             "frame_uris": ref.frame_uris[seg.first:seg.decode_last],
         } for seg in segments]
+
+    def table(self, batch: pa.Table) -> pa.Table:
+        """`map_batches` form: listing rows → segment rows. Ray Data fuses a map_batches with
+        the streaming repartition after it (a flat_map it does not), so probing and cutting
+        into one-segment blocks is one task per input instead of two."""
+        return pa.Table.from_pylist([seg for ref_row in batch.to_pylist() for seg in self(ref_row)],
+                                    schema=SEGMENT_SCHEMA)
 
     def _error(self, ref: VideoRef, key: str, kind: str, message: str) -> None:
         write_errors([error_row(ref.video_id, ref.uri, "probe", kind, message)], self.errors_uri,

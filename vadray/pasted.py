@@ -20,9 +20,6 @@ Two kinds (`PASTES`, chosen by `--select`):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 import numpy as np
 import torch
 
@@ -61,17 +58,23 @@ def _content_keys(volumes: torch.Tensor) -> list[int]:
     return volumes[:, 0, ::7, ::7].long().sum(dim=(1, 2)).tolist()
 
 
-def paste_gliding_objects(volumes: torch.Tensor, seed: int, twin: int = 0, height_fraction: float = 1 / 6,
-                          width_fraction: float = 1 / 12, glide_fraction: float = 1 / 4,
-                          foreground_grey: float = 20.0) -> torch.Tensor:
-    """(B, T, S, S) uint8 → a copy in which the volume's most moving object glides away.
+def paste_gliding_objects(volumes: torch.Tensor, seed: int, twin: int = 0, **shape) -> torch.Tensor:
+    """One twin of `gliding_twins` (the same pixels as twin `twin` of a call for several)."""
+    return gliding_twins(volumes, seed, [twin], **shape)[0]
+
+
+def gliding_twins(volumes: torch.Tensor, seed: int, twins, height_fraction: float = 1 / 6,
+                  width_fraction: float = 1 / 12, glide_fraction: float = 1 / 4,
+                  foreground_grey: float = 20.0) -> list[torch.Tensor]:
+    """(B, T, S, S) uint8 → one copy per twin in which the volume's most moving object glides away.
 
     Background: the per-pixel median over the T frames. The object: the h×w box of frame 0
     (h = S·height_fraction, w = S·width_fraction, a standing person's shape) holding the most
     foreground (|frame − background|), blended in with alpha = foreground / foreground_grey
     (clipped to 1), so only the object moves, not its box of background. It starts where it
     is and glides S·glide_fraction along a random straight path that stays in the frame,
-    without changing pose. Deterministic per (seed, twin, volume content).
+    without changing pose; twins differ only in the path. Background, object and alpha are
+    found once for all twins. Deterministic per (seed, twin, volume content).
     """
     b, t, s = volumes.shape[0], volumes.shape[1], volumes.shape[-1]
     h, w = max(2, round(s * height_fraction)), max(2, round(s * width_fraction))
@@ -81,39 +84,36 @@ def paste_gliding_objects(volumes: torch.Tensor, seed: int, twin: int = 0, heigh
     background = frames.median(dim=1).values                                   # (B, S, S)
     foreground = (frames[:, 0] - background).abs()
     box_sums = torch.nn.functional.avg_pool2d(foreground[:, None], (h, w), stride=1)[:, 0]  # (B, S-h+1, S-w+1)
-    out = frames.clone()
+    corners = [divmod(int(i), box_sums.shape[-1]) for i in box_sums.flatten(1).argmax(dim=1)]
     steps = np.linspace(0.0, 1.0, t)
     glide = s * glide_fraction
-    for i, key in enumerate(_content_keys(volumes)):
-        rng = np.random.default_rng([seed, twin, key])
-        y0, x0 = divmod(int(box_sums[i].argmax()), box_sums.shape[-1])
-        start = np.array([y0, x0], float)
-        for _ in range(64):  # a direction whose end stays inside the frame
-            angle = rng.uniform(0, 2 * np.pi)
-            end = start + glide * np.array([np.sin(angle), np.cos(angle)])
-            if 0 <= end[0] <= s - h and 0 <= end[1] <= s - w:
-                break
-        else:
-            end = np.clip(start + (np.array([s - h, s - w]) / 2 - start) * 2, 0, [s - h, s - w])
-        obj = frames[i, 0, y0:y0 + h, x0:x0 + w]
-        alpha = (foreground[i, y0:y0 + h, x0:x0 + w] / foreground_grey).clamp(0, 1)
-        for k, (y, x) in enumerate(np.rint(start[None] + steps[:, None] * (end - start)[None]).astype(int)):
-            region = out[i, k, y:y + h, x:x + w]
-            out[i, k, y:y + h, x:x + w] = region * (1 - alpha) + obj * alpha
-    return out.round_().clamp_(0, 255).to(torch.uint8)
+    keys = _content_keys(volumes)
+    outs = []
+    for twin in twins:
+        out = frames.clone()
+        for i, ((y0, x0), key) in enumerate(zip(corners, keys)):
+            rng = np.random.default_rng([seed, twin, key])
+            start = np.array([y0, x0], float)
+            for _ in range(64):  # a direction whose end stays inside the frame
+                angle = rng.uniform(0, 2 * np.pi)
+                end = start + glide * np.array([np.sin(angle), np.cos(angle)])
+                if 0 <= end[0] <= s - h and 0 <= end[1] <= s - w:
+                    break
+            else:
+                end = np.clip(start + (np.array([s - h, s - w]) / 2 - start) * 2, 0, [s - h, s - w])
+            obj = frames[i, 0, y0:y0 + h, x0:x0 + w]
+            alpha = (foreground[i, y0:y0 + h, x0:x0 + w] / foreground_grey).clamp(0, 1)
+            for k, (y, x) in enumerate(np.rint(start[None] + steps[:, None] * (end - start)[None]).astype(int)):
+                region = out[i, k, y:y + h, x:x + w]
+                out[i, k, y:y + h, x:x + w] = region * (1 - alpha) + obj * alpha
+        outs.append(out.round_().clamp_(0, 255).to(torch.uint8))
+    return outs
 
 
-@dataclass(frozen=True)
-class Paste:
-    """One kind of synthetic anomaly: `make(volumes, seed, twin)`, `twins` copies per volume."""
-
-    make: Callable[..., torch.Tensor]
-    twins: int
-
-
+# Each kind of synthetic anomaly: (volumes, seed) → its pasted twins of the volumes.
 PASTES = {
-    "synthetic": Paste(lambda v, seed, twin: paste_fast_patches(v, seed), twins=1),
-    "synthetic_gliding": Paste(paste_gliding_objects, twins=4),
+    "synthetic": lambda volumes, seed: [paste_fast_patches(volumes, seed)],
+    "synthetic_gliding": lambda volumes, seed: gliding_twins(volumes, seed, range(4)),
 }
 
 

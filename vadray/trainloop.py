@@ -73,8 +73,8 @@ SELECTIONS = ("val_loss", *PASTES)  # validation loss, or a kind of pasted synth
 
 def validation_pass(batches, reconstruct, paste, seed: int) -> tuple[float, int, float, int]:
     """(Σ loss·n, n, synthetic-anomaly AUC, volumes it was computed on) over the validation
-    batches; `reconstruct(volumes uint8) -> (x, y)` in normalised units. With a `paste`
-    (`vadray.pasted.Paste`), each volume is also scored with its pasted twins; else the AUC is NaN."""
+    batches; `reconstruct(volumes uint8) -> (x, y)` in normalised units. With a `paste` (a value
+    of `vadray.pasted.PASTES`), each volume is also scored with its pasted twins; else the AUC is NaN."""
     from vadray.pasted import twin_auc, volume_errors
 
     total, count, clean, pasted = 0.0, 0, [], []
@@ -85,8 +85,8 @@ def validation_pass(batches, reconstruct, paste, seed: int) -> tuple[float, int,
             count += len(volumes)
             if paste is not None:
                 clean.append(volume_errors(x, y).cpu().numpy())
-                for twin in range(paste.twins):
-                    pasted.append(volume_errors(*reconstruct(paste.make(volumes, seed, twin))).cpu().numpy())
+                for twin in paste(volumes, seed):
+                    pasted.append(volume_errors(*reconstruct(twin)).cpu().numpy())
     auc = twin_auc(np.concatenate(clean), np.concatenate(pasted)) if clean else math.nan
     return total, count, auc, sum(len(c) for c in clean)
 
@@ -96,7 +96,7 @@ def selection_value(select: str, train_loss: float, val_loss: float | None, synt
     the synthetic-anomaly AUC; the training loss when there is no validation set. An AUC on a
     small validation set ties often; the lower validation loss breaks a tie (by 1e-9 of it,
     far below any AUC step), so the epoch kept never depends on which of two equals came last."""
-    if select != "val_loss" and synthetic_auc is not None and not math.isnan(synthetic_auc):
+    if select in PASTES and synthetic_auc is not None and not math.isnan(synthetic_auc):
         tie_break = 1e-9 * val_loss if val_loss is not None and math.isfinite(val_loss) else 0.0
         return -synthetic_auc + tie_break
     if val_loss is not None and not math.isnan(val_loss):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 import videos
@@ -11,7 +12,8 @@ from vadray.decode import InputError, decode_segment, probe
 from vadray.exits import UsageError
 from vadray.listing import list_videos
 from vadray.preprocess import NormStats, PartialSums
-from vadray.segments import MAX_VOLUME_OVERLAP, plan_segments
+from vadray.segments import MAX_VOLUME_OVERLAP, pack_units, plan_segments
+from vadray.stages import ProbeAndPlan
 from vadray.synth import write_video
 from vadray.volumes import gather, volume_starts
 
@@ -47,6 +49,30 @@ def test_segments_tile_exactly_and_overlap(num_frames, per_second):
     for s in segments:
         assert s.decode_last == min(s.last + MAX_VOLUME_OVERLAP, num_frames)
     assert MAX_VOLUME_OVERLAP == (10 - 1) * 3  # a stride-3 volume at a seam is never lost
+
+
+def test_pack_units_keeps_order_and_both_budgets():
+    pixels, frames = [40, 40, 30, 500, 10, 10, 10], [4, 4, 4, 50, 1, 1, 1]
+    units = pack_units(pixels, frames, pixel_budget=100, frame_budget=9)
+    assert units == [[0, 1], [2], [3], [4, 5, 6]]  # 40+40+30 > 100; 500 alone; 4+4+4 > 9
+    assert [i for unit in units for i in unit] == list(range(len(pixels)))  # each once, in order
+    assert pack_units([5, 5, 5], [1, 1, 1], 100, 100) == [[0, 1, 2]]
+    assert pack_units([], [], 1, 1) == []
+    with pytest.raises(ValueError):
+        pack_units([1], [1], 0, 1)
+
+
+def test_probe_units_hold_every_segment_once(tmp_path):
+    for name, n in (("a", 30), ("b", 12), ("c", 45)):
+        write_video(str(tmp_path / f"{name}.mp4"), videos.frames(n))
+    listing = pa.Table.from_pylist([r.to_dict() for r in list_videos(str(tmp_path))])
+    one_by_one = ProbeAndPlan(str(tmp_path / "out"), "cam", 1.3, 10, {}).table(listing).to_pylist()
+    budget = 64 * 48 * 26  # two 13-frame segments of 64×48 per unit
+    units = ProbeAndPlan(str(tmp_path / "out"), "cam", 1.3, 10, {}, unit_pixels=budget,
+                         unit_frames=1000).units(listing).to_pylist()
+    assert [seg for unit in units for seg in unit["segments"]] == one_by_one
+    assert all(sum((s["decode_last"] - s["first"]) * 64 * 48 for s in u["segments"]) <= budget for u in units)
+    assert max(len(u["segments"]) for u in units) == 2 and len(units) < len(one_by_one)
 
 
 def test_decode_in_segments_equals_whole_video(tmp_path):

@@ -32,3 +32,27 @@ def plan_segments(num_frames: int, fps: float, segment_seconds: float,
         last = min(first + per_segment, num_frames)
         segments.append(Segment(index, first, last, min(last + overlap, num_frames)))
     return segments
+
+
+
+def pack_units(pixels: list[int], frames: list[int], pixel_budget: int, frame_budget: int) -> list[list[int]]:
+    """Group consecutive segments into work units of at most `pixel_budget` source pixels
+    (decode time) and `frame_budget` frames (a task's memory); a segment over either budget
+    is a unit of its own.
+
+    Why: a Ray task costs ~0.1 s of scheduling turnaround however small its work, and a short
+    clip (UCSD's are 120-200 frames) decodes in less than that; packing short segments into
+    one task keeps the cores decoding instead of waiting (see docs/PERFORMANCE.md).
+    """
+    if pixel_budget <= 0 or frame_budget <= 0:
+        raise ValueError("budgets must be positive")
+    units: list[list[int]] = []
+    unit_pixels = unit_frames = 0
+    for i, (p, f) in enumerate(zip(pixels, frames, strict=True)):
+        if units and unit_pixels + p <= pixel_budget and unit_frames + f <= frame_budget:
+            units[-1].append(i)
+            unit_pixels, unit_frames = unit_pixels + p, unit_frames + f
+        else:
+            units.append([i])
+            unit_pixels, unit_frames = p, f
+    return units

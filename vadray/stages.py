@@ -17,7 +17,7 @@ from vadray.decode import (DecodedFrames, InputError, Timeline, decode_frame_fil
                            frame_folder_timeline, probe)
 from vadray.errors import error_row, safe_key, write_errors
 from vadray.listing import VideoRef
-from vadray.segments import plan_segments
+from vadray.segments import pack_units, plan_segments
 
 T_MIN_FRAMES = 10  # a video shorter than one volume cannot be used
 
@@ -30,16 +30,23 @@ SEGMENT_SCHEMA = pa.schema([
     ("height", pa.int64()), ("codec", pa.string()), ("frame_uris", pa.list_(pa.string())),
 ])
 
+# A work unit: consecutive planned segments that one decode task takes in turn.
+UNIT_SCHEMA = pa.schema([("segments", pa.list_(pa.struct(list(SEGMENT_SCHEMA))))])
+
 
 class ProbeAndPlan:
     """One input → its segments (rows), or an errors file. `overlap` extra frames are decoded
-    after each segment's owned range (scoring needs T−1 for the volumes at a seam)."""
+    after each segment's owned range (scoring needs T−1 for the volumes at a seam).
+    `units` packs segments up to `unit_pixels` source pixels and `unit_frames` frames per unit
+    (the defaults, 1, leave every segment alone)."""
 
     def __init__(self, output: str, camera: str, segment_seconds: float, frame_fps: float,
-                 storage_options: dict[str, Any], overlap: int = 0):
+                 storage_options: dict[str, Any], overlap: int = 0, unit_pixels: int = 1,
+                 unit_frames: int = 1):
         self.errors_uri = storage.join(output, "errors")
         self.camera, self.segment_seconds, self.frame_fps = camera, segment_seconds, frame_fps
         self.storage_options, self.overlap = storage_options, overlap
+        self.unit_pixels, self.unit_frames = unit_pixels, unit_frames
 
     def __call__(self, ref_row: dict[str, Any]) -> list[dict[str, Any]]:
         ref = VideoRef(**{k: ref_row[k] for k in VideoRef.__dataclass_fields__})
@@ -73,6 +80,19 @@ class ProbeAndPlan:
         into one-segment blocks is one task per input instead of two."""
         return pa.Table.from_pylist([seg for ref_row in batch.to_pylist() for seg in self(ref_row)],
                                     schema=SEGMENT_SCHEMA)
+
+    def units(self, batch: pa.Table) -> pa.Table:
+        """Like `table`, but the batch's segments packed into work units (`pack_units`, with
+        the constructor's `unit_pixels` and `unit_frames`): short clips share a decode task
+        instead of each paying a task's turnaround. A segment stays the most of a video that
+        one decode holds: a unit decodes its segments one after another."""
+        segments = [seg for ref_row in batch.to_pylist() for seg in self(ref_row)]
+        # Frame folders are not opened at probe time: their frame size counts as UCSD's 238×158.
+        units = pack_units([(s["decode_last"] - s["first"]) * (s["width"] * s["height"] or 238 * 158)
+                            for s in segments],
+                           [s["decode_last"] - s["first"] for s in segments], self.unit_pixels, self.unit_frames)
+        return pa.Table.from_pylist([{"segments": [segments[i] for i in unit]} for unit in units],
+                                    schema=UNIT_SCHEMA)
 
     def _error(self, ref: VideoRef, key: str, kind: str, message: str) -> None:
         write_errors([error_row(ref.video_id, ref.uri, "probe", kind, message)], self.errors_uri,

@@ -24,6 +24,7 @@ from torch import nn
 
 from vadray import __version__, storage
 from vadray.models import build
+from vadray.pasted import PASTES
 
 MODEL_FILE = "model.pt"
 CARD_FILE = "card.json"
@@ -117,7 +118,7 @@ def model_card(info, settings: dict, model_spec: dict, state_dict: dict, outcome
     Shared by the Ray Train job and the single-process trainer (`vadray.bench.ped2_direct`)."""
     state, best = outcome["state"], outcome["best_metrics"]
     best_row = next((h for h in state["history"] if h["epoch"] == int(best["epoch"])), {})
-    by_synthetic = settings.get("select", "val_loss") != "val_loss" and best_row.get("synthetic_auc") is not None
+    by_synthetic = settings.get("select") in PASTES and best_row.get("synthetic_auc") is not None
     train_frames, val_frames = (sum(v.num_frames for v in vs) for vs in (train_videos, val_videos))
     return {
         "format": "vadray-model-card/1",

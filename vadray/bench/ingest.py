@@ -41,7 +41,7 @@ from typing import Any, Iterator
 import av
 
 from vadray import storage
-from vadray.decode import GreyScaler
+from vadray.decode import DECODER_THREADS, GreyScaler
 from vadray.exits import EXIT_OK, EXIT_PARTIAL, UsageError
 
 PHASES = ("list", "probe+decode+write", "stats", "rest")
@@ -74,7 +74,7 @@ def bare_decode(task: tuple[str, list[str], int]) -> int:
         return count
     with _open_input(uri) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"  # as vadray.decode.decode_segment
+        stream.thread_count = DECODER_THREADS  # as vadray.decode.decode_segment
         for frame in container.decode(stream):
             scaler(frame)
             count += 1

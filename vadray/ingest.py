@@ -44,7 +44,7 @@ log = logging.getLogger("vadray.ingest")
 CHUNK_FRAMES = 32  # frames per clips row: ~1.6 MB at 227×227, a good unit for streaming reads
 
 # A decode task takes consecutive segments (short clips) up to these budgets (`pack_units`):
-# ~0.9 s of H.264 decode on one core (measured 0.175 Gpx/s at 320×240), so Ray's ~0.1-s task
+# ~0.8 s of H.264 decode on one core (measured 0.18-0.2 Gpx/s at 320×240), so Ray's ~0.1-s task
 # turnaround stays small, and at most 256 MiB of decoded frames, so a task's memory stays
 # bounded like that of one long segment.
 UNIT_SOURCE_PIXELS = 150_000_000
@@ -86,7 +86,7 @@ class DecodeUnits:
     """Ray Data stage 2: a unit of segments (`stages.UNIT_SCHEMA`) → clips rows (contiguous
     chunks of grey frames), one segment after another.
 
-    Each segment also writes the segment's statistics sums beside the shards (`stats/parts/`,
+    The task also writes each segment's statistics sums beside the shards (`stats/parts/`,
     a few hundred KB, deterministic name so a retry overwrites): statistics then need no
     second pass over the frames, and a rerun that replaces one input replaces its sums too.
     """

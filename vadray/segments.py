@@ -34,7 +34,6 @@ def plan_segments(num_frames: int, fps: float, segment_seconds: float,
     return segments
 
 
-
 def pack_units(pixels: list[int], frames: list[int], pixel_budget: int, frame_budget: int) -> list[list[int]]:
     """Group consecutive segments into work units of at most `pixel_budget` source pixels
     (decode time) and `frame_budget` frames (a task's memory); a segment over either budget

@@ -116,9 +116,21 @@ def _maybe_fail(config: dict, step: int, rank: int, world: int) -> None:
     raise RuntimeError(f"injected failure at step {step} on rank {rank} (test hook)")
 
 
-def _batches(shard, batch_size: int, device, seed: int | None):
+# Volumes arrive one video chunk and stride at a time (trainvolumes streams each video in frame
+# order), so the buffer a worker shuffles them in decides how mixed a mini-batch is. With 256
+# volumes, a batch of 64 came from one chunk of one or two videos: on Ped2 at 59 px the
+# validation loss after 3 epochs was 0.719, against 0.543 with a full shuffle (ped2-direct).
+# 512 MiB of uint8 volumes holds all 5,904 of a Ped2 epoch at 59 px, ~1,000 at 227 px.
+SHUFFLE_BUFFER_BYTES = 512 << 20
+
+
+def shuffle_buffer_volumes(batch_size: int, volume_bytes: int) -> int:
+    return max(4 * batch_size, SHUFFLE_BUFFER_BYTES // max(1, volume_bytes))
+
+
+def _batches(shard, batch_size: int, device, seed: int | None, volume_bytes: int):
     """uint8 (B, T, S, S) volumes of this worker's shard, moved to the device."""
-    shuffle = max(4 * batch_size, 256) if seed is not None else None  # 256 volumes ≈ 130 MB at 227²
+    shuffle = shuffle_buffer_volumes(batch_size, volume_bytes) if seed is not None else None
     for batch in shard.iter_torch_batches(batch_size=batch_size, local_shuffle_buffer_size=shuffle,
                                           local_shuffle_seed=seed, device=device,
                                           pin_memory=device.type == "cuda"):
@@ -191,6 +203,7 @@ def train_loop_per_worker(config: dict) -> None:
     stats = NormStats.from_dict(config["norm_stats"])
     mean_image = torch.from_numpy(stats.mean_image).to(device)         # (S, S)
     batch_size = max(1, settings["batch_size"] // world)
+    volume_bytes = settings["T"] * stats.mean_image.size                # uint8 T×S×S
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if config["has_val"] else None
 
@@ -207,7 +220,7 @@ def train_loop_per_worker(config: dict) -> None:
         model.train()
         total, count = torch.zeros((), dtype=torch.float64, device=device), 0
         seed = settings["seed"] * 100003 + epoch * 101 + rank
-        for volumes in _batches(train_shard, batch_size, device, seed):
+        for volumes in _batches(train_shard, batch_size, device, seed, volume_bytes):
             loss = loss_of(volumes)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -223,7 +236,7 @@ def train_loop_per_worker(config: dict) -> None:
         if val_shard is not None:
             model.eval()
             total, count, auc, n_auc = validation_pass(
-                _batches(val_shard, batch_size, device, None), forward, PASTES.get(select),
+                _batches(val_shard, batch_size, device, None, volume_bytes), forward, PASTES.get(select),
                 settings["seed"])
             val_loss, _ = _global_mean(total, count, device)
             if select in PASTES:  # workers' AUCs weighted by their volumes

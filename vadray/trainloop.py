@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 
@@ -124,6 +125,13 @@ def _maybe_fail(config: dict, step: int, rank: int, world: int) -> None:
 SHUFFLE_BUFFER_BYTES = 512 << 20
 
 
+def _say(line: str) -> None:
+    """One progress line from a training worker. Ray Train patches `print` in its workers to
+    log as well as print, so the driver showed every epoch line twice; the process's own
+    stdout (which Ray streams to the driver) shows it once."""
+    print(line, file=sys.__stdout__ or sys.stdout, flush=True)
+
+
 def shuffle_buffer_volumes(batch_size: int, volume_bytes: int) -> int:
     return max(4 * batch_size, SHUFFLE_BUFFER_BYTES // max(1, volume_bytes))
 
@@ -198,7 +206,7 @@ def train_loop_per_worker(config: dict) -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=settings["lr"])
     state = _restore(ray.train.get_checkpoint(), model, optimizer, device)
     if rank == 0 and state["resumed_after_epochs"]:
-        print(f"[vadray train] resumed after epoch {state['epoch']} (step {state['step']})", flush=True)
+        _say(f"[vadray train] resumed after epoch {state['epoch']} (step {state['step']})")
 
     stats = NormStats.from_dict(config["norm_stats"])
     mean_image = torch.from_numpy(stats.mean_image).to(device)         # (S, S)
@@ -256,10 +264,10 @@ def train_loop_per_worker(config: dict) -> None:
             val_text = f"{val_loss:.5f}" if val_loss is not None else "-"
             if synthetic_auc is not None:
                 val_text += f" synthetic_auc {synthetic_auc:.4f}"
-            print(f"[vadray train] epoch {epoch}/{settings['epochs']} train_loss {train_loss:.5f} "
-                  f"val_loss {val_text} best epoch {state['best_epoch']} "
-                  f"{n_train} volumes in {seconds:.1f} s ({metrics['volumes_per_s']:.1f}/s)"
-                  + (" early stop" if state["stopped"] else ""), flush=True)
+            _say(f"[vadray train] epoch {epoch}/{settings['epochs']} train_loss {train_loss:.5f} "
+                 f"val_loss {val_text} best epoch {state['best_epoch']} "
+                 f"{n_train} volumes in {seconds:.1f} s ({metrics['volumes_per_s']:.1f}/s)"
+                 + (" early stop" if state["stopped"] else ""))
         _report(metrics, state, model, optimizer, rank)
 
 

@@ -78,21 +78,23 @@ class ProbeAndPlan:
         """`map_batches` form: listing rows → segment rows. Ray Data fuses a map_batches with
         the streaming repartition after it (a flat_map it does not), so probing and cutting
         into one-segment blocks is one task per input instead of two."""
-        return pa.Table.from_pylist([seg for ref_row in batch.to_pylist() for seg in self(ref_row)],
-                                    schema=SEGMENT_SCHEMA)
+        return pa.Table.from_pylist(self._plan(batch), schema=SEGMENT_SCHEMA)
 
     def units(self, batch: pa.Table) -> pa.Table:
         """Like `table`, but the batch's segments packed into work units (`pack_units`, with
         the constructor's `unit_pixels` and `unit_frames`): short clips share a decode task
         instead of each paying a task's turnaround. A segment stays the most of a video that
         one decode holds: a unit decodes its segments one after another."""
-        segments = [seg for ref_row in batch.to_pylist() for seg in self(ref_row)]
+        segments = self._plan(batch)
         # Frame folders are not opened at probe time: their frame size counts as UCSD's 238×158.
         units = pack_units([(s["decode_last"] - s["first"]) * (s["width"] * s["height"] or 238 * 158)
                             for s in segments],
                            [s["decode_last"] - s["first"] for s in segments], self.unit_pixels, self.unit_frames)
         return pa.Table.from_pylist([{"segments": [segments[i] for i in unit]} for unit in units],
                                     schema=UNIT_SCHEMA)
+
+    def _plan(self, batch: pa.Table) -> list[dict[str, Any]]:
+        return [seg for ref_row in batch.to_pylist() for seg in self(ref_row)]
 
     def _error(self, ref: VideoRef, key: str, kind: str, message: str) -> None:
         write_errors([error_row(ref.video_id, ref.uri, "probe", kind, message)], self.errors_uri,

@@ -136,9 +136,10 @@ def shuffle_buffer_volumes(batch_size: int, volume_bytes: int) -> int:
     return max(4 * batch_size, SHUFFLE_BUFFER_BYTES // max(1, volume_bytes))
 
 
-def _batches(shard, batch_size: int, device, seed: int | None, volume_bytes: int):
-    """uint8 (B, T, S, S) volumes of this worker's shard, moved to the device."""
-    shuffle = shuffle_buffer_volumes(batch_size, volume_bytes) if seed is not None else None
+def _batches(shard, batch_size: int, device, seed: int | None = None, shuffle_volumes: int | None = None):
+    """uint8 (B, T, S, S) volumes of this worker's shard, moved to the device; shuffled in a
+    buffer of `shuffle_volumes` with a seed, in stream order without."""
+    shuffle = shuffle_volumes if seed is not None else None
     for batch in shard.iter_torch_batches(batch_size=batch_size, local_shuffle_buffer_size=shuffle,
                                           local_shuffle_seed=seed, device=device,
                                           pin_memory=device.type == "cuda"):
@@ -211,7 +212,7 @@ def train_loop_per_worker(config: dict) -> None:
     stats = NormStats.from_dict(config["norm_stats"])
     mean_image = torch.from_numpy(stats.mean_image).to(device)         # (S, S)
     batch_size = max(1, settings["batch_size"] // world)
-    volume_bytes = settings["T"] * stats.mean_image.size                # uint8 T×S×S
+    shuffle_volumes = shuffle_buffer_volumes(batch_size, settings["T"] * stats.mean_image.size)  # uint8 T×S×S
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if config["has_val"] else None
 
@@ -228,7 +229,7 @@ def train_loop_per_worker(config: dict) -> None:
         model.train()
         total, count = torch.zeros((), dtype=torch.float64, device=device), 0
         seed = settings["seed"] * 100003 + epoch * 101 + rank
-        for volumes in _batches(train_shard, batch_size, device, seed, volume_bytes):
+        for volumes in _batches(train_shard, batch_size, device, seed, shuffle_volumes):
             loss = loss_of(volumes)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -244,7 +245,7 @@ def train_loop_per_worker(config: dict) -> None:
         if val_shard is not None:
             model.eval()
             total, count, auc, n_auc = validation_pass(
-                _batches(val_shard, batch_size, device, None, volume_bytes), forward, PASTES.get(select),
+                _batches(val_shard, batch_size, device), forward, PASTES.get(select),
                 settings["seed"])
             val_loss, _ = _global_mean(total, count, device)
             if select in PASTES:  # workers' AUCs weighted by their volumes

@@ -130,6 +130,21 @@ def test_bad_inputs_get_a_reason(tmp_path):
         assert str(info.value)
 
 
+@pytest.mark.parametrize("n", [1, 17, 256, 257, 600])
+def test_partial_sums_are_exact_integers_at_the_uint16_limits(n):
+    """The sums add uint16 blocks: all-white frames over block edges must not wrap."""
+    rng = np.random.default_rng(n)
+    frames = rng.integers(0, 256, size=(n, 7, 9), dtype=np.uint8)
+    frames[: n // 2] = 255
+    sums = PartialSums.of(frames)
+    wide = frames.astype(np.int64)
+    assert sums.count == n
+    np.testing.assert_array_equal(sums.sum_image, wide.sum(axis=0))
+    assert sums.sum_image.dtype == np.int64
+    assert sums.sumsq == int((wide ** 2).sum())
+    assert isinstance(sums.sumsq, int)
+
+
 def test_norm_stats_match_direct_numpy_and_add_up():
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, size=(40, 11, 11), dtype=np.uint8)

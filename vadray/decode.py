@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 import av
 import numpy as np
+import pyarrow as pa
 from av.video.reformatter import Interpolation, VideoReformatter
 
 from vadray import storage
@@ -225,7 +226,7 @@ class _FrameBuffer:
     segment's frames are never stacked from per-frame arrays (a copy of the whole segment)."""
 
     def __init__(self, n: int, size: int):
-        self.frames = np.empty((n, size, size), np.uint8)
+        self.frames = np.frombuffer(pa.allocate_buffer(n * size * size), np.uint8).reshape(n, size, size)
         self.filled = np.zeros(n, bool)
 
     def put(self, pos: int, grey: np.ndarray) -> None:

@@ -152,8 +152,8 @@ def write_sums(parts_uri: str, video_key: str, segment: int, sums: PartialSums,
     fs.pipe_file(f"{folder}/seg-{segment:05d}.npz", buffer.getvalue())
 
 
-def _read_sums(fs, path: str) -> PartialSums:
-    with np.load(io.BytesIO(fs.cat_file(path)), allow_pickle=False) as z:
+def _parse_sums(blob: bytes) -> PartialSums:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
         return PartialSums(int(z["count"]), z["sum_image"].astype(np.int64), int(str(z["sumsq"])))
 
 
@@ -172,8 +172,11 @@ def compute_stats(output: str, storage_options: dict[str, Any]
         paths = []
     if not paths:
         raise ValueError(f"no frames under {output}")
+    # Threads fetch (object storage is slow per file); parsing stays on this thread: np.load
+    # reads .npy headers with `ast`, which in threads can fail on Python 3.11 (CPython
+    # gh-106905, "SystemError: AST constructor recursion depth mismatch", seen here once).
     with ThreadPoolExecutor(max_workers=16) as pool:
-        parts = list(pool.map(lambda p: _read_sums(fs, p), paths))
+        parts = [_parse_sums(blob) for blob in pool.map(fs.cat_file, paths)]
     frames_per_video: dict[str, int] = {}
     segments_per_video: dict[str, int] = {}
     for path, part in zip(paths, parts):

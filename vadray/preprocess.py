@@ -17,6 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 
 
+_SUM_BLOCK = 256      # frames per uint16 sum: 256 × 255 < 2¹⁶
+_SQUARE_BLOCK = 16    # frames of uint16 squares at a time (1.6 MB at 227 px)
+
+
 @dataclass
 class PartialSums:
     """Additive sufficient statistics of uint8 frames, as exact integers.
@@ -33,13 +37,22 @@ class PartialSums:
     @classmethod
     def of(cls, frames: np.ndarray) -> "PartialSums":
         frames = np.asarray(frames, dtype=np.uint8)  # (N, S, S)
-        n = int(frames.shape[0])
-        sumsq = 0
-        for frame in frames:  # one frame's squares fit uint32; per frame bounds the memory
-            sumsq += int(np.square(frame, dtype=np.uint32).sum(dtype=np.uint64))
-        # uint32 accumulates faster than int64 and is exact up to 16.8 M frames per call
-        sum_image = frames.sum(axis=0, dtype=np.uint32 if n < 2**24 else np.uint64).astype(np.int64)
-        return cls(n, sum_image, sumsq)
+        shape = frames.shape[1:]
+        sum_image, sumsq_image = np.zeros(shape, np.int64), np.zeros(shape, np.uint64)
+        # uint16 is exact for a sum of 256 values or one square (255² < 2¹⁶) and twice as fast
+        # to add as uint32: 0.025 instead of 0.04 ms per frame, of ~0.6 ms per frame in an ingest
+        # task. The scratch arrays are made once: MB-sized temporaries per block would each be
+        # fresh pages from the kernel (measured: 1.8 more page faults per frame).
+        block_sum, partial = np.empty(shape, np.uint16), np.empty(shape, np.uint32)
+        squares = np.empty((min(_SQUARE_BLOCK, len(frames)),) + shape, np.uint16)
+        for i in range(0, frames.shape[0], _SUM_BLOCK):
+            block = frames[i:i + _SUM_BLOCK]
+            sum_image += np.sum(block, axis=0, dtype=np.uint16, out=block_sum)
+            for j in range(0, block.shape[0], _SQUARE_BLOCK):
+                few = block[j:j + _SQUARE_BLOCK]
+                sq = np.square(few, out=squares[:len(few)], dtype=np.uint16)
+                sumsq_image += np.sum(sq, axis=0, dtype=np.uint32, out=partial)
+        return cls(int(frames.shape[0]), sum_image, int(sumsq_image.sum(dtype=np.uint64)))
 
     def __add__(self, other: "PartialSums") -> "PartialSums":
         return PartialSums(self.count + other.count, self.sum_image + other.sum_image,

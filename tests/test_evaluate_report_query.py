@@ -118,6 +118,8 @@ def test_evaluate_cli_writes_strict_json(scored, tmp_path, capsys):
     assert "NaN" not in text
     data = json.loads(text)
     assert set(data) >= {"regularity", "anomaly_score", "cell_error_max", "events", "coverage"}
+    # tables scored before the motion columns existed still evaluate; those scores say so
+    assert data["motion_regularity"]["available"] is False and "not in the frames table" in printed
     assert data["regularity"]["auc_macro"] == pytest.approx(evaluate.evaluate_output(
         scored["out"], scored["labels"])["regularity"]["auc_macro"])
     assert cli.main(["evaluate", str(tmp_path / "nothing"), "--labels", scored["labels"]]) == 2

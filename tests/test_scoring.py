@@ -88,19 +88,22 @@ def test_segmented_assembly_is_bit_identical_to_unsegmented():
     starts = volume_starts(83, T=T, stride=1, hop=1) + 1000   # source frame indices
     errs = rng.lognormal(size=(starts.size, T)) * 1e3
     cells = rng.lognormal(size=(starts.size, T, C))
-    whole = scoring.accumulate(starts, T, errs, cells).mean()
+    motion = rng.lognormal(size=(starts.size, T))
+    whole = scoring.accumulate(starts, T, errs, cells, motion).mean()
     # three segments cut at arbitrary volumes, merged in a scrambled order
     cuts = [0, 17, 41, starts.size]
-    parts = [scoring.accumulate(starts[a:b], T, errs[a:b], cells[a:b]) for a, b in zip(cuts, cuts[1:])]
+    parts = [scoring.accumulate(starts[a:b], T, errs[a:b], cells[a:b], motion[a:b]) for a, b in zip(cuts, cuts[1:])]
     merged = scoring.FrameSums.merge([parts[2], parts[0], parts[1]]).mean()
     np.testing.assert_array_equal(merged.frame_index, whole.frame_index)
     np.testing.assert_array_equal(merged.recon_error, whole.recon_error)
     np.testing.assert_array_equal(merged.cell_error, whole.cell_error)
     np.testing.assert_array_equal(merged.cell_error_max, whole.cell_error_max)
+    np.testing.assert_array_equal(merged.motion_error, whole.motion_error)
     assert merged.frame_index[0] == 1000 and merged.frame_index[-1] == 1082
     np.testing.assert_allclose(whole.cell_error_max, whole.cell_error.max(axis=1))
     frames, expected = _naive_means(starts, T, errs)
     np.testing.assert_allclose(whole.recon_error, expected, rtol=1e-12)
+    np.testing.assert_allclose(whole.motion_error, _naive_means(starts, T, motion)[1], rtol=1e-12)
 
 
 def test_segments_finalise_inner_frames_and_pass_on_only_seams():
@@ -109,10 +112,11 @@ def test_segments_finalise_inner_frames_and_pass_on_only_seams():
     starts = volume_starts(100, T=T)                       # frames 0..99, volumes 0..90
     errs = rng.random((starts.size, T))
     cells = rng.random((starts.size, T, C))
-    whole = scoring.accumulate(starts, T, errs, cells).mean()
+    motion = rng.random((starts.size, T))
+    whole = scoring.accumulate(starts, T, errs, cells, motion).mean()
     finished, seams = [], []
     for a, b in [(0, 30), (30, 61), (61, starts.size)]:
-        done, rest = scoring.accumulate(starts[a:b], T, errs[a:b], cells[a:b]).split(starts)
+        done, rest = scoring.accumulate(starts[a:b], T, errs[a:b], cells[a:b], motion[a:b]).split(starts)
         finished.append(done)
         seams.append(rest)
     # a seam between volumes 29 and 30 leaves frames 30..38 incomplete on both sides
@@ -122,6 +126,7 @@ def test_segments_finalise_inner_frames_and_pass_on_only_seams():
     np.testing.assert_array_equal(video.frame_index, whole.frame_index)
     np.testing.assert_array_equal(video.recon_error, whole.recon_error)
     np.testing.assert_array_equal(video.cell_error_max, whole.cell_error_max)
+    np.testing.assert_array_equal(video.motion_error, whole.motion_error)
     np.testing.assert_array_equal(video.count, whole.count)
     assert video.cell_error is None                            # dropped unless asked for
     with pytest.raises(ValueError):
@@ -189,3 +194,26 @@ def test_video_rows_complete_when_every_segments_rows_are_in():
     assert videos.leftovers() == []
     videos.add(row("c", 0, 0, 1, segments=3))  # segments 1 and 2 never arrive
     assert [[r["video_id"] for r in rows] for rows in videos.leftovers()] == [["c"]]
+
+
+def test_motion_error_is_the_residuals_change_between_frames():
+    """By hand: a residual that stays put scores 0, one that moves scores its L2 change."""
+    T, S = 4, 3
+    x = np.zeros((2, T, S, S), np.float32)
+    recon = np.zeros_like(x)
+    x[0, :, 1, 1] = 2.0                      # volume 0: the same residual in every frame
+    for t in range(T):                       # volume 1: a residual of 1 that moves one pixel a frame
+        x[1, t, 0, t % S] = 1.0
+    m = scoring.motion_errors(x, recon)
+    assert m.shape == (2, T)
+    np.testing.assert_array_equal(m[0], np.zeros(T))
+    # frame t − 1 had the 1 elsewhere: two pixels of ±1, ‖·‖ = √2; frame 0 takes frame 1's value
+    np.testing.assert_allclose(m[1], np.full(T, np.sqrt(2.0)))
+    # the paper's error does not see the difference: both volumes err in one pixel per frame
+    np.testing.assert_allclose(scoring.frame_errors(x, recon), [[2.0] * T, [1.0] * T])
+    shifted = x + 5.0                        # a constant offset of input and reconstruction cancels
+    np.testing.assert_allclose(scoring.motion_errors(shifted, recon + 5.0), m, atol=1e-6)
+    with pytest.raises(ValueError, match="2 frames"):
+        scoring.motion_errors(x[:, :1], recon[:, :1])
+    with pytest.raises(ValueError, match="motion must be"):
+        scoring.accumulate(np.array([0, 5]), T, np.ones((2, T)), motion=np.ones((2, T - 1)))

@@ -73,7 +73,8 @@ def run_demo(folder: str, size: int = 35, epochs: int = 8, videos: int = 4, fram
     print(f"query:   vadray query {paths['tables']} \"SELECT video_id, min(regularity) FROM frames GROUP BY 1\"")
     auc = metrics["regularity"]["auc"]
     print(f"frame-level AUC (regularity, the paper's score): {auc:.3f}; "
-          f"anomaly_score: {metrics['anomaly_score']['auc']:.3f}; cell_error_max: {metrics['cell_error_max']['auc']:.3f}")
+          f"anomaly_score: {metrics['anomaly_score']['auc']:.3f}; cell_error_max: {metrics['cell_error_max']['auc']:.3f}; "
+          f"motion_regularity: {metrics['motion_regularity']['auc']:.3f}")
     return {"metrics": metrics, "paths": paths}
 
 

@@ -32,9 +32,15 @@ def video_date(ref: VideoRef) -> str:
     return f"{match.group(1)}-{match.group(2)}-{match.group(3)}" if match else "unknown"
 
 
+# Bumped when the frames table gains columns: a resumed backfill then rescores the videos an
+# older vadray scored, so one output never mixes two schemas (2: motion_error, motion_regularity).
+FRAMES_VERSION = 2
+
+
 def manifest_marker(video_id: str, identity: str, model_id: str) -> str:
-    """An empty marker's name: keyed by video content identity and model, not by task rank."""
-    digest = hashlib.sha1(identity.encode()).hexdigest()[:12]
+    """An empty marker's name: keyed by video content identity, model and frames-table version,
+    not by task rank."""
+    digest = hashlib.sha1(f"{identity}|frames={FRAMES_VERSION}".encode()).hexdigest()[:12]
     return f"{safe_key(video_id)}.{model_id}.{digest}.done"
 
 
@@ -118,7 +124,7 @@ class ScoreVolumes:
         (~130 MB for 64) four times over. Each volume's errors do not depend on its batch,
         and merging places slots without adding, so the sums are the same either way.
         """
-        from vadray.scoring import FrameSums, accumulate, cell_errors, frame_errors
+        from vadray.scoring import FrameSums, accumulate, cell_errors, frame_errors, motion_errors
 
         normalized = self.stats.normalize(frames)                      # (F, S, S) float32
         positions = np.searchsorted(frame_index, starts)
@@ -127,8 +133,8 @@ class ScoreVolumes:
             x = gather(normalized, positions[a:a + self.batch_size], self.T)   # (B, T, S, S)
             recon = self.reconstruct(x)
             parts.append(accumulate(starts[a:a + self.batch_size], self.T, frame_errors(x, recon),
-                                    cell_errors(x, recon, self.grid)))
-        return FrameSums.merge(parts) if parts else FrameSums.empty(self.T, self.grid * self.grid)
+                                    cell_errors(x, recon, self.grid), motion_errors(x, recon)))
+        return FrameSums.merge(parts) if parts else FrameSums.empty(self.T, self.grid * self.grid, motion=True)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = []
@@ -148,11 +154,13 @@ class ScoreVolumes:
                           "done_recon_error": done.recon_error.tolist(),
                           "done_count": done.count.tolist(),
                           "done_cell_error_max": done.cell_error_max.tolist(),
+                          "done_motion_error": done.motion_error.tolist(),
                           "seam_frame_index": seam.frame_index.tolist(),
                           "seam_time_s": [times[i] for i in seam.frame_index.tolist()],
                           "seam_err_slots": seam.err_slots.tobytes(),
                           "seam_filled": seam.filled.tobytes(),
-                          "seam_cell_slots": seam.cell_slots.tobytes()})
+                          "seam_cell_slots": seam.cell_slots.tobytes(),
+                          "seam_motion_slots": seam.motion_slots.tobytes()})
         if self.fail_once_marker and not os.path.exists(self.fail_once_marker):
             open(self.fail_once_marker, "w").close()
             os._exit(1)  # as if the node died: Ray restarts the actor and retries this batch
@@ -210,12 +218,13 @@ class AssembleVideo:
             dones.append(FrameMeans(np.asarray(r["done_frame_index"], np.int64),
                                     np.asarray(r["done_recon_error"]),
                                     np.asarray(r["done_count"], np.int64), None,
-                                    np.asarray(r["done_cell_error_max"])))
+                                    np.asarray(r["done_cell_error_max"]), np.asarray(r["done_motion_error"])))
             n_seam = len(r["seam_frame_index"])
             seams.append(FrameSums(np.asarray(r["seam_frame_index"], np.int64),
                                    np.frombuffer(r["seam_err_slots"], np.float64).reshape(n_seam, self.T),
                                    np.frombuffer(r["seam_filled"], np.bool_).reshape(n_seam, self.T),
-                                   np.frombuffer(r["seam_cell_slots"], np.float64).reshape(n_seam, self.T, self.cells)))
+                                   np.frombuffer(r["seam_cell_slots"], np.float64).reshape(n_seam, self.T, self.cells),
+                                   np.frombuffer(r["seam_motion_slots"], np.float64).reshape(n_seam, self.T)))
             times.update(zip(r["done_frame_index"], r["done_time_s"]))
             times.update(zip(r["seam_frame_index"], r["seam_time_s"]))
         means = FrameMeans.concat(dones + [FrameSums.merge(seams).mean()])
@@ -230,6 +239,8 @@ class AssembleVideo:
                            "time_s": time_s, "recon_error": e.astype(np.float32),
                            "regularity": s_r.astype(np.float32), "anomaly_score": score.astype(np.float32),
                            "cell_error_max": means.cell_error_max.astype(np.float32),
+                           "motion_error": means.motion_error.astype(np.float32),
+                           "motion_regularity": regularity(means.motion_error).astype(np.float32),
                            "model_id": [model_id] * n, "run_id": [self.run_id] * n}, schema=FRAMES_SCHEMA)
         events = detect_events(s_r, time_s, frame_index=means.frame_index, anomaly_score=score,
                                persistence_threshold=self.persistence, window=self.window)

@@ -159,7 +159,7 @@ class Trainer:
             s = torch.from_numpy(starts[i:i + self.batch_size]).to(self.device)
             x, y = (t.cpu().numpy() for t in self.reconstruct(gather(frames_t, s, torch.ones_like(s), T)))
             parts.append(scoring.accumulate(starts[i:i + self.batch_size], T, scoring.frame_errors(x, y),
-                                            scoring.cell_errors(x, y)))
+                                            scoring.cell_errors(x, y), scoring.motion_errors(x, y)))
         return scoring.FrameSums.merge(parts).mean()
 
 
@@ -167,8 +167,9 @@ class Trainer:
 
 def test_metrics(trainer: Trainer, test_ids: list[str], test_frames: list[np.ndarray], labels, T: int,
                  hop: int) -> tuple[dict, float]:
-    """Frame AUC/EER of the paper's regularity, recon_error (ranks as anomaly_score) and
-    cell_error_max on the test videos; and the frames/s of this scoring pass."""
+    """Frame AUC/EER of the paper's regularity, recon_error (ranks as anomaly_score),
+    cell_error_max, motion_regularity and motion_error on the test videos; and the frames/s of
+    this scoring pass."""
     from vadray import metrics
 
     if trainer.device.type == "cuda":
@@ -176,7 +177,9 @@ def test_metrics(trainer: Trainer, test_ids: list[str], test_frames: list[np.nda
     started = time.perf_counter()
     per_video = [trainer.score_video(f, T, hop) for f in test_frames]
     seconds = time.perf_counter() - started
-    ids, truth, columns = [], [], {"regularity": [], "anomaly_score": [], "cell_error_max": []}
+    ids, truth = [], []
+    columns = {"regularity": [], "anomaly_score": [], "cell_error_max": [], "motion_regularity": [],
+               "motion_error": []}
     for video_id, means in zip(test_ids, per_video):
         lab = labels.get(video_id)
         if lab is None:
@@ -187,6 +190,8 @@ def test_metrics(trainer: Trainer, test_ids: list[str], test_frames: list[np.nda
         columns["regularity"].append(1.0 - scoring.regularity(means.recon_error)[known])
         columns["anomaly_score"].append(means.recon_error[known])
         columns["cell_error_max"].append(means.cell_error_max[known])
+        columns["motion_regularity"].append(1.0 - scoring.regularity(means.motion_error)[known])
+        columns["motion_error"].append(means.motion_error[known])
     result = {}
     for name, parts in columns.items():
         m = metrics.frame_metrics(np.concatenate(ids), np.concatenate(truth), np.concatenate(parts))
@@ -305,7 +310,8 @@ def run(args: argparse.Namespace) -> int:
             aucs, fps = test_metrics(trainer, *test, T, args.hop)
             diagnostics.append({"epoch": epoch, "scoring_fps": fps, **aucs})
             line += (f" | test AUC (diagnostic, not used) regularity {aucs['regularity']['auc']:.4f} "
-                     f"anomaly {aucs['anomaly_score']['auc']:.4f} cell {aucs['cell_error_max']['auc']:.4f}")
+                     f"anomaly {aucs['anomaly_score']['auc']:.4f} cell {aucs['cell_error_max']['auc']:.4f} "
+                     f"motion {aucs['motion_regularity']['auc']:.4f}")
         print(line, flush=True)
         elapsed = time.perf_counter() - started
         if args.time_budget and not state["stopped"] and elapsed + seconds > args.time_budget:

@@ -78,7 +78,8 @@ def motion_errors(x: np.ndarray, recon: np.ndarray) -> np.ndarray:
     walker's blurred outline, the pavement's texture) cancels, a residual that moves (an
     object faster than the model can follow) does not. The first frame of a volume takes the
     value of the second (it has no predecessor inside the volume). Ped2 at 227 px: frame AUC
-    0.846 against the paper's regularity's 0.791 with the same model (docs/PERFORMANCE.md).
+    0.849 per-video normalised against the paper's regularity's 0.791 with the same model, but
+    0.784 against 0.837 at 59 px (docs/PERFORMANCE.md).
     """
     x, recon = _as_frames(x), _as_frames(recon)
     if x.shape != recon.shape:

@@ -30,7 +30,8 @@ from vadray.exits import UsageError
 log = logging.getLogger(__name__)
 
 ImageFn = Callable[[str, int], "np.ndarray | None"]
-FRAME_COLUMNS = ["camera", "date", "video_id", "source_uri", "frame_index", "time_s", "regularity", "model_id"]
+FRAME_COLUMNS = ["camera", "date", "video_id", "source_uri", "frame_index", "time_s", "regularity",
+                 "motion_regularity", "model_id"]
 
 
 def decode_thumbnail(source_uri: str, frame_index: int, storage_options: dict | None = None,
@@ -93,6 +94,9 @@ def plot_video(frames: pd.DataFrame, events: pd.DataFrame, truth: np.ndarray | N
     grid = fig.add_gridspec(2 if panels else 1, max(panels, 1), height_ratios=[1.3, 1] if panels else [1])
     ax = fig.add_subplot(grid[0, :])
     ax.plot(x_of(frames["frame_index"]), frames["regularity"], color="#1f4e9c", lw=1.2, label="regularity $s_r$")
+    if "motion_regularity" in frames and frames["motion_regularity"].notna().any():  # absent in older tables
+        ax.plot(x_of(frames["frame_index"]), frames["motion_regularity"], color="#2ca02c", lw=0.9, alpha=0.85,
+                label="motion regularity")
     for k, (first, last) in enumerate(truth if truth is not None else []):
         ax.axvspan(x_of(first), x_of(last + 1), color="0.45", alpha=0.3, lw=0,
                    label="ground-truth anomaly" if k == 0 else None)

@@ -4,6 +4,7 @@ import math
 import os
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -214,3 +215,16 @@ def test_report_cli_filters_and_no_thumbnails(scored, tmp_path):
     written = sorted(os.listdir(tmp_path / "r"))
     assert written == sorted(["index.html", f"{safe_key('clipB')}.png", f"{safe_key('clipC')}.png"])
     assert cli.main(["report", scored["out"], str(tmp_path / "r2"), "--video", "nope"]) == 2
+
+
+def test_plot_draws_motion_regularity_only_where_the_table_has_it():
+    frames = pd.DataFrame({"camera": "c", "date": "unknown", "video_id": "v", "model_id": "m",
+                           "frame_index": np.arange(20), "time_s": np.arange(20) / FPS,
+                           "regularity": np.linspace(1, 0.5, 20)})
+    events = pd.DataFrame(columns=["event_id", "start_frame", "end_frame", "peak_frame", "min_regularity"])
+    older = report.plot_video(frames, events).axes[0]
+    assert [line.get_label() for line in older.get_lines()] == ["regularity $s_r$"]
+    frames["motion_regularity"] = np.linspace(0.9, 0.2, 20)
+    lines = report.plot_video(frames, events).axes[0].get_lines()
+    assert [line.get_label() for line in lines] == ["regularity $s_r$", "motion regularity"]
+    np.testing.assert_allclose(lines[1].get_ydata(), frames["motion_regularity"])

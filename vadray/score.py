@@ -4,10 +4,11 @@ Reads videos straight from the archive (local or s3://; the same listing and vid
 ingest), decodes and preprocesses them exactly as the checkpoint's input spec says (the same
 code ingest and training used), runs the model in a Ray Data actor pool, and writes per
 video, under OUTPUT (hive-partitioned by camera= and date=):
-  frames/   one row per frame: recon_error, regularity, anomaly_score, cell_error_max
+  frames/   one row per frame: recon_error, regularity, anomaly_score, cell_error_max,
+            motion_error, motion_regularity
   events/   one row per dip of regularity (Persistence1D minima grouped in a window)
   errors/   one row per input (or segment) that failed
-  manifest/ one marker per finished (video identity, model) pair
+  manifest/ one marker per finished (video identity, model, frames-table version)
 A backfill is resumable: a rerun skips finished videos, rescoring partial ones; file names
 are deterministic per video and model, so retries overwrite instead of appending. --force
 rescores everything. Exit status: 0 all ok, 3 some inputs failed, 2 bad arguments.

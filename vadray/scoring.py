@@ -57,11 +57,16 @@ def _as_frames(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _squared_diff(x: np.ndarray, recon: np.ndarray) -> np.ndarray:
+def _residual(x: np.ndarray, recon: np.ndarray) -> np.ndarray:
+    """x − recon as float32 (V, T, S, S), after checking that the shapes agree."""
     x, recon = _as_frames(x), _as_frames(recon)
     if x.shape != recon.shape:
         raise ValueError(f"input {x.shape} and reconstruction {recon.shape} differ in shape")
-    diff = x.astype(np.float32, copy=False) - recon.astype(np.float32, copy=False)
+    return x.astype(np.float32, copy=False) - recon.astype(np.float32, copy=False)
+
+
+def _squared_diff(x: np.ndarray, recon: np.ndarray) -> np.ndarray:
+    diff = _residual(x, recon)
     return np.square(diff, out=diff)  # (V, T, S, S)
 
 
@@ -81,12 +86,9 @@ def motion_errors(x: np.ndarray, recon: np.ndarray) -> np.ndarray:
     0.849 per-video normalised against the paper's regularity's 0.791 with the same model, but
     0.784 against 0.837 at 59 px (docs/PERFORMANCE.md).
     """
-    x, recon = _as_frames(x), _as_frames(recon)
-    if x.shape != recon.shape:
-        raise ValueError(f"input {x.shape} and reconstruction {recon.shape} differ in shape")
-    if x.shape[1] < 2:
+    residual = _residual(x, recon)
+    if residual.shape[1] < 2:
         raise ValueError("motion needs volumes of at least 2 frames")
-    residual = x.astype(np.float32, copy=False) - recon.astype(np.float32, copy=False)
     change = np.diff(residual, axis=1)                                       # (V, T-1, S, S)
     m = np.sqrt(np.square(change, out=change).sum(axis=(-2, -1), dtype=np.float64))
     return np.concatenate([m[:, :1], m], axis=1)

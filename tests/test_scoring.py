@@ -217,3 +217,20 @@ def test_motion_error_is_the_residuals_change_between_frames():
         scoring.motion_errors(x[:, :1], recon[:, :1])
     with pytest.raises(ValueError, match="motion must be"):
         scoring.accumulate(np.array([0, 5]), T, np.ones((2, T)), motion=np.ones((2, T - 1)))
+
+
+def test_volume_sums_equal_the_three_scores_bit_for_bit():
+    """The score job's one-residual path gives exactly what the public functions give."""
+    rng = np.random.default_rng(3)
+    T, S = 5, 19
+    x = rng.normal(size=(4, T, 1, S, S)).astype(np.float32)
+    recon = rng.normal(size=(4, T, 1, S, S)).astype(np.float32)
+    starts = np.array([0, 2, 7, 9])
+    sums = scoring.volume_sums(starts, x, recon, grid=4)
+    by_hand = scoring.accumulate(starts, T, scoring.frame_errors(x, recon), scoring.cell_errors(x, recon, 4),
+                                 scoring.motion_errors(x, recon))
+    ours, theirs = sums.mean(), by_hand.mean()
+    for name in ("frame_index", "recon_error", "count", "cell_error", "cell_error_max", "motion_error"):
+        assert getattr(ours, name) is not None, name
+        np.testing.assert_array_equal(getattr(ours, name), getattr(theirs, name), err_msg=name)
+    assert scoring.volume_sums(starts, x, recon, motion=False).mean().motion_error is None

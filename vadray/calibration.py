@@ -55,9 +55,7 @@ class ValidationFrameErrors:
                               self.mean, self.std)               # (B, T, 1, S, S)
                 y = self.model(x).float()
                 x_np, y_np = x.cpu().numpy(), y.cpu().numpy()
-                parts.append(scoring.accumulate(starts[i:i + self.batch_size], self.T,
-                                                scoring.frame_errors(x_np, y_np),
-                                                scoring.cell_errors(x_np, y_np)))
+                parts.append(scoring.volume_sums(starts[i:i + self.batch_size], x_np, y_np, motion=False))
         return parts
 
     def __call__(self, batch: dict) -> dict:

@@ -124,7 +124,7 @@ class ScoreVolumes:
         (~130 MB for 64) four times over. Each volume's errors do not depend on its batch,
         and merging places slots without adding, so the sums are the same either way.
         """
-        from vadray.scoring import FrameSums, accumulate, cell_errors, frame_errors, motion_errors
+        from vadray.scoring import FrameSums, volume_sums
 
         normalized = self.stats.normalize(frames)                      # (F, S, S) float32
         positions = np.searchsorted(frame_index, starts)
@@ -132,8 +132,7 @@ class ScoreVolumes:
         for a in range(0, len(starts), self.batch_size):
             x = gather(normalized, positions[a:a + self.batch_size], self.T)   # (B, T, S, S)
             recon = self.reconstruct(x)
-            parts.append(accumulate(starts[a:a + self.batch_size], self.T, frame_errors(x, recon),
-                                    cell_errors(x, recon, self.grid), motion_errors(x, recon)))
+            parts.append(volume_sums(starts[a:a + self.batch_size], x, recon, self.grid))
         return FrameSums.merge(parts) if parts else FrameSums.empty(self.T, self.grid * self.grid, motion=True)
 
     def __call__(self, batch: pa.Table) -> pa.Table:

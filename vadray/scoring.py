@@ -11,7 +11,7 @@ may have been scored by different tasks. `FrameSums` therefore keeps one slot pe
 are merged by placing slots, and the mean adds the slots in a fixed order. Segmented and
 unsegmented scoring give bit-identical results, not merely close ones.
 
-Per segment:  sums = accumulate(starts, T, frame_errors(x, r), cell_errors(x, r), motion_errors(x, r))
+Per segment:  sums = volume_sums(starts, x, recon)   (e, cells and m of each model batch)
               done, seam = sums.split(all_starts_of_the_video)
 Per video:    means = FrameMeans.concat(dones + [FrameSums.merge(seams).mean()])
               regularity(means.recon_error), calibrate(means.recon_error, card["validation"])
@@ -72,7 +72,10 @@ def _squared_diff(x: np.ndarray, recon: np.ndarray) -> np.ndarray:
 
 def frame_errors(x: np.ndarray, recon: np.ndarray) -> np.ndarray:
     """e = ‖x − recon‖₂ over the pixels of each frame of each volume → (V, T) float64."""
-    sq = _squared_diff(x, recon)
+    return _frame_norms(_squared_diff(x, recon))
+
+
+def _frame_norms(sq: np.ndarray) -> np.ndarray:
     return np.sqrt(sq.sum(axis=(-2, -1), dtype=np.float64))
 
 
@@ -86,7 +89,10 @@ def motion_errors(x: np.ndarray, recon: np.ndarray) -> np.ndarray:
     0.849 per-video normalised against the paper's regularity's 0.791 with the same model, but
     0.784 against 0.837 at 59 px (docs/PERFORMANCE.md).
     """
-    residual = _residual(x, recon)
+    return _motion_norms(_residual(x, recon))
+
+
+def _motion_norms(residual: np.ndarray) -> np.ndarray:
     if residual.shape[1] < 2:
         raise ValueError("motion needs volumes of at least 2 frames")
     change = np.diff(residual, axis=1)                                       # (V, T-1, S, S)
@@ -109,8 +115,11 @@ def cell_errors(x: np.ndarray, recon: np.ndarray, grid: int = GRID_DEFAULT) -> n
     Cells are numbered row-major (cell row, cell column). A small anomaly that the
     whole-frame norm averages away still dominates its own cell.
     """
-    sq = _squared_diff(x, recon)                              # (V, T, S, S)
-    rows = cell_bounds(sq.shape[-2], grid)
+    return _cell_norms(_squared_diff(x, recon), grid)
+
+
+def _cell_norms(sq: np.ndarray, grid: int) -> np.ndarray:
+    rows = cell_bounds(sq.shape[-2], grid)                    # sq: (V, T, S, S)
     cols = cell_bounds(sq.shape[-1], grid)
     per_row = np.add.reduceat(sq, rows, axis=-2, dtype=np.float64)  # (V, T, grid, S)
     per_cell = np.add.reduceat(per_row, cols, axis=-1)        # (V, T, grid, grid)
@@ -283,6 +292,20 @@ def accumulate(starts: np.ndarray, T: int, errs: np.ndarray, cells: np.ndarray |
         motion_slots = np.zeros((frames.size, T))
         motion_slots[inverse, slot_of] = motion
     return FrameSums(frames, err, filled, cell_slots, motion_slots)
+
+
+def volume_sums(starts: np.ndarray, x: np.ndarray, recon: np.ndarray, grid: int = GRID_DEFAULT,
+                motion: bool = True) -> FrameSums:
+    """One model batch of stride-1 volumes → `FrameSums` of e, the cell grid and m.
+
+    What the score job, the validation calibration and ped2-direct do per batch, with the
+    residual and its square computed once for all three scores; the values are those of
+    `frame_errors`, `cell_errors` and `motion_errors`, bit for bit.
+    """
+    residual = _residual(x, recon)                            # (V, T, S, S)
+    squared = np.square(residual)
+    return accumulate(starts, residual.shape[1], _frame_norms(squared), _cell_norms(squared, grid),
+                      _motion_norms(residual) if motion else None)
 
 
 def regularity(e: np.ndarray) -> np.ndarray:

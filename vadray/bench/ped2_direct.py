@@ -11,7 +11,7 @@ composed in one process instead of Ray Data tasks and a TorchTrainer:
   step        `trainloop.reconstruct` (normalise, bf16 autocast on GPU), MSE, Adam — `vadray train`'s step
   selection   `trainloop.end_of_epoch` on the validation loss (stride-1 volumes every T frames),
               or with --select synthetic / synthetic_gliding on pasted anomalies (`vadray.pasted`)
-  card        validation frame errors (`scoring.frame_errors` / `cell_errors` on stride-1
+  card        validation frame errors (`scoring.volume_sums` on stride-1
               volumes at hop 1, the mean over volumes) + `checkpoint.model_card`, so the checkpoint in
               WORKDIR/checkpoint/final/ is scored by the real `vadray score` job.
 
@@ -150,7 +150,7 @@ class Trainer:
     @torch.inference_mode()
     def score_video(self, frames: np.ndarray, T: int, hop: int) -> scoring.FrameMeans:
         """Per-frame errors of one video as `vadray score` computes them: stride-1 volumes every
-        `hop` frames, `scoring.frame_errors` / `cell_errors` on each, the mean over volumes."""
+        `hop` frames, `scoring.volume_sums` of each batch, the mean over volumes."""
         self.model.eval()
         starts = volume_starts(len(frames), T, 1, hop)
         frames_t = torch.from_numpy(frames).to(self.device)
@@ -158,8 +158,7 @@ class Trainer:
         for i in range(0, len(starts), self.batch_size):
             s = torch.from_numpy(starts[i:i + self.batch_size]).to(self.device)
             x, y = (t.cpu().numpy() for t in self.reconstruct(gather(frames_t, s, torch.ones_like(s), T)))
-            parts.append(scoring.accumulate(starts[i:i + self.batch_size], T, scoring.frame_errors(x, y),
-                                            scoring.cell_errors(x, y), scoring.motion_errors(x, y)))
+            parts.append(scoring.volume_sums(starts[i:i + self.batch_size], x, y))
         return scoring.FrameSums.merge(parts).mean()
 
 

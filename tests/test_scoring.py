@@ -234,3 +234,14 @@ def test_volume_sums_equal_the_three_scores_bit_for_bit():
         assert getattr(ours, name) is not None, name
         np.testing.assert_array_equal(getattr(ours, name), getattr(theirs, name), err_msg=name)
     assert scoring.volume_sums(starts, x, recon, motion=False).mean().motion_error is None
+
+
+def test_score_columns_are_the_frames_tables_scores():
+    means = scoring.FrameMeans(np.arange(4), np.array([1.0, 2.0, 4.0, 3.0]), np.ones(4, np.int64), None,
+                               np.array([5.0, 6.0, 7.0, 8.0]), np.array([0.5, 1.0, 0.25, 1.0]))
+    cols = scoring.score_columns(means, {"frame_error": {"mean": 2.0, "std": 0.5}})
+    np.testing.assert_allclose(cols["regularity"], [1.0, 0.75, 0.25, 0.5])        # 1 − (e − 1) / 4
+    np.testing.assert_allclose(cols["anomaly_score"], [-2.0, 0.0, 4.0, 2.0])
+    np.testing.assert_allclose(cols["motion_regularity"], [0.75, 0.25, 1.0, 0.25])  # 1 − (m − .25) / 1
+    assert set(cols) - {"anomaly_score"} == set(scoring.score_columns(means, None))
+    assert set(cols) <= set(scoring.FRAMES_SCHEMA.names)

@@ -83,6 +83,19 @@ def _per_video_intervals(table: pd.DataFrame) -> dict[str, np.ndarray]:
             for v, g in table.groupby("video_id", sort=True)}
 
 
+def column_metrics(column: str, video_ids: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> dict:
+    """Frame metrics of one score column; a `…regularity` column is read as 1 − s, so that every
+    score reads "higher = more anomalous". Frames without a finite score are counted, not used."""
+    scores = np.asarray(scores, np.float64)
+    if column.endswith("regularity"):
+        scores = 1.0 - scores
+    finite = np.isfinite(scores)
+    if not finite.any():
+        return {"available": False, "missing_scores": int(scores.size)}
+    return {"available": True, "missing_scores": int((~finite).sum()),
+            **metrics.frame_metrics(video_ids[finite], labels[finite], scores[finite])}
+
+
 def evaluate_output(output: str, labels_csv: str, storage_options: dict | None = None) -> dict:
     """Metrics of one scoring OUTPUT against labels. Undefined metrics are NaN."""
     table = read_table(output, "frames", storage_options,
@@ -112,19 +125,9 @@ def evaluate_output(output: str, labels_csv: str, storage_options: dict | None =
         "duplicate_frame_rows": duplicate_frames,
     }}
     for column in SCORE_COLUMNS:
-        if column not in matched:
-            result[column] = {"available": False}
-            continue
-        scores = matched[column].to_numpy(np.float64)
-        if column.endswith("regularity"):
-            scores = 1.0 - scores
-        finite = np.isfinite(scores)
-        if not finite.any():
-            result[column] = {"available": False, "missing_scores": int(scores.size)}
-            continue
-        result[column] = {"available": True, "missing_scores": int((~finite).sum()),
-                          **metrics.frame_metrics(matched["video_id"].to_numpy()[finite],
-                                                  matched["label"].to_numpy()[finite], scores[finite])}
+        result[column] = (column_metrics(column, matched["video_id"].to_numpy(), matched["label"].to_numpy(),
+                                         matched[column].to_numpy(np.float64))
+                          if column in matched else {"available": False})
     evaluated_videos = sorted(frame_videos & label_videos)
     truth = {v: metrics.label_runs(g["frame_index"].to_numpy(), g["label"].to_numpy())
              for v, g in labels[labels["video_id"].isin(evaluated_videos)].groupby("video_id")}

@@ -209,7 +209,7 @@ class AssembleVideo:
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         from vadray.events import EVENTS_SCHEMA, detect_events
-        from vadray.scoring import FRAMES_SCHEMA, FrameMeans, FrameSums, calibrate, regularity
+        from vadray.scoring import FRAMES_SCHEMA, FrameMeans, FrameSums, score_columns
 
         head = rows[0]
         dones, seams, times = [], [], {}
@@ -227,21 +227,16 @@ class AssembleVideo:
             times.update(zip(r["done_frame_index"], r["done_time_s"]))
             times.update(zip(r["seam_frame_index"], r["seam_time_s"]))
         means = FrameMeans.concat(dones + [FrameSums.merge(seams).mean()])
-        e = means.recon_error
-        s_r = regularity(e)
-        score = calibrate(e, self.card["validation"])
+        scores = score_columns(means, self.card["validation"])
         time_s = np.array([times[i] for i in means.frame_index.tolist()], np.float64)
         camera, date = _partition_value(head["camera"]), self.dates.get(head["video_id"], "unknown")
         model_id, n = self.card["model_id"], means.frame_index.size
         common = {"camera": [camera] * n, "date": [date] * n, "video_id": [head["video_id"]] * n}
         frames = pa.table({**common, "source_uri": [head["uri"]] * n, "frame_index": means.frame_index,
-                           "time_s": time_s, "recon_error": e.astype(np.float32),
-                           "regularity": s_r.astype(np.float32), "anomaly_score": score.astype(np.float32),
-                           "cell_error_max": means.cell_error_max.astype(np.float32),
-                           "motion_error": means.motion_error.astype(np.float32),
-                           "motion_regularity": regularity(means.motion_error).astype(np.float32),
+                           "time_s": time_s, **{k: v.astype(np.float32) for k, v in scores.items()},
                            "model_id": [model_id] * n, "run_id": [self.run_id] * n}, schema=FRAMES_SCHEMA)
-        events = detect_events(s_r, time_s, frame_index=means.frame_index, anomaly_score=score,
+        events = detect_events(scores["regularity"], time_s, frame_index=means.frame_index,
+                               anomaly_score=scores["anomaly_score"],
                                persistence_threshold=self.persistence, window=self.window)
         events = pa.Table.from_pylist([{"camera": camera, "date": date, "video_id": head["video_id"],
                                         **ev, "model_id": model_id} for ev in events], schema=EVENTS_SCHEMA)

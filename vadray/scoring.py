@@ -324,6 +324,23 @@ def regularity(e: np.ndarray) -> np.ndarray:
     return 1.0 - (e - lowest) / highest
 
 
+def score_columns(means: FrameMeans, validation: dict | None) -> dict[str, np.ndarray]:
+    """The `frames` table's error and score columns of one whole video, float64.
+
+    `validation` is the card's "validation" dict for `anomaly_score`; without one (ped2-direct's
+    per-epoch diagnostics run before calibration) that column is left out.
+    """
+    columns = {"recon_error": means.recon_error, "regularity": regularity(means.recon_error)}
+    if validation is not None:
+        columns["anomaly_score"] = calibrate(means.recon_error, validation)
+    if means.cell_error_max is not None:
+        columns["cell_error_max"] = means.cell_error_max
+    if means.motion_error is not None:
+        columns["motion_error"] = means.motion_error
+        columns["motion_regularity"] = regularity(means.motion_error)
+    return columns
+
+
 def calibrate(e: np.ndarray, validation: dict, key: str = "frame_error") -> np.ndarray:
     """Anomaly score (e − μ) / σ with the checkpoint card's validation distribution.
 

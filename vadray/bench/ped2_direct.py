@@ -166,19 +166,16 @@ class Trainer:
 
 def test_metrics(trainer: Trainer, test_ids: list[str], test_frames: list[np.ndarray], labels, T: int,
                  hop: int) -> tuple[dict, float]:
-    """Frame AUC/EER of the paper's regularity, recon_error (ranks as anomaly_score),
-    cell_error_max, motion_regularity and motion_error on the test videos; and the frames/s of
-    this scoring pass."""
-    from vadray import metrics
+    """Frame AUC/EER of the `frames` table's score columns on the test videos, as `vadray
+    evaluate` computes them; and the frames/s of this scoring pass."""
+    from vadray.evaluate import SCORE_COLUMNS, column_metrics
 
     if trainer.device.type == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()
     per_video = [trainer.score_video(f, T, hop) for f in test_frames]
     seconds = time.perf_counter() - started
-    ids, truth = [], []
-    columns = {"regularity": [], "anomaly_score": [], "cell_error_max": [], "motion_regularity": [],
-               "motion_error": []}
+    ids, truth, columns = [], [], {name: [] for name in SCORE_COLUMNS}
     for video_id, means in zip(test_ids, per_video):
         lab = labels.get(video_id)
         if lab is None:
@@ -186,14 +183,13 @@ def test_metrics(trainer: Trainer, test_ids: list[str], test_frames: list[np.nda
         known = np.isin(means.frame_index, lab.index.to_numpy())
         ids.append(np.full(int(known.sum()), video_id))
         truth.append(lab.loc[means.frame_index[known]].to_numpy())
-        columns["regularity"].append(1.0 - scoring.regularity(means.recon_error)[known])
-        columns["anomaly_score"].append(means.recon_error[known])
-        columns["cell_error_max"].append(means.cell_error_max[known])
-        columns["motion_regularity"].append(1.0 - scoring.regularity(means.motion_error)[known])
-        columns["motion_error"].append(means.motion_error[known])
+        scores = scoring.score_columns(means, validation=None)   # no calibration before the end
+        scores["anomaly_score"] = scores["recon_error"]          # ranks frames as the calibrated score
+        for name in SCORE_COLUMNS:
+            columns[name].append(scores[name][known])
     result = {}
     for name, parts in columns.items():
-        m = metrics.frame_metrics(np.concatenate(ids), np.concatenate(truth), np.concatenate(parts))
+        m = column_metrics(name, np.concatenate(ids), np.concatenate(truth), np.concatenate(parts))
         result[name] = {k: m[k] for k in ("auc", "auc_macro", "eer", "frames")}
     return result, sum(len(f) for f in test_frames) / seconds
 

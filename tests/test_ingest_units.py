@@ -194,3 +194,18 @@ def test_clip_table_chunks_runs_over_the_decoded_buffer():
     np.testing.assert_allclose(np.concatenate([r["time_s"] for r in rows]), index / 10.0)
     assert {r["video_key"] for r in rows} == {"cam%2Fv"} and rows[0]["size"] == 3
     assert clip_table(seg, index[:0], index[:0] / 10.0, frames[:0], 3).num_rows == 0
+
+
+def test_gain_correction_undoes_a_global_gain_and_ignores_a_small_intruder():
+    rng = np.random.default_rng(5)
+    scene = rng.integers(60, 150, size=(32, 32))                  # a fixed camera: one scene, some noise
+    frames = (scene + rng.integers(-2, 3, size=(6, 32, 32))).astype(np.uint8)
+    stats = NormStats.from_sums(PartialSums.of(frames))
+    brighter = np.clip(frames * 1.3, 0, 255).astype(np.uint8)
+    restored = stats.gain_corrected(brighter).astype(int)
+    assert np.abs(restored - frames).max() <= 2
+    intruder = frames.copy()
+    intruder[:, :6, :6] = 255                                     # 3.5 % of the frame
+    assert np.abs(stats.gain_corrected(intruder).astype(int) - intruder).mean() < 2
+    with pytest.raises(ValueError, match="uint8"):
+        stats.gain_corrected(frames.astype(np.float32))

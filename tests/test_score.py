@@ -151,3 +151,24 @@ def test_default_actor_threads_share_the_node_cpus(ray_session):
     from vadray.score import default_actor_threads
 
     assert [default_actor_threads(n) for n in (1, 2, 5)] == [2, 1, 1]  # the session's Ray has 2 CPUs
+
+
+def test_gain_correction_keeps_a_brighter_twin_of_a_video_normal(ray_session, trained_checkpoint, tmp_path):
+    """A ×1.3 copy of a normal clip (a light switched on) reads as anomalous unless gain-corrected."""
+    from vadray.synth import render_video, write_video
+
+    src = tmp_path / "src"
+    images = render_video(64, 48, 30, seed=11)[0]
+    write_video(str(src / "plain.mp4"), images)
+    write_video(str(src / "brighter.mp4"), np.clip(images * 1.3, 0, 255).astype(np.uint8))
+    mean_error, run_ids = {}, set()
+    for corrected in (False, True):
+        out = str(tmp_path / f"out-{corrected}")
+        assert run_score(str(src), out, str(trained_checkpoint), gain_correction=corrected).frames == 60
+        frames = read_table(out, "frames")
+        mean_error[corrected] = frames.groupby("video_id").recon_error.mean()
+        run_ids |= set(frames.run_id)
+    assert len(run_ids) == 2   # the tables say which setting wrote them
+    plain, corrected = mean_error[False], mean_error[True]
+    assert plain["brighter"] > 1.3 * plain["plain"]
+    assert abs(corrected["brighter"] / corrected["plain"] - 1) < 0.1

@@ -99,6 +99,24 @@ class NormStats:
         x *= np.float32(1.0 / max(self.std, 1e-6))
         return x
 
+    def gain_corrected(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 (N, S, S) → uint8 frames divided by their gain against the training footage.
+
+        g = median(frame) / median(255 · mean image). A light that brightens the whole scene by
+        ×1.3 makes every later frame read as an anomaly in every score (docs/PERFORMANCE.md:
+        AUC 1.0 for brightened against unchanged normal frames); the median ignores a foreground
+        covering less than half of the frame, so an intruder barely moves g. Opt-in
+        (`vadray score --gain-correction`): it changes the model's input, so `regularity` is
+        then not the paper's score on the paper's input.
+        """
+        frames = np.asarray(frames)
+        if frames.dtype != np.uint8 or frames.ndim != 3:
+            raise ValueError(f"gain correction takes uint8 frames (N, S, S), got {frames.dtype} {frames.shape}")
+        reference = max(float(np.median(self.mean_image)) * 255.0, 1e-3)
+        gains = np.median(frames.reshape(len(frames), -1), axis=1) / reference
+        corrected = frames / np.maximum(gains, 1e-3)[:, None, None]
+        return np.clip(np.rint(corrected), 0, 255).astype(np.uint8)
+
     def to_dict(self) -> dict:
         """JSON-safe; the mean image as base64 float32 so cards never need pickle."""
         return {

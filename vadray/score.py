@@ -45,9 +45,10 @@ class ScoreSummary(JobSummary):
                 f"{self.seconds:.1f} s, {self.fps:.1f} frames/s")
 
 
-def scoring_run_id(model_id: str, hop: int, grid: int, persistence: float, window: int) -> str:
+def scoring_run_id(model_id: str, hop: int, grid: int, persistence: float, window: int,
+                   gain_correction: bool = False) -> str:
     """Deterministic: the same model and settings give the same id, so reruns are identical."""
-    text = f"{model_id}|hop={hop}|grid={grid}|p={persistence}|w={window}"
+    text = f"{model_id}|hop={hop}|grid={grid}|p={persistence}|w={window}" + ("|gain" if gain_correction else "")
     return "score-" + hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
@@ -77,7 +78,7 @@ def _finished(output: str, refs: list[VideoRef], model_id: str, storage_options:
 def run_score(source: str, output: str, checkpoint: str, *, camera: str = "default", actors: int = 1,
               gpus_per_actor: float = 0.0, batch_size: int = 16, hop: int = 5, segment_seconds: float = 60.0,
               frame_fps: float = 10.0, grid: int = 8, persistence: float | None = None, window: int = 50,
-              force: bool = False, actor_threads: int | None = None,
+              force: bool = False, actor_threads: int | None = None, gain_correction: bool = False,
               storage_options: dict[str, Any] | None = None,
               checkpoint_storage_options: dict[str, Any] | None = None) -> ScoreSummary:
     """The scoring job as a function (the CLI, jobs/score.py, the benchmark and tests call it)."""
@@ -104,7 +105,7 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     if hop > T:
         raise UsageError(f"--hop {hop} > T={T} would leave frames without a score")
     model_id = card["model_id"]
-    run_id = scoring_run_id(model_id, hop, grid, persistence, window)
+    run_id = scoring_run_id(model_id, hop, grid, persistence, window, gain_correction)
     started = time.perf_counter()
     refs = list_videos(source, storage_options)
     if not refs:
@@ -130,7 +131,7 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
                   .map_batches(ScoreVolumes,
                                fn_constructor_args=(checkpoint, ckpt_options, batch_size, grid,
                                                     os.environ.get("VADRAY_TEST_KILL_ACTOR_ONCE"),
-                                                    actor_threads),
+                                                    actor_threads, gain_correction),
                                batch_size=1, batch_format="pyarrow", compute=ActorPoolStrategy(size=actors),
                                num_gpus=gpus_per_actor, num_cpus=0 if gpus_per_actor else 1))
         # Ray Data restarts a dead model actor and retries its tasks (max_restarts=-1 and
@@ -183,6 +184,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="minimum persistence (depth in regularity units) of an event's minimum "
                              "(default vadray.events.PERSISTENCE_DEFAULT)")
     parser.add_argument("--window", type=int, default=50, help="minima within this many frames form one event")
+    parser.add_argument("--gain-correction", action="store_true",
+                        help="divide each frame by its brightness gain against the training footage "
+                             "(median against median) before the model, so that a light switched on "
+                             "does not read as an anomaly; changes the model's input for every score "
+                             "(regularity is then not the paper's input). Use --force to rescore "
+                             "videos already scored without it")
     parser.add_argument("--force", action="store_true", help="rescore videos the manifest says are done")
     parser.add_argument("--storage-options", default=None,
                         help="JSON dict for fsspec/s3fs (SOURCE, OUTPUT and CHECKPOINT); AWS_* env vars work too")
@@ -194,5 +201,6 @@ def run(args: argparse.Namespace) -> int:
                         gpus_per_actor=args.gpus_per_actor, batch_size=args.batch_size, hop=args.hop,
                         segment_seconds=args.segment_seconds, frame_fps=args.frame_fps, grid=args.grid,
                         persistence=args.persistence, window=args.window, force=args.force,
-                        actor_threads=args.actor_threads, storage_options=storage_options)
+                        actor_threads=args.actor_threads, gain_correction=args.gain_correction,
+                        storage_options=storage_options)
     return summary.print_and_exit_status()

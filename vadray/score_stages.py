@@ -87,7 +87,7 @@ class ScoreVolumes:
     """Model actor: loads the checkpoint once, scores volumes in batches, returns errors."""
 
     def __init__(self, checkpoint: str, storage_options: dict[str, Any], batch_size: int, grid: int,
-                 fail_once_marker: str | None = None, threads: int = 1):
+                 fail_once_marker: str | None = None, threads: int = 1, gain_correction: bool = False):
         import torch
 
         from vadray.checkpoint import load_model
@@ -101,6 +101,7 @@ class ScoreVolumes:
         self.model = model.to(self.device).eval()
         self.stats = NormStats.from_dict(card["norm_stats"])
         self.T, self.batch_size, self.grid = int(card["input"]["T"]), batch_size, grid
+        self.gain_correction = gain_correction
         self.fail_once_marker = fail_once_marker  # test hook: die once, mid-run
 
     def reconstruct(self, volumes: np.ndarray) -> np.ndarray:
@@ -126,6 +127,8 @@ class ScoreVolumes:
         """
         from vadray.scoring import FrameSums, volume_sums
 
+        if self.gain_correction:                                       # per frame: seams stay exact
+            frames = self.stats.gain_corrected(frames)
         normalized = self.stats.normalize(frames)                      # (F, S, S) float32
         positions = np.searchsorted(frame_index, starts)
         parts = []

@@ -32,6 +32,7 @@ Added afterwards, with its own expectations written before its first run (`--mor
   `anomaly_score` (calibrated on validation footage, comparable across videos).
 """
 import sys
+
 import numpy as np
 
 from ped2_experiment import Ped2Experiment

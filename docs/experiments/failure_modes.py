@@ -31,8 +31,6 @@ Added afterwards, with its own expectations written before its first run (`--mor
   Expected: `motion_regularity` falls below raw `motion_error` here, and `regularity` below
   `anomaly_score` (calibrated on validation footage, comparable across videos).
 """
-import sys
-
 import numpy as np
 
 from ped2_experiment import Ped2Experiment
@@ -84,12 +82,10 @@ def measure(exp: Ped2Experiment, videos: dict[str, np.ndarray], alter, every: in
 
 
 def main() -> None:
-    more = "--more" in sys.argv
-    if more:
-        sys.argv.remove("--more")
-    exp = Ped2Experiment(__doc__.splitlines()[0], default_hop=5)
+    exp = Ped2Experiment(__doc__.splitlines()[0], default_hop=5,
+                         flags=(("--more", "the small still object and the every-other-video runs"),))
     train = exp.videos("train")
-    if more:
+    if exp.args.more:
         print(f"checkpoint: size {exp.card['input']['size']}; all 16 training videos")
         for change, alter, every in (("small still object (higher is better)", small_object, 1),
                                      ("3× speed in every other video", sudden_motion, 2),

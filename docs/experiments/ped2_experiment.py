@@ -14,12 +14,14 @@ from vadray.scoring import FrameMeans
 
 
 class Ped2Experiment:
-    def __init__(self, description: str, default_hop: int):
+    def __init__(self, description: str, default_hop: int, flags: tuple[tuple[str, str], ...] = ()):
         parser = argparse.ArgumentParser(description=description)
         parser.add_argument("checkpoint")
         parser.add_argument("ped2", help="folder with train/, test/ and test/frame_labels.csv")
         parser.add_argument("--hop", type=int, default=default_hop)
-        args = parser.parse_args()
+        for flag, help_text in flags:
+            parser.add_argument(flag, action="store_true", help=help_text)
+        self.args = args = parser.parse_args()
         model, self.card = load_model(args.checkpoint)
         self.stats = NormStats.from_dict(self.card["norm_stats"])
         self.trainer = Trainer(model, self.stats, torch.device("cpu"), 1e-4, 16, 0)

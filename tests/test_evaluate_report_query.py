@@ -228,3 +228,9 @@ def test_plot_draws_motion_regularity_only_where_the_table_has_it():
     lines = report.plot_video(frames, events).axes[0].get_lines()
     assert [line.get_label() for line in lines] == ["regularity $s_r$", "motion regularity"]
     np.testing.assert_allclose(lines[1].get_ydata(), frames["motion_regularity"])
+    assert len(report.plot_video(frames, events).axes) == 1          # no gain column: no gain axis
+    frames["brightness_gain"] = 1.0 + np.linspace(0, 0.02, 20)        # lit as in training: not drawn
+    assert len(report.plot_video(frames, events).axes) == 1
+    frames["brightness_gain"] = np.where(np.arange(20) < 10, 1.0, 1.3)  # a light comes on
+    axes = report.plot_video(frames, events).axes
+    assert len(axes) == 2 and [line.get_label() for line in axes[1].get_lines()] == ["brightness gain"]

@@ -209,3 +209,4 @@ def test_gain_correction_undoes_a_global_gain_and_ignores_a_small_intruder():
     assert np.abs(stats.gain_corrected(intruder).astype(int) - intruder).mean() < 2
     with pytest.raises(ValueError, match="uint8"):
         stats.gain_corrected(frames.astype(np.float32))
+    assert stats.gains(np.zeros((0, 32, 32), np.uint8)).shape == (0,)   # a segment with nothing decoded

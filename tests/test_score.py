@@ -168,6 +168,8 @@ def test_gain_correction_keeps_a_brighter_twin_of_a_video_normal(ray_session, tr
         frames = read_table(out, "frames")
         mean_error[corrected] = frames.groupby("video_id").recon_error.mean()
         run_ids |= set(frames.run_id)
+        gain = frames.groupby("video_id").brightness_gain.median()    # of the source, either way
+        assert gain["brighter"] / gain["plain"] == pytest.approx(1.3, abs=0.05)
     assert len(run_ids) == 2   # the tables say which setting wrote them
     plain, corrected = mean_error[False], mean_error[True]
     assert plain["brighter"] > 1.3 * plain["plain"]

@@ -109,13 +109,19 @@ class NormStats:
         (`vadray score --gain-correction`): it changes the model's input, so `regularity` is
         then not the paper's score on the paper's input.
         """
+        corrected = frames / np.maximum(self.gains(frames), 1e-3)[:, None, None]
+        return np.clip(np.rint(corrected), 0, 255).astype(np.uint8)
+
+    def gains(self, frames: np.ndarray) -> np.ndarray:
+        """(N,) float64 brightness gain of uint8 frames (N, S, S) against the training footage:
+        median(frame) / median(255 · mean image); 1 when lit as in training."""
         frames = np.asarray(frames)
         if frames.dtype != np.uint8 or frames.ndim != 3:
-            raise ValueError(f"gain correction takes uint8 frames (N, S, S), got {frames.dtype} {frames.shape}")
+            raise ValueError(f"gains take uint8 frames (N, S, S), got {frames.dtype} {frames.shape}")
         reference = max(float(np.median(self.mean_image)) * 255.0, 1e-3)
-        gains = np.median(frames.reshape(len(frames), -1), axis=1) / reference
-        corrected = frames / np.maximum(gains, 1e-3)[:, None, None]
-        return np.clip(np.rint(corrected), 0, 255).astype(np.uint8)
+        if not len(frames):
+            return np.zeros(0)
+        return np.median(frames.reshape(len(frames), -1), axis=1) / reference
 
     def to_dict(self) -> dict:
         """JSON-safe; the mean image as base64 float32 so cards never need pickle."""

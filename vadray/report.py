@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 ImageFn = Callable[[str, int], "np.ndarray | None"]
 FRAME_COLUMNS = ["camera", "date", "video_id", "source_uri", "frame_index", "time_s", "regularity",
-                 "motion_regularity", "model_id"]
+                 "motion_regularity", "brightness_gain", "model_id"]
+GAIN_SHOWN = 0.05   # draw the brightness gain when it moves by more than 5 % within the video
 
 
 def decode_thumbnail(source_uri: str, frame_index: int, storage_options: dict | None = None,
@@ -97,6 +98,13 @@ def plot_video(frames: pd.DataFrame, events: pd.DataFrame, truth: np.ndarray | N
     if "motion_regularity" in frames and frames["motion_regularity"].notna().any():  # absent in older tables
         ax.plot(x_of(frames["frame_index"]), frames["motion_regularity"], color="#2ca02c", lw=0.9, alpha=0.85,
                 label="motion regularity")
+    gain = frames["brightness_gain"].to_numpy(np.float64) if "brightness_gain" in frames else np.array([np.nan])
+    if np.isfinite(gain).all() and gain.max() > (1 + GAIN_SHOWN) * gain.min():
+        # A light or the weather, not an intruder, when a dip follows this line (every score does).
+        gain_ax = ax.twinx()
+        gain_ax.plot(x_of(frames["frame_index"]), gain, color="0.35", lw=0.8, ls=":", label="brightness gain")
+        gain_ax.set_ylabel("brightness gain", fontsize=8)
+        gain_ax.legend(loc="lower right", fontsize=8)
     for k, (first, last) in enumerate(truth if truth is not None else []):
         ax.axvspan(x_of(first), x_of(last + 1), color="0.45", alpha=0.3, lw=0,
                    label="ground-truth anomaly" if k == 0 else None)

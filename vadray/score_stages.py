@@ -34,7 +34,7 @@ def video_date(ref: VideoRef) -> str:
 
 # Bumped when the frames table gains columns: a resumed backfill then rescores the videos an
 # older vadray scored, so one output never mixes two schemas (2: motion_error, motion_regularity).
-FRAMES_VERSION = 2
+FRAMES_VERSION = 3
 
 
 def manifest_marker(video_id: str, identity: str, model_id: str) -> str:
@@ -144,6 +144,7 @@ class ScoreVolumes:
             frame_index = np.asarray(row["frame_index"], np.int64)
             frames = np.frombuffer(row["frames"], np.uint8).reshape(frame_index.size, self.stats.size,
                                                                     self.stats.size)
+            gains = dict(zip(row["frame_index"], self.stats.gains(frames).tolist()))  # of the source frames
             sums = self.frame_sums(frames, frame_index, np.asarray(row["starts"], np.int64))
             # Frames whose volumes are all in this row are final here; only seam frames travel on
             # with their per-volume slots, so a video's assembly never holds (F, T, C) for all F.
@@ -153,12 +154,14 @@ class ScoreVolumes:
                                              "segment", "segments", "part", "parts")}
                        | {"done_frame_index": done.frame_index.tolist(),
                           "done_time_s": [times[i] for i in done.frame_index.tolist()],
+                          "done_gain": [gains[i] for i in done.frame_index.tolist()],
                           "done_recon_error": done.recon_error.tolist(),
                           "done_count": done.count.tolist(),
                           "done_cell_error_max": done.cell_error_max.tolist(),
                           "done_motion_error": done.motion_error.tolist(),
                           "seam_frame_index": seam.frame_index.tolist(),
                           "seam_time_s": [times[i] for i in seam.frame_index.tolist()],
+                          "seam_gain": [gains[i] for i in seam.frame_index.tolist()],
                           "seam_err_slots": seam.err_slots.tobytes(),
                           "seam_filled": seam.filled.tobytes(),
                           "seam_cell_slots": seam.cell_slots.tobytes(),
@@ -215,7 +218,7 @@ class AssembleVideo:
         from vadray.scoring import FRAMES_SCHEMA, FrameMeans, FrameSums, score_columns
 
         head = rows[0]
-        dones, seams, times = [], [], {}
+        dones, seams, times, gains = [], [], {}, {}
         for r in rows:
             dones.append(FrameMeans(np.asarray(r["done_frame_index"], np.int64),
                                     np.asarray(r["done_recon_error"]),
@@ -229,14 +232,18 @@ class AssembleVideo:
                                    np.frombuffer(r["seam_motion_slots"], np.float64).reshape(n_seam, self.T)))
             times.update(zip(r["done_frame_index"], r["done_time_s"]))
             times.update(zip(r["seam_frame_index"], r["seam_time_s"]))
+            gains.update(zip(r["done_frame_index"], r["done_gain"]))
+            gains.update(zip(r["seam_frame_index"], r["seam_gain"]))
         means = FrameMeans.concat(dones + [FrameSums.merge(seams).mean()])
         scores = score_columns(means, self.card["validation"])
         time_s = np.array([times[i] for i in means.frame_index.tolist()], np.float64)
+        gain = np.array([gains[i] for i in means.frame_index.tolist()], np.float32)
         camera, date = _partition_value(head["camera"]), self.dates.get(head["video_id"], "unknown")
         model_id, n = self.card["model_id"], means.frame_index.size
         common = {"camera": [camera] * n, "date": [date] * n, "video_id": [head["video_id"]] * n}
         frames = pa.table({**common, "source_uri": [head["uri"]] * n, "frame_index": means.frame_index,
                            "time_s": time_s, **{k: v.astype(np.float32) for k, v in scores.items()},
+                           "brightness_gain": gain,
                            "model_id": [model_id] * n, "run_id": [self.run_id] * n}, schema=FRAMES_SCHEMA)
         events = detect_events(scores["regularity"], time_s, frame_index=means.frame_index,
                                anomaly_score=scores["anomaly_score"],

@@ -39,6 +39,7 @@ FRAMES_SCHEMA = pa.schema([
     ("cell_error_max", pa.float32()),  # max over grid cells of the mean cell error (raw)
     ("motion_error", pa.float32()),    # m(t) = ‖r_t − r_{t−1}‖, r = x − x̂: the residual's change
     ("motion_regularity", pa.float32()),  # 1 - (m - min m) / max m, per video, as regularity
+    ("brightness_gain", pa.float32()),  # median(frame) / median(training mean image): 1 = lit as in training
     ("model_id", pa.string()),
     ("run_id", pa.string()),
 ])

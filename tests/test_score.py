@@ -154,7 +154,8 @@ def test_default_actor_threads_share_the_node_cpus(ray_session):
 
 
 def test_gain_correction_keeps_a_brighter_twin_of_a_video_normal(ray_session, trained_checkpoint, tmp_path):
-    """A ×1.3 copy of a normal clip (a light switched on) reads as anomalous unless gain-corrected."""
+    """A ×1.3 copy of a normal clip (a light switched on) reads as anomalous unless gain-corrected;
+    `brightness_gain` shows the light either way."""
     from vadray.synth import render_video, write_video
 
     src = tmp_path / "src"
@@ -164,7 +165,10 @@ def test_gain_correction_keeps_a_brighter_twin_of_a_video_normal(ray_session, tr
     mean_error, run_ids = {}, set()
     for corrected in (False, True):
         out = str(tmp_path / f"out-{corrected}")
-        assert run_score(str(src), out, str(trained_checkpoint), gain_correction=corrected).frames == 60
+        if corrected:   # through the CLI flag
+            assert main(["score", str(src), out, "--checkpoint", str(trained_checkpoint), "--gain-correction"]) == 0
+        else:
+            assert run_score(str(src), out, str(trained_checkpoint)).frames == 60
         frames = read_table(out, "frames")
         mean_error[corrected] = frames.groupby("video_id").recon_error.mean()
         run_ids |= set(frames.run_id)

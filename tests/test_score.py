@@ -170,6 +170,7 @@ def test_gain_correction_keeps_a_brighter_twin_of_a_video_normal(ray_session, tr
         else:
             assert run_score(str(src), out, str(trained_checkpoint)).frames == 60
         frames = read_table(out, "frames")
+        assert len(frames) == 60
         mean_error[corrected] = frames.groupby("video_id").recon_error.mean()
         run_ids |= set(frames.run_id)
         gain = frames.groupby("video_id").brightness_gain.median()    # of the source, either way

@@ -210,3 +210,13 @@ def test_gain_correction_undoes_a_global_gain_and_ignores_a_small_intruder():
     with pytest.raises(ValueError, match="uint8"):
         stats.gain_corrected(frames.astype(np.float32))
     assert stats.gains(np.zeros((0, 32, 32), np.uint8)).shape == (0,)   # a segment with nothing decoded
+
+
+@pytest.mark.parametrize("size", [27, 28])
+def test_gains_are_the_median_ratio_to_the_mean_image(size):
+    rng = np.random.default_rng(size)
+    frames = rng.integers(0, 256, size=(5, size, size), dtype=np.uint8)
+    frames[1] = 7                                                  # a flat frame
+    stats = NormStats.from_sums(PartialSums.of(frames))
+    expected = np.median(frames.reshape(5, -1), axis=1) / (float(np.median(stats.mean_image)) * 255.0)
+    np.testing.assert_array_equal(stats.gains(frames), expected)

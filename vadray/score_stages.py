@@ -33,7 +33,8 @@ def video_date(ref: VideoRef) -> str:
 
 
 # Bumped when the frames table gains columns: a resumed backfill then rescores the videos an
-# older vadray scored, so one output never mixes two schemas (2: motion_error, motion_regularity).
+# older vadray scored, so one output never mixes two schemas (2: motion_error, motion_regularity;
+# 3: brightness_gain).
 FRAMES_VERSION = 3
 
 
@@ -117,7 +118,8 @@ class ScoreVolumes:
                 out[a:a + self.batch_size] = self.model(x).float().squeeze(2).cpu().numpy()
         return out
 
-    def frame_sums(self, frames: np.ndarray, frame_index: np.ndarray, starts: np.ndarray):
+    def frame_sums(self, frames: np.ndarray, frame_index: np.ndarray, starts: np.ndarray,
+                   gains: np.ndarray | None = None):
         """Per-volume errors of a row's volumes spread onto frames (`scoring.FrameSums`).
 
         Volumes are gathered, reconstructed and measured one model batch at a time, so the
@@ -128,7 +130,7 @@ class ScoreVolumes:
         from vadray.scoring import FrameSums, volume_sums
 
         if self.gain_correction:                                       # per frame: seams stay exact
-            frames = self.stats.gain_corrected(frames)
+            frames = self.stats.gain_corrected(frames, gains)
         normalized = self.stats.normalize(frames)                      # (F, S, S) float32
         positions = np.searchsorted(frame_index, starts)
         parts = []
@@ -144,8 +146,9 @@ class ScoreVolumes:
             frame_index = np.asarray(row["frame_index"], np.int64)
             frames = np.frombuffer(row["frames"], np.uint8).reshape(frame_index.size, self.stats.size,
                                                                     self.stats.size)
-            gains = dict(zip(row["frame_index"], self.stats.gains(frames).tolist()))  # of the source frames
-            sums = self.frame_sums(frames, frame_index, np.asarray(row["starts"], np.int64))
+            source_gains = self.stats.gains(frames)       # once: the column, and the correction's divisor
+            sums = self.frame_sums(frames, frame_index, np.asarray(row["starts"], np.int64), source_gains)
+            gains = dict(zip(row["frame_index"], source_gains.tolist()))
             # Frames whose volumes are all in this row are final here; only seam frames travel on
             # with their per-volume slots, so a video's assembly never holds (F, T, C) for all F.
             done, seam = sums.split(volume_starts(row["num_frames"], self.T, 1, row["hop"]))

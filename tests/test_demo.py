@@ -14,7 +14,8 @@ def test_demo_runs_the_whole_pipeline_at_a_tiny_size(ray_session, tmp_path, caps
     result = run_demo(str(tmp_path / "demo"), size=27, epochs=1, videos=2, frames=30)
     metrics, paths = result["metrics"], result["paths"]
     assert metrics["coverage"]["evaluated_frames"] == 90
-    for column in ("regularity", "anomaly_score", "cell_error_max", "motion_regularity", "motion_error"):
+    for column in ("regularity", "anomaly_score", "cell_error_max", "motion_regularity", "motion_error",
+                   "combined_regularity"):
         assert 0.0 <= metrics[column]["auc"] <= 1.0 and not math.isnan(metrics[column]["eer"])
     pngs = [f for f in os.listdir(paths["report"]) if f.endswith(".png")]
     assert len(pngs) == 3 and os.path.getsize(os.path.join(paths["report"], "index.html")) > 500

@@ -36,6 +36,7 @@ def test_every_frame_scored_once_rerun_skips_and_force_is_identical(ray_session,
         np.testing.assert_allclose(rows.regularity, 1 - (e - e.min()) / e.max(), rtol=1e-5)
         m = rows.motion_error.to_numpy(np.float64)
         np.testing.assert_allclose(rows.motion_regularity, 1 - (m - m.min()) / m.max(), rtol=1e-5)
+        np.testing.assert_array_equal(rows.combined_regularity, np.minimum(rows.regularity, rows.motion_regularity))
     assert frames.regularity.between(0, 1).all() and (frames.recon_error > 0).all()
     assert (frames.motion_error > 0).all() and frames.motion_regularity.between(0, 1).all()
     assert frames.anomaly_score.notna().all() and (frames.cell_error_max > 0).all()

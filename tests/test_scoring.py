@@ -243,5 +243,6 @@ def test_score_columns_are_the_frames_tables_scores():
     np.testing.assert_allclose(cols["regularity"], [1.0, 0.75, 0.25, 0.5])        # 1 − (e − 1) / 4
     np.testing.assert_allclose(cols["anomaly_score"], [-2.0, 0.0, 4.0, 2.0])
     np.testing.assert_allclose(cols["motion_regularity"], [0.75, 0.25, 1.0, 0.25])  # 1 − (m − .25) / 1
+    np.testing.assert_allclose(cols["combined_regularity"], [0.75, 0.25, 0.25, 0.25])  # the lower of the two
     assert set(cols) - {"anomaly_score"} == set(scoring.score_columns(means, None))
     assert set(cols) <= set(scoring.FRAMES_SCHEMA.names)

@@ -74,7 +74,8 @@ def run_demo(folder: str, size: int = 35, epochs: int = 8, videos: int = 4, fram
     auc = metrics["regularity"]["auc"]
     print(f"frame-level AUC (regularity, the paper's score): {auc:.3f}; "
           f"anomaly_score: {metrics['anomaly_score']['auc']:.3f}; cell_error_max: {metrics['cell_error_max']['auc']:.3f}; "
-          f"motion_regularity: {metrics['motion_regularity']['auc']:.3f}")
+          f"motion_regularity: {metrics['motion_regularity']['auc']:.3f}; "
+          f"combined_regularity: {metrics['combined_regularity']['auc']:.3f}")
     return {"metrics": metrics, "paths": paths}
 
 

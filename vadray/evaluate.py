@@ -3,8 +3,8 @@
 Reads OUTPUT/frames and OUTPUT/events (hive-partitioned Parquet, local or s3://) and a label
 CSV `video,frame_index,label` (`video` joins `video_id`; label 1 = anomalous). Scored
 frames without a label and labels without a scored frame are counted in "coverage", never
-dropped silently. `regularity` and `motion_regularity` are evaluated as 1 − s so that every
-score reads "higher = more anomalous".
+dropped silently. The `…regularity` columns are evaluated as 1 − s so that every score
+reads "higher = more anomalous".
 """
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from vadray.events import EVENTS_SCHEMA
 from vadray.exits import UsageError
 from vadray.scoring import FRAMES_SCHEMA
 
-SCORE_COLUMNS = ("regularity", "anomaly_score", "cell_error_max", "motion_regularity", "motion_error")
+SCORE_COLUMNS = ("regularity", "anomaly_score", "cell_error_max", "motion_regularity", "motion_error",
+                 "combined_regularity")
 PARTITIONING = ds.partitioning(pa.schema([("camera", pa.string()), ("date", pa.string())]), flavor="hive")
 DOCUMENTED = {"frames": FRAMES_SCHEMA, "events": EVENTS_SCHEMA}
 
@@ -145,13 +146,13 @@ def _fmt(value: Any) -> str:
 
 def format_metrics(result: dict) -> str:
     """A readable table of the metrics, for the terminal."""
-    lines = [f"{'score':<19}{'AUC':>9}{'AUC macro':>11}{'EER':>9}{'frames':>9}{'videos':>8}"]
+    lines = [f"{'score':<21}{'AUC':>9}{'AUC macro':>11}{'EER':>9}{'frames':>9}{'videos':>8}"]
     for column in SCORE_COLUMNS:
         m = result.get(column, {})
         if not m.get("available"):
-            lines.append(f"{column:<19}{'not in the frames table':>46}")
+            lines.append(f"{column:<21}{'not in the frames table':>46}")
             continue
-        lines.append(f"{column:<19}{_fmt(m['auc']):>9}{_fmt(m['auc_macro']):>11}{_fmt(m['eer']):>9}"
+        lines.append(f"{column:<21}{_fmt(m['auc']):>9}{_fmt(m['auc_macro']):>11}{_fmt(m['eer']):>9}"
                      f"{m['frames']:>9}{m['videos']:>8}")
     e = result["events"]
     lines += ["", f"events: {e['gt_detected']} of {e['gt_events']} ground-truth events detected, "

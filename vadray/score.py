@@ -5,7 +5,7 @@ ingest), decodes and preprocesses them exactly as the checkpoint's input spec sa
 code ingest and training used), runs the model in a Ray Data actor pool, and writes per
 video, under OUTPUT (hive-partitioned by camera= and date=):
   frames/   one row per frame: recon_error, regularity, anomaly_score, cell_error_max,
-            motion_error, motion_regularity, brightness_gain
+            motion_error, motion_regularity, combined_regularity, brightness_gain
   events/   one row per dip of regularity (Persistence1D minima grouped in a window)
   errors/   one row per input (or segment) that failed
   manifest/ one marker per finished (video identity, model, frames-table version)

@@ -34,8 +34,8 @@ def video_date(ref: VideoRef) -> str:
 
 # Bumped when the frames table gains columns: a resumed backfill then rescores the videos an
 # older vadray scored, so one output never mixes two schemas (2: motion_error, motion_regularity;
-# 3: brightness_gain).
-FRAMES_VERSION = 3
+# 3: brightness_gain; 4: combined_regularity).
+FRAMES_VERSION = 4
 
 
 def manifest_marker(video_id: str, identity: str, model_id: str) -> str:

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from vadray.events import EVENTS_SCHEMA, detect_events, persistence_pairs
+from vadray.events import EVENTS_SCHEMA, EventSettings, detect_events, persistence_pairs
 
 
 def _pairs(values):
@@ -145,3 +145,12 @@ def test_frame_index_times_and_anomaly_score():
     assert detect_events(s, times, frame_index=frames, persistence_threshold=0.1, min_duration_s=1.0) == []
     no_times = detect_events(s, persistence_threshold=0.1)[0]
     assert np.isnan(no_times["peak_time_s"]) and np.isnan(no_times["max_anomaly_score"])
+
+
+def test_event_settings_check_the_score_and_keep_the_default_run_id_text():
+    assert EventSettings().key() == "p=0.1|w=50"     # run ids of default runs did not change
+    assert EventSettings("combined_regularity", 0.2, 30).key() == "p=0.2|w=30|ev=combined_regularity"
+    with pytest.raises(ValueError, match="events can follow"):
+        EventSettings("anomaly_score")
+    with pytest.raises(ValueError, match="negative"):
+        EventSettings(persistence=-0.1)

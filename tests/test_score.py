@@ -11,6 +11,7 @@ from conftest import PED2, ped2
 from vadray import storage
 from vadray.cli import main
 from vadray.errors import read_errors
+from vadray.exits import UsageError
 from vadray.score import run_score
 from vadray.score_stages import video_date
 from vadray.listing import VideoRef
@@ -42,6 +43,7 @@ def test_every_frame_scored_once_rerun_skips_and_force_is_identical(ray_session,
     assert frames.anomaly_score.notna().all() and (frames.cell_error_max > 0).all()
     events = read_table(out, "events")
     assert set(events.video_id) <= set(frames.video_id) and (events.end_frame >= events.start_frame).all()
+    assert set(events.score) == {"regularity"}   # the paper's score by default
 
     again = run_score(str(synth_test_archive), out, str(trained_checkpoint), camera="lobby", segment_seconds=1.3)
     assert (again.skipped, again.frames) == (3, 0)  # resumable: finished videos are not redone
@@ -90,7 +92,31 @@ def test_bad_arguments_exit_2(tmp_path, trained_checkpoint, synth_test_archive, 
     assert main(["score", str(synth_test_archive), str(tmp_path / "o"), "--checkpoint",
                  str(trained_checkpoint), "--actor-threads", "0"]) == 2
     assert "--actor-threads" in capsys.readouterr().err
+    with pytest.raises(SystemExit):   # argparse's choices: exit 2 with the list
+        main(["score", str(synth_test_archive), str(tmp_path / "o"), "--checkpoint", str(trained_checkpoint),
+              "--events-from", "anomaly_score"])
+    assert "combined_regularity" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="events can follow"):
+        run_score(str(synth_test_archive), str(tmp_path / "o"), str(trained_checkpoint), events_from="recon_error")
+    assert not (tmp_path / "o").exists()
 
+
+def test_events_follow_the_score_asked_for(ray_session, trained_checkpoint, synth_test_archive, tmp_path):
+    """--events-from combined_regularity: every event is a dip of that column, and says so."""
+    runs = {}
+    for column in ("regularity", "combined_regularity"):
+        out = str(tmp_path / column)
+        run_score(str(synth_test_archive), out, str(trained_checkpoint), hop=2, events_from=column)
+        frames, events = read_table(out, "frames"), read_table(out, "events")
+        assert len(events) > 0 and set(events.score) == {column}
+        for ev in events.itertuples():
+            span = frames[(frames.video_id == ev.video_id) & frames.frame_index.between(ev.start_frame, ev.end_frame)]
+            peak = span.set_index("frame_index")[column]
+            assert ev.min_regularity == peak[ev.peak_frame] == peak.min()
+        runs[column] = (set(frames.run_id), events)
+    assert runs["regularity"][0] != runs["combined_regularity"][0]   # the run_id records the choice
+    assert not runs["regularity"][1][["video_id", "peak_frame"]].equals(
+        runs["combined_regularity"][1][["video_id", "peak_frame"]])
 
 def test_dates_come_from_paths():
     assert video_date(VideoRef("cam3/2024-05-01/0900", "x")) == "2024-05-01"

@@ -41,11 +41,38 @@ EVENTS_SCHEMA = pa.schema([
     ("min_regularity", pa.float32()),   # depth of the dip: s_r at the peak
     ("max_anomaly_score", pa.float32()),  # max calibrated score inside the event (NaN if none)
     ("persistence", pa.float32()),      # largest persistence among the event's minima
+    ("score", pa.string()),             # the frames column whose dips these are (score --events-from)
     ("model_id", pa.string()),
 ])
 
 PERSISTENCE_DEFAULT = 0.1
 WINDOW_DEFAULT = 50
+# Per-video regularity-like columns (in [0, 1], low = irregular) that events can follow.
+EVENT_SCORES = ("regularity", "combined_regularity", "motion_regularity")
+
+
+@dataclass(frozen=True)
+class EventSettings:
+    """How a scoring run turns dips into events; part of its run_id.
+
+    `score` defaults to the paper's regularity; `combined_regularity` also raises events for a
+    sudden motion that regularity does not see (docs/PERFORMANCE.md, session 8).
+    """
+
+    score: str = "regularity"
+    persistence: float = PERSISTENCE_DEFAULT
+    window: int = WINDOW_DEFAULT
+
+    def __post_init__(self) -> None:
+        if self.score not in EVENT_SCORES:
+            raise ValueError(f"events can follow {', '.join(EVENT_SCORES)}, not {self.score!r}")
+        if not self.persistence >= 0 or self.window < 0:
+            raise ValueError("event persistence and window must not be negative")
+
+    def key(self) -> str:
+        """The settings as run_id text; unchanged from before `score` existed for the default."""
+        text = f"p={self.persistence}|w={self.window}"
+        return text if self.score == "regularity" else f"{text}|ev={self.score}"
 
 
 @dataclass

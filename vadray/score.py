@@ -26,6 +26,7 @@ from typing import Any
 
 from vadray import storage
 from vadray.errors import JobSummary
+from vadray.events import EVENT_SCORES, PERSISTENCE_DEFAULT, EventSettings
 from vadray.exits import UsageError
 from vadray.listing import VideoRef, list_videos
 from vadray.score_stages import (AssembleVideo, ScoreVolumes, VideoRows, VolumeRows, manifest_marker,
@@ -45,10 +46,9 @@ class ScoreSummary(JobSummary):
                 f"{self.seconds:.1f} s, {self.fps:.1f} frames/s")
 
 
-def scoring_run_id(model_id: str, hop: int, grid: int, persistence: float, window: int,
-                   gain_correction: bool = False) -> str:
+def scoring_run_id(model_id: str, hop: int, grid: int, events: EventSettings, gain_correction: bool = False) -> str:
     """Deterministic: the same model and settings give the same id, so reruns are identical."""
-    text = f"{model_id}|hop={hop}|grid={grid}|p={persistence}|w={window}" + ("|gain" if gain_correction else "")
+    text = f"{model_id}|hop={hop}|grid={grid}|{events.key()}" + ("|gain" if gain_correction else "")
     return "score-" + hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
@@ -78,7 +78,7 @@ def _finished(output: str, refs: list[VideoRef], model_id: str, storage_options:
 def run_score(source: str, output: str, checkpoint: str, *, camera: str = "default", actors: int = 1,
               gpus_per_actor: float = 0.0, batch_size: int = 16, hop: int = 5, segment_seconds: float = 60.0,
               frame_fps: float = 10.0, grid: int = 8, persistence: float | None = None, window: int = 50,
-              force: bool = False, actor_threads: int | None = None, gain_correction: bool = False,
+              events_from: str = "regularity", force: bool = False, actor_threads: int | None = None, gain_correction: bool = False,
               storage_options: dict[str, Any] | None = None,
               checkpoint_storage_options: dict[str, Any] | None = None) -> ScoreSummary:
     """The scoring job as a function (the CLI, jobs/score.py, the benchmark and tests call it)."""
@@ -87,13 +87,15 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
 
     from vadray.checkpoint import read_card
     from vadray.errors import clear_errors, read_errors
-    from vadray.events import PERSISTENCE_DEFAULT
     from vadray.raylib import ensure_ray
     from vadray.stages import ProbeAndPlan
 
     storage_options = storage_options or {}
     ckpt_options = checkpoint_storage_options if checkpoint_storage_options is not None else storage_options
-    persistence = PERSISTENCE_DEFAULT if persistence is None else persistence
+    try:
+        events = EventSettings(events_from, PERSISTENCE_DEFAULT if persistence is None else persistence, window)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if (hop < 1 or batch_size < 1 or actors < 1 or segment_seconds <= 0
             or (actor_threads is not None and actor_threads < 1)):
         raise UsageError("--hop, --batch-size, --actors, --actor-threads and --segment-seconds must be positive")
@@ -105,7 +107,7 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     if hop > T:
         raise UsageError(f"--hop {hop} > T={T} would leave frames without a score")
     model_id = card["model_id"]
-    run_id = scoring_run_id(model_id, hop, grid, persistence, window, gain_correction)
+    run_id = scoring_run_id(model_id, hop, grid, events, gain_correction)
     started = time.perf_counter()
     refs = list_videos(source, storage_options)
     if not refs:
@@ -138,7 +140,7 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
         # max_task_retries=-1 are its defaults for actor pools); rows are recomputed identically
         # and each task's output reaches the driver once.
         dates = {r.video_id: video_date(r) for r in todo}
-        assemble = AssembleVideo(output, card, run_id, dates, persistence, window, grid, storage_options)
+        assemble = AssembleVideo(output, card, run_id, dates, events, grid, storage_options)
         videos = VideoRows()
         with ThreadPoolExecutor(max_workers=4) as writers:  # table writes overlap the stream
             pending = []
@@ -184,6 +186,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="minimum persistence (depth in regularity units) of an event's minimum "
                              "(default vadray.events.PERSISTENCE_DEFAULT)")
     parser.add_argument("--window", type=int, default=50, help="minima within this many frames form one event")
+    parser.add_argument("--events-from", choices=EVENT_SCORES, default="regularity",
+                        help="the frames column whose dips become events (default regularity, the "
+                             "paper's; combined_regularity also catches a sudden motion of normal "
+                             "objects, which regularity does not see). The events' `score` column "
+                             "records it")
     parser.add_argument("--gain-correction", action="store_true",
                         help="divide each frame by its brightness gain against the training footage "
                              "(median against median) before the model, so that a light switched on "
@@ -200,7 +207,8 @@ def run(args: argparse.Namespace) -> int:
     summary = run_score(args.source, args.output, args.checkpoint, camera=args.camera, actors=args.actors,
                         gpus_per_actor=args.gpus_per_actor, batch_size=args.batch_size, hop=args.hop,
                         segment_seconds=args.segment_seconds, frame_fps=args.frame_fps, grid=args.grid,
-                        persistence=args.persistence, window=args.window, force=args.force,
+                        persistence=args.persistence, window=args.window, events_from=args.events_from,
+                        force=args.force,
                         actor_threads=args.actor_threads, gain_correction=args.gain_correction,
                         storage_options=storage_options)
     return summary.print_and_exit_status()

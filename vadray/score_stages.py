@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from vadray import storage
 from vadray.errors import safe_key
+from vadray.events import EVENTS_SCHEMA, EventSettings, detect_events
 from vadray.listing import VideoRef
 from vadray.stages import decode_planned
 from vadray.volumes import frame_offsets, gather, volume_starts
@@ -34,7 +35,7 @@ def video_date(ref: VideoRef) -> str:
 
 # Bumped when the frames table gains columns: a resumed backfill then rescores the videos an
 # older vadray scored, so one output never mixes two schemas (2: motion_error, motion_regularity;
-# 3: brightness_gain; 4: combined_regularity).
+# 3: brightness_gain; 4: combined_regularity and the events' score column).
 FRAMES_VERSION = 4
 
 
@@ -210,14 +211,13 @@ class VideoRows:
 class AssembleVideo:
     """All volume errors of one video → its frames and events files, then its manifest marker."""
 
-    def __init__(self, output: str, card: dict, run_id: str, dates: dict[str, str], persistence: float,
-                 window: int, grid: int, storage_options: dict[str, Any]):
+    def __init__(self, output: str, card: dict, run_id: str, dates: dict[str, str], events: EventSettings,
+                 grid: int, storage_options: dict[str, Any]):
         self.output, self.card, self.run_id, self.dates = output, card, run_id, dates
-        self.persistence, self.window, self.storage_options = persistence, window, storage_options
+        self.events, self.storage_options = events, storage_options
         self.T, self.cells = int(card["input"]["T"]), grid * grid
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        from vadray.events import EVENTS_SCHEMA, detect_events
         from vadray.scoring import FRAMES_SCHEMA, FrameMeans, FrameSums, score_columns
 
         head = rows[0]
@@ -248,11 +248,12 @@ class AssembleVideo:
                            "time_s": time_s, **{k: v.astype(np.float32) for k, v in scores.items()},
                            "brightness_gain": gain,
                            "model_id": [model_id] * n, "run_id": [self.run_id] * n}, schema=FRAMES_SCHEMA)
-        events = detect_events(scores["regularity"], time_s, frame_index=means.frame_index,
+        events = detect_events(scores[self.events.score], time_s, frame_index=means.frame_index,
                                anomaly_score=scores["anomaly_score"],
-                               persistence_threshold=self.persistence, window=self.window)
-        events = pa.Table.from_pylist([{"camera": camera, "date": date, "video_id": head["video_id"],
-                                        **ev, "model_id": model_id} for ev in events], schema=EVENTS_SCHEMA)
+                               persistence_threshold=self.events.persistence, window=self.events.window)
+        events = pa.Table.from_pylist([{"camera": camera, "date": date, "video_id": head["video_id"], **ev,
+                                        "score": self.events.score, "model_id": model_id} for ev in events],
+                                      schema=EVENTS_SCHEMA)
         name = f"camera={camera}/date={date}/{head['video_key']}.{model_id}.parquet"
         for table_name, table in (("frames", frames), ("events", events)):
             fs, path = storage.pyarrow_fs(storage.join(self.output, table_name, name), self.storage_options)

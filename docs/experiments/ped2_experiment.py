@@ -10,7 +10,7 @@ from vadray import metrics
 from vadray.bench.ped2_direct import Trainer, decode_videos, read_labels
 from vadray.checkpoint import load_model
 from vadray.preprocess import NormStats
-from vadray.scoring import FrameMeans
+from vadray.scoring import FrameMeans, FrameSums
 
 
 class Ped2Experiment:
@@ -36,6 +36,9 @@ class Ped2Experiment:
 
     def score(self, frames: np.ndarray) -> FrameMeans:
         return self.trainer.score_video(frames, self.card["input"]["T"], self.hop)
+
+    def frame_sums(self, frames: np.ndarray, hop: int | None = None) -> FrameSums:
+        return self.trainer.frame_sums(frames, self.card["input"]["T"], hop or self.hop)
 
     def report(self, name: str, scores: dict[str, np.ndarray], frame_index: dict[str, np.ndarray]) -> None:
         """Pooled and per-video-mean frame AUC and EER of test `scores` (higher: more anomalous)."""

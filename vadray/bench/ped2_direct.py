@@ -151,6 +151,10 @@ class Trainer:
     def score_video(self, frames: np.ndarray, T: int, hop: int) -> scoring.FrameMeans:
         """Per-frame errors of one video as `vadray score` computes them: stride-1 volumes every
         `hop` frames, `scoring.volume_sums` of each batch, the mean over volumes."""
+        return self.frame_sums(frames, T, hop).mean()
+
+    def frame_sums(self, frames: np.ndarray, T: int, hop: int) -> scoring.FrameSums:
+        """`score_video` before the mean: every (frame, position in the volume) error."""
         self.model.eval()
         starts = volume_starts(len(frames), T, 1, hop)
         frames_t = torch.from_numpy(frames).to(self.device)
@@ -159,7 +163,7 @@ class Trainer:
             s = torch.from_numpy(starts[i:i + self.batch_size]).to(self.device)
             x, y = (t.cpu().numpy() for t in self.reconstruct(gather(frames_t, s, torch.ones_like(s), T)))
             parts.append(scoring.volume_sums(starts[i:i + self.batch_size], x, y))
-        return scoring.FrameSums.merge(parts).mean()
+        return scoring.FrameSums.merge(parts)
 
 
 # ---------------------------------------------------------------------------- diagnostics

@@ -147,12 +147,12 @@ class Trainer:
         total, count, auc, _ = validation_pass(batches, self.reconstruct, PASTES.get(select), seed)
         return (total / count if count else math.nan), (auc if select in PASTES else None)
 
-    @torch.inference_mode()
     def score_video(self, frames: np.ndarray, T: int, hop: int) -> scoring.FrameMeans:
         """Per-frame errors of one video as `vadray score` computes them: stride-1 volumes every
         `hop` frames, `scoring.volume_sums` of each batch, the mean over volumes."""
         return self.frame_sums(frames, T, hop).mean()
 
+    @torch.inference_mode()
     def frame_sums(self, frames: np.ndarray, T: int, hop: int) -> scoring.FrameSums:
         """`score_video` before the mean: every (frame, position in the volume) error."""
         self.model.eval()

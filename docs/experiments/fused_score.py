@@ -37,51 +37,60 @@ def fusions(means: scoring.FrameMeans) -> dict[str, np.ndarray]:
             "max": np.maximum(a_r, a_m), "geo": 1 - scoring.regularity(np.sqrt(e * m))}
 
 
-def aucs(ids: list, truth: list, scores: list[dict]) -> dict[str, dict]:
+def pooled(ids: list, truth: list, scores: list[dict]) -> dict[str, dict]:
     ids, truth = np.concatenate(ids), np.concatenate(truth)
     return {name: metrics.frame_metrics(ids, truth, np.concatenate([s[name] for s in scores]))
             for name in scores[0]}
 
 
-def staged(exp: Ped2Experiment, videos: dict[str, np.ndarray], alter, every: int) -> dict[str, dict]:
+def staged(videos: dict[str, np.ndarray], alter, every: int, scores_of) -> dict[str, dict]:
+    """Pooled metrics of each score on `videos` with `alter` applied to every `every`-th one.
+    `scores_of(frames)` → (frame_index, {name: anomaly score per frame})."""
     ids, truth, scores = [], [], []
     for i, (video_id, frames) in enumerate(videos.items()):
         altered, labels = (alter if i % every == 0 else unaltered)(frames)
-        means = exp.score(altered)
-        ids.append(np.full(len(means.frame_index), video_id))
-        truth.append(labels[means.frame_index])
-        scores.append(fusions(means))
-    return aucs(ids, truth, scores)
+        frame_index, by_name = scores_of(altered)
+        ids.append(np.full(len(frame_index), video_id))
+        truth.append(labels[frame_index])
+        scores.append(by_name)
+    return pooled(ids, truth, scores)
 
 
-def test(exp: Ped2Experiment) -> dict[str, dict]:
+def print_test(exp: Ped2Experiment, scores_of, width: int) -> None:
     ids, truth, scores = [], [], []
     for video_id, frames in exp.videos("test").items():
-        means = exp.score(frames)
-        ids.append(np.full(len(means.frame_index), video_id))
-        truth.append(exp.labels[video_id].loc[means.frame_index].to_numpy())
-        scores.append(fusions(means))
-    return aucs(ids, truth, scores)
+        frame_index, by_name = scores_of(frames)
+        ids.append(np.full(len(frame_index), video_id))
+        truth.append(exp.labels[video_id].loc[frame_index].to_numpy())
+        scores.append(by_name)
+    for name, m in pooled(ids, truth, scores).items():
+        print(f"  test {name:{width}s} AUC {m['auc']:.4f}  macro {m['auc_macro']:.4f}  EER {m['eer']:.4f}")
+
+
+def print_staged(exp: Ped2Experiment, scores_of, width: int) -> None:
+    """Every staged change on the 16 training videos, then each score's mean pooled AUC."""
+    train = exp.videos("train")
+    totals: dict[str, list[float]] = {}
+    for mode, alter, every in MODES:
+        print(f"\n{mode}:")
+        for name, m in staged(train, alter, every, scores_of).items():
+            totals.setdefault(name, []).append(m["auc"])
+            print(f"  {name:{width}s} AUC {m['auc']:.4f}  macro {m['auc_macro']:.4f}")
+    print("\nmean pooled AUC over the four changes:")
+    for name, values in totals.items():
+        print(f"  {name:{width}s} {np.mean(values):.4f}")
 
 
 def main() -> None:
     exp = Ped2Experiment(__doc__.splitlines()[0], default_hop=5,
                          flags=(("--test", "measure on Ped2 test (after the choice is committed)"),))
     print(f"checkpoint: size {exp.card['input']['size']}, hop {exp.hop}")
-    if exp.args.test:
-        for name, m in test(exp).items():
-            print(f"  test {name:18s} AUC {m['auc']:.4f}  macro {m['auc_macro']:.4f}  EER {m['eer']:.4f}")
-        return
-    train = exp.videos("train")
-    totals: dict[str, list[float]] = {}
-    for mode, alter, every in MODES:
-        print(f"\n{mode}:")
-        for name, m in staged(exp, train, alter, every).items():
-            totals.setdefault(name, []).append(m["auc"])
-            print(f"  {name:18s} AUC {m['auc']:.4f}  macro {m['auc_macro']:.4f}")
-    print("\nmean pooled AUC over the four changes:")
-    for name, values in totals.items():
-        print(f"  {name:18s} {np.mean(values):.4f}")
+
+    def scores_of(frames: np.ndarray):
+        means = exp.score(frames)
+        return means.frame_index, fusions(means)
+
+    (print_test if exp.args.test else print_staged)(exp, scores_of, 18)
 
 
 if __name__ == "__main__":

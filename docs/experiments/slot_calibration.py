@@ -24,10 +24,9 @@ after the decision is committed.
 """
 import numpy as np
 
-from fused_score import MODES
-from failure_modes import unaltered
+from fused_score import print_staged, print_test
 from ped2_experiment import Ped2Experiment
-from vadray import metrics, scoring
+from vadray import scoring
 
 
 def slot_means(exp: Ped2Experiment, videos: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -60,44 +59,19 @@ def variants(sums: scoring.FrameSums, e_means: np.ndarray, m_means: np.ndarray) 
     return a
 
 
-def pooled(parts: list[tuple[str, np.ndarray, dict]]) -> dict[str, dict]:
-    ids = np.concatenate([np.full(len(t), v) for v, t, _ in parts])
-    truth = np.concatenate([t for _, t, _ in parts])
-    return {name: metrics.frame_metrics(ids, truth, np.concatenate([s[name] for _, _, s in parts]))
-            for name in parts[0][2]}
-
-
 def main() -> None:
     exp = Ped2Experiment(__doc__.splitlines()[0], default_hop=5,
                          flags=(("--test", "measure on Ped2 test (after the decision is committed)"),))
-    train = exp.videos("train")
-    e_means, m_means = slot_means(exp, {v: f for v, f in train.items() if v in exp.val_ids})
+    e_means, m_means = slot_means(exp, {v: f for v, f in exp.videos("train").items() if v in exp.val_ids})
     print(f"checkpoint: size {exp.card['input']['size']}, hop {exp.hop}; per position / mean over positions:")
     print("  e:", np.round(e_means / e_means.mean(), 3))
     print("  m:", np.round(m_means / m_means.mean(), 3))
-    if exp.args.test:
-        parts = []
-        for video_id, frames in exp.videos("test").items():
-            sums = exp.frame_sums(frames)
-            truth = exp.labels[video_id].loc[sums.frame_index].to_numpy()
-            parts.append((video_id, truth, variants(sums, e_means, m_means)))
-        for name, m in pooled(parts).items():
-            print(f"  test {name:30s} AUC {m['auc']:.4f}  macro {m['auc_macro']:.4f}  EER {m['eer']:.4f}")
-        return
-    totals: dict[str, list[float]] = {}
-    for mode, alter, every in MODES:
-        print(f"\n{mode}:")
-        parts = []
-        for i, (video_id, frames) in enumerate(train.items()):
-            altered, labels = (alter if i % every == 0 else unaltered)(frames)
-            sums = exp.frame_sums(altered)
-            parts.append((video_id, labels[sums.frame_index], variants(sums, e_means, m_means)))
-        for name, m in pooled(parts).items():
-            totals.setdefault(name, []).append(m["auc"])
-            print(f"  {name:30s} AUC {m['auc']:.4f}  macro {m['auc_macro']:.4f}")
-    print("\nmean pooled AUC over the four changes:")
-    for name, values in totals.items():
-        print(f"  {name:30s} {np.mean(values):.4f}")
+
+    def scores_of(frames: np.ndarray):
+        sums = exp.frame_sums(frames)
+        return sums.frame_index, variants(sums, e_means, m_means)
+
+    (print_test if exp.args.test else print_staged)(exp, scores_of, 30)
 
 
 if __name__ == "__main__":

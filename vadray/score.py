@@ -6,7 +6,8 @@ code ingest and training used), runs the model in a Ray Data actor pool, and wri
 video, under OUTPUT (hive-partitioned by camera= and date=):
   frames/   one row per frame: recon_error, regularity, anomaly_score, cell_error_max,
             motion_error, motion_regularity, combined_regularity, brightness_gain
-  events/   one row per dip of regularity (Persistence1D minima grouped in a window)
+  events/   one row per dip of regularity, or of --events-from's column (Persistence1D minima
+            grouped in a window)
   errors/   one row per input (or segment) that failed
   manifest/ one marker per finished (video identity, model, frames-table version)
 A backfill is resumable: a rerun skips finished videos, rescoring partial ones; file names
@@ -78,8 +79,8 @@ def _finished(output: str, refs: list[VideoRef], model_id: str, storage_options:
 def run_score(source: str, output: str, checkpoint: str, *, camera: str = "default", actors: int = 1,
               gpus_per_actor: float = 0.0, batch_size: int = 16, hop: int = 5, segment_seconds: float = 60.0,
               frame_fps: float = 10.0, grid: int = 8, persistence: float | None = None, window: int = 50,
-              events_from: str = "regularity", force: bool = False, actor_threads: int | None = None, gain_correction: bool = False,
-              storage_options: dict[str, Any] | None = None,
+              events_from: str = "regularity", force: bool = False, actor_threads: int | None = None,
+              gain_correction: bool = False, storage_options: dict[str, Any] | None = None,
               checkpoint_storage_options: dict[str, Any] | None = None) -> ScoreSummary:
     """The scoring job as a function (the CLI, jobs/score.py, the benchmark and tests call it)."""
     import ray
@@ -208,7 +209,6 @@ def run(args: argparse.Namespace) -> int:
                         gpus_per_actor=args.gpus_per_actor, batch_size=args.batch_size, hop=args.hop,
                         segment_seconds=args.segment_seconds, frame_fps=args.frame_fps, grid=args.grid,
                         persistence=args.persistence, window=args.window, events_from=args.events_from,
-                        force=args.force,
-                        actor_threads=args.actor_threads, gain_correction=args.gain_correction,
+                        force=args.force, actor_threads=args.actor_threads, gain_correction=args.gain_correction,
                         storage_options=storage_options)
     return summary.print_and_exit_status()

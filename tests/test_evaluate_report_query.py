@@ -234,3 +234,17 @@ def test_plot_draws_motion_regularity_only_where_the_table_has_it():
     frames["brightness_gain"] = np.where(np.arange(20) < 10, 1.0, 1.3)  # a light comes on
     axes = report.plot_video(frames, events).axes
     assert len(axes) == 2 and [line.get_label() for line in axes[1].get_lines()] == ["brightness gain"]
+
+
+def test_plot_says_which_score_the_events_follow():
+    frames = pd.DataFrame({"camera": "c", "date": "unknown", "video_id": "v", "model_id": "m",
+                           "frame_index": np.arange(20), "time_s": np.arange(20) / FPS,
+                           "regularity": np.linspace(1, 0.5, 20)})
+    event = {"event_id": 0, "start_frame": 5, "end_frame": 9, "peak_frame": 7, "min_regularity": 0.3}
+
+    def legend(score):
+        events = pd.DataFrame([event | ({"score": score} if score else {})])
+        return [t.get_text() for t in report.plot_video(frames, events).axes[0].get_legend().get_texts()]
+
+    assert "detected event" in legend(None) and "detected event" in legend("regularity")  # older tables, default
+    assert "detected event (combined_regularity)" in legend("combined_regularity")

@@ -109,8 +109,10 @@ def plot_video(frames: pd.DataFrame, events: pd.DataFrame, truth: np.ndarray | N
         ax.axvspan(x_of(first), x_of(last + 1), color="0.45", alpha=0.3, lw=0,
                    label="ground-truth anomaly" if k == 0 else None)
     for k, event in enumerate(events.itertuples()):
+        score = getattr(event, "score", None)          # which column's dips (score --events-from)
+        label = "detected event" + (f" ({score})" if isinstance(score, str) and score != "regularity" else "")
         ax.axvspan(x_of(event.start_frame), x_of(event.end_frame + 1), ymin=0.0, ymax=0.06,
-                   color="#ff7f0e", alpha=0.9, lw=0, label="detected event" if k == 0 else None)
+                   color="#ff7f0e", alpha=0.9, lw=0, label=label if k == 0 else None)
         ax.axvspan(x_of(event.start_frame), x_of(event.end_frame + 1), color="#ff7f0e", alpha=0.12, lw=0)
         ax.plot(x_of(event.peak_frame), event.min_regularity, "v", color="#ff7f0e", ms=8, mec="k", mew=0.5)
         ax.annotate(f"E{event.event_id}", (x_of(event.peak_frame), event.min_regularity),

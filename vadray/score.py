@@ -27,7 +27,7 @@ from typing import Any
 
 from vadray import storage
 from vadray.errors import JobSummary
-from vadray.events import EVENT_SCORES, PERSISTENCE_DEFAULT, EventSettings
+from vadray.events import EVENT_SCORES, PERSISTENCE_DEFAULT, WINDOW_DEFAULT, EventSettings
 from vadray.exits import UsageError
 from vadray.listing import VideoRef, list_videos
 from vadray.score_stages import (AssembleVideo, ScoreVolumes, VideoRows, VolumeRows, manifest_marker,
@@ -78,9 +78,9 @@ def _finished(output: str, refs: list[VideoRef], model_id: str, storage_options:
 
 def run_score(source: str, output: str, checkpoint: str, *, camera: str = "default", actors: int = 1,
               gpus_per_actor: float = 0.0, batch_size: int = 16, hop: int = 5, segment_seconds: float = 60.0,
-              frame_fps: float = 10.0, grid: int = 8, persistence: float | None = None, window: int = 50,
-              events_from: str = "regularity", force: bool = False, actor_threads: int | None = None,
-              gain_correction: bool = False, storage_options: dict[str, Any] | None = None,
+              frame_fps: float = 10.0, grid: int = 8, persistence: float | None = None,
+              window: int = WINDOW_DEFAULT, events_from: str = "regularity", force: bool = False,
+              actor_threads: int | None = None, gain_correction: bool = False, storage_options: dict[str, Any] | None = None,
               checkpoint_storage_options: dict[str, Any] | None = None) -> ScoreSummary:
     """The scoring job as a function (the CLI, jobs/score.py, the benchmark and tests call it)."""
     import ray
@@ -186,7 +186,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--persistence", type=float, default=None,
                         help="minimum persistence (depth in regularity units) of an event's minimum "
                              "(default vadray.events.PERSISTENCE_DEFAULT)")
-    parser.add_argument("--window", type=int, default=50, help="minima within this many frames form one event")
+    parser.add_argument("--window", type=int, default=WINDOW_DEFAULT,
+                        help=f"minima within this many frames form one event (default {WINDOW_DEFAULT})")
     parser.add_argument("--events-from", choices=EVENT_SCORES, default="regularity",
                         help="the frames column whose dips become events (default regularity, the "
                              "paper's; combined_regularity also catches a sudden motion of normal "

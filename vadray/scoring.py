@@ -14,7 +14,7 @@ unsegmented scoring give bit-identical results, not merely close ones.
 Per segment:  sums = volume_sums(starts, x, recon)   (e, cells and m of each model batch)
               done, seam = sums.split(all_starts_of_the_video)
 Per video:    means = FrameMeans.concat(dones + [FrameSums.merge(seams).mean()])
-              regularity(means.recon_error), calibrate(means.recon_error, card["validation"])
+              score_columns(means, card["validation"])   (regularity, anomaly_score, motion, combined)
 """
 from __future__ import annotations
 
@@ -326,14 +326,14 @@ def regularity(e: np.ndarray) -> np.ndarray:
     return 1.0 - (e - lowest) / highest
 
 
-def combined_regularity(regularity: np.ndarray, motion_regularity: np.ndarray) -> np.ndarray:
+def combined_regularity(s_r: np.ndarray, s_m: np.ndarray) -> np.ndarray:
     """min(s_r, s_m) per frame: one score that misses neither kind of anomaly.
 
     `regularity` alone misses a sudden motion of normal objects, `motion_regularity` alone a
     still one. Chosen among three fusions on changes staged in normal footage (no test label):
     mean pooled AUC 0.915 against 0.871 for the mean of the two (docs/PERFORMANCE.md, session 8).
     """
-    return np.minimum(regularity, motion_regularity)
+    return np.minimum(s_r, s_m)
 
 
 def score_columns(means: FrameMeans, validation: dict | None) -> dict[str, np.ndarray]:

@@ -34,7 +34,7 @@ Added afterwards, with its own expectations written before its first run (`--mor
 import numpy as np
 
 from ped2_experiment import Ped2Experiment
-from vadray import scoring
+from vadray import metrics, scoring
 from vadray.evaluate import SCORE_COLUMNS, column_metrics
 
 
@@ -66,19 +66,37 @@ def unaltered(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return frames, np.zeros(len(frames), np.int8)
 
 
-def measure(exp: Ped2Experiment, videos: dict[str, np.ndarray], alter, every: int = 1) -> dict[str, dict]:
-    """AUCs of every score; with `every`=2 only every other video is altered, the rest stay normal."""
-    ids, truth, columns = [], [], {name: [] for name in SCORE_COLUMNS}
+def anomaly_metrics(name: str, ids: np.ndarray, truth: np.ndarray, scores: np.ndarray) -> dict:
+    """Metrics of a score that is already "higher = more anomalous", whatever its name."""
+    return metrics.frame_metrics(ids, truth, scores)
+
+
+def pooled(ids: list, truth: list, scores: list[dict], metric=anomaly_metrics) -> dict[str, dict]:
+    ids, truth = np.concatenate(ids), np.concatenate(truth)
+    return {name: metric(name, ids, truth, np.concatenate([s[name] for s in scores])) for name in scores[0]}
+
+
+def staged(videos: dict[str, np.ndarray], alter, every: int, scores_of, metric=anomaly_metrics) -> dict[str, dict]:
+    """Pooled metrics of each score on `videos` with `alter` applied to every `every`-th one.
+    `scores_of(frames)` → (frame_index, {name: score per frame}), read by `metric`."""
+    ids, truth, scores = [], [], []
     for i, (video_id, frames) in enumerate(videos.items()):
         altered, labels = (alter if i % every == 0 else unaltered)(frames)
-        means = exp.score(altered)
-        scores = scoring.score_columns(means, exp.card["validation"])
-        ids.append(np.full(len(means.frame_index), video_id))
-        truth.append(labels[means.frame_index])
-        for name in SCORE_COLUMNS:
-            columns[name].append(scores[name])
-    return {name: column_metrics(name, np.concatenate(ids), np.concatenate(truth), np.concatenate(parts))
-            for name, parts in columns.items()}
+        frame_index, by_name = scores_of(altered)
+        ids.append(np.full(len(frame_index), video_id))
+        truth.append(labels[frame_index])
+        scores.append(by_name)
+    return pooled(ids, truth, scores, metric)
+
+
+def measure(exp: Ped2Experiment, videos: dict[str, np.ndarray], alter, every: int = 1) -> dict[str, dict]:
+    """AUCs of every score; with `every`=2 only every other video is altered, the rest stay normal."""
+    def scores_of(frames: np.ndarray):
+        means = exp.score(frames)
+        columns = scoring.score_columns(means, exp.card["validation"])
+        return means.frame_index, {name: columns[name] for name in SCORE_COLUMNS}
+
+    return staged(videos, alter, every, scores_of, metric=column_metrics)   # reads regularity as 1 − s
 
 
 def main() -> None:

@@ -20,9 +20,9 @@ labels only measuring, after the choice has been committed.
 """
 import numpy as np
 
-from failure_modes import small_object, sudden_motion, unaltered
+from failure_modes import pooled, small_object, staged, sudden_motion
 from ped2_experiment import Ped2Experiment
-from vadray import metrics, scoring
+from vadray import scoring
 
 MODES = (("3× speed", sudden_motion, 1), ("small still object", small_object, 1),
          ("3× speed, every other video", sudden_motion, 2),
@@ -35,25 +35,6 @@ def fusions(means: scoring.FrameMeans) -> dict[str, np.ndarray]:
     a_r, a_m = 1 - scoring.regularity(e), 1 - scoring.regularity(m)
     return {"regularity": a_r, "motion_regularity": a_m, "mean": (a_r + a_m) / 2,
             "max": np.maximum(a_r, a_m), "geo": 1 - scoring.regularity(np.sqrt(e * m))}
-
-
-def pooled(ids: list, truth: list, scores: list[dict]) -> dict[str, dict]:
-    ids, truth = np.concatenate(ids), np.concatenate(truth)
-    return {name: metrics.frame_metrics(ids, truth, np.concatenate([s[name] for s in scores]))
-            for name in scores[0]}
-
-
-def staged(videos: dict[str, np.ndarray], alter, every: int, scores_of) -> dict[str, dict]:
-    """Pooled metrics of each score on `videos` with `alter` applied to every `every`-th one.
-    `scores_of(frames)` → (frame_index, {name: anomaly score per frame})."""
-    ids, truth, scores = [], [], []
-    for i, (video_id, frames) in enumerate(videos.items()):
-        altered, labels = (alter if i % every == 0 else unaltered)(frames)
-        frame_index, by_name = scores_of(altered)
-        ids.append(np.full(len(frame_index), video_id))
-        truth.append(labels[frame_index])
-        scores.append(by_name)
-    return pooled(ids, truth, scores)
 
 
 def print_test(exp: Ped2Experiment, scores_of, width: int) -> None:

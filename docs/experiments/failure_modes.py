@@ -51,15 +51,19 @@ def sudden_motion(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return altered, (np.arange(len(altered)) >= third).astype(np.int8)
 
 
-def small_object(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def small_object(frames: np.ndarray, start: int | None = None, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The object in frames [start, stop): by default from the middle of the video to its end."""
     altered = frames.copy()
     n, size = len(frames), frames.shape[-1]
+    shown = slice(n // 2 if start is None else start, n if stop is None else stop)
     side = max(2, size // 10)
     rng = np.random.default_rng(n)
     top, left = rng.integers(0, size - side, size=2)
-    box = altered[n // 2:, top:top + side, left:left + side]
-    altered[n // 2:, top:top + side, left:left + side] = 255 - box
-    return altered, (np.arange(n) >= n // 2).astype(np.int8)
+    box = altered[shown, top:top + side, left:left + side]
+    altered[shown, top:top + side, left:left + side] = 255 - box
+    labels = np.zeros(n, np.int8)
+    labels[shown] = 1
+    return altered, labels
 
 
 def unaltered(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -23,6 +23,13 @@ Fixed before the first run, not changed after it:
   and 227 px. `--test` measures once on Ped2 test after the decision is committed.
 Expected: a small gain on the long changes (the ripple and frame noise go), little change or a
 small loss on the short ones (their edges blur by about 0.5 s of 2 s).
+
+Decision (2026-11-30, session 9), NOT adopted: at 59 px the smoothed combined score lost on both
+sets (mean pooled AUC, long 0.9027 → 0.8885, short 0.9242 → 0.8972), so the rule fails whatever
+227 px gives. The loss is in the small still object (long 0.856 → 0.783 pooled, short 0.852 →
+0.798), while its per-video macro AUC rose (0.796 → 0.809): smoothing moves where each video's
+min and max fall, and the pooled ranking across videos suffers. The speed changes gained a
+little (0.996 → 0.998). The expectation was wrong.
 """
 import numpy as np
 from scipy.ndimage import gaussian_filter1d

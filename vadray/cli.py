@@ -21,8 +21,21 @@ COMMANDS = {
     "report": ("vadray.report", "plots of regularity over time and an index.html"),
     "query": ("vadray.query", "SQL (DuckDB) over the frames and events tables"),
     "demo": ("vadray.demo", "synth → ingest → train → score → evaluate → report on a local Ray"),
-    "bench": ("vadray.bench", "benchmarks: ingest, train, score, ped2"),
+    "bench": ("vadray.bench", "benchmarks: ingest, train, score, ped2, ped2-direct"),
 }
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and every option's default where its help does not say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or not action.option_strings or default is None or default is False
+                or default is argparse.SUPPRESS):
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        return f"{text} (default {shown})".replace("%", "%%").replace("%%(", "%(")
 
 
 def build_parser(command: str) -> argparse.ArgumentParser:
@@ -30,7 +43,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(
         prog=f"vadray {command}", description=(module.__doc__ or summary).strip(),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=_HelpFormatter)
     module.add_arguments(parser)
     parser.set_defaults(_run=module.run)
     return parser

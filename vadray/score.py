@@ -167,7 +167,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", help="where frames/, events/, errors/ and manifest/ go (local or s3://)")
     parser.add_argument("--checkpoint", required=True,
                         help="a training run's CHECKPOINT_DIR or a checkpoint folder (model.pt + card.json)")
-    parser.add_argument("--camera", default="default", help="camera name: the camera= partition of the tables")
+    parser.add_argument("--camera", default="default",
+                        help="camera name: the camera= partition of the tables. A video's identity in OUTPUT "
+                             "is (camera, video_id), so two cameras' archives with the same file names can "
+                             "share one OUTPUT")
     parser.add_argument("--actors", type=int, default=1, help="model actors (each loads the model once; default 1)")
     parser.add_argument("--gpus-per-actor", type=float, default=0.0,
                         help="GPUs per model actor (0 = CPU; fractions share a GPU)")
@@ -177,7 +180,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "divided by --actors; each actor reserves 1 CPU, decode tasks use the rest)")
     parser.add_argument("--hop", type=int, default=5,
                         help="frames between the starts of consecutive 10-frame volumes (1..T; default 5: "
-                             "each frame is in 2 volumes; 1 = the smoothest, 10× the work). A last volume "
+                             "each frame is in 2 volumes; 1 = the smoothest, 5× the model work). A last volume "
                              "ending on the final frame is always added, so every frame gets a score")
     parser.add_argument("--segment-seconds", type=float, default=60.0,
                         help="decode long videos in segments of this many seconds (default 60)")
@@ -185,7 +188,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", type=int, default=8, help="cells per side of the error grid for cell_error_max")
     parser.add_argument("--persistence", type=float, default=None,
                         help="minimum persistence (depth in regularity units) of an event's minimum "
-                             "(default vadray.events.PERSISTENCE_DEFAULT)")
+                             f"(default {PERSISTENCE_DEFAULT})")
     parser.add_argument("--window", type=int, default=WINDOW_DEFAULT,
                         help=f"minima within this many frames form one event (default {WINDOW_DEFAULT})")
     parser.add_argument("--events-from", choices=EVENT_SCORES, default="regularity",

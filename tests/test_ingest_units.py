@@ -36,6 +36,17 @@ def test_listing_ids_extensions_and_frame_folders(tmp_path):
     assert [r.video_id for r in single] == ["top"]
 
 
+def test_listing_keeps_colliding_ids_apart(tmp_path):
+    """`a.mp4`, `a.mkv` and a frame folder `a/` would all be `a`: one would overwrite the others."""
+    for name in ("a.mp4", "a.MKV", "b.mp4"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "1.png").write_bytes(b"x")
+    refs = list_videos(str(tmp_path))
+    assert [r.video_id for r in refs] == ["a", "a.MKV", "a.mp4", "b"]
+    assert refs[0].is_frame_folder and refs[2].uri.endswith("/a.mp4")
+
+
 def test_listing_unreachable_source_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="does not exist"):
         list_videos(str(tmp_path / "nope"))

@@ -1,7 +1,8 @@
 """SOURCE (folder, prefix, single file; local or s3://) → the videos in it, with stable ids.
 
 `video_id` is the path relative to SOURCE without extension: it is the join key for labels
-and the identity that resume and idempotent reruns are keyed by. A frame-folder clip (a
+and the identity that resume and idempotent reruns are keyed by. Where two inputs would get
+the same id (`a.mp4` beside `a.mkv`), the files keep their extension in it (`a.mp4`, `a.mkv`). A frame-folder clip (a
 folder of .tif/.jpg/.png frames, as UCSD distributes its data) is one video whose id is
 the folder's relative path.
 """
@@ -97,4 +98,16 @@ def list_videos(source: str, storage_options: dict[str, Any] | None = None) -> l
             mtime=max((m[2] for m in metas), default=""),
             frame_uris=[storage.to_uri(fs, p) for p, _ in files],
         ))
-    return sorted(videos, key=lambda v: v.video_id)
+    return sorted(_unique_ids(videos), key=lambda v: v.video_id)
+
+
+def _unique_ids(videos: list[VideoRef]) -> list[VideoRef]:
+    """Inputs whose ids collide (`a.mp4` beside `a.mkv`, or a frame folder `a/` beside `a.mp4`)
+    keep their file extension in the id, so that neither overwrites the other's rows."""
+    counts: dict[str, int] = {}
+    for v in videos:
+        counts[v.video_id] = counts.get(v.video_id, 0) + 1
+    for v in videos:
+        if counts[v.video_id] > 1 and not v.is_frame_folder:
+            v.video_id += posixpath.splitext(v.uri)[1]      # the extension as the file spells it
+    return videos

@@ -56,6 +56,29 @@ def test_every_frame_scored_once_rerun_skips_and_force_is_identical(ray_session,
     assert read_table(out, "events").equals(events)
 
 
+def test_two_cameras_with_the_same_file_names_share_one_output(ray_session, trained_checkpoint,
+                                                               synth_test_archive, tmp_path, capsys):
+    """A video in OUTPUT is (camera, video_id): scoring camera b neither un-finishes camera a's
+    videos nor mixes them in the report, and evaluate asks which camera the labels mean."""
+    from vadray.evaluate import evaluate_output
+    from vadray.report import build_report
+
+    out = str(tmp_path / "out")
+    for camera in ("a", "b"):
+        assert run_score(str(synth_test_archive), out, str(trained_checkpoint), camera=camera).frames == 90
+    again = run_score(str(synth_test_archive), out, str(trained_checkpoint), camera="a")
+    assert (again.skipped, again.frames) == (3, 0)          # b did not remove a's markers
+    frames = read_table(out, "frames")
+    assert frames.groupby("camera").size().to_dict() == {"a": 90, "b": 90}
+    rows = build_report(out, str(tmp_path / "report"), max_thumbnails=0)
+    assert sorted((r["camera"], r["frames"]) for r in rows) == [("a", 30)] * 3 + [("b", 30)] * 3
+    assert len({r["png"] for r in rows}) == 6
+    labels = str(synth_test_archive / "frame_labels.csv")
+    with pytest.raises(UsageError, match="pass --camera"):
+        evaluate_output(out, labels)
+    assert evaluate_output(out, labels, cameras=["b"])["coverage"]["evaluated_frames"] == 90
+
+
 def test_killed_actor_leaves_identical_tables(ray_session, trained_checkpoint, synth_test_archive,
                                               tmp_path, monkeypatch):
     calm = str(tmp_path / "calm")

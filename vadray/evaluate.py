@@ -79,6 +79,21 @@ def read_labels(labels_csv: str, storage_options: dict | None = None) -> pd.Data
         raise UsageError("labels file: frame_index must be whole numbers") from None
 
 
+def camera_filter(cameras: list[str] | None) -> ds.Expression | None:
+    return ds.field("camera").isin(cameras) if cameras else None
+
+
+def check_one_camera_per_video(frames: pd.DataFrame) -> None:
+    """Labels name a video, not a camera: an OUTPUT where one video_id is scored under several
+    cameras cannot be joined to them without choosing the camera."""
+    cameras = frames.groupby("video_id")["camera"].nunique()
+    shared = sorted(map(str, cameras.index[cameras > 1]))
+    if shared:
+        raise UsageError(f"video ids {', '.join(shared[:3])}{' …' if len(shared) > 3 else ''} are scored under "
+                         f"several cameras ({', '.join(sorted(map(str, frames['camera'].unique())))}); "
+                         "labels name videos only: pass --camera")
+
+
 def _per_video_intervals(table: pd.DataFrame) -> dict[str, np.ndarray]:
     return {str(v): g[["start_frame", "end_frame"]].to_numpy(np.int64)
             for v, g in table.groupby("video_id", sort=True)}
@@ -97,13 +112,16 @@ def column_metrics(column: str, video_ids: np.ndarray, labels: np.ndarray, score
             **metrics.frame_metrics(video_ids[finite], labels[finite], scores[finite])}
 
 
-def evaluate_output(output: str, labels_csv: str, storage_options: dict | None = None) -> dict:
-    """Metrics of one scoring OUTPUT against labels. Undefined metrics are NaN."""
+def evaluate_output(output: str, labels_csv: str, storage_options: dict | None = None,
+                    cameras: list[str] | None = None) -> dict:
+    """Metrics of one scoring OUTPUT (or of its `cameras`) against labels. Undefined metrics are NaN."""
     table = read_table(output, "frames", storage_options,
-                       columns=["video_id", "frame_index", *SCORE_COLUMNS])
-    if table is None:
-        raise UsageError(f"no frames table under {output!r}: run `vadray score` first")
+                       columns=["camera", "video_id", "frame_index", *SCORE_COLUMNS], filter=camera_filter(cameras))
+    if table is None or (cameras and table.num_rows == 0):
+        raise UsageError(f"no frames table under {output!r}{f' for camera {cameras}' if cameras else ''}: "
+                         "run `vadray score` first")
     frames = table.to_pandas()
+    check_one_camera_per_video(frames)
     labels = read_labels(labels_csv, storage_options)
     key = ["video_id", "frame_index"]
     duplicate_labels = int(labels.duplicated(key).sum())
@@ -132,7 +150,8 @@ def evaluate_output(output: str, labels_csv: str, storage_options: dict | None =
     evaluated_videos = sorted(frame_videos & label_videos)
     truth = {v: metrics.label_runs(g["frame_index"].to_numpy(), g["label"].to_numpy())
              for v, g in labels[labels["video_id"].isin(evaluated_videos)].groupby("video_id")}
-    events = read_table(output, "events", storage_options, columns=["video_id", "start_frame", "end_frame"])
+    events = read_table(output, "events", storage_options, columns=["video_id", "start_frame", "end_frame"],
+                        filter=camera_filter(cameras))
     detected = _per_video_intervals(events.to_pandas()) if events is not None else {}
     result["events"] = {"videos": len(truth), **metrics.event_counts(truth, detected)}
     return result
@@ -186,6 +205,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", help="scoring OUTPUT (folder or s3:// prefix holding frames/ and events/)")
     parser.add_argument("--labels", required=True,
                         help="CSV with columns video,frame_index,label (1 = anomalous frame)")
+    parser.add_argument("--camera", action="append", default=None,
+                        help="only this camera (repeatable); needed where two cameras hold the same video ids")
     parser.add_argument("--json", dest="json_path", default=None, metavar="METRICS.json",
                         help="also write the metrics as JSON to this path (local or s3://); NaN → null")
     parser.add_argument("--storage-options", default=None,
@@ -194,7 +215,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = storage.parse_storage_options(args.storage_options)
-    result = evaluate_output(args.output, args.labels, options)
+    result = evaluate_output(args.output, args.labels, options, cameras=args.camera)
     print(format_metrics(result))
     if args.json_path:
         fs, path = storage.url_to_fs(args.json_path, options)

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 
 from vadray import decode, listing, metrics, storage
 from vadray.errors import safe_key
-from vadray.evaluate import read_labels, read_table
+from vadray.evaluate import check_one_camera_per_video, read_labels, read_table
 from vadray.exits import UsageError
 
 log = logging.getLogger(__name__)
@@ -171,18 +171,21 @@ def build_report(output: str, out_dir: str, labels_csv: str | None = None,
     table = read_table(output, "frames", storage_options, columns=FRAME_COLUMNS, filter=where)
     if table is None or table.num_rows == 0:
         raise UsageError(f"no scored frames under {output!r} (for the selected videos)")
-    frames = table.to_pandas().sort_values(["video_id", "frame_index"], kind="stable")
+    frames = table.to_pandas().sort_values(["camera", "video_id", "frame_index"], kind="stable")
     event_table = read_table(output, "events", storage_options, filter=where)
     events = event_table.to_pandas() if event_table is not None else pd.DataFrame(
-        columns=["video_id", "event_id", "start_frame", "end_frame", "peak_frame", "min_regularity"])
+        columns=["camera", "video_id", "event_id", "start_frame", "end_frame", "peak_frame", "min_regularity"])
     labels = read_labels(labels_csv, storage_options) if labels_csv else None
+    if labels is not None:
+        check_one_camera_per_video(frames)
+    several_cameras = frames["camera"].nunique() > 1
     if frame_fn is None:
         frame_fn = lambda uri, index: decode_thumbnail(uri, index, storage_options)  # noqa: E731
     out_fs, out_path = storage.url_to_fs(out_dir, storage_options)
     out_fs.makedirs(out_path, exist_ok=True)
     rows = []
-    for video_id, video_frames in frames.groupby("video_id", sort=True):
-        video_events = events[events["video_id"] == video_id].sort_values("start_frame")
+    for (camera, video_id), video_frames in frames.groupby(["camera", "video_id"], sort=True):
+        video_events = events[(events["camera"] == camera) & (events["video_id"] == video_id)].sort_values("start_frame")
         truth, auc = None, float("nan")
         if labels is not None:
             video_labels = labels[labels["video_id"] == video_id]
@@ -199,10 +202,10 @@ def build_report(output: str, out_dir: str, labels_csv: str | None = None,
         figure = plot_video(video_frames, video_events, truth, thumbnails)
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=100)
-        png = f"{safe_key(str(video_id))}.png"
+        png = f"{safe_key(f'{camera}/{video_id}' if several_cameras else str(video_id))}.png"
         _write_bytes(storage.join(out_dir, png), buffer.getvalue(), storage_options)
         times = video_frames["time_s"].to_numpy(np.float64)
-        rows.append({"video_id": str(video_id), "camera": str(video_frames["camera"].iloc[0]),
+        rows.append({"video_id": str(video_id), "camera": str(camera),
                      "date": str(video_frames["date"].iloc[0]), "frames": len(video_frames),
                      "duration_s": float(times[-1] - times[0]) if np.isfinite(times).all() else float("nan"),
                      "min_regularity": float(video_frames["regularity"].min()),

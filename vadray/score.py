@@ -66,14 +66,16 @@ def default_actor_threads(actors: int) -> int:
     return max(1, int(cpus) // max(1, actors))
 
 
-def _finished(output: str, refs: list[VideoRef], model_id: str, storage_options: dict[str, Any]) -> set[str]:
-    """video_ids whose marker for (identity, model_id) exists: one listing, no per-video reads."""
+def _finished(output: str, camera: str, refs: list[VideoRef], model_id: str,
+              storage_options: dict[str, Any]) -> set[str]:
+    """video_ids whose marker for (camera, identity, model_id) exists: one listing, no per-video reads."""
     fs, root = storage.url_to_fs(storage.join(output, "manifest"), storage_options)
+    root = root.rstrip("/")
     try:
-        present = {p.rsplit("/", 1)[-1] for p in fs.find(root)}
+        present = {p[len(root) + 1:] for p in fs.find(root)}
     except FileNotFoundError:
         return set()
-    return {r.video_id for r in refs if manifest_marker(r.video_id, r.identity(), model_id) in present}
+    return {r.video_id for r in refs if manifest_marker(camera, r.video_id, r.identity(), model_id) in present}
 
 
 def run_score(source: str, output: str, checkpoint: str, *, camera: str = "default", actors: int = 1,
@@ -113,7 +115,7 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     refs = list_videos(source, storage_options)
     if not refs:
         raise UsageError(f"no videos or frame folders found under {source!r}")
-    done = set() if force else _finished(output, refs, model_id, storage_options)
+    done = set() if force else _finished(output, camera, refs, model_id, storage_options)
     todo = [r for r in refs if r.video_id not in done]
     summary = ScoreSummary(videos=len(refs), skipped=len(done))
     log.info("scoring %d videos (%d already done) with %s", len(todo), len(done), model_id)

@@ -39,11 +39,12 @@ def video_date(ref: VideoRef) -> str:
 FRAMES_VERSION = 4
 
 
-def manifest_marker(video_id: str, identity: str, model_id: str) -> str:
-    """An empty marker's name: keyed by video content identity, model and frames-table version,
-    not by task rank."""
+def manifest_marker(camera: str, video_id: str, identity: str, model_id: str) -> str:
+    """An empty marker's path under manifest/: keyed by the camera (two cameras' archives may
+    hold the same file names), the video's content identity, the model and the frames-table
+    version, not by task rank."""
     digest = hashlib.sha1(f"{identity}|frames={FRAMES_VERSION}".encode()).hexdigest()[:12]
-    return f"{safe_key(video_id)}.{model_id}.{digest}.done"
+    return f"camera={_partition_value(camera)}/{safe_key(video_id)}.{model_id}.{digest}.done"
 
 
 def _partition_value(text: str) -> str:
@@ -262,14 +263,15 @@ class AssembleVideo:
             pq.write_table(table.drop_columns(["camera", "date"]), path, filesystem=fs, compression="zstd")
         complete = n == int(head["num_frames"])
         if complete:
-            self._mark_done(head["video_id"], head["identity"], model_id)
+            self._mark_done(head["camera"], head["video_id"], head["identity"], model_id)
         return {"video_id": head["video_id"], "frames": n, "events": events.num_rows, "complete": complete}
 
-    def _mark_done(self, video_id: str, identity: str, model_id: str) -> None:
+    def _mark_done(self, camera: str, video_id: str, identity: str, model_id: str) -> None:
         fs, root = storage.url_to_fs(storage.join(self.output, "manifest"), self.storage_options)
-        fs.makedirs(root, exist_ok=True)
-        marker = manifest_marker(video_id, identity, model_id)
-        for stale in fs.glob(f"{root}/{safe_key(video_id)}.{model_id}.*.done"):
+        marker = manifest_marker(camera, video_id, identity, model_id)
+        folder = f"{root}/{marker.rsplit('/', 1)[0]}"
+        fs.makedirs(folder, exist_ok=True)
+        for stale in fs.glob(f"{folder}/{safe_key(video_id)}.{model_id}.*.done"):
             if not stale.endswith(marker):
                 fs.rm(stale)
         fs.pipe_file(f"{root}/{marker}", b"")

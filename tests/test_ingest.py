@@ -1,6 +1,8 @@
 """The ingest job on a real local Ray: local folders, S3 (moto server), bad inputs, Ped2."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow.dataset as pads
 import pytest
@@ -116,13 +118,40 @@ def test_unusual_formats_through_the_job(ray_session, tmp_path):
         assert frames.std() > 1
 
 
-def test_unreachable_source_and_bad_options_exit_2(tmp_path, capsys):
+def test_unreachable_source_and_bad_options_exit_2(synth_archive, tmp_path, capsys):
     assert main(["ingest", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["ingest", str(tmp_path), str(tmp_path / "out"), "--storage-options", "{bad"]) == 2
+    for bad, said in (("{bad", "not valid JSON"), ("[1]", "must be a JSON object")):
+        assert main(["ingest", str(synth_archive), str(tmp_path / "out"), "--storage-options", bad]) == 2
+        assert said in capsys.readouterr().err
+    assert main(["ingest", str(synth_archive), str(tmp_path / "out"), "--frame-fps", "0"]) == 2
+    assert "--frame-fps" in capsys.readouterr().err
     (tmp_path / "notes.txt").write_text("no videos here")
     assert main(["ingest", str(tmp_path), str(tmp_path / "out")]) == 2
     assert "no videos" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_secrets_are_never_printed(s3_bucket, tmp_path, capsys, caplog):
+    """Credentials reach s3fs through --storage-options; no error path prints or logs them."""
+    bucket, options = s3_bucket
+    secret = "vadray-test-secret-Zq8"
+    given = json.dumps({**options, "secret": secret, "key": "AKIAVADRAYTESTKEY"})
+    for argv in (["ingest", f"s3://{bucket}/missing", f"s3://{bucket}/out"],
+                 ["score", f"s3://{bucket}/missing", f"s3://{bucket}/out", "--checkpoint", f"s3://{bucket}/none"],
+                 ["train", f"s3://{bucket}/missing", f"s3://{bucket}/ckpt"]):
+        assert main([*argv, "--storage-options", given]) == 2
+        said = capsys.readouterr()
+        assert said.err.startswith(f"vadray {argv[0]}: error:")
+        assert secret not in said.out + said.err + caplog.text and "AKIAVADRAYTESTKEY" not in said.err
+
+
+def test_a_second_frame_size_into_one_output_is_refused(ray_session, synth_archive, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    assert run_ingest(str(synth_archive), out, size=TEST_SIZE).frames == 60
+    assert main(["ingest", str(synth_archive), out, "--size", str(TEST_SIZE + 8)]) == 2
+    assert f"holds {TEST_SIZE}-px shards" in capsys.readouterr().err
+    assert read_stats(out).size == TEST_SIZE and len(read_clips(out)) > 0   # nothing lost
 
 
 def test_s3_to_s3_through_a_real_s3_server(ray_session, synth_archive, s3_bucket, tmp_path):

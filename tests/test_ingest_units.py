@@ -231,3 +231,16 @@ def test_gains_are_the_median_ratio_to_the_mean_image(size):
     stats = NormStats.from_sums(PartialSums.of(frames))
     expected = np.median(frames.reshape(5, -1), axis=1) / (float(np.median(stats.mean_image)) * 255.0)
     np.testing.assert_array_equal(stats.gains(frames), expected)
+
+
+def test_synth_command_writes_what_it_says_and_refuses_bad_numbers(tmp_path, capsys):
+    from vadray.cli import main
+
+    assert main(["synth", str(tmp_path / "ok"), "--videos", "2", "--frames", "12", "--anomalies", "fast"]) == 0
+    assert sorted(p.name for p in (tmp_path / "ok").iterdir()) == ["frame_labels.csv", "video001.mp4", "video002.mp4"]
+    assert probe(str(tmp_path / "ok" / "video002.mp4")).num_frames == 12
+    for flag, value in (("--videos", "-2"), ("--frames", "0"), ("--fps", "0"), ("--width", "15"),
+                        ("--anomalies", "teleport")):
+        assert main(["synth", str(tmp_path / "bad"), flag, value]) == 2
+        assert "vadray synth: error:" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

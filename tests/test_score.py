@@ -115,6 +115,11 @@ def test_bad_arguments_exit_2(tmp_path, trained_checkpoint, synth_test_archive, 
     assert main(["score", str(synth_test_archive), str(tmp_path / "o"), "--checkpoint",
                  str(trained_checkpoint), "--actor-threads", "0"]) == 2
     assert "--actor-threads" in capsys.readouterr().err
+    for flag, value, said in (("--grid", "0", "--grid must be between 1"), ("--grid", "1000", "frame size"),
+                              ("--frame-fps", "0", "--frame-fps")):
+        assert main(["score", str(synth_test_archive), str(tmp_path / "o"), "--checkpoint",
+                     str(trained_checkpoint), flag, value]) == 2
+        assert said in capsys.readouterr().err
     with pytest.raises(SystemExit):   # argparse's choices: exit 2 with the list
         main(["score", str(synth_test_archive), str(tmp_path / "o"), "--checkpoint", str(trained_checkpoint),
               "--events-from", "anomaly_score"])

@@ -171,7 +171,7 @@ def compute_stats(output: str, storage_options: dict[str, Any]
     except FileNotFoundError:
         paths = []
     if not paths:
-        raise ValueError(f"no frames under {output}")
+        raise FileNotFoundError(f"no frames under {output}")
     # Threads fetch (object storage is slow per file); parsing stays on this thread: np.load
     # reads .npy headers with `ast`, which in threads can fail on Python 3.11 (CPython
     # gh-106905, "SystemError: AST constructor recursion depth mismatch", seen here once).
@@ -202,6 +202,16 @@ def read_stats(output: str, storage_options: dict[str, Any] | None = None) -> No
         return NormStats.from_dict(json.load(f))
 
 
+def _check_same_size(output: str, size: int, storage_options: dict[str, Any]) -> None:
+    """One OUTPUT holds shards of one frame size: its statistics add frames pixel by pixel."""
+    try:
+        held = read_stats(output, storage_options).size
+    except FileNotFoundError:
+        return
+    if held != size:
+        raise UsageError(f"{output!r} holds {held}-px shards; ingest at --size {held}, or into another OUTPUT")
+
+
 def _clear_previous(output: str, refs: list[VideoRef], storage_options: dict[str, Any]) -> None:
     """Idempotent reruns: an input's old shards and error rows go before its new ones arrive."""
     fs, root = storage.url_to_fs(output, storage_options)
@@ -224,8 +234,9 @@ def run_ingest(source: str, output: str, *, camera: str = "default", size: int =
     storage_options = storage_options or {}
     if size < 8:
         raise UsageError("--size must be at least 8 pixels")
-    if segment_seconds <= 0:
-        raise UsageError("--segment-seconds must be positive")
+    if segment_seconds <= 0 or not frame_fps > 0:
+        raise UsageError("--segment-seconds and --frame-fps must be positive")
+    _check_same_size(output, size, storage_options)
     started = time.perf_counter()
     refs = list_videos(source, storage_options)
     if not refs:
@@ -269,7 +280,7 @@ def run_ingest(source: str, output: str, *, camera: str = "default", size: int =
     summary = IngestSummary(videos=len(refs), errors=errors)
     try:
         stats, frames_per_video, segments_per_video = compute_stats(output, storage_options)
-    except (ValueError, FileNotFoundError):
+    except FileNotFoundError:     # nothing decoded, in this run or before it
         frames_per_video, segments_per_video = {}, {}
     else:
         write_stats(output, stats, {"videos": len(frames_per_video), "source": source}, storage_options)

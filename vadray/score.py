@@ -99,9 +99,10 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
         events = EventSettings(events_from, PERSISTENCE_DEFAULT if persistence is None else persistence, window)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if (hop < 1 or batch_size < 1 or actors < 1 or segment_seconds <= 0
+    if (hop < 1 or batch_size < 1 or actors < 1 or segment_seconds <= 0 or not frame_fps > 0
             or (actor_threads is not None and actor_threads < 1)):
-        raise UsageError("--hop, --batch-size, --actors, --actor-threads and --segment-seconds must be positive")
+        raise UsageError("--hop, --batch-size, --actors, --actor-threads, --segment-seconds and --frame-fps "
+                         "must be positive")
     try:
         card = read_card(checkpoint, ckpt_options)
     except (FileNotFoundError, OSError, ValueError, KeyError) as exc:
@@ -109,6 +110,9 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     T = int(card["input"]["T"])
     if hop > T:
         raise UsageError(f"--hop {hop} > T={T} would leave frames without a score")
+    size = int(card["input"]["size"])
+    if not 1 <= grid <= size:
+        raise UsageError(f"--grid must be between 1 and the model's frame size {size}, got {grid}")
     model_id = card["model_id"]
     run_id = scoring_run_id(model_id, hop, grid, events, gain_correction)
     started = time.perf_counter()

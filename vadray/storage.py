@@ -2,7 +2,7 @@
 
 Credentials and the endpoint come from the standard AWS environment variables or from
 `storage_options` (a JSON dict on the command line). They travel to Ray tasks inside
-`storage_options` and are never printed: use `redact` before logging options.
+`storage_options` and are never printed or logged (tests/test_ingest.py checks the error paths).
 """
 from __future__ import annotations
 
@@ -71,20 +71,6 @@ def pyarrow_fs(uri: str, storage_options: dict[str, Any] | None = None) -> tuple
     if isinstance(fs, fsspec.implementations.local.LocalFileSystem):
         return pafs.LocalFileSystem(), os.path.abspath(path)
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
-
-
-def redact(options: dict[str, Any]) -> dict[str, Any]:
-    """Options with secrets masked, for logs and model cards."""
-    secret_words = ("secret", "token", "password", "key")
-    out = {}
-    for k, v in options.items():
-        if isinstance(v, dict):
-            out[k] = redact(v)
-        elif any(w in k.lower() for w in secret_words):
-            out[k] = "***"
-        else:
-            out[k] = v
-    return out
 
 
 def remove(uri: str, storage_options: dict[str, Any] | None = None) -> None:

@@ -180,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown anomaly kind(s) {bad}; choose from {','.join(ANOMALY_KINDS)}")
     if args.width % 2 or args.height % 2 or args.width < 16 or args.height < 16:
         raise UsageError("--width and --height must be even and at least 16")
+    if args.videos < 1 or args.frames < 1 or args.fps < 1:
+        raise UsageError("--videos, --frames and --fps must be at least 1")
     labels = make_archive(args.output, args.videos, args.width, args.height, args.frames, args.fps,
                           args.seed, kinds, args.prefix)
     print(f"wrote {args.videos} videos and {labels}")

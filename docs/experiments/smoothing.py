@@ -30,6 +30,13 @@ sets (mean pooled AUC, long 0.9027 → 0.8885, short 0.9242 → 0.8972), so the 
 0.798), while its per-video macro AUC rose (0.796 → 0.809): smoothing moves where each video's
 min and max fall, and the pooled ranking across videos suffers. The speed changes gained a
 little (0.996 → 0.998). The expectation was wrong.
+
+Run after the decision, for the record: 227 px staged, long 0.9279 → 0.9584, short 0.9710 →
+0.9547 (the still object for 2 s: 0.982 → 0.944), so 227 px alone would have failed the rule
+too. Ped2 test (hop 5, pooled AUC), plain → smoothed: 59 px combined 0.8036 → 0.8421, motion
+0.7835 → 0.8264, regularity 0.8368 → 0.8433; 227 px combined 0.8484 → 0.8660, motion 0.8490 →
+0.8936, regularity 0.7912 → 0.7919. These are read on test labels after the rule said no, so
+they adopt nothing.
 """
 import numpy as np
 from scipy.ndimage import gaussian_filter1d

@@ -150,10 +150,13 @@ def test_query_local_views(scored, tmp_path, capsys):
     assert "(1 rows)" in capsys.readouterr().out
 
 
-def test_query_empty_events_table(tmp_path):
+def test_query_empty_events_and_errors_tables(tmp_path, capsys):
     out = tmp_path / "o"
     _write(str(out), "frames", "c", "unknown", "v", _frames("x.mp4", [1.0, 0.5]), FRAMES_SCHEMA, True)
     assert query.query(str(out), "SELECT count(*) AS n FROM events")["n"].tolist() == [0]
+    assert query.query(str(out), "SELECT count(*) AS n FROM errors")["n"].tolist() == [0]
+    assert cli.main(["query", str(out), "SELECT video_id, stage FROM errors"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["video_id  stage", "(0 rows)"]
 
 
 def test_s3_outputs_give_the_same_answers(scored, s3_bucket):

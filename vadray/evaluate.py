@@ -4,7 +4,8 @@ Reads OUTPUT/frames and OUTPUT/events (hive-partitioned Parquet, local or s3://)
 CSV `video,frame_index,label` (`video` joins `video_id`; label 1 = anomalous). Scored
 frames without a label and labels without a scored frame are counted in "coverage", never
 dropped silently. The `…regularity` columns are evaluated as 1 − s so that every score
-reads "higher = more anomalous".
+reads "higher = more anomalous"; `eer_threshold` in --json is in those units too (0.18 for a
+regularity column means s = 0.82).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from vadray import metrics, storage
+from vadray.errors import ERRORS_SCHEMA
 from vadray.events import EVENTS_SCHEMA
 from vadray.exits import UsageError
 from vadray.scoring import FRAMES_SCHEMA
@@ -26,7 +28,7 @@ from vadray.scoring import FRAMES_SCHEMA
 SCORE_COLUMNS = ("regularity", "anomaly_score", "cell_error_max", "motion_regularity", "motion_error",
                  "combined_regularity")
 PARTITIONING = ds.partitioning(pa.schema([("camera", pa.string()), ("date", pa.string())]), flavor="hive")
-DOCUMENTED = {"frames": FRAMES_SCHEMA, "events": EVENTS_SCHEMA}
+DOCUMENTED = {"frames": FRAMES_SCHEMA, "events": EVENTS_SCHEMA, "errors": ERRORS_SCHEMA}
 
 
 def open_dataset(output: str, name: str, storage_options: dict | None = None) -> ds.Dataset | None:

@@ -60,7 +60,7 @@ def _s3_secret(con: duckdb.DuckDBPyConnection, storage_options: dict) -> bool:
 
 
 def connect(output: str, storage_options: dict | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with the OUTPUT's tables as views (frames/events always exist)."""
+    """An in-memory DuckDB with the OUTPUT's tables as views (frames, events and errors always exist)."""
     con = duckdb.connect()
     fs, root = storage.url_to_fs(output, storage_options)
     if not fs.exists(root):
@@ -75,7 +75,7 @@ def connect(output: str, storage_options: dict | None = None) -> duckdb.DuckDBPy
             _parquet_view(con, name, f"s3://{root}/{name}/**/*.parquet")
         elif files:
             con.register(name, open_dataset(output, name, storage_options))
-        elif name in DOCUMENTED:  # an empty table still answers "SELECT count(*) FROM events"
+        else:  # an empty table still answers "SELECT count(*) FROM errors"
             con.register(name, DOCUMENTED[name].empty_table())
     return con
 
@@ -93,7 +93,7 @@ def query(output: str, sql: str, storage_options: dict | None = None) -> pd.Data
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", help="scoring OUTPUT (folder or s3:// prefix holding frames/ and events/)")
-    parser.add_argument("sql", help="one SQL statement over the views frames, events (and errors)")
+    parser.add_argument("sql", help="one SQL statement over the views frames, events and errors")
     parser.add_argument("--out", default=None,
                         help="write the result to this .csv or .parquet file (local or s3://) instead of printing")
     parser.add_argument("--max-rows", type=int, default=50, help="rows to print when --out is not given")
@@ -107,8 +107,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--out must end in .csv or .parquet")
     result = query(args.output, args.sql, options)
     if not args.out:
-        with pd.option_context("display.width", 200, "display.max_columns", 50):
-            print(result.to_string(index=False, max_rows=args.max_rows))
+        if len(result) == 0:
+            print("  ".join(map(str, result.columns)))
+        else:
+            with pd.option_context("display.width", 200, "display.max_columns", 50):
+                print(result.to_string(index=False, max_rows=args.max_rows))
         print(f"({len(result)} rows)")
         return 0
     fs, path = storage.url_to_fs(args.out, options)

@@ -77,11 +77,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    options = storage.parse_storage_options(args.storage_options)
     try:
-        options = storage.parse_storage_options(args.storage_options)
         model_params = json.loads(args.model_params) if args.model_params else {}
-    except (ValueError, json.JSONDecodeError) as exc:
-        raise UsageError(str(exc)) from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--model-params is not valid JSON: {exc.msg} at position {exc.pos}") from None
     if not isinstance(model_params, dict):
         raise UsageError("--model-params must be a JSON object, e.g. '{\"lstm_channels\": [32, 16, 32]}'")
     card = run_training(

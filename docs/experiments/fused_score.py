@@ -62,17 +62,25 @@ def print_staged(exp: Ped2Experiment, scores_of, width: int, modes=MODES) -> Non
         print(f"  {name:{width}s} {np.mean(values):.4f}")
 
 
-def main() -> None:
-    exp = Ped2Experiment(__doc__.splitlines()[0], default_hop=5,
+def run(description: str, variants, width: int, suites=(("", MODES),), note: str = "") -> None:
+    """An experiment's main: `variants(FrameMeans)` → {name: anomaly score}, measured on the
+    staged changes (each suite of modes in turn) or, with --test, once on Ped2 test."""
+    exp = Ped2Experiment(description, default_hop=5,
                          flags=(("--test", "measure on Ped2 test (after the choice is committed)"),))
-    print(f"checkpoint: size {exp.card['input']['size']}, hop {exp.hop}")
+    print(f"checkpoint: size {exp.card['input']['size']}, hop {exp.hop}{note}")
 
     def scores_of(frames: np.ndarray):
         means = exp.score(frames)
-        return means.frame_index, fusions(means)
+        return means.frame_index, variants(means)
 
-    (print_test if exp.args.test else print_staged)(exp, scores_of, 18)
+    if exp.args.test:
+        print_test(exp, scores_of, width)
+        return
+    for title, modes in suites:
+        if title:
+            print(f"\n== {title} ==")
+        print_staged(exp, scores_of, width, modes)
 
 
 if __name__ == "__main__":
-    main()
+    run(__doc__.splitlines()[0], fusions, 18)

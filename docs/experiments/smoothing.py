@@ -42,8 +42,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 from failure_modes import small_object, sudden_motion
-from fused_score import MODES, print_staged, print_test
-from ped2_experiment import Ped2Experiment
+from fused_score import MODES, run
 from vadray import scoring
 
 FPS = 10            # every Ped2 MP4 here (train and test) is 10 frames/s
@@ -84,23 +83,6 @@ def variants(means: scoring.FrameMeans) -> dict[str, np.ndarray]:
     return a
 
 
-def main() -> None:
-    exp = Ped2Experiment(__doc__.splitlines()[0], default_hop=5,
-                         flags=(("--test", "measure on Ped2 test (after the decision is committed)"),))
-    print(f"checkpoint: size {exp.card['input']['size']}, hop {exp.hop}, σ {SIGMA_S} s")
-
-    def scores_of(frames: np.ndarray):
-        means = exp.score(frames)
-        return means.frame_index, variants(means)
-
-    if exp.args.test:
-        print_test(exp, scores_of, 28)
-        return
-    print("== long changes ==")
-    print_staged(exp, scores_of, 28, MODES)
-    print("\n== short changes ==")
-    print_staged(exp, scores_of, 28, SHORT_MODES)
-
-
 if __name__ == "__main__":
-    main()
+    run(__doc__.splitlines()[0], variants, 28, (("long changes", MODES), ("short changes", SHORT_MODES)),
+        note=f", σ {SIGMA_S} s")

@@ -240,7 +240,8 @@ def test_synth_command_writes_what_it_says_and_refuses_bad_numbers(tmp_path, cap
     assert sorted(p.name for p in (tmp_path / "ok").iterdir()) == ["frame_labels.csv", "video001.mp4", "video002.mp4"]
     assert probe(str(tmp_path / "ok" / "video002.mp4")).num_frames == 12
     for flag, value in (("--videos", "-2"), ("--frames", "0"), ("--fps", "0"), ("--width", "15"),
-                        ("--anomalies", "teleport")):
-        assert main(["synth", str(tmp_path / "bad"), flag, value]) == 2
+                        ("--anomalies", "teleport"), ("--seed", "0")):
+        where = "s3://bucket/bad" if flag == "--seed" else str(tmp_path / "bad")   # a good seed, a remote folder
+        assert main(["synth", where, flag, value]) == 2
         assert "vadray synth: error:" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()

@@ -166,6 +166,14 @@ def test_frame_size_that_the_model_cannot_take_is_a_usage_error(tmp_path):
     assert not (tmp_path / "ckpt").exists()   # nothing written before the inputs are checked
 
 
+def test_a_folder_holding_a_model_is_never_overwritten(tmp_path):
+    (tmp_path / "ckpt" / "final").mkdir(parents=True)
+    (tmp_path / "ckpt" / "final" / "card.json").write_text("{}")
+    with pytest.raises(UsageError, match="holds a run already"):
+        run_training(str(tmp_path / "shards"), str(tmp_path / "ckpt"))
+    assert (tmp_path / "ckpt" / "final" / "card.json").read_text() == "{}"
+
+
 def test_workers_that_would_starve_the_data_tasks_are_refused(ray_session, tmp_path):
     write_clip_shards(tmp_path / "out", random_videos({"a": 20, "b": 20}), chunk=8)
     cpus = ray_session.cluster_resources()["CPU"]
@@ -277,6 +285,7 @@ def test_the_card_describes_the_model_and_reloads(interrupted_then_resumed, inge
     assert set(card["versions"]) >= {"torch", "ray", "vadray", "python"}
     assert card["model_id"] == vadray.checkpoint.model_id("convlstm_ae", model.state_dict())
     assert card["run_id"].startswith("train-")
+    assert os.path.isabs(card["training_data"]["shards"])   # --resume and readers work from any folder
 
     # The card's validation distribution is scoring's math on the held-out video, recomputed here.
     from vadray import storage

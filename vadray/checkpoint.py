@@ -148,7 +148,7 @@ def model_card(info, settings: dict, model_spec: dict, state_dict: dict, outcome
         "epochs_run": len(state["history"]),
         "history": state["history"],
         "best_epoch": int(best["epoch"]),
-        "best_val_loss": float(best_row["val_loss"]) if by_synthetic else float(best["selection_loss"]),
+        "best_val_loss": float(best_row["val_loss"]) if val_videos and best_row.get("val_loss") is not None else None,
         "best_synthetic_auc": best_row.get("synthetic_auc"),
         "validation": {
             "on": "validation videos" if val_videos else "training videos (no validation videos)",

@@ -180,6 +180,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown anomaly kind(s) {bad}; choose from {','.join(ANOMALY_KINDS)}")
     if args.width % 2 or args.height % 2 or args.width < 16 or args.height < 16:
         raise UsageError("--width and --height must be even and at least 16")
+    if "://" in args.output and not args.output.startswith("file://"):
+        raise UsageError("synth writes to a local folder; copy it to object storage afterwards "
+                         "(e.g. aws s3 sync OUT s3://bucket/prefix)")
+    args.output = args.output.removeprefix("file://")
     if args.videos < 1 or args.frames < 1 or args.fps < 1:
         raise UsageError("--videos, --frames and --fps must be at least 1")
     labels = make_archive(args.output, args.videos, args.width, args.height, args.frames, args.fps,

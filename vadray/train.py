@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import uuid
 from datetime import datetime, timezone
 
@@ -72,7 +73,8 @@ def add_arguments(parser) -> None:
                              "learns to reconstruct anomalies)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weight initialisation and shuffling")
     parser.add_argument("--max-failures", type=int, default=3, help="worker failures to recover from (from the last checkpoint)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in CHECKPOINT_DIR with its saved settings")
+    parser.add_argument("--resume", action="store_true", help="continue the run in CHECKPOINT_DIR with its saved settings (SHARDS, --epochs, --lr, … "
+                             "given with it are ignored; --workers and the resources are not)")
     parser.add_argument("--storage-options", default=None, help="JSON fsspec options for s3:// (e.g. endpoint_url); secrets are never logged")
 
 
@@ -102,8 +104,8 @@ def _saved_run(checkpoint_dir: str, storage_options: dict | None) -> dict | None
     fs, path = storage.url_to_fs(checkpoint_dir, storage_options)
     if fs.exists(f"{path}/{RUN_FILE}"):
         return json.loads(fs.cat_file(f"{path}/{RUN_FILE}"))
-    if fs.exists(f"{path}/{RUN_NAME}"):
-        return {}  # Ray Train state without our settings: not ours to continue or overwrite
+    if fs.exists(f"{path}/{RUN_NAME}") or fs.exists(f"{path}/{FINAL_DIR}"):
+        return {}  # Ray Train state or a model without our settings: not ours to continue or overwrite
     return None
 
 
@@ -163,6 +165,8 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
     """
     if workers < 1 or epochs < 1 or batch_size < 1 or patience < 1 or hop < 1 or lr <= 0:
         raise UsageError("--workers, --epochs, --batch-size, --patience, --hop and --lr must be positive")
+    if not storage.is_remote(shards):   # run.json and the card must still find them from elsewhere
+        shards = os.path.abspath(shards.removeprefix("file://"))
     settings = {"shards": shards, "model": model, "model_params": model_params or {}, "epochs": epochs,
                 "batch_size": batch_size, "lr": lr, "patience": patience, "strides": list(strides),
                 "hop": hop, "val_fraction": val_fraction, "seed": seed, "T": T_DEFAULT, "select": select}
@@ -205,6 +209,7 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
     card = model_card(info, settings, model_spec, state_dict, outcome, errors, train_videos, val_videos,
                        n_train, run_id, workers=workers, gpus_per_worker=gpus_per_worker)
     save(storage.join(checkpoint_dir, FINAL_DIR), state_dict, card, storage_options)
-    log.info("best epoch %d of %d (validation loss %.5f) → %s", card["best_epoch"], card["epochs_run"],
-             card["best_val_loss"], storage.join(checkpoint_dir, FINAL_DIR))
+    log.info("best epoch %d of %d (%s) → %s", card["best_epoch"], card["epochs_run"],
+             "no validation videos" if card["best_val_loss"] is None else f"validation loss {card['best_val_loss']:.5f}",
+             storage.join(checkpoint_dir, FINAL_DIR))
     return card

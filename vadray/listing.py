@@ -1,10 +1,10 @@
 """SOURCE (folder, prefix, single file; local or s3://) → the videos in it, with stable ids.
 
 `video_id` is the path relative to SOURCE without extension: it is the join key for labels
-and the identity that resume and idempotent reruns are keyed by. Where two inputs would get
-the same id (`a.mp4` beside `a.mkv`), the files keep their extension in it (`a.mp4`, `a.mkv`). A frame-folder clip (a
+and the identity that resume and idempotent reruns are keyed by. A frame-folder clip (a
 folder of .tif/.jpg/.png frames, as UCSD distributes its data) is one video whose id is
-the folder's relative path.
+the folder's relative path. Where two inputs would get the same id (`a.mp4` beside `a.mkv`),
+the files keep their extension in it (`a.mp4`, `a.mkv`).
 """
 from __future__ import annotations
 

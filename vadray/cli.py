@@ -34,8 +34,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if ("default" in text or not action.option_strings or default is None or default is False
                 or default is argparse.SUPPRESS):
             return text
-        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
-        return f"{text} (default {shown})".replace("%", "%%").replace("%%(", "%(")
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default {shown.replace('%', '%%')})"   # argparse %-formats help text
 
 
 def build_parser(command: str) -> argparse.ArgumentParser:

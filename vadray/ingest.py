@@ -23,7 +23,6 @@ import io
 import json
 import logging
 import operator
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -284,8 +283,8 @@ def run_ingest(source: str, output: str, *, camera: str = "default", size: int =
     except FileNotFoundError:     # nothing decoded, in this run or before it
         frames_per_video, segments_per_video = {}, {}
     else:
-        write_stats(output, stats, {"videos": len(frames_per_video), "source": source if storage.is_remote(source)
-                                    else os.path.abspath(source.removeprefix("file://"))}, storage_options)
+        write_stats(output, stats, {"videos": len(frames_per_video), "source": storage.absolute(source)},
+                    storage_options)
     run_keys = {safe_key(v) for v in run_ids}
     summary.frames = sum(n for k, n in frames_per_video.items() if k in run_keys)
     summary.segments = sum(n for k, n in segments_per_video.items() if k in run_keys)

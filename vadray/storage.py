@@ -42,6 +42,12 @@ def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 
 
+def absolute(uri: str) -> str:
+    """A local path or file:// URI as an absolute path, a remote URI as it is: what run.json,
+    stats.json and model cards record must not depend on the folder a command ran in."""
+    return uri if is_remote(uri) else os.path.abspath(uri.removeprefix("file://"))
+
+
 def url_to_fs(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """(fsspec filesystem, path inside it) for a local path, file:// or s3:// URI."""
     options = dict(storage_options or {})

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import uuid
 from datetime import datetime, timezone
 
@@ -165,9 +164,7 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
     """
     if workers < 1 or epochs < 1 or batch_size < 1 or patience < 1 or hop < 1 or lr <= 0:
         raise UsageError("--workers, --epochs, --batch-size, --patience, --hop and --lr must be positive")
-    if not storage.is_remote(shards):   # run.json and the card must still find them from elsewhere
-        shards = os.path.abspath(shards.removeprefix("file://"))
-    settings = {"shards": shards, "model": model, "model_params": model_params or {}, "epochs": epochs,
+    settings = {"shards": storage.absolute(shards), "model": model, "model_params": model_params or {}, "epochs": epochs,
                 "batch_size": batch_size, "lr": lr, "patience": patience, "strides": list(strides),
                 "hop": hop, "val_fraction": val_fraction, "seed": seed, "T": T_DEFAULT, "select": select}
     if select not in SELECTIONS:

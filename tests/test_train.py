@@ -19,7 +19,7 @@ from vadray.errors import safe_key
 from vadray.exits import UsageError
 from vadray.ingest import CLIPS_SCHEMA
 from vadray.preprocess import NormStats, PartialSums
-from vadray.train import run_training
+from vadray.train import ignored_on_resume, run_training
 from vadray.trainloop import normalize
 from vadray.trainvolumes import count_volumes, discover, split_by_video, volume_dataset
 from vadray.volumes import gather, stream_volumes, volume_starts
@@ -241,6 +241,13 @@ def test_resume_continues_an_interrupted_run(interrupted_then_resumed):
     assert card["training"]["resumed_after_epochs"][0] == 1     # --resume: after epoch 1's checkpoint
     assert [h["epoch"] for h in card["history"]] == [1, 2, 3]
     assert card["epochs_run"] == 3                               # saved settings win over epochs=99
+
+
+def test_resume_names_the_settings_it_does_not_take_from_the_command():
+    saved = {"shards": "/data/cam", "epochs": 3, "lr": 1e-4, "strides": [1, 2, 3], "select": "val_loss"}
+    given = dict(saved, epochs=50, strides=[1])
+    assert ignored_on_resume(given, saved) == ["epochs 50 (saved 3)", "strides [1] (saved [1, 2, 3])"]
+    assert ignored_on_resume(saved, saved) == []
 
 
 @pytest.mark.slow

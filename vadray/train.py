@@ -73,7 +73,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the weight initialisation and shuffling")
     parser.add_argument("--max-failures", type=int, default=3, help="worker failures to recover from (from the last checkpoint)")
     parser.add_argument("--resume", action="store_true", help="continue the run in CHECKPOINT_DIR with its saved settings (SHARDS, --epochs, --lr, … "
-                             "given with it are ignored; --workers and the resources are not)")
+                             "given with it are ignored, and a warning names each that differs; --workers and the resources are used)")
     parser.add_argument("--storage-options", default=None, help="JSON fsspec options for s3:// (e.g. endpoint_url); secrets are never logged")
 
 
@@ -96,6 +96,13 @@ def run(args) -> int:
                       "epochs_run": card["epochs_run"], "best_val_loss": card["best_val_loss"],
                       "final": storage.join(args.checkpoint_dir, FINAL_DIR)}, indent=2))
     return 0
+
+
+def ignored_on_resume(given: dict, saved: dict) -> list[str]:
+    """'name VALUE (saved SAVED)' for each setting whose value here differs from the saved run's
+    (defaults included: --resume cannot tell a typed 50 from the default 50)."""
+    return [f"{key} {given[key]!r} (saved {saved[key]!r})" for key in RUN_SETTINGS
+            if key in given and key in saved and given[key] != saved[key]]
 
 
 def _saved_run(checkpoint_dir: str, storage_options: dict | None) -> dict | None:
@@ -176,8 +183,11 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
         raise UsageError(f"{checkpoint_dir} holds a run already: pass --resume to continue it, "
                          f"or choose an empty CHECKPOINT_DIR")
     if resume:
-        settings = {"select": "val_loss"} | {k: saved[k] for k in RUN_SETTINGS if k in saved}
+        given, settings = settings, {"select": "val_loss"} | {k: saved[k] for k in RUN_SETTINGS if k in saved}
+        ignored = ignored_on_resume(given, settings)
         log.info("resuming run %s with its saved settings", saved["run_id"])
+        if ignored:
+            log.warning("--resume keeps the run's saved settings; this command's values (typed or default) not used: %s", "; ".join(ignored))
     # Inputs and resources are checked before anything is written.
     info = discover(settings["shards"], storage_options)
     model_spec = _model_spec(settings, info.size)

@@ -192,7 +192,7 @@ def ingested(tmp_path_factory, ray_session):
 
     folder = tmp_path_factory.mktemp("train_archive")
     make_archive(str(folder / "archive"), num_videos=3, width=64, height=48, num_frames=40, seed=1)
-    summary = run_ingest(str(folder / "archive"), str(folder / "out"), size=27)
+    summary = run_ingest(str(folder / "archive"), str(folder / "out"), size=27, camera="lobby")
     assert summary.failures == 0 and summary.frames == 120
     return str(folder / "out")
 
@@ -293,6 +293,7 @@ def test_the_card_describes_the_model_and_reloads(interrupted_then_resumed, inge
     assert card["model_id"] == vadray.checkpoint.model_id("convlstm_ae", model.state_dict())
     assert card["run_id"].startswith("train-")
     assert os.path.isabs(card["training_data"]["shards"])   # --resume and readers work from any folder
+    assert card["training_data"]["cameras"] == ["lobby"]      # a model is per camera: the card says which
 
     # The card's validation distribution is scoring's math on the held-out video, recomputed here.
     from vadray import storage

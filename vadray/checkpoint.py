@@ -129,7 +129,7 @@ def model_card(info, settings: dict, model_spec: dict, state_dict: dict, outcome
                   "output": "linear last layer, same units as the normalised input"},
         "norm_stats": info.stats.to_dict(),
         "training_data": {
-            "source": info.stats_doc.get("source"), "shards": settings["shards"],
+            "source": info.stats_doc.get("source"), "shards": settings["shards"], "cameras": info.cameras,
             "videos": len(train_videos) + len(val_videos), "frames": train_frames + val_frames,
             "train_videos": len(train_videos), "train_frames": train_frames,
             "val_videos": len(val_videos), "val_frames": val_frames,

@@ -49,6 +49,7 @@ class Shards:
     stats_doc: dict                # stats.json as written by ingest (source, videos, ...)
     size: int
     videos: list[VideoShards] = field(default_factory=list)
+    cameras: list[str] = field(default_factory=list)   # --camera of the ingest runs: a model is per camera
 
 
 def resolve(shards_uri: str, storage_options: dict | None = None) -> tuple[str, str]:
@@ -89,7 +90,7 @@ def discover(shards_uri: str, storage_options: dict | None = None) -> Shards:
     pa_fs, clips_path = storage.pyarrow_fs(clips_uri, storage_options)
     try:
         dataset = pads.dataset(clips_path, filesystem=pa_fs, format="parquet", partitioning="hive")
-        meta = dataset.to_table(columns=["video_id", "start_frame", "num_frames", "size", "__filename"])
+        meta = dataset.to_table(columns=["video_id", "camera", "start_frame", "num_frames", "size", "__filename"])
     except (FileNotFoundError, pa.ArrowInvalid) as exc:
         raise UsageError(f"cannot read clip shards at {clips_uri}: {exc}") from None
     if meta.num_rows == 0:
@@ -106,7 +107,8 @@ def discover(shards_uri: str, storage_options: dict | None = None) -> Shards:
         files_of[row["video_id"]].append((row["__filename"], row["start_frame_min"], row["end_max"]))
         frames_of[row["video_id"]] += row["num_frames_sum"]
     videos = [VideoShards(v, frames_of[v], _file_runs(files_of[v])) for v in sorted(files_of)]
-    return Shards(clips_uri, stats, stats_doc, stats.size, videos)
+    cameras = sorted(pc.unique(meta["camera"]).to_pylist())
+    return Shards(clips_uri, stats, stats_doc, stats.size, videos, cameras)
 
 
 def split_by_video(videos: list[VideoShards], val_fraction: float) -> tuple[list[VideoShards], list[VideoShards]]:

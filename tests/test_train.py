@@ -17,7 +17,7 @@ from vadray import scoring
 from vadray.cli import main as cli_main
 from vadray.errors import safe_key
 from vadray.exits import UsageError
-from vadray.ingest import CLIPS_SCHEMA
+from vadray.ingest import clip_table
 from vadray.preprocess import NormStats, PartialSums
 from vadray.train import ignored_on_resume, run_training
 from vadray.trainloop import normalize
@@ -27,23 +27,24 @@ from vadray.volumes import gather, stream_volumes, volume_starts
 TINY = {"encoder_channels": [8, 4], "lstm_channels": [4, 4, 4]}
 
 
-def write_clip_shards(output, videos: dict[str, np.ndarray], chunk: int, files_per_video: int = 1, seed: int = 0):
-    """Clip shards in the documented schema, awkwardly laid out: several files per video, rows
-    shuffled inside a file, so only start_frame says the order. Returns the per-video frames."""
+def write_clip_shards(output, videos: dict[str, np.ndarray], chunk: int, files_per_video: int = 1, seed: int = 0,
+                      lost: dict[str, list[int]] | None = None):
+    """Clip shards made by ingest's own `clip_table`, awkwardly laid out: rows of ≤ `chunk`
+    frames, several files per video, rows shuffled inside a file, so only start_frame says the
+    order. `lost`: frames the decoder lost, per video (a gap in the shards)."""
     rng = np.random.default_rng(seed)
     for video_id, frames in videos.items():
-        n, size = frames.shape[0], frames.shape[1]
-        rows = [{"video_id": video_id, "camera": "default", "source_uri": f"/src/{video_id}.mp4",
-                 "start_frame": a, "num_frames": min(chunk, n - a),
-                 "time_s": [t / 10 for t in range(a, min(a + chunk, n))], "fps": 10.0,
-                 "width": 64, "height": 48, "size": size, "frames": frames[a:a + chunk].tobytes(),
-                 "video_key": safe_key(video_id)} for a in range(0, n, chunk)]
+        index = np.arange(frames.shape[0])
+        index = index[~np.isin(index, (lost or {}).get(video_id, []))]
+        seg = {"video_id": video_id, "camera": "default", "uri": f"/src/{video_id}.mp4", "fps": 10.0,
+               "width": 64, "height": 48, "video_key": safe_key(video_id)}
+        table = pa.concat_tables([clip_table(seg, index[a:a + chunk], index[a:a + chunk] / 10, frames[index[a:a + chunk]],
+                                             frames.shape[1]) for a in range(0, len(index), chunk)])
         folder = os.path.join(output, "clips", f"video_key={safe_key(video_id)}")
         os.makedirs(folder, exist_ok=True)
-        for i, part in enumerate(np.array_split(np.arange(len(rows)), files_per_video)):
-            part_rows = [rows[j] for j in rng.permutation(part)]
-            table = pa.Table.from_pylist(part_rows, schema=CLIPS_SCHEMA).drop_columns(["video_key"])
-            pq.write_table(table, os.path.join(folder, f"part-{i}.parquet"))
+        for i, part in enumerate(np.array_split(np.arange(table.num_rows), files_per_video)):
+            pq.write_table(table.take(rng.permutation(part)).drop_columns(["video_key"]),
+                           os.path.join(folder, f"part-{i}.parquet"))
     stats = NormStats.from_sums(functools.reduce(operator.add, (PartialSums.of(f) for f in videos.values())))
     os.makedirs(os.path.join(output, "stats"), exist_ok=True)
     with open(os.path.join(output, "stats", "stats.json"), "w") as f:
@@ -74,12 +75,34 @@ def test_stream_volumes_equal_whole_video_volumes_for_any_chunking():
             assert got[stride] == expected.tolist(), (n, hop, stride, bounds)
 
 
-def test_stream_volumes_refuses_gaps_and_overlaps():
-    frames = np.zeros((20, 2, 2), np.uint8)
-    with pytest.raises(ValueError, match="gap"):
-        list(stream_volumes(iter([(0, frames[:8]), (9, frames[9:])]), 10, (1,), 1))
+def test_stream_volumes_restart_after_a_gap_and_refuse_overlaps():
+    frames = np.arange(40, dtype=np.uint8)[:, None, None] * np.ones((1, 2, 2), np.uint8)
+    # frames 12-14 lost at ingest: runs 0-11 and 15-39, chunked across the gap and inside the runs
+    chunks = [(0, frames[:8]), (8, frames[8:12]), (15, frames[15:21]), (21, frames[21:])]
+    got = {}
+    for stride, starts, volumes in stream_volumes(iter(chunks), 10, (1, 2), 2):
+        np.testing.assert_array_equal(volumes, gather(frames, starts, 10, stride))   # no volume holds a lost frame
+        got[stride] = got.get(stride, []) + starts.tolist()
+    assert got[1] == [0, 2] + (volume_starts(25, 10, 1, 2, cover_end=False) + 15).tolist()
+    assert got[2] == (volume_starts(25, 10, 2, 2, cover_end=False) + 15).tolist()  # 12 frames: no stride-2 volume
     with pytest.raises(ValueError, match="overlap"):
         list(stream_volumes(iter([(0, frames[:8]), (7, frames[7:])]), 10, (1,), 1))
+
+
+def test_a_video_with_lost_frames_trains_on_its_contiguous_runs(tmp_path):
+    """Ingest keeps the frames that decoded: the shards have a gap, and the volume count that
+    sizes an epoch must match the volumes the workers get."""
+    from vadray.trainvolumes import expand_to_volumes, video_items
+
+    videos = random_videos({"a": 45, "b": 30})
+    write_clip_shards(tmp_path, videos, chunk=7, files_per_video=2, lost={"a": [20, 21, 22]})
+    shards = discover(str(tmp_path))
+    a, b = shards.videos
+    assert (a.num_frames, a.spans, b.spans) == (42, [20, 22], [30])
+    made = sum(len(batch["start"]) for batch in expand_to_volumes(
+        {k: np.array([item[k] for item in video_items(shards.videos)]) for k in ("video_index", "video_id", "runs")},
+        shards.clips_uri, None, 10, [1, 2, 3], 1))
+    assert made == count_volumes(shards.videos, 10, [1, 2, 3], 1) == (11 + 2) + (13 + 4) + (21 + 12 + 3)
 
 
 def test_normalize_on_the_device_equals_normstats():

@@ -2,7 +2,7 @@
 
 Ingest writes `clips/video_key=<key>/*.parquet`: rows are contiguous chunks (≤ 32 frames)
 of one video. Volumes must cross the seams between chunks of a video and never span two
-videos. The driver reads only small columns (video_id, start_frame, num_frames, size, file
+videos, nor a gap where the decoder lost frames. The driver reads only small columns (video_id, start_frame, num_frames, size, file
 name) to list the videos and the files of each; a Ray Data task per video then streams that
 video's chunks in frame order through `volumes.stream_volumes`. No shuffle, no groupby.
 
@@ -40,6 +40,7 @@ class VideoShards:
     video_id: str
     num_frames: int
     runs: list[list[str]]          # paths inside the filesystem, runs in frame order
+    spans: list[int] | None = None  # lengths of its contiguous frame runs (a gap: frames lost at ingest); None: one
 
 
 @dataclass
@@ -106,7 +107,8 @@ def discover(shards_uri: str, storage_options: dict | None = None) -> Shards:
     for row in per_file.to_pylist():
         files_of[row["video_id"]].append((row["__filename"], row["start_frame_min"], row["end_max"]))
         frames_of[row["video_id"]] += row["num_frames_sum"]
-    videos = [VideoShards(v, frames_of[v], _file_runs(files_of[v])) for v in sorted(files_of)]
+    spans_of = _contiguous_spans(meta)
+    videos = [VideoShards(v, frames_of[v], _file_runs(files_of[v]), spans_of[v]) for v in sorted(files_of)]
     cameras = sorted(pc.unique(meta["camera"]).to_pylist())
     return Shards(clips_uri, stats, stats_doc, stats.size, videos, cameras)
 
@@ -126,8 +128,25 @@ def split_by_video(videos: list[VideoShards], val_fraction: float) -> tuple[list
     return [v for v in videos if v.video_id not in val_ids], [v for v in videos if v.video_id in val_ids]
 
 
+def _contiguous_spans(meta: pa.Table) -> dict[str, list[int]]:
+    """video_id → lengths of its runs of consecutive frames, from the chunks' start and end."""
+    meta = meta.sort_by([("video_id", "ascending"), ("start_frame", "ascending")])
+    ids = meta["video_id"].to_numpy(zero_copy_only=False)
+    start, end = meta["start_frame"].to_numpy(), meta["end"].to_numpy()
+    new_run = np.ones(len(ids), bool)
+    new_run[1:] = (ids[1:] != ids[:-1]) | (start[1:] != end[:-1])
+    firsts = np.flatnonzero(new_run)
+    lasts = np.append(firsts[1:], len(ids)) - 1
+    spans: dict[str, list[int]] = defaultdict(list)
+    for a, b in zip(firsts, lasts):
+        spans[str(ids[a])].append(int(end[b] - start[a]))
+    return spans
+
+
 def count_volumes(videos: list[VideoShards], T: int, strides, hop: int) -> int:
-    return sum(len(volume_starts(v.num_frames, T, s, hop, cover_end=False)) for v in videos for s in strides)
+    """Volumes an epoch of these videos yields: `stream_volumes` makes none across a gap."""
+    return sum(len(volume_starts(n, T, s, hop, cover_end=False))
+               for v in videos for n in (v.spans or [v.num_frames]) for s in strides)
 
 
 def read_chunks(pa_fs, runs: list[list[str]], video_id: str):

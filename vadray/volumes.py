@@ -45,24 +45,24 @@ def gather(frames: np.ndarray, starts: np.ndarray, T: int = T_DEFAULT, stride: i
 
 
 def stream_volumes(chunks, T: int = T_DEFAULT, strides=(1, 2, 3), hop: int = 1):
-    """Volumes of ONE video from its consecutive chunks, across the seams between chunks.
+    """Volumes of ONE video from its chunks in frame order, across the seams between chunks.
 
-    `chunks` yields (start_frame, frames (n, S, S)) in frame order, tiling the video with no
-    gap and no overlap (a ValueError says where they do not). Yields (stride, starts (V,),
-    volumes (V, T, S, S)) with absolute start frames: for each stride, exactly the volumes of
-    `volume_starts(N, T, stride, hop, cover_end=False)` on the whole video, shifted by its
-    first frame. Memory: one chunk plus the last (T-1)*max(strides) + hop frames before it.
+    `chunks` yields (start_frame, frames (n, S, S)) in frame order without overlap (a
+    ValueError says where they overlap). A gap (frames the decoder lost at ingest) ends one
+    contiguous run and starts the next: no volume spans it. Yields (stride, starts (V,),
+    volumes (V, T, S, S)) with absolute start frames: for each stride and each run, exactly
+    the volumes of `volume_starts(len(run), T, stride, hop, cover_end=False)`, shifted by the
+    run's first frame. Memory: one chunk plus the last (T-1)*max(strides) + hop frames before it.
     """
     buffer, buffer_start, next_start = None, None, {}
     for chunk_start, frames in chunks:
-        if buffer is None:
-            buffer, buffer_start = frames[:0], int(chunk_start)
-            next_start = {s: buffer_start for s in strides}
-        expected = buffer_start + len(buffer)
-        if chunk_start != expected:
-            kind = "gap" if chunk_start > expected else "overlap"
+        chunk_start = int(chunk_start)
+        if buffer is not None and chunk_start < buffer_start + len(buffer):
             raise ValueError(f"chunks are not contiguous: frame {chunk_start} follows frame "
-                             f"{expected - 1} ({kind})")
+                             f"{buffer_start + len(buffer) - 1} (overlap)")
+        if buffer is None or chunk_start > buffer_start + len(buffer):   # first chunk, or after a gap
+            buffer, buffer_start = frames[:0], chunk_start
+            next_start = {s: buffer_start for s in strides}
         buffer = np.concatenate([buffer, frames]) if len(buffer) else frames
         end = buffer_start + len(buffer)
         for s in strides:

@@ -79,14 +79,31 @@ def test_two_cameras_with_the_same_file_names_share_one_output(ray_session, trai
     assert evaluate_output(out, labels, cameras=["b"])["coverage"]["evaluated_frames"] == 90
 
 
-def test_killed_actor_leaves_identical_tables(ray_session, trained_checkpoint, synth_test_archive,
-                                              tmp_path, monkeypatch):
+def actor_that_dies_once(marker: str):
+    """A model actor that kills its own process after its first batch, as a lost node would:
+    Ray restarts it and retries the batch. Made in a function so that Ray pickles it by value."""
+    import os
+
+    from vadray.score_stages import ScoreVolumes
+
+    class DiesOnce(ScoreVolumes):
+        def __call__(self, batch):
+            out = super().__call__(batch)
+            if not os.path.exists(marker):
+                open(marker, "w").close()
+                os._exit(1)
+            return out
+
+    return DiesOnce
+
+
+def test_killed_actor_leaves_identical_tables(ray_session, trained_checkpoint, synth_test_archive, tmp_path):
     calm = str(tmp_path / "calm")
     run_score(str(synth_test_archive), calm, str(trained_checkpoint), segment_seconds=1.3, hop=2)
     marker = tmp_path / "killed-once"
-    monkeypatch.setenv("VADRAY_TEST_KILL_ACTOR_ONCE", str(marker))
     killed = str(tmp_path / "killed")
-    summary = run_score(str(synth_test_archive), killed, str(trained_checkpoint), segment_seconds=1.3, hop=2)
+    summary = run_score(str(synth_test_archive), killed, str(trained_checkpoint), segment_seconds=1.3, hop=2,
+                        model_actor=actor_that_dies_once(str(marker)))
     assert marker.exists()  # the actor did die mid-run
     assert summary.failures == 0 and summary.frames == 90
     assert read_table(killed, "frames").equals(read_table(calm, "frames"))
@@ -200,6 +217,17 @@ def test_a_segment_that_decoded_nothing_still_reaches_the_driver(trained_checkpo
     assert len(out) == 1 and out[0]["done_frame_index"] == [] and out[0]["seam_frame_index"] == []
     assert (out[0]["segment"], out[0]["segments"], out[0]["parts"]) == (1, 3, 1)
     assert read_errors(str(tmp_path / "out" / "errors")).num_rows == 1
+
+
+def test_a_model_actor_without_a_gpu_stays_on_the_cpu_where_cuda_is_visible(trained_checkpoint, monkeypatch):
+    """Ray leaves CUDA_VISIBLE_DEVICES alone for actors that hold no GPU: `--gpus-per-actor 0`
+    must still mean the CPU (and its --actor-threads), not GPU 0 outside Ray's accounting."""
+    import torch
+
+    from vadray.score_stages import ScoreVolumes
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert ScoreVolumes(str(trained_checkpoint), {}, 16, 8, threads=1, use_gpu=False).device.type == "cpu"
 
 
 def test_default_actor_threads_share_the_node_cpus(ray_session):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -83,8 +82,12 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
               frame_fps: float = 10.0, grid: int = 8, persistence: float | None = None,
               window: int = WINDOW_DEFAULT, events_from: str = "regularity", force: bool = False,
               actor_threads: int | None = None, gain_correction: bool = False, storage_options: dict[str, Any] | None = None,
-              checkpoint_storage_options: dict[str, Any] | None = None) -> ScoreSummary:
-    """The scoring job as a function (the CLI, jobs/score.py, the benchmark and tests call it)."""
+              checkpoint_storage_options: dict[str, Any] | None = None,
+              model_actor: type = ScoreVolumes) -> ScoreSummary:
+    """The scoring job as a function (the CLI, jobs/score.py, the benchmark and tests call it).
+
+    `model_actor` is the Ray Data actor class that runs the model: the benchmark passes a
+    subclass that records timings, a test one that dies once mid-run."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -137,10 +140,9 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
                   .map_batches(plan.table, batch_size=1, batch_format="pyarrow")
                   .repartition(target_num_rows_per_block=1)
                   .flat_map(VolumeRows(output, size, T, hop, storage_options))
-                  .map_batches(ScoreVolumes,
+                  .map_batches(model_actor,
                                fn_constructor_args=(checkpoint, ckpt_options, batch_size, grid,
-                                                    os.environ.get("VADRAY_TEST_KILL_ACTOR_ONCE"),
-                                                    actor_threads, gain_correction),
+                                                    actor_threads, gain_correction, gpus_per_actor > 0),
                                batch_size=1, batch_format="pyarrow", compute=ActorPoolStrategy(size=actors),
                                num_gpus=gpus_per_actor, num_cpus=0 if gpus_per_actor else 1))
         # Ray Data restarts a dead model actor and retries its tasks (max_restarts=-1 and

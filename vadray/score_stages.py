@@ -8,7 +8,6 @@ rows have arrived (`VideoRows` counts them), to names that depend only on (video
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from typing import Any
 
@@ -90,14 +89,15 @@ class ScoreVolumes:
     """Model actor: loads the checkpoint once, scores volumes in batches, returns errors."""
 
     def __init__(self, checkpoint: str, storage_options: dict[str, Any], batch_size: int, grid: int,
-                 fail_once_marker: str | None = None, threads: int = 1, gain_correction: bool = False):
+                 threads: int = 1, gain_correction: bool = False, use_gpu: bool = False):
         import torch
 
         from vadray.checkpoint import load_model
         from vadray.preprocess import NormStats
 
         model, card = load_model(checkpoint, storage_options)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # Only an actor that holds a GPU uses one: Ray leaves CUDA visible to actors without one.
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
             # Ray starts a 1-CPU actor with OMP_NUM_THREADS=1; see run_score's actor_threads.
             torch.set_num_threads(max(1, threads))
@@ -105,7 +105,6 @@ class ScoreVolumes:
         self.stats = NormStats.from_dict(card["norm_stats"])
         self.T, self.batch_size, self.grid = int(card["input"]["T"]), batch_size, grid
         self.gain_correction = gain_correction
-        self.fail_once_marker = fail_once_marker  # test hook: die once, mid-run
 
     def reconstruct(self, volumes: np.ndarray) -> np.ndarray:
         """(V, T, S, S) float32 normalised → reconstructions, same shape; batched, no grad."""
@@ -171,9 +170,6 @@ class ScoreVolumes:
                           "seam_filled": seam.filled.tobytes(),
                           "seam_cell_slots": seam.cell_slots.tobytes(),
                           "seam_motion_slots": seam.motion_slots.tobytes()})
-        if self.fail_once_marker and not os.path.exists(self.fail_once_marker):
-            open(self.fail_once_marker, "w").close()
-            os._exit(1)  # as if the node died: Ray restarts the actor and retries this batch
         return pa.Table.from_pylist(out)
 
 

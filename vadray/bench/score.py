@@ -156,19 +156,6 @@ def probed_score_volumes(probe_dir: str):
     return ProbedScoreVolumes
 
 
-@contextlib.contextmanager
-def _probe_actor(probe_dir: str):
-    """run_score uses vadray.score.ScoreVolumes: swap in the probed subclass for the duration."""
-    import vadray.score as score_module
-
-    original = score_module.ScoreVolumes
-    score_module.ScoreVolumes = probed_score_volumes(probe_dir)
-    try:
-        yield
-    finally:
-        score_module.ScoreVolumes = original
-
-
 def read_probes(probe_dir: str) -> list[dict[str, Any]]:
     probes = []
     for name in sorted(os.listdir(probe_dir)):
@@ -193,12 +180,11 @@ def run_score_timed(source: str, output: str, checkpoint: str, hop: int, batch_s
     shutil.rmtree(output, ignore_errors=True)
     shutil.rmtree(probe_dir, ignore_errors=True)
     os.makedirs(probe_dir)
-    with _probe_actor(probe_dir):
-        wall_start = time.time()
-        started = time.perf_counter()
-        summary = run_score(source, output, checkpoint, hop=hop, batch_size=batch_size, actors=actors,
-                            actor_threads=actor_threads)
-        seconds = time.perf_counter() - started
+    wall_start = time.time()
+    started = time.perf_counter()
+    summary = run_score(source, output, checkpoint, hop=hop, batch_size=batch_size, actors=actors,
+                        actor_threads=actor_threads, model_actor=probed_score_volumes(probe_dir))
+    seconds = time.perf_counter() - started
     probes = read_probes(probe_dir)
     firsts = [p["first_call_start"] for p in probes if p.get("first_call_start")]
     lasts = [p["last_call_end"] for p in probes if p.get("last_call_end")]

@@ -79,6 +79,35 @@ def test_two_cameras_with_the_same_file_names_share_one_output(ray_session, trai
     assert evaluate_output(out, labels, cameras=["b"])["coverage"]["evaluated_frames"] == 90
 
 
+def test_an_output_rescored_by_another_model_is_evaluated_and_plotted_one_model_at_a_time(
+        ray_session, trained_checkpoint, synth_test_archive, tmp_path):
+    """Each (video, model) is its own file: a second checkpoint adds rows beside the first's,
+    and evaluate and report must not mix the two models' scores."""
+    import json
+
+    from vadray.checkpoint import load_model, model_id, save
+    from vadray.evaluate import evaluate_output
+    from vadray.report import build_report
+
+    model, card = load_model(str(trained_checkpoint))
+    weights = {k: v * 0.9 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    other = dict(json.loads(json.dumps(card)), model_id=model_id(card["model"]["name"], weights))
+    save(str(tmp_path / "other"), weights, other)
+    out = str(tmp_path / "out")
+    for checkpoint in (str(trained_checkpoint), str(tmp_path / "other")):
+        assert run_score(str(synth_test_archive), out, checkpoint).frames == 90
+    assert read_table(out, "frames").groupby("model_id").size().to_dict() == {card["model_id"]: 90, other["model_id"]: 90}
+    labels = str(synth_test_archive / "frame_labels.csv")
+    with pytest.raises(UsageError, match="pass --model-id"):
+        evaluate_output(out, labels)
+    with pytest.raises(UsageError, match="pass --model-id"):
+        build_report(out, str(tmp_path / "report"), max_thumbnails=0)
+    result = evaluate_output(out, labels, model_ids=[other["model_id"]])
+    assert result["coverage"]["evaluated_frames"] == 90 and result["coverage"]["duplicate_frame_rows"] == 0
+    rows = build_report(out, str(tmp_path / "report"), max_thumbnails=0, model_ids=[card["model_id"]])
+    assert [r["frames"] for r in rows] == [30, 30, 30]
+
+
 def actor_that_dies_once(marker: str):
     """A model actor that kills its own process after its first batch, as a lost node would:
     Ray restarts it and retries the batch. Made in a function so that Ray pickles it by value."""

@@ -81,8 +81,22 @@ def read_labels(labels_csv: str, storage_options: dict | None = None) -> pd.Data
         raise UsageError("labels file: frame_index must be whole numbers") from None
 
 
-def camera_filter(cameras: list[str] | None) -> ds.Expression | None:
-    return ds.field("camera").isin(cameras) if cameras else None
+def selection(**values: list[str] | None) -> ds.Expression | None:
+    """Rows whose column is in each given list (selection(camera=[…], model_id=[…])); None: all."""
+    parts = [ds.field(name).isin(allowed) for name, allowed in values.items() if allowed]
+    combined = parts[0] if parts else None
+    for part in parts[1:]:
+        combined = combined & part
+    return combined
+
+
+def check_one_model(frames: pd.DataFrame) -> None:
+    """Rescoring with another checkpoint adds that model's rows beside the first one's (one
+    file per video and model): metrics and plots need one model's scores."""
+    models = sorted(map(str, frames["model_id"].dropna().unique()))
+    if len(models) > 1:
+        raise UsageError(f"the selected frames hold scores of {len(models)} models ({', '.join(models)}): "
+                         "pass --model-id")
 
 
 def check_one_camera_per_video(frames: pd.DataFrame) -> None:
@@ -115,14 +129,17 @@ def column_metrics(column: str, video_ids: np.ndarray, labels: np.ndarray, score
 
 
 def evaluate_output(output: str, labels_csv: str, storage_options: dict | None = None,
-                    cameras: list[str] | None = None) -> dict:
-    """Metrics of one scoring OUTPUT (or of its `cameras`) against labels. Undefined metrics are NaN."""
+                    cameras: list[str] | None = None, model_ids: list[str] | None = None) -> dict:
+    """Metrics of one scoring OUTPUT (or of its `cameras`, scored by `model_ids`) against labels.
+    Undefined metrics are NaN."""
+    where = selection(camera=cameras, model_id=model_ids)
     table = read_table(output, "frames", storage_options,
-                       columns=["camera", "video_id", "frame_index", *SCORE_COLUMNS], filter=camera_filter(cameras))
-    if table is None or (cameras and table.num_rows == 0):
-        raise UsageError(f"no frames table under {output!r}{f' for camera {cameras}' if cameras else ''}: "
-                         "run `vadray score` first")
+                       columns=["camera", "model_id", "video_id", "frame_index", *SCORE_COLUMNS], filter=where)
+    if table is None or ((cameras or model_ids) and table.num_rows == 0):
+        chosen = " ".join(f"for {name} {values}" for name, values in (("camera", cameras), ("model", model_ids)) if values)
+        raise UsageError(f"no frames table under {output!r}{' ' + chosen if chosen else ''}: run `vadray score` first")
     frames = table.to_pandas()
+    check_one_model(frames)
     check_one_camera_per_video(frames)
     labels = read_labels(labels_csv, storage_options)
     key = ["video_id", "frame_index"]
@@ -153,7 +170,7 @@ def evaluate_output(output: str, labels_csv: str, storage_options: dict | None =
     truth = {v: metrics.label_runs(g["frame_index"].to_numpy(), g["label"].to_numpy())
              for v, g in labels[labels["video_id"].isin(evaluated_videos)].groupby("video_id")}
     events = read_table(output, "events", storage_options, columns=["video_id", "start_frame", "end_frame"],
-                        filter=camera_filter(cameras))
+                        filter=where)
     detected = _per_video_intervals(events.to_pandas()) if events is not None else {}
     result["events"] = {"videos": len(truth), **metrics.event_counts(truth, detected)}
     return result
@@ -209,6 +226,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CSV with columns video,frame_index,label (1 = anomalous frame)")
     parser.add_argument("--camera", action="append", default=None,
                         help="only this camera (repeatable); needed where two cameras hold the same video ids")
+    parser.add_argument("--model-id", action="append", default=None,
+                        help="only the scores of this model (the card's model_id); needed where OUTPUT was scored "
+                             "by several checkpoints")
     parser.add_argument("--json", dest="json_path", default=None, metavar="METRICS.json",
                         help="also write the metrics as JSON to this path (local or s3://); NaN → null")
     parser.add_argument("--storage-options", default=None,
@@ -217,7 +237,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = storage.parse_storage_options(args.storage_options)
-    result = evaluate_output(args.output, args.labels, options, cameras=args.camera)
+    result = evaluate_output(args.output, args.labels, options, cameras=args.camera, model_ids=args.model_id)
     print(format_metrics(result))
     if args.json_path:
         fs, path = storage.url_to_fs(args.json_path, options)

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 
 from vadray import decode, listing, metrics, storage
 from vadray.errors import safe_key
-from vadray.evaluate import check_one_camera_per_video, read_labels, read_table
+from vadray.evaluate import check_one_camera_per_video, check_one_model, read_labels, read_table, selection
 from vadray.exits import UsageError
 
 log = logging.getLogger(__name__)
@@ -146,32 +146,22 @@ def _write_bytes(uri: str, data: bytes, storage_options: dict | None) -> None:
         f.write(data)
 
 
-def _filter(videos: list[str] | None, cameras: list[str] | None, dates: list[str] | None):
-    parts = [ds.field(name).isin(values) for name, values in
-             (("video_id", videos), ("camera", cameras), ("date", dates)) if values]
-    if not parts:
-        return None
-    combined = parts[0]
-    for part in parts[1:]:
-        combined = combined & part
-    return combined
-
-
 def build_report(output: str, out_dir: str, labels_csv: str | None = None,
                  storage_options: dict | None = None, *, frame_fn: ImageFn | None = None,
                  error_map_fn: ImageFn | None = None, videos: list[str] | None = None,
                  cameras: list[str] | None = None, dates: list[str] | None = None,
-                 max_thumbnails: int = 4) -> list[dict[str, Any]]:
+                 model_ids: list[str] | None = None, max_thumbnails: int = 4) -> list[dict[str, Any]]:
     """Write <out_dir>/<safe_key>.png per video and index.html; return the summary rows.
 
     frame_fn(source_uri, frame_index) defaults to `decode_thumbnail`; max_thumbnails=0 skips
     thumbnails. The deepest events get the thumbnails.
     """
-    where = _filter(videos, cameras, dates)
+    where = selection(video_id=videos, camera=cameras, date=dates, model_id=model_ids)
     table = read_table(output, "frames", storage_options, columns=FRAME_COLUMNS, filter=where)
     if table is None or table.num_rows == 0:
         raise UsageError(f"no scored frames under {output!r} (for the selected videos)")
     frames = table.to_pandas().sort_values(["camera", "video_id", "frame_index"], kind="stable")
+    check_one_model(frames)
     event_table = read_table(output, "events", storage_options, filter=where)
     events = event_table.to_pandas() if event_table is not None else pd.DataFrame(
         columns=["camera", "video_id", "event_id", "start_frame", "end_frame", "peak_frame", "min_regularity"])
@@ -244,6 +234,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", action="append", default=None, help="only this video_id (repeatable)")
     parser.add_argument("--camera", action="append", default=None, help="only this camera (repeatable)")
     parser.add_argument("--date", action="append", default=None, help="only this date YYYY-MM-DD (repeatable)")
+    parser.add_argument("--model-id", action="append", default=None,
+                        help="only the scores of this model (the card's model_id); needed where OUTPUT was scored "
+                             "by several checkpoints")
     parser.add_argument("--max-thumbnails", type=int, default=4,
                         help="event frames shown per video, deepest first (0: none, no decoding)")
     parser.add_argument("--checkpoint", default=None,
@@ -262,7 +255,8 @@ def run(args: argparse.Namespace) -> int:
 
         error_map_fn = ErrorMaps(args.checkpoint, options)
     rows = build_report(args.output, args.dir, args.labels, options, videos=args.video,
-                        cameras=args.camera, dates=args.date, max_thumbnails=args.max_thumbnails,
+                        cameras=args.camera, dates=args.date, model_ids=args.model_id,
+                        max_thumbnails=args.max_thumbnails,
                         error_map_fn=error_map_fn)
     print(f"wrote {len(rows)} plots and {storage.join(args.dir, 'index.html')}")
     return 0

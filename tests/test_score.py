@@ -108,6 +108,37 @@ def test_an_output_rescored_by_another_model_is_evaluated_and_plotted_one_model_
     assert [r["frames"] for r in rows] == [30, 30, 30]
 
 
+def test_a_video_whose_tables_fail_to_write_is_an_error_row_not_the_end_of_the_job(tmp_path):
+    from vadray.score import _WriteOrRecord
+
+    def assemble(rows):
+        if rows[0]["video_id"] == "cam/full-disk":
+            raise OSError("No space left on device")
+        return {"video_id": rows[0]["video_id"], "frames": 30, "events": 1, "complete": True}
+
+    write = _WriteOrRecord(assemble, str(tmp_path / "errors"), {})
+    assert write([{"video_id": "cam/ok", "uri": "/a/ok.mp4"}])["frames"] == 30
+    assert write([{"video_id": "cam/full-disk", "uri": "/a/full-disk.mp4"}]) == {
+        "video_id": "cam/full-disk", "frames": 0, "events": 0, "complete": False}
+    (row,) = read_errors(str(tmp_path / "errors")).to_pylist()
+    assert (row["video_id"], row["stage"], row["error_type"]) == ("cam/full-disk", "write", "OSError")
+    assert "No space left" in row["message"]
+
+
+def test_a_card_that_cannot_calibrate_is_refused_before_any_work(trained_checkpoint, synth_test_archive, tmp_path):
+    import json
+
+    bad = tmp_path / "bad"
+    shutil.copytree(trained_checkpoint, bad)
+    (card_path,) = bad.rglob("card.json")
+    card = json.loads(card_path.read_text())
+    card["validation"]["frame_error"]["std"] = 0.0
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(UsageError, match="cannot calibrate"):
+        run_score(str(synth_test_archive), str(tmp_path / "out"), str(bad))
+    assert not (tmp_path / "out").exists()
+
+
 def actor_that_dies_once(marker: str):
     """A model actor that kills its own process after its first batch, as a lost node would:
     Ray restarts it and retries the batch. Made in a function so that Ray pickles it by value."""

@@ -24,13 +24,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from vadray import storage
-from vadray.errors import JobSummary
+from vadray.errors import JobSummary, error_row, safe_key, write_errors
 from vadray.events import EVENT_SCORES, PERSISTENCE_DEFAULT, WINDOW_DEFAULT, EventSettings
 from vadray.exits import UsageError
 from vadray.listing import VideoRef, list_videos
 from vadray.score_stages import (AssembleVideo, ScoreVolumes, VideoRows, VolumeRows, manifest_marker,
                                  video_date)
+from vadray.scoring import calibrate
 
 log = logging.getLogger("vadray.score")
 
@@ -63,6 +66,24 @@ def default_actor_threads(actors: int) -> int:
 
     cpus = max((n.get("Resources", {}).get("CPU", 1.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
     return max(1, int(cpus) // max(1, actors))
+
+
+class _WriteOrRecord:
+    """One video's tables failing to write (a storage error, a bad value) is that video's
+    failure, an errors row with stage `write`, not the end of the backfill."""
+
+    def __init__(self, assemble: AssembleVideo, errors_uri: str, storage_options: dict[str, Any]):
+        self.assemble, self.errors_uri, self.storage_options = assemble, errors_uri, storage_options
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        head = rows[0]
+        try:
+            return self.assemble(rows)
+        except Exception as exc:  # noqa: BLE001 — recorded per video, the others go on
+            log.warning("video %s: writing its tables failed: %s: %s", head["video_id"], type(exc).__name__, exc)
+            write_errors([error_row(head["video_id"], head["uri"], "write", type(exc).__name__, str(exc))],
+                         self.errors_uri, f"{safe_key(head['video_id'])}-write", self.storage_options)
+            return {"video_id": head["video_id"], "frames": 0, "events": 0, "complete": False}
 
 
 def _finished(output: str, camera: str, refs: list[VideoRef], model_id: str,
@@ -116,6 +137,11 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     size = int(card["input"]["size"])
     if not 1 <= grid <= size:
         raise UsageError(f"--grid must be between 1 and the model's frame size {size}, got {grid}")
+    if card.get("validation") is not None:
+        try:   # every video's anomaly_score divides by it: a bad card fails here, not per video
+            calibrate(np.zeros(1), card["validation"])
+        except ValueError as exc:
+            raise UsageError(f"checkpoint {checkpoint!r}: {exc}") from None
     model_id = card["model_id"]
     run_id = scoring_run_id(model_id, hop, grid, events, gain_correction)
     started = time.perf_counter()
@@ -149,7 +175,8 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
         # max_task_retries=-1 are its defaults for actor pools); rows are recomputed identically
         # and each task's output reaches the driver once.
         dates = {r.video_id: video_date(r) for r in todo}
-        assemble = AssembleVideo(output, card, run_id, dates, events, grid, storage_options)
+        assemble = _WriteOrRecord(AssembleVideo(output, card, run_id, dates, events, grid, storage_options),
+                                  storage.join(output, "errors"), storage_options)
         videos = VideoRows()
         with ThreadPoolExecutor(max_workers=4) as writers:  # table writes overlap the stream
             pending = []

@@ -120,13 +120,36 @@ def test_evaluate_cli_writes_strict_json(scored, tmp_path, capsys):
     data = json.loads(text)
     assert set(data) >= {"regularity", "anomaly_score", "cell_error_max", "events", "coverage"}
     # tables scored before the motion columns existed still evaluate; those scores say so
-    assert data["motion_regularity"]["available"] is False and "not in the frames table" in printed
+    assert data["motion_regularity"]["available"] is False and "no scores in the evaluated frames" in printed
     assert data["regularity"]["auc_macro"] == pytest.approx(evaluate.evaluate_output(
         scored["out"], scored["labels"])["regularity"]["auc_macro"])
     assert cli.main(["evaluate", str(tmp_path / "nothing"), "--labels", scored["labels"]]) == 2
     bad = tmp_path / "bad.csv"
     bad.write_text("clip,frame,label\n")
     assert cli.main(["evaluate", scored["out"], "--labels", str(bad)]) == 2
+
+
+def test_bad_label_files_get_a_clear_error_and_repeats_are_counted(scored, tmp_path, capsys):
+    def evaluate_with(text: str) -> int:
+        path = tmp_path / "labels.csv"
+        path.write_text(text)
+        return cli.main(["evaluate", scored["out"], "--labels", str(path)])
+
+    base = (tmp_path / "ok.csv")
+    good = open(scored["labels"]).read()
+    for text, message in [("", "is empty"),
+                          ("video,frame_index,label\nclipB,2.5,1\n", "whole numbers"),
+                          ("video,frame_index,label\nclipB,3,0\nclipB,3,1\n", "labelled both 0 and 1 (clipB frame 3)"),
+                          ("video,frame_index,label\nclipB.mp4,3,0\n", "no label matches a scored frame")]:
+        capsys.readouterr()
+        assert evaluate_with(text) == 2, message
+        assert message in capsys.readouterr().err
+    assert evaluate_with(good + good.split("\n", 1)[1]) == 0           # every row twice: same metrics
+    assert "duplicate label rows: 75 (repeats; one kept)" in capsys.readouterr().out
+    base.write_text(good)
+    once = evaluate.evaluate_output(scored["out"], str(base))
+    twice = evaluate.evaluate_output(scored["out"], str(tmp_path / "labels.csv"))
+    assert twice["regularity"] == once["regularity"] and twice["coverage"]["duplicate_label_rows"] == 75
 
 
 def test_query_local_views(scored, tmp_path, capsys):

@@ -63,22 +63,37 @@ def read_table(output: str, name: str, storage_options: dict | None = None,
 
 
 def read_labels(labels_csv: str, storage_options: dict | None = None) -> pd.DataFrame:
-    """Label CSV → DataFrame(video_id, frame_index, label), validated."""
+    """Label CSV → DataFrame(video_id, frame_index, label), validated. Repeated rows of a frame
+    are dropped and counted in `.attrs["duplicate_rows"]`; a frame labelled both 0 and 1 is refused."""
     fs, path = storage.url_to_fs(labels_csv, storage_options)
     if not fs.exists(path):
         raise UsageError(f"labels file {labels_csv!r} does not exist")
     with fs.open(path, "rb") as f:
-        labels = pd.read_csv(f, dtype={"video": str})
+        try:
+            labels = pd.read_csv(f, dtype={"video": str})
+        except pd.errors.EmptyDataError:
+            raise UsageError(f"labels file {labels_csv!r} is empty: it needs a header video,frame_index,label") from None
+        except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise UsageError(f"labels file {labels_csv!r} is not a CSV: {exc}") from None
     missing = {"video", "frame_index", "label"} - set(labels.columns)
     if missing:
         raise UsageError(f"labels file needs columns video,frame_index,label; missing {sorted(missing)}")
     if not labels["label"].isin([0, 1]).all():
         raise UsageError("labels must be 0 (normal) or 1 (anomalous)")
-    labels = labels.rename(columns={"video": "video_id"})[["video_id", "frame_index", "label"]]
-    try:
-        return labels.astype({"frame_index": "int64", "label": "int8"})
-    except (ValueError, TypeError):
-        raise UsageError("labels file: frame_index must be whole numbers") from None
+    frame_index = pd.to_numeric(labels["frame_index"], errors="coerce")
+    if not (frame_index.notna() & (frame_index == frame_index.round())).all():
+        raise UsageError("labels file: frame_index must be whole numbers")
+    labels = pd.DataFrame({"video_id": labels["video"].str.strip(), "frame_index": frame_index.astype("int64"),
+                           "label": labels["label"].astype("int8")})
+    key = ["video_id", "frame_index"]
+    conflicts = labels[labels.groupby(key)["label"].transform("nunique") > 1].drop_duplicates(key)
+    if len(conflicts):
+        shown = ", ".join(f"{v} frame {i}" for v, i in conflicts[key].head(3).itertuples(index=False))
+        raise UsageError(f"labels file: {len(conflicts)} frames are labelled both 0 and 1 ({shown}"
+                         f"{' …' if len(conflicts) > 3 else ''})")
+    deduplicated = labels.drop_duplicates(key).reset_index(drop=True)
+    deduplicated.attrs["duplicate_rows"] = len(labels) - len(deduplicated)
+    return deduplicated
 
 
 def selection(**values: list[str] | None) -> ds.Expression | None:
@@ -143,13 +158,18 @@ def evaluate_output(output: str, labels_csv: str, storage_options: dict | None =
     check_one_camera_per_video(frames)
     labels = read_labels(labels_csv, storage_options)
     key = ["video_id", "frame_index"]
-    duplicate_labels = int(labels.duplicated(key).sum())
-    labels = labels.drop_duplicates(key, keep="first")
+    duplicate_labels = labels.attrs["duplicate_rows"]
     duplicate_frames = int(frames.duplicated(key).sum())
     frames = frames.drop_duplicates(key, keep="first")
     joined = frames.merge(labels, on=key, how="outer", indicator=True)
     matched = joined[joined["_merge"] == "both"]
     frame_videos, label_videos = set(frames["video_id"]), set(labels["video_id"])
+    if len(matched) == 0:
+        def some(ids: set) -> str:
+            return ", ".join(sorted(map(str, ids))[:3]) + (" …" if len(ids) > 3 else "")
+        raise UsageError(f"no label matches a scored frame: the labels name videos {some(label_videos) or '(none)'}; "
+                         f"the frames table holds {some(frame_videos)} (video is the video_id: the path "
+                         "relative to SOURCE, without extension)")
     result: dict[str, Any] = {"coverage": {
         "frames": len(frames),
         "labels": len(labels),
@@ -188,7 +208,8 @@ def format_metrics(result: dict) -> str:
     for column in SCORE_COLUMNS:
         m = result.get(column, {})
         if not m.get("available"):
-            lines.append(f"{column:<21}{'not in the frames table':>46}")
+            why = "no scores in the evaluated frames" if "missing_scores" in m else "not in the frames table"
+            lines.append(f"{column:<21}{why:>46}")
             continue
         lines.append(f"{column:<21}{_fmt(m['auc']):>9}{_fmt(m['auc_macro']):>11}{_fmt(m['eer']):>9}"
                      f"{m['frames']:>9}{m['videos']:>8}")
@@ -205,7 +226,7 @@ def format_metrics(result: dict) -> str:
             lines.append(f"  {what.replace('_', ' ')}: {len(c[what])} ({shown})")
     for what in ("duplicate_label_rows", "duplicate_frame_rows"):
         if c[what]:
-            lines.append(f"  {what.replace('_', ' ')}: {c[what]} (first kept)")
+            lines.append(f"  {what.replace('_', ' ')}: {c[what]} (repeats; one kept)")
     return "\n".join(lines)
 
 

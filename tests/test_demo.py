@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+from vadray.checkpoint import read_card
 from vadray.demo import run_demo
 from vadray.errormap import ErrorMaps
 
@@ -28,3 +29,21 @@ def test_error_map_points_at_the_frame(trained_checkpoint, synth_test_archive):
     emap = maps(str(synth_test_archive / "test001.mp4"), 29)  # the last frame: volume clipped to the end
     assert emap.shape == (27, 27) and emap.dtype == np.float32 and emap.min() >= 0 and emap.max() > 0
     assert maps(str(synth_test_archive / "frame_labels.csv"), 0) is None  # not a video: no map, no crash
+    assert maps.model_id == read_card(str(trained_checkpoint))["model_id"]   # report compares it with the scores'
+
+
+def test_error_map_of_a_frame_folder_matches_the_same_frames_as_a_video(trained_checkpoint, synth_test_archive,
+                                                                        tmp_path):
+    """UCSD distributes clips as folders of stills: their events get error maps too."""
+    import av
+
+    folder = tmp_path / "test001"
+    folder.mkdir()
+    with av.open(str(synth_test_archive / "test001.mp4")) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            av.VideoFrame.from_ndarray(frame.to_ndarray(format="gray"), format="gray").save(str(folder / f"{i}.png"))
+    maps = ErrorMaps(str(trained_checkpoint))
+    from_video = maps(str(synth_test_archive / "test001.mp4"), 15)
+    from_folder = maps(str(folder), 15)
+    assert from_folder is not None and from_folder.shape == from_video.shape
+    assert np.corrcoef(from_folder.ravel(), from_video.ravel())[0, 1] > 0.9

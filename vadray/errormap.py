@@ -18,6 +18,7 @@ class ErrorMaps:
         from vadray.preprocess import NormStats
 
         self.model, card = load_model(checkpoint, storage_options)
+        self.model_id = card["model_id"]   # report checks it against the scores' model
         self.stats = NormStats.from_dict(card["norm_stats"])
         self.T = int(card["input"]["T"])
         self.storage_options = storage_options
@@ -25,15 +26,25 @@ class ErrorMaps:
     def __call__(self, source_uri: str, frame_index: int) -> np.ndarray | None:
         import torch
 
-        from vadray.decode import InputError, decode_segment, probe
+        from vadray.decode import (InputError, decode_frame_files, decode_segment, frame_folder_timeline,
+                                   probe)
+        from vadray.listing import frame_folder
 
         try:
-            timeline = probe(source_uri, self.T, self.storage_options)
+            clip = frame_folder(source_uri, self.storage_options)
+            if clip is not None:   # a UCSD-style folder of stills; its fps does not matter here
+                timeline = frame_folder_timeline(len(clip.frame_uris), 10.0, self.T)
+            else:
+                timeline = probe(source_uri, self.T, self.storage_options)
         except (InputError, OSError):
             return None
         start = int(np.clip(frame_index - self.T // 2, 0, timeline.num_frames - self.T))
-        decoded = decode_segment(source_uri, timeline, start, start + self.T, self.stats.size,
-                                 self.storage_options)
+        if clip is not None:
+            decoded = decode_frame_files(clip.frame_uris, timeline, start, start + self.T, self.stats.size,
+                                         self.storage_options)
+        else:
+            decoded = decode_segment(source_uri, timeline, start, start + self.T, self.stats.size,
+                                     self.storage_options)
         if decoded.frames.shape[0] != self.T:
             return None
         x = self.stats.normalize(decoded.frames)[None]  # (1, T, S, S)

@@ -101,6 +101,16 @@ def list_videos(source: str, storage_options: dict[str, Any] | None = None) -> l
     return sorted(_unique_ids(videos), key=lambda v: v.video_id)
 
 
+def frame_folder(uri: str, storage_options: dict[str, Any] | None = None) -> VideoRef | None:
+    """The frame-folder clip at `uri` (a scored row's source_uri), None when `uri` is not a folder."""
+    fs, path = storage.url_to_fs(uri, storage_options)
+    if not fs.isdir(path):
+        return None
+    folder_uri = storage.to_uri(fs, path)
+    clips = [v for v in list_videos(uri, storage_options) if v.uri == folder_uri]
+    return clips[0] if clips else None
+
+
 def _unique_ids(videos: list[VideoRef]) -> list[VideoRef]:
     """Inputs whose ids collide (`a.mp4` beside `a.mkv`, or a frame folder `a/` beside `a.mp4`)
     keep their file extension in the id, so that neither overwrites the other's rows."""

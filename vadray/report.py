@@ -44,10 +44,9 @@ def decode_thumbnail(source_uri: str, frame_index: int, storage_options: dict | 
     """
     try:
         fs, path = storage.url_to_fs(source_uri, storage_options)
-        if fs.isdir(path):
-            folder_uri = storage.to_uri(fs, path)
-            clips = [v for v in listing.list_videos(source_uri, storage_options) if v.uri == folder_uri]
-            uri = clips[0].frame_uris[frame_index]
+        clip = listing.frame_folder(source_uri, storage_options)
+        if clip is not None:
+            uri = clip.frame_uris[frame_index]
             with fs.open(storage.url_to_fs(uri, storage_options)[1], "rb") as f, av.open(f) as container:
                 return _grey(next(container.decode(video=0)), max_side)
         target = int(decode.probe(source_uri, min_frames=1, storage_options=storage_options).pts[frame_index])
@@ -162,6 +161,11 @@ def build_report(output: str, out_dir: str, labels_csv: str | None = None,
         raise UsageError(f"no scored frames under {output!r} (for the selected videos)")
     frames = table.to_pandas().sort_values(["camera", "video_id", "frame_index"], kind="stable")
     check_one_model(frames)
+    map_model = getattr(error_map_fn, "model_id", None)   # ErrorMaps says which checkpoint it runs
+    scored_by = str(frames["model_id"].iloc[0])
+    if map_model is not None and map_model != scored_by:
+        raise UsageError(f"--checkpoint is model {map_model}, but these frames were scored by {scored_by}: "
+                         "its error maps would explain another model's scores")
     event_table = read_table(output, "events", storage_options, filter=where)
     events = event_table.to_pandas() if event_table is not None else pd.DataFrame(
         columns=["camera", "video_id", "event_id", "start_frame", "end_frame", "peak_frame", "min_regularity"])

@@ -34,6 +34,9 @@ def test_listing_ids_extensions_and_frame_folders(tmp_path):
     assert refs[1].size > 0 and refs[1].mtime and refs[1].uri.endswith("0900.MP4")
     single = list_videos(f"file://{tmp_path}/top.mkv")
     assert [r.video_id for r in single] == ["top"]
+    # a frame re-rendered with the same byte size is a new input for resume (its mtime moved)
+    os.utime(clip / "2.tif", (1_000_000_000, 1_000_000_000))
+    assert list_videos(str(tmp_path))[0].identity() != folder.identity()
 
 
 def test_listing_keeps_colliding_ids_apart(tmp_path):
@@ -245,3 +248,16 @@ def test_synth_command_writes_what_it_says_and_refuses_bad_numbers(tmp_path, cap
         assert main(["synth", where, flag, value]) == 2
         assert "vadray synth: error:" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_camera_names_that_a_path_cannot_carry_unchanged_are_refused(tmp_path, capsys):
+    from vadray.cli import main
+    from vadray.listing import check_camera
+
+    assert [check_camera(c) for c in ("lobby-2", "cam.3", "A_b")] == ["lobby-2", "cam.3", "A_b"]
+    for bad in ("lobby 2", "a/b", "..", "", "caméra"):
+        with pytest.raises(UsageError, match="--camera"):
+            check_camera(bad)
+    # before any work: no Ray, nothing written
+    assert main(["ingest", str(tmp_path / "archive"), str(tmp_path / "out"), "--camera", "lobby 2"]) == 2
+    assert "letters, digits" in capsys.readouterr().err and not (tmp_path / "out").exists()

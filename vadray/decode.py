@@ -216,7 +216,7 @@ def decode_frame_files(uris: list[str], timeline: Timeline, first: int, last: in
                 frame = next(container.decode(video=0))
                 out.put(index - first, scaler(frame))
         except (av.error.FFmpegError, StopIteration, OSError) as exc:
-            errors.append(f"{uris[index]}: {exc or 'no image'}")
+            errors.append(f"{uris[index]}: {str(exc) or ('no image' if isinstance(exc, StopIteration) else type(exc).__name__)}")
     error = "; ".join(errors[:3]) + (f" (+{len(errors) - 3} more)" if len(errors) > 3 else "")
     return _collect(out, timeline, first, last, size, error)
 

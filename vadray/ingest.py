@@ -35,7 +35,7 @@ from vadray import storage
 from vadray.decode import contiguous_runs
 from vadray.errors import JobSummary, clear_errors, read_errors, safe_key
 from vadray.exits import UsageError
-from vadray.listing import VideoRef, list_videos
+from vadray.listing import VideoRef, check_camera, list_videos
 from vadray.preprocess import NormStats, PartialSums
 from vadray.stages import ProbeAndPlan, decode_planned
 
@@ -231,6 +231,7 @@ def run_ingest(source: str, output: str, *, camera: str = "default", size: int =
 
     from vadray.raylib import ensure_ray
 
+    check_camera(camera)
     storage_options = storage_options or {}
     if size < 8:
         raise UsageError("--size must be at least 8 pixels")
@@ -296,7 +297,7 @@ def run_ingest(source: str, output: str, *, camera: str = "default", size: int =
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="folder, prefix or file: /data/cam3, file:///data, s3://bucket/prefix")
     parser.add_argument("output", help="where clips/, stats/ and errors/ go (local path or s3://)")
-    parser.add_argument("--camera", default="default", help="camera name stored with every clip")
+    parser.add_argument("--camera", default="default", help="camera name stored with every clip (letters, digits, . _ -)")
     parser.add_argument("--size", type=int, default=227,
                         help="frames are resized to SIZE×SIZE grey (default 227, the paper's; the "
                              "models need 11+8k, k≥2: 27, 35, 59, 115, 227)")

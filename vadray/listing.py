@@ -8,6 +8,7 @@ the files keep their extension in it (`a.mp4`, `a.mkv`).
 """
 from __future__ import annotations
 
+import hashlib
 import posixpath
 import re
 from dataclasses import asdict, dataclass, field
@@ -94,11 +95,30 @@ def list_videos(source: str, storage_options: dict[str, Any] | None = None) -> l
             video_id=folder or posixpath.basename(root),
             uri=folder_uri,
             size=sum(m[0] for m in metas),
-            etag=str(len(files)),
+            etag=_folder_etag(files, metas),   # any frame re-rendered, added or removed changes it
             mtime=max((m[2] for m in metas), default=""),
             frame_uris=[storage.to_uri(fs, p) for p, _ in files],
         ))
     return sorted(_unique_ids(videos), key=lambda v: v.video_id)
+
+
+def _folder_etag(files: list[tuple[str, dict]], metas: list[tuple[int, str, str]]) -> str:
+    """A frame folder's identity for resume: its frames' names, sizes and ETags/mtimes hashed."""
+    digest = hashlib.sha1()
+    for (path, _), (size, etag, mtime) in zip(files, metas):
+        digest.update(f"{posixpath.basename(path)}|{size}|{etag or mtime}\n".encode())
+    return f"frames-{len(files)}-{digest.hexdigest()[:16]}"
+
+
+CAMERA_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def check_camera(camera: str) -> str:
+    """--camera becomes the camera= partition folder and a manifest folder: refuse a name that a
+    path could not carry unchanged, instead of rewriting it (filters use the name as typed)."""
+    if not CAMERA_NAME.fullmatch(camera or "") or camera in (".", ".."):
+        raise UsageError(f"--camera {camera!r}: use letters, digits, '.', '_' and '-' only (e.g. lobby-2)")
+    return camera
 
 
 def frame_folder(uri: str, storage_options: dict[str, Any] | None = None) -> VideoRef | None:

@@ -30,7 +30,7 @@ from vadray import storage
 from vadray.errors import JobSummary, error_row, safe_key, write_errors
 from vadray.events import EVENT_SCORES, PERSISTENCE_DEFAULT, WINDOW_DEFAULT, EventSettings
 from vadray.exits import UsageError
-from vadray.listing import VideoRef, list_videos
+from vadray.listing import VideoRef, check_camera, list_videos
 from vadray.score_stages import (AssembleVideo, ScoreVolumes, VideoRows, VolumeRows, manifest_marker,
                                  video_date)
 from vadray.scoring import calibrate
@@ -117,6 +117,7 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     from vadray.raylib import ensure_ray
     from vadray.stages import ProbeAndPlan
 
+    check_camera(camera)
     storage_options = storage_options or {}
     ckpt_options = checkpoint_storage_options if checkpoint_storage_options is not None else storage_options
     try:
@@ -203,7 +204,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True,
                         help="a training run's CHECKPOINT_DIR or a checkpoint folder (model.pt + card.json)")
     parser.add_argument("--camera", default="default",
-                        help="camera name: the camera= partition of the tables. A video's identity in OUTPUT "
+                        help="camera name (letters, digits, . _ -): the camera= partition of the tables. A video's identity in OUTPUT "
                              "is (camera, video_id), so two cameras' archives with the same file names can "
                              "share one OUTPUT")
     parser.add_argument("--actors", type=int, default=1, help="model actors (each loads the model once; default 1)")

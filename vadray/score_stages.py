@@ -43,11 +43,7 @@ def manifest_marker(camera: str, video_id: str, identity: str, model_id: str) ->
     hold the same file names), the video's content identity, the model and the frames-table
     version, not by task rank."""
     digest = hashlib.sha1(f"{identity}|frames={FRAMES_VERSION}".encode()).hexdigest()[:12]
-    return f"camera={_partition_value(camera)}/{safe_key(video_id)}.{model_id}.{digest}.done"
-
-
-def _partition_value(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text) or "default"
+    return f"camera={camera}/{safe_key(video_id)}.{model_id}.{digest}.done"
 
 
 class VolumeRows:
@@ -238,7 +234,7 @@ class AssembleVideo:
         scores = score_columns(means, self.card["validation"])
         time_s = np.array([times[i] for i in means.frame_index.tolist()], np.float64)
         gain = np.array([gains[i] for i in means.frame_index.tolist()], np.float32)
-        camera, date = _partition_value(head["camera"]), self.dates.get(head["video_id"], "unknown")
+        camera, date = head["camera"], self.dates.get(head["video_id"], "unknown")
         model_id, n = self.card["model_id"], means.frame_index.size
         common = {"camera": [camera] * n, "date": [date] * n, "video_id": [head["video_id"]] * n}
         frames = pa.table({**common, "source_uri": [head["uri"]] * n, "frame_index": means.frame_index,

@@ -14,7 +14,7 @@ from vadray.errormap import ErrorMaps
 def test_demo_runs_the_whole_pipeline_at_a_tiny_size(ray_session, tmp_path, capsys):
     result = run_demo(str(tmp_path / "demo"), size=27, epochs=1, videos=2, frames=30)
     metrics, paths = result["metrics"], result["paths"]
-    assert metrics["coverage"]["evaluated_frames"] == 90
+    assert metrics["coverage"]["evaluated_frames"] == 90 and result["failures"] == 0
     for column in ("regularity", "anomaly_score", "cell_error_max", "motion_regularity", "motion_error",
                    "combined_regularity"):
         assert 0.0 <= metrics[column]["auc"] <= 1.0 and not math.isnan(metrics[column]["eer"])

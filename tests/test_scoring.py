@@ -170,7 +170,7 @@ def test_calibrate_uses_validation_distribution():
     validation = {"frame_error": {"mean": 10.0, "std": 2.0, "quantiles": {"0.5": 10.0}, "n": 50},
                   "cell_error_max": {"mean": 1.0, "std": 0.5, "quantiles": {}, "n": 50}}
     np.testing.assert_allclose(scoring.calibrate(np.array([10.0, 14.0, 6.0]), validation), [0.0, 2.0, -2.0])
-    np.testing.assert_allclose(scoring.calibrate_cell_max(np.array([2.0]), validation), [2.0])
+    np.testing.assert_allclose(scoring.calibrate(np.array([2.0]), validation, key="cell_error_max"), [2.0])
     with pytest.raises(ValueError):
         scoring.calibrate(np.ones(2), {"frame_error": {"mean": 1.0, "std": 0.0}})
     with pytest.raises(ValueError):

@@ -8,7 +8,7 @@ reconstruction-error distribution), so evaluation and archive scoring cannot dri
 Layout of a training run's CHECKPOINT_DIR (local or s3://):
     run/            Ray Train's own checkpoints (per epoch: model.pt, optimizer.pt, state.json)
     run.json        the job's settings and run id (what --resume continues)
-    final/          model.pt + card.json of the epoch with the best validation loss
+    final/          model.pt + card.json of the chosen epoch (best validation loss, or --select's signal)
 """
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ def model_card(info, settings: dict, model_spec: dict, state_dict: dict, outcome
     by_synthetic = settings.get("select") in PASTES and best_row.get("synthetic_auc") is not None
     train_frames, val_frames = (sum(v.num_frames for v in vs) for vs in (train_videos, val_videos))
     return {
-        "format": "vadray-model-card/1",
+        "format": CARD_FORMAT,
         "model": model_spec,
         "input": {"size": info.size, "T": settings["T"], "strides": settings["strides"],
                   "hop": settings["hop"], "channels": 1,

@@ -11,7 +11,8 @@ import argparse
 import os
 import time
 
-from vadray.exits import EXIT_OK
+from vadray.exits import EXIT_OK, EXIT_PARTIAL
+from vadray.models import names
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")
     parser.add_argument("--videos", type=int, default=4, help="training clips (default 4); test clips: 3")
     parser.add_argument("--frames", type=int, default=60, help="frames per clip (default 60)")
-    parser.add_argument("--model", default="convlstm_ae", help="convlstm_ae (default) or conv_ae")
+    parser.add_argument("--model", default="convlstm_ae", choices=names(), help="convlstm_ae (default) or conv_ae")
 
 
 def run_demo(folder: str, size: int = 35, epochs: int = 8, videos: int = 4, frames: int = 60,
@@ -40,11 +41,8 @@ def run_demo(folder: str, size: int = 35, epochs: int = 8, videos: int = 4, fram
              ("archive/train", "archive/test", "shards", "checkpoint", "tables", "report")}
     for name in ("shards", "checkpoint", "tables", "report"):
         remove(paths[name])  # a demo starts afresh; the archive is regenerated identically
-    timings = {}
-
     def step(name: str):
         print(f"\n=== {name} ===", flush=True)
-        timings[name] = time.perf_counter()
 
     ensure_ray()
     step("synth")
@@ -53,16 +51,17 @@ def run_demo(folder: str, size: int = 35, epochs: int = 8, videos: int = 4, fram
     labels = make_archive(paths["archive/test"], num_videos=3, width=96, height=72, num_frames=frames, seed=8,
                           anomalies=("fast", "against", "size"), prefix="test")
     step("ingest")
-    print(run_ingest(paths["archive/train"], paths["shards"], camera="demo", size=size,
-                     segment_seconds=3.0).line())
+    ingested = run_ingest(paths["archive/train"], paths["shards"], camera="demo", size=size, segment_seconds=3.0)
+    print(ingested.line())
     step("train")
     card = run_training(paths["shards"], paths["checkpoint"], model=model, epochs=epochs, batch_size=16,
                         workers=1, cpus_per_worker=1.0, patience=3, val_fraction=0.25, lr=1e-3)
     print(f"model {card['model_id']}: best epoch {card['best_epoch']} of {card['epochs_run']}, "
           f"validation loss {card['best_val_loss']:.4f}")
     step("score")
-    print(run_score(paths["archive/test"], paths["tables"], paths["checkpoint"], camera="demo", hop=2,
-                    segment_seconds=3.0).line())
+    scored = run_score(paths["archive/test"], paths["tables"], paths["checkpoint"], camera="demo", hop=2,
+                       segment_seconds=3.0)
+    print(scored.line())
     step("evaluate")
     metrics = evaluate_output(paths["tables"], labels)
     print(format_metrics(metrics))
@@ -76,12 +75,16 @@ def run_demo(folder: str, size: int = 35, epochs: int = 8, videos: int = 4, fram
           f"anomaly_score: {metrics['anomaly_score']['auc']:.3f}; cell_error_max: {metrics['cell_error_max']['auc']:.3f}; "
           f"motion_regularity: {metrics['motion_regularity']['auc']:.3f}; "
           f"combined_regularity: {metrics['combined_regularity']['auc']:.3f}")
-    return {"metrics": metrics, "paths": paths}
+    return {"metrics": metrics, "paths": paths, "failures": ingested.failures + scored.failures}
 
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    run_demo(args.dir, size=args.size, epochs=args.epochs, videos=args.videos, frames=args.frames,
-             model=args.model)
+    result = run_demo(args.dir, size=args.size, epochs=args.epochs, videos=args.videos, frames=args.frames,
+                      model=args.model)
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
+    if result["failures"]:
+        paths = result["paths"]
+        print(f"{result['failures']} inputs failed: see {paths['shards']}/errors and {paths['tables']}/errors")
+        return EXIT_PARTIAL
     return EXIT_OK

@@ -35,7 +35,7 @@ from vadray import storage
 from vadray.decode import contiguous_runs
 from vadray.errors import JobSummary, clear_errors, read_errors, safe_key
 from vadray.exits import UsageError
-from vadray.listing import VideoRef, check_camera, list_videos
+from vadray.listing import VIDEO_EXTENSIONS, VideoRef, check_camera, list_videos
 from vadray.preprocess import NormStats, PartialSums
 from vadray.stages import ProbeAndPlan, decode_planned
 
@@ -241,7 +241,7 @@ def run_ingest(source: str, output: str, *, camera: str = "default", size: int =
     started = time.perf_counter()
     refs = list_videos(source, storage_options)
     if not refs:
-        raise UsageError(f"no videos ({', '.join(('mp4', 'avi', 'mkv', 'mov', 'webm', 'm4v', 'ts'))}) "
+        raise UsageError(f"no videos ({' '.join(VIDEO_EXTENSIONS)}) "
                          f"or frame folders found under {source!r}")
     ensure_ray()
     log.info("ingesting %d videos from %s into %s", len(refs), source, output)

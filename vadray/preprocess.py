@@ -11,7 +11,6 @@ them where the frames are and the driver only adds small arrays.
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,9 +149,3 @@ class NormStats:
         return cls(size=size, num_frames=int(d["num_frames"]), mean_image=mean.astype(np.float32),
                    std=float(d["std"]), pixel_mean=float(d["pixel_mean"]), pixel_std=float(d["pixel_std"]))
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
-    @classmethod
-    def from_json(cls, text: str) -> "NormStats":
-        return cls.from_dict(json.loads(text))

@@ -36,7 +36,7 @@ FRAMES_SCHEMA = pa.schema([
     ("recon_error", pa.float32()),     # e(t), mean over the volumes containing the frame
     ("regularity", pa.float32()),      # s_r(t) = 1 - (e - min e) / max e, per video
     ("anomaly_score", pa.float32()),   # (e - mean_val) / std_val, comparable across videos
-    ("cell_error_max", pa.float32()),  # max over grid cells of the mean cell error (raw)
+    ("cell_error_max", pa.float32()),  # max over grid cells of the cell L2 norm (normalised units; each cell averaged over the frame's volumes)
     ("motion_error", pa.float32()),    # m(t) = ‖r_t − r_{t−1}‖, r = x − x̂: the residual's change
     ("motion_regularity", pa.float32()),  # 1 - (m - min m) / max m, per video, as regularity
     ("combined_regularity", pa.float32()),  # min(regularity, motion_regularity) per frame
@@ -370,8 +370,3 @@ def calibrate(e: np.ndarray, validation: dict, key: str = "frame_error") -> np.n
     if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
         raise ValueError(f"validation[{key!r}] has mean {mean} and std {std}: cannot calibrate")
     return (np.asarray(e, dtype=np.float64) - mean) / std
-
-
-def calibrate_cell_max(cell_error_max: np.ndarray, validation: dict) -> np.ndarray:
-    """`calibrate` for cell_error_max (the tables keep the raw value; this is for thresholds)."""
-    return calibrate(cell_error_max, validation, key="cell_error_max")

@@ -18,8 +18,9 @@ from vadray.decode import (DecodedFrames, InputError, Timeline, decode_frame_fil
 from vadray.errors import error_row, safe_key, write_errors
 from vadray.listing import VideoRef
 from vadray.segments import pack_units, plan_segments
+from vadray.volumes import T_DEFAULT
 
-T_MIN_FRAMES = 10  # a video shorter than one volume cannot be used
+T_MIN_FRAMES = T_DEFAULT  # a video shorter than one volume cannot be used
 
 # One planned segment (a row of `ProbeAndPlan`): what a decode task needs, with no re-probe.
 SEGMENT_SCHEMA = pa.schema([

@@ -53,9 +53,7 @@ def url_to_fs(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[
     options = dict(storage_options or {})
     if uri.startswith(("s3://", "s3a://")):
         options = _s3_defaults(options)
-    fs, path = fsspec.core.url_to_fs(uri, **options)
-    if uri.startswith("s3a://"):
-        path = path  # s3fs strips the scheme; the path is bucket/key
+    fs, path = fsspec.core.url_to_fs(uri, **options)   # s3fs strips the scheme: bucket/key
     return fs, path.rstrip("/") if path not in ("/", "") else path
 
 

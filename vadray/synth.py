@@ -100,7 +100,7 @@ def render_video(width: int, height: int, num_frames: int, seed: int,
     for t in range(num_frames):
         if anomaly and t == start:
             walkers.append(_anomalous_walker(anomaly, width, height, rng))
-        if rng.random() < 0.08 * (height / 48.0) ** 0:  # new arrivals keep the scene populated
+        if rng.random() < 0.08:  # new arrivals keep the scene populated
             walkers.append(_new_walker(width, height, rng))
         canvas = bg.copy()
         for w in walkers:

@@ -28,7 +28,7 @@ from vadray.models import check_size, names, spec
 from vadray.raylib import ensure_ray
 from vadray.trainloop import RUN_NAME, SELECTIONS, run_trainer
 from vadray.trainvolumes import count_volumes, discover, split_by_video
-from vadray.volumes import T_DEFAULT
+from vadray.volumes import T_DEFAULT, parse_strides
 
 log = logging.getLogger("vadray.train")
 
@@ -36,16 +36,6 @@ RUN_FILE = "run.json"
 # Settings that define what is trained: --resume takes them from run.json, not the command line.
 RUN_SETTINGS = ("shards", "model", "model_params", "epochs", "batch_size", "lr", "patience",
                 "strides", "hop", "val_fraction", "seed", "T", "select")
-
-
-def _strides(text: str) -> list[int]:
-    try:
-        values = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise UsageError(f"--strides must be comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise UsageError(f"--strides must be positive integers, got {text!r}")
-    return values
 
 
 def add_arguments(parser) -> None:
@@ -89,7 +79,7 @@ def run(args) -> int:
         args.shards, args.checkpoint_dir, model=args.model, model_params=model_params,
         workers=args.workers, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-        strides=_strides(args.strides), hop=args.hop, val_fraction=args.val_fraction, seed=args.seed,
+        strides=parse_strides(args.strides), hop=args.hop, val_fraction=args.val_fraction, seed=args.seed,
         select=args.select,
         max_failures=args.max_failures, resume=args.resume, storage_options=options)
     print(json.dumps({"model_id": card["model_id"], "best_epoch": card["best_epoch"],

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vadray.exits import UsageError
+
 T_DEFAULT = 10
 
 
@@ -74,3 +76,13 @@ def stream_volumes(chunks, T: int = T_DEFAULT, strides=(1, 2, 3), hop: int = 1):
             next_start[s] = int(starts[-1]) + hop
         drop = min(min(next_start.values()) - buffer_start, len(buffer))
         buffer, buffer_start = buffer[drop:], buffer_start + drop
+
+
+def parse_strides(text: str) -> list[int]:
+    try:
+        values = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--strides must be comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise UsageError(f"--strides must be positive integers, got {text!r}")
+    return values

@@ -34,10 +34,11 @@ import torch
 
 from vadray import scoring, storage
 from vadray.exits import UsageError
+from vadray.models import names
 from vadray.pasted import PASTES
 from vadray.trainloop import SELECTIONS, reconstruct, validation_pass
 from vadray.trainvolumes import Shards, VideoShards, split_by_video
-from vadray.volumes import T_DEFAULT, volume_starts
+from vadray.volumes import T_DEFAULT, parse_strides, volume_starts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=227, help="frame size S (11 + 8k; default 227, the paper's)")
     parser.add_argument("--test", default=None, help="folder of test videos (diagnostics only)")
     parser.add_argument("--labels", default=None, help="frame labels CSV of the test videos (diagnostics only)")
-    parser.add_argument("--model", default="convlstm_ae", help="architecture: convlstm_ae (default) or conv_ae")
+    parser.add_argument("--model", default="convlstm_ae", choices=names(), help="architecture: convlstm_ae (default) or conv_ae")
     parser.add_argument("--epochs", type=int, default=50, help="maximum epochs (default 50, the paper's)")
     parser.add_argument("--patience", type=int, default=10, help="early stop after this many epochs without a better validation loss")
     parser.add_argument("--batch-size", type=int, default=64, help="mini-batch (default 64)")
@@ -230,9 +231,9 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError("--test and --labels go together")
     try:
         check_size(args.model, args.size)
-        args.strides_list = [int(s) for s in args.strides.split(",")]
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    args.strides_list = parse_strides(args.strides)
 
 
 def calibration_errors(trainer: Trainer, frames: list[np.ndarray], T: int) -> dict:

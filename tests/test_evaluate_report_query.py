@@ -152,6 +152,21 @@ def test_bad_label_files_get_a_clear_error_and_repeats_are_counted(scored, tmp_p
     assert twice["regularity"] == once["regularity"] and twice["coverage"]["duplicate_label_rows"] == 75
 
 
+def test_the_readme_pandas_example_runs_as_written_and_agrees_with_duckdb(scored):
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    code = readme.split("and in pandas", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    # the fixture's camera "3" (a name pyarrow would read as a number) in place of lobby; its
+    # date partition is "unknown", inside the range "0" … "z"
+    code = (code.replace('"scores/frames"', repr(os.path.join(scored["out"], "frames"))).replace('"lobby"', '"3"')
+            .replace('"2024-05-01"', '"0"').replace('"2024-05-07"', '"z"'))
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    frames = namespace["frames"]
+    assert sorted(frames["video_id"].unique()) == ["clipB", "clipC"] and len(frames) == 40
+    sql = query.query(scored["out"], "SELECT min(regularity) AS low FROM frames WHERE camera = '3'")
+    assert frames["regularity"].min() == pytest.approx(sql["low"].iloc[0])
+
+
 def test_query_local_views(scored, tmp_path, capsys):
     counts = query.query(scored["out"], "SELECT camera, video_id, count(*) AS n FROM frames GROUP BY ALL ORDER BY video_id")
     assert counts["video_id"].tolist() == ["cam1/2024-05-01/0900", "clipB", "clipC"]
@@ -163,6 +178,12 @@ def test_query_local_views(scored, tmp_path, capsys):
     assert query.query(scored["out"], "SELECT error_type FROM errors")["error_type"].tolist() == ["corrupt"]
     with pytest.raises(UsageError):
         query.query(scored["out"], "SELEC 1")
+    written = tmp_path / "written.csv"
+    for sql in (f"COPY (SELECT * FROM frames) TO '{written}'", "SELECT 1; SELECT 2", "CREATE TABLE t AS SELECT 1"):
+        with pytest.raises(UsageError, match="one SELECT"):
+            query.query(scored["out"], sql)
+    assert not written.exists()
+    assert query.query(scored["out"], "DESCRIBE frames")["column_name"].tolist()[:3] == ["video_id", "source_uri", "frame_index"]
     out_csv, out_pq = tmp_path / "r.csv", tmp_path / "r.parquet"
     sql = "SELECT video_id, min(regularity) AS low FROM frames GROUP BY 1 ORDER BY 1"
     assert cli.main(["query", scored["out"], sql, "--out", str(out_csv)]) == 0

@@ -84,6 +84,13 @@ def query(output: str, sql: str, storage_options: dict | None = None) -> pd.Data
     """Run one SQL statement over the OUTPUT's tables; bad SQL raises UsageError."""
     con = connect(output, storage_options)
     try:
+        statements = con.extract_statements(sql)
+        # A query reads the tables: one SELECT (DESCRIBE, SHOW, WITH …) or EXPLAIN, never a
+        # COPY or ATTACH that would write files with the caller's credentials.
+        if len(statements) != 1 or statements[0].type not in (duckdb.StatementType.SELECT,
+                                                              duckdb.StatementType.EXPLAIN):
+            kinds = ", ".join(st.type.name for st in statements) or "nothing"
+            raise UsageError(f"query runs one SELECT statement (got {kinds}); write results with --out")
         return con.sql(sql).df()
     except duckdb.Error as exc:
         raise UsageError(f"SQL failed: {exc}") from None

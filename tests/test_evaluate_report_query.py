@@ -76,7 +76,7 @@ def scored(tmp_path_factory):
            [_event(0, 19, 22, 26, 0.4), _event(1, 30, 31, 32, 0.85)], EVENTS_SCHEMA, True)
     _write(out, "events", "3", "unknown", "clipC", [_event(0, 2, 3, 4, 0.7)], EVENTS_SCHEMA, False)
     write_errors([error_row("broken", "src/broken.mp4", "decode", "corrupt", "bad header")],
-                 os.path.join(out, "errors"), "broken")
+                 os.path.join(out, "errors"), "3", "broken")
     labels = root / "labels.csv"
     rows = ["video,frame_index,label"]
     rows += [f"cam1/2024-05-01/0900,{i},{int(20 <= i <= 25)}" for i in range(42)]
@@ -175,7 +175,8 @@ def test_query_local_views(scored, tmp_path, capsys):
     dips = query.query(scored["out"], "SELECT f.frame_index FROM frames f JOIN events e USING (video_id) "
                                       "WHERE f.frame_index = e.peak_frame ORDER BY 1")
     assert dips["frame_index"].tolist() == [3, 22, 31]
-    assert query.query(scored["out"], "SELECT error_type FROM errors")["error_type"].tolist() == ["corrupt"]
+    errors = query.query(scored["out"], "SELECT camera, error_type FROM errors")
+    assert errors.to_dict("records") == [{"camera": "3", "error_type": "corrupt"}]
     with pytest.raises(UsageError):
         query.query(scored["out"], "SELEC 1")
     written = tmp_path / "written.csv"

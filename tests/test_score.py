@@ -117,11 +117,11 @@ def test_a_video_whose_tables_fail_to_write_is_an_error_row_not_the_end_of_the_j
         return {"video_id": rows[0]["video_id"], "frames": 30, "events": 1, "complete": True}
 
     write = _WriteOrRecord(assemble, str(tmp_path / "errors"), {})
-    assert write([{"video_id": "cam/ok", "uri": "/a/ok.mp4"}])["frames"] == 30
-    assert write([{"video_id": "cam/full-disk", "uri": "/a/full-disk.mp4"}]) == {
+    assert write([{"video_id": "cam/ok", "uri": "/a/ok.mp4", "camera": "lobby"}])["frames"] == 30
+    assert write([{"video_id": "cam/full-disk", "uri": "/a/full-disk.mp4", "camera": "lobby"}]) == {
         "video_id": "cam/full-disk", "frames": 0, "events": 0, "complete": False}
     (row,) = read_errors(str(tmp_path / "errors")).to_pylist()
-    assert (row["video_id"], row["stage"], row["error_type"]) == ("cam/full-disk", "write", "OSError")
+    assert (row["camera"], row["video_id"], row["stage"], row["error_type"]) == ("lobby", "cam/full-disk", "write", "OSError")
     assert "No space left" in row["message"]
 
 
@@ -182,6 +182,17 @@ def test_bad_file_becomes_an_error_row_and_the_rest_is_scored(ray_session, train
     errors = read_errors(storage.join(out, "errors")).to_pandas()
     assert list(errors.video_id) == ["broken"] and errors.error_type[0] == "corrupt"
     assert read_table(out, "frames").video_id.nunique() == 3
+    # a second camera with the same file names keeps its own error rows: fixing the file and
+    # rescoring camera "default" clears that camera's row only
+    only_broken = tmp_path / "only_broken"
+    only_broken.mkdir()
+    shutil.copy(src / "broken.mp4", only_broken / "broken.mp4")
+    assert run_score(str(only_broken), out, str(trained_checkpoint), camera="b").failures == 1
+    assert sorted(read_errors(storage.join(out, "errors")).column("camera").to_pylist()) == ["b", "default"]
+    shutil.copy(src / "test001.mp4", only_broken / "broken.mp4")
+    assert run_score(str(only_broken), out, str(trained_checkpoint)).failures == 0
+    (left,) = read_errors(storage.join(out, "errors")).to_pylist()
+    assert (left["camera"], left["video_id"]) == ("b", "broken")
 
 
 def test_bad_arguments_exit_2(tmp_path, trained_checkpoint, synth_test_archive, capsys):

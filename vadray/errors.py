@@ -12,12 +12,15 @@ import pyarrow.parquet as pq
 from vadray import storage
 
 ERRORS_SCHEMA = pa.schema([
+    ("camera", pa.string()),        # --camera of the run (the camera= folder; null in files of older versions)
     ("video_id", pa.string()),      # the input's id (its path relative to SOURCE, no extension)
     ("source_uri", pa.string()),    # the input as given
-    ("stage", pa.string()),         # list | probe | decode | score | ...
+    ("stage", pa.string()),         # list | probe | decode | write | ...
     ("error_type", pa.string()),    # a short class: corrupt, empty, not_video, too_short, ...
     ("message", pa.string()),       # what went wrong, for a human
 ])
+# Files live under errors/camera=<camera>/ (hive, as the other tables), without that column.
+FILE_SCHEMA = ERRORS_SCHEMA.remove(ERRORS_SCHEMA.get_field_index("camera"))
 
 
 def error_row(video_id: str, source_uri: str, stage: str, error_type: str, message: str) -> dict[str, Any]:
@@ -31,26 +34,34 @@ def safe_key(video_id: str) -> str:
     return f"{slug}-{hashlib.sha1(video_id.encode()).hexdigest()[:8]}"
 
 
-def write_errors(rows: list[dict[str, Any]], errors_uri: str, name: str,
+def write_errors(rows: list[dict[str, Any]], errors_uri: str, camera: str, name: str,
                  storage_options: dict[str, Any] | None = None) -> str:
-    """Write rows to errors_uri/name.parquet (deterministic name: a rerun overwrites)."""
-    fs, path = storage.pyarrow_fs(storage.join(errors_uri, f"{name}.parquet"), storage_options)
+    """Write rows to errors_uri/camera=<camera>/name.parquet (deterministic name: a rerun
+    overwrites). Two cameras whose archives share file names keep their own rows."""
+    fs, path = storage.pyarrow_fs(storage.join(errors_uri, f"camera={camera}", f"{name}.parquet"), storage_options)
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=ERRORS_SCHEMA), path, filesystem=fs)
+    pq.write_table(pa.Table.from_pylist(rows, schema=FILE_SCHEMA), path, filesystem=fs)
     return path
 
 
-def clear_errors(errors_uri: str, video_ids: list[str], storage_options: dict[str, Any] | None = None) -> None:
-    """Remove these videos' error files (named `<safe_key>-<stage/segment>`): a rerun's errors
-    table then describes the latest attempt only."""
+def clear_errors(errors_uri: str, camera: str, video_ids: list[str],
+                 storage_options: dict[str, Any] | None = None) -> None:
+    """Remove these videos' error files of this camera (named `<safe_key>-<stage/segment>`, and
+    those an older version wrote outside camera= folders): a rerun's errors table then
+    describes the latest attempt only."""
     fs, root = storage.url_to_fs(errors_uri, storage_options)
     for video_id in video_ids:
-        for path in fs.glob(f"{root}/{safe_key(video_id)}-*.parquet"):
-            fs.rm(path)
+        for folder in (f"{root}/camera={camera}", root):
+            for path in fs.glob(f"{folder}/{safe_key(video_id)}-*.parquet"):
+                fs.rm(path)
 
 
-def read_errors(errors_uri: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
+def read_errors(errors_uri: str, storage_options: dict[str, Any] | None = None,
+                camera: str | None = None) -> pa.Table:
+    """The errors table (of one camera when given; rows of older versions have camera null)."""
+    import pyarrow.dataset as ds
+
     fs, path = storage.pyarrow_fs(errors_uri, storage_options)
     try:
         info = fs.get_file_info(path)
@@ -58,7 +69,10 @@ def read_errors(errors_uri: str, storage_options: dict[str, Any] | None = None) 
             return ERRORS_SCHEMA.empty_table()
     except FileNotFoundError:
         return ERRORS_SCHEMA.empty_table()
-    return pq.read_table(path, filesystem=fs, schema=ERRORS_SCHEMA)
+    partitioning = ds.partitioning(pa.schema([("camera", pa.string())]), flavor="hive")
+    table = ds.dataset(path, filesystem=fs, format="parquet", schema=ERRORS_SCHEMA,
+                       partitioning=partitioning).to_table()
+    return table.filter(pa.compute.equal(table["camera"], camera)) if camera is not None else table
 
 
 @dataclass

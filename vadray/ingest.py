@@ -212,7 +212,7 @@ def _check_same_size(output: str, size: int, storage_options: dict[str, Any]) ->
         raise UsageError(f"{output!r} holds {held}-px shards; ingest at --size {held}, or into another OUTPUT")
 
 
-def _clear_previous(output: str, refs: list[VideoRef], storage_options: dict[str, Any]) -> None:
+def _clear_previous(output: str, camera: str, refs: list[VideoRef], storage_options: dict[str, Any]) -> None:
     """Idempotent reruns: an input's old shards and error rows go before its new ones arrive."""
     fs, root = storage.url_to_fs(output, storage_options)
     for ref in refs:
@@ -220,7 +220,7 @@ def _clear_previous(output: str, refs: list[VideoRef], storage_options: dict[str
             previous = f"{root}/{folder}/video_key={safe_key(ref.video_id)}"
             if fs.exists(previous):
                 fs.rm(previous, recursive=True)
-    clear_errors(storage.join(output, "errors"), [r.video_id for r in refs], storage_options)
+    clear_errors(storage.join(output, "errors"), camera, [r.video_id for r in refs], storage_options)
 
 
 def run_ingest(source: str, output: str, *, camera: str = "default", size: int = 227,
@@ -245,7 +245,7 @@ def run_ingest(source: str, output: str, *, camera: str = "default", size: int =
                          f"or frame folders found under {source!r}")
     ensure_ray()
     log.info("ingesting %d videos from %s into %s", len(refs), source, output)
-    _clear_previous(output, refs, storage_options)
+    _clear_previous(output, camera, refs, storage_options)
 
     # One streaming pipeline: probing the next videos overlaps decoding the first ones. A probe
     # task takes a few inputs and packs their segments into work units (short clips together,
@@ -276,7 +276,7 @@ def run_ingest(source: str, output: str, *, camera: str = "default", size: int =
                     write_statistics=SMALL_COLUMNS))
 
     run_ids = {r.video_id for r in refs}
-    errors = [e for e in read_errors(storage.join(output, "errors"), storage_options).to_pylist()
+    errors = [e for e in read_errors(storage.join(output, "errors"), storage_options, camera).to_pylist()
               if e["video_id"] in run_ids]
     summary = IngestSummary(videos=len(refs), errors=errors)
     try:

@@ -82,7 +82,7 @@ class _WriteOrRecord:
         except Exception as exc:  # noqa: BLE001 — recorded per video, the others go on
             log.warning("video %s: writing its tables failed: %s: %s", head["video_id"], type(exc).__name__, exc)
             write_errors([error_row(head["video_id"], head["uri"], "write", type(exc).__name__, str(exc))],
-                         self.errors_uri, f"{safe_key(head['video_id'])}-write", self.storage_options)
+                         self.errors_uri, head["camera"], f"{safe_key(head['video_id'])}-write", self.storage_options)
             return {"video_id": head["video_id"], "frames": 0, "events": 0, "complete": False}
 
 
@@ -157,7 +157,7 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
         ensure_ray()
         if actor_threads is None:
             actor_threads = default_actor_threads(actors)
-        clear_errors(storage.join(output, "errors"), [r.video_id for r in todo], storage_options)
+        clear_errors(storage.join(output, "errors"), camera, [r.video_id for r in todo], storage_options)
         plan = ProbeAndPlan(output, camera, segment_seconds, frame_fps, storage_options, overlap=T - 1)
         size = int(card["input"]["size"])
         # One streaming pipeline, as ingest's: probe → one block per segment → decode into volume
@@ -191,7 +191,7 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
         summary.frames = sum(r["frames"] for r in results)
         summary.events = sum(r["events"] for r in results)
     run_ids = {r.video_id for r in todo}
-    summary.errors = [e for e in read_errors(storage.join(output, "errors"), storage_options).to_pylist()
+    summary.errors = [e for e in read_errors(storage.join(output, "errors"), storage_options, camera).to_pylist()
                       if e["video_id"] in run_ids]
     summary.videos_failed = len({e["video_id"] for e in summary.errors})
     summary.seconds = time.perf_counter() - started

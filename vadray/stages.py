@@ -99,7 +99,7 @@ class ProbeAndPlan:
 
     def _error(self, ref: VideoRef, key: str, kind: str, message: str) -> None:
         write_errors([error_row(ref.video_id, ref.uri, "probe", kind, message)], self.errors_uri,
-                     f"{key}-probe", self.storage_options)
+                     self.camera, f"{key}-probe", self.storage_options)
 
 
 def decode_planned(seg: dict[str, Any], size: int, errors_uri: str,
@@ -134,4 +134,4 @@ def decode_planned(seg: dict[str, Any], size: int, errors_uri: str,
 def _segment_error(seg: dict[str, Any], errors_uri: str, kind: str, message: str,
                    storage_options: dict[str, Any]) -> None:
     write_errors([error_row(seg["video_id"], seg["uri"], "decode", kind, message)], errors_uri,
-                 f"{seg['video_key']}-seg{seg['segment']:05d}", storage_options)
+                 seg["camera"], f"{seg['video_key']}-seg{seg['segment']:05d}", storage_options)

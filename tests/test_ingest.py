@@ -146,12 +146,15 @@ def test_secrets_are_never_printed(s3_bucket, tmp_path, capsys, caplog):
         assert secret not in said.out + said.err + caplog.text and "AKIAVADRAYTESTKEY" not in said.err
 
 
-def test_a_second_frame_size_into_one_output_is_refused(ray_session, synth_archive, tmp_path, capsys):
+def test_a_second_frame_size_or_camera_into_one_output_is_refused(ray_session, synth_archive, tmp_path, capsys):
     out = str(tmp_path / "out")
-    assert run_ingest(str(synth_archive), out, size=TEST_SIZE).frames == 60
-    assert main(["ingest", str(synth_archive), out, "--size", str(TEST_SIZE + 8)]) == 2
+    assert run_ingest(str(synth_archive), out, size=TEST_SIZE, camera="lobby").frames == 60
+    assert main(["ingest", str(synth_archive), out, "--size", str(TEST_SIZE + 8), "--camera", "lobby"]) == 2
     assert f"holds {TEST_SIZE}-px shards" in capsys.readouterr().err
-    assert read_stats(out).size == TEST_SIZE and len(read_clips(out)) > 0   # nothing lost
+    # the same file names from another camera would replace lobby's clips
+    assert main(["ingest", str(synth_archive), out, "--size", str(TEST_SIZE), "--camera", "gate"]) == 2
+    assert "holds camera 'lobby'" in capsys.readouterr().err
+    assert read_stats(out).size == TEST_SIZE and set(read_clips(out).camera) == {"lobby"}   # nothing lost
 
 
 def test_s3_to_s3_through_a_real_s3_server(ray_session, synth_archive, s3_bucket, tmp_path):

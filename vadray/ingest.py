@@ -202,14 +202,20 @@ def read_stats(output: str, storage_options: dict[str, Any] | None = None) -> No
         return NormStats.from_dict(json.load(f))
 
 
-def _check_same_size(output: str, size: int, storage_options: dict[str, Any]) -> None:
-    """One OUTPUT holds shards of one frame size: its statistics add frames pixel by pixel."""
-    try:
-        held = read_stats(output, storage_options).size
-    except FileNotFoundError:
+def _check_same_footage(output: str, size: int, camera: str, storage_options: dict[str, Any]) -> None:
+    """One OUTPUT holds shards of one frame size (its statistics add frames pixel by pixel) and
+    of one camera (a model is trained per camera, and clips are keyed by video id alone, so a
+    second camera's files of the same names would replace the first one's)."""
+    fs, path = storage.url_to_fs(storage.join(output, "stats", "stats.json"), storage_options)
+    if not fs.exists(path):
         return
-    if held != size:
-        raise UsageError(f"{output!r} holds {held}-px shards; ingest at --size {held}, or into another OUTPUT")
+    held = json.loads(fs.cat_file(path))
+    if int(held["size"]) != size:
+        raise UsageError(f"{output!r} holds {held['size']}-px shards; ingest at --size {held['size']}, "
+                         "or into another OUTPUT")
+    if held.get("camera", camera) != camera:   # stats.json of older versions did not say
+        raise UsageError(f"{output!r} holds camera {held['camera']!r}'s shards; a model is trained per "
+                         f"camera: ingest camera {camera!r} into another OUTPUT")
 
 
 def _clear_previous(output: str, camera: str, refs: list[VideoRef], storage_options: dict[str, Any]) -> None:
@@ -237,7 +243,7 @@ def run_ingest(source: str, output: str, *, camera: str = "default", size: int =
         raise UsageError("--size must be at least 8 pixels")
     if segment_seconds <= 0 or not frame_fps > 0:
         raise UsageError("--segment-seconds and --frame-fps must be positive")
-    _check_same_size(output, size, storage_options)
+    _check_same_footage(output, size, camera, storage_options)
     started = time.perf_counter()
     refs = list_videos(source, storage_options)
     if not refs:
@@ -284,7 +290,8 @@ def run_ingest(source: str, output: str, *, camera: str = "default", size: int =
     except FileNotFoundError:     # nothing decoded, in this run or before it
         frames_per_video, segments_per_video = {}, {}
     else:
-        write_stats(output, stats, {"videos": len(frames_per_video), "source": storage.absolute(source)},
+        write_stats(output, stats, {"videos": len(frames_per_video), "source": storage.absolute(source),
+                                    "camera": camera},
                     storage_options)
     run_keys = {safe_key(v) for v in run_ids}
     summary.frames = sum(n for k, n in frames_per_video.items() if k in run_keys)

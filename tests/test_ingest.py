@@ -146,6 +146,31 @@ def test_secrets_are_never_printed(s3_bucket, tmp_path, capsys, caplog):
         assert secret not in said.out + said.err + caplog.text and "AKIAVADRAYTESTKEY" not in said.err
 
 
+def test_an_unreachable_store_is_exit_2_before_any_work_for_every_command(synth_archive, tmp_path, capsys):
+    """Schedulers retry on 1 and not on 2: an endpoint that is down is a bad argument, not a crash."""
+    import socket
+
+    with socket.socket() as s:       # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    secret = "vadray-unreachable-secret"
+    options = json.dumps({"key": "k", "secret": secret, "endpoint_url": f"http://127.0.0.1:{port}",
+                          "config_kwargs": {"retries": {"max_attempts": 1}}})
+    labels = tmp_path / "labels.csv"
+    labels.write_text("video,frame_index,label\n")
+    for argv in (["ingest", str(synth_archive), "s3://b/out"],
+                 ["score", str(synth_archive), "s3://b/out", "--checkpoint", "s3://b/ckpt"],
+                 ["train", "s3://b/shards", str(tmp_path / "ckpt")],
+                 ["evaluate", "s3://b/out", "--labels", str(labels)],
+                 ["report", "s3://b/out", str(tmp_path / "report")],
+                 ["query", "s3://b/out", "SELECT 1"]):
+        assert main([*argv, "--storage-options", options]) == 2, argv
+        said = capsys.readouterr()
+        assert "cannot reach" in said.err and "EndpointConnectionError" in said.err, argv
+        assert secret not in said.out + said.err
+    assert not (tmp_path / "ckpt").exists() and not (tmp_path / "report").exists()
+
+
 def test_a_second_frame_size_or_camera_into_one_output_is_refused(ray_session, synth_archive, tmp_path, capsys):
     out = str(tmp_path / "out")
     assert run_ingest(str(synth_archive), out, size=TEST_SIZE, camera="lobby").frames == 60

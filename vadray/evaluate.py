@@ -147,6 +147,7 @@ def evaluate_output(output: str, labels_csv: str, storage_options: dict | None =
                     cameras: list[str] | None = None, model_ids: list[str] | None = None) -> dict:
     """Metrics of one scoring OUTPUT (or of its `cameras`, scored by `model_ids`) against labels.
     Undefined metrics are NaN."""
+    storage.require_reachable(storage_options, OUTPUT=output, LABELS=labels_csv)
     where = selection(camera=cameras, model_id=model_ids)
     table = read_table(output, "frames", storage_options,
                        columns=["camera", "model_id", "video_id", "frame_index", *SCORE_COLUMNS], filter=where)

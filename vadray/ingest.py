@@ -239,6 +239,7 @@ def run_ingest(source: str, output: str, *, camera: str = "default", size: int =
 
     check_camera(camera)
     storage_options = storage_options or {}
+    storage.require_reachable(storage_options, OUTPUT=output)
     if size < 8:
         raise UsageError("--size must be at least 8 pixels")
     if segment_seconds <= 0 or not frame_fps > 0:

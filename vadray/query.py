@@ -61,6 +61,7 @@ def _s3_secret(con: duckdb.DuckDBPyConnection, storage_options: dict) -> bool:
 
 def connect(output: str, storage_options: dict | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the OUTPUT's tables as views (frames, events and errors always exist)."""
+    storage.require_reachable(storage_options, OUTPUT=output)
     con = duckdb.connect()
     fs, root = storage.url_to_fs(output, storage_options)
     if not fs.exists(root):

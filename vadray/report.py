@@ -155,6 +155,7 @@ def build_report(output: str, out_dir: str, labels_csv: str | None = None,
     frame_fn(source_uri, frame_index) defaults to `decode_thumbnail`; max_thumbnails=0 skips
     thumbnails. The deepest events get the thumbnails.
     """
+    storage.require_reachable(storage_options, OUTPUT=output, DIR=out_dir, LABELS=labels_csv)
     where = selection(video_id=videos, camera=cameras, date=dates, model_id=model_ids)
     table = read_table(output, "frames", storage_options, columns=FRAME_COLUMNS, filter=where)
     if table is None or table.num_rows == 0:
@@ -254,6 +255,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_thumbnails < 0:
         raise UsageError("--max-thumbnails must be 0 or more")
     error_map_fn = None
+    storage.require_reachable(options, CHECKPOINT=args.checkpoint)
     if args.checkpoint:
         from vadray.errormap import ErrorMaps
 

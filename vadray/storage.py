@@ -57,6 +57,22 @@ def url_to_fs(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[
     return fs, path.rstrip("/") if path not in ("/", "") else path
 
 
+def require_reachable(storage_options: dict[str, Any] | None, **locations: str | None) -> None:
+    """Exit status 2 before any work when a location cannot be reached at all (endpoint down,
+    no credentials, access denied); `require_reachable(opts, OUTPUT=out, CHECKPOINT=ckpt)`.
+    Whether it exists is each job's own question."""
+    from vadray.exits import UsageError
+
+    for role, uri in locations.items():
+        if not uri:
+            continue
+        try:
+            fs, path = url_to_fs(uri, storage_options)
+            fs.exists(path)
+        except Exception as exc:  # noqa: BLE001 — botocore, aiohttp, OS errors alike; no secret is in them
+            raise UsageError(f"cannot reach {role} {uri!r}: {type(exc).__name__}: {exc}") from None
+
+
 def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """A URI that `url_to_fs` turns back into the same file."""
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]

@@ -166,6 +166,7 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
                 "hop": hop, "val_fraction": val_fraction, "seed": seed, "T": T_DEFAULT, "select": select}
     if select not in SELECTIONS:
         raise UsageError(f"--select must be one of {', '.join(SELECTIONS)}, got {select!r}")
+    storage.require_reachable(storage_options, SHARDS=shards, CHECKPOINT_DIR=checkpoint_dir)
     saved = _saved_run(checkpoint_dir, storage_options)
     if resume and not saved:
         raise UsageError(f"--resume: {checkpoint_dir} holds no vadray run to continue ({RUN_FILE} missing)")

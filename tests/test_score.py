@@ -195,6 +195,46 @@ def test_bad_file_becomes_an_error_row_and_the_rest_is_scored(ray_session, train
     assert (left["camera"], left["video_id"]) == ("b", "broken")
 
 
+def test_day_folders_scored_one_source_at_a_time_never_replace_each_other(ray_session, trained_checkpoint,
+                                                                          synth_test_archive, tmp_path, capsys):
+    days = tmp_path / "days"
+    for day, clip in (("2024-05-01", "test001.mp4"), ("2024-05-02", "test002.mp4")):
+        (days / day).mkdir(parents=True)
+        shutil.copy(synth_test_archive / clip, days / day / "0900.mp4")
+    out = str(tmp_path / "out")
+    assert run_score(str(days / "2024-05-01"), out, str(trained_checkpoint)).frames == 30
+    # both files are video '0900' of SOURCE: the second would silently replace the first's rows
+    assert main(["score", str(days / "2024-05-02"), out, "--checkpoint", str(trained_checkpoint)]) == 2
+    assert "scored from other files: '0900'" in capsys.readouterr().err
+    assert set(read_table(out, "frames").source_uri) == {str(days / "2024-05-01" / "0900.mp4")}
+    # from the folder above the dates, they are two videos with their date partitions
+    both = str(tmp_path / "both")
+    assert run_score(str(days), both, str(trained_checkpoint)).frames == 60
+    frames = read_table(both, "frames")
+    assert frames.groupby(["video_id", "date"]).size().to_dict() == {("2024-05-01/0900", "2024-05-01"): 30,
+                                                                     ("2024-05-02/0900", "2024-05-02"): 30}
+
+
+def test_a_file_replaced_by_a_broken_one_loses_its_old_rows_and_its_restoration_is_rescored(
+        ray_session, trained_checkpoint, synth_test_archive, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(synth_test_archive, src)
+    kept = tmp_path / "kept.mp4"
+    shutil.copy2(src / "test002.mp4", kept)                                      # its mtime too
+    out = str(tmp_path / "out")
+    assert run_score(str(src), out, str(trained_checkpoint)).frames == 90
+    (src / "test002.mp4").write_text("not a video any more")
+    broken = run_score(str(src), out, str(trained_checkpoint))
+    assert (broken.skipped, broken.failures) == (2, 1)
+    assert set(read_table(out, "frames").video_id) == {"test001", "test003"}    # no scores of gone footage
+    assert set(read_table(out, "events").video_id) <= {"test001", "test003"}
+    shutil.copy2(kept, src / "test002.mp4")       # the very same file again: same URI, size and mtime
+    restored = run_score(str(src), out, str(trained_checkpoint))
+    assert (restored.skipped, restored.frames, restored.failures) == (2, 30, 0)
+    assert read_errors(storage.join(out, "errors")).num_rows == 0                # its error row went with it
+    assert read_table(out, "frames").groupby("video_id").size().to_dict() == {f"test00{i}": 30 for i in (1, 2, 3)}
+
+
 def test_bad_arguments_exit_2(tmp_path, trained_checkpoint, synth_test_archive, capsys):
     assert main(["score", str(synth_test_archive), str(tmp_path / "o"), "--checkpoint", str(tmp_path)]) == 2
     assert "cannot read checkpoint" in capsys.readouterr().err

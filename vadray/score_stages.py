@@ -39,11 +39,16 @@ FRAMES_VERSION = 4
 
 
 def manifest_marker(camera: str, video_id: str, identity: str, model_id: str) -> str:
-    """An empty marker's path under manifest/: keyed by the camera (two cameras' archives may
+    """A finished video's marker path under manifest/: keyed by the camera (two cameras' archives may
     hold the same file names), the video's content identity, the model and the frames-table
     version, not by task rank."""
     digest = hashlib.sha1(f"{identity}|frames={FRAMES_VERSION}".encode()).hexdigest()[:12]
     return f"camera={camera}/{safe_key(video_id)}.{model_id}.{digest}.done"
+
+
+def scores_file(camera: str, date: str, video_key: str, model_id: str) -> str:
+    """A video's file in frames/ and events/ (one per video and model: reruns overwrite it)."""
+    return f"camera={camera}/date={date}/{video_key}.{model_id}.parquet"
 
 
 class VolumeRows:
@@ -247,7 +252,7 @@ class AssembleVideo:
         events = pa.Table.from_pylist([{"camera": camera, "date": date, "video_id": head["video_id"], **ev,
                                         "score": self.events.score, "model_id": model_id} for ev in events],
                                       schema=EVENTS_SCHEMA)
-        name = f"camera={camera}/date={date}/{head['video_key']}.{model_id}.parquet"
+        name = scores_file(camera, date, head["video_key"], model_id)
         for table_name, table in (("frames", frames), ("events", events)):
             fs, path = storage.pyarrow_fs(storage.join(self.output, table_name, name), self.storage_options)
             fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
@@ -255,10 +260,12 @@ class AssembleVideo:
             pq.write_table(table.drop_columns(["camera", "date"]), path, filesystem=fs, compression="zstd")
         complete = n == int(head["num_frames"])
         if complete:
-            self._mark_done(head["camera"], head["video_id"], head["identity"], model_id)
+            self._mark_done(head["camera"], head["video_id"], head["identity"], model_id, head["uri"])
         return {"video_id": head["video_id"], "frames": n, "events": events.num_rows, "complete": complete}
 
-    def _mark_done(self, camera: str, video_id: str, identity: str, model_id: str) -> None:
+    def _mark_done(self, camera: str, video_id: str, identity: str, model_id: str, uri: str) -> None:
+        """The marker holds the source URI: a later run can tell a changed file from another
+        file that maps to the same video id."""
         fs, root = storage.url_to_fs(storage.join(self.output, "manifest"), self.storage_options)
         marker = manifest_marker(camera, video_id, identity, model_id)
         folder = f"{root}/{marker.rsplit('/', 1)[0]}"
@@ -266,4 +273,4 @@ class AssembleVideo:
         for stale in fs.glob(f"{folder}/{safe_key(video_id)}.{model_id}.*.done"):
             if not stale.endswith(marker):
                 fs.rm(stale)
-        fs.pipe_file(f"{root}/{marker}", b"")
+        fs.pipe_file(f"{root}/{marker}", uri.encode())

@@ -299,3 +299,13 @@ def test_plot_says_which_score_the_events_follow():
 
     assert "detected event" in legend(None) and "detected event" in legend("regularity")  # older tables, default
     assert "detected event (combined_regularity)" in legend("combined_regularity")
+
+
+def test_ctrl_c_is_a_short_message_and_exit_130(scored, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(query, "query", interrupted)
+    assert cli.main(["query", scored["out"], "SELECT 1"]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("vadray query: interrupted.") and "Traceback" not in err

@@ -10,7 +10,7 @@ import importlib
 import logging
 import sys
 
-from vadray.exits import EXIT_USAGE, UsageError
+from vadray.exits import EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 
 COMMANDS = {
     "synth": ("vadray.synth", "generate a synthetic fixed-camera archive (H.264 MP4 + frame labels)"),
@@ -38,6 +38,13 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default {shown.replace('%', '%%')})"   # argparse %-formats help text
 
 
+RESUME_HINT = {
+    "score": "Run the same command again: finished videos are skipped, the rest are scored.",
+    "train": "Run it again with --resume to continue from the last epoch's checkpoint.",
+    "ingest": "Run the same command again: it replaces these inputs' shards, nothing is duplicated.",
+}
+
+
 def build_parser(command: str) -> argparse.ArgumentParser:
     module_name, summary = COMMANDS[command]
     module = importlib.import_module(module_name)
@@ -54,7 +61,7 @@ def _top_help() -> str:
              "Semi-supervised video anomaly detection over video archives, on Ray.", "", "commands:"]
     lines += [f"  {name:<10} {summary}" for name, (_, summary) in COMMANDS.items()]
     lines += ["", "exit status: 0 all inputs processed, 3 finished but some inputs failed (see errors/),",
-              "             2 bad arguments or unreachable input"]
+              "             2 bad arguments or unreachable input, 130 interrupted (Ctrl-C)"]
     return "\n".join(lines)
 
 
@@ -75,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"vadray {command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:   # Ctrl-C: a short line, not Ray's traceback; finished work is kept
+        print(f"vadray {command}: interrupted. {RESUME_HINT.get(command, 'Run it again.')}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

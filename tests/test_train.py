@@ -326,13 +326,13 @@ def test_the_card_describes_the_model_and_reloads(interrupted_then_resumed, inge
     (val_video,) = [v for v in shards.videos if v.video_id in card["training_data"]["val_video_ids"]]
     fs, _ = storage.pyarrow_fs(shards.clips_uri)
     frames = np.concatenate([f for _, f in read_chunks(fs, val_video.runs, val_video.video_id)])
-    starts = volume_starts(len(frames), 10, 1, 1, cover_end=False)
+    starts = volume_starts(len(frames), 10, 1, scoring.SCORE_HOP, cover_end=False)   # as `vadray score` by default
     x = torch.from_numpy(shards.stats.normalize(gather(frames, starts, 10, 1)))[:, :, None]
     with torch.no_grad():
         y = model(x)
     means = scoring.accumulate(starts, 10, scoring.frame_errors(x.numpy(), y.numpy())).mean()
     validation = card["validation"]["frame_error"]
-    assert validation["n"] == len(frames) == 40
+    assert validation["n"] == len(frames) == 40 and card["validation"]["volume_hop"] == scoring.SCORE_HOP
     assert validation["mean"] == pytest.approx(float(means.recon_error.mean()), rel=1e-4)
     assert card["validation"]["cell_error_max"]["n"] == 40
 

@@ -2,9 +2,10 @@
 
 After training, the best weights reconstruct every frame of the held-out validation videos;
 scoring's own math (`vadray.scoring`: per-frame L2 error, 8×8 cell errors, the mean over the
-stride-1 volumes containing a frame) turns that into per-frame errors, so the card's
-distribution is on exactly the scale archive scoring produces and `scoring.calibrate` can
-use it. One Ray Data task per video; only per-frame errors come back to the driver.
+stride-1 volumes containing a frame, volumes every `scoring.SCORE_HOP` frames as `vadray
+score` takes them by default) turns that into per-frame errors, so the card's distribution is
+on the scale archive scoring produces and `scoring.calibrate` can use it (the last frames of a
+video, which scoring covers with one more volume, are left out here). One Ray Data task per video; only per-frame errors come back to the driver.
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ class ValidationFrameErrors:
     """Video rows → per-frame errors of a trained model (used by `validation_frame_errors`).
 
     The error math and the assembly over volumes are scoring's own (`vadray.scoring`), on
-    stride-1 volumes at hop 1: each frame's error is the mean over every volume containing
-    it, so the card's distribution is on the scale archive scoring produces. Output rows:
+    stride-1 volumes at `scoring.SCORE_HOP`: each frame's error is the mean over the volumes
+    containing it, so the card's distribution is on the scale archive scoring produces. Output rows:
     video_index, frame_index, recon_error, cell_error_max (normalised units).
     """
 
@@ -65,7 +66,7 @@ class ValidationFrameErrors:
         for video_index, video_id, runs in zip(batch["video_index"], batch["video_id"], batch["runs"]):
             parts = []
             chunks = read_chunks(self.pa_fs, json.loads(runs), str(video_id))
-            for _, starts, volumes in stream_volumes(chunks, self.T, (1,), 1):
+            for _, starts, volumes in stream_volumes(chunks, self.T, (1,), scoring.SCORE_HOP):
                 parts += self._frame_sums(starts, volumes)
             if not parts:
                 continue  # shorter than one volume

@@ -33,7 +33,7 @@ from vadray.exits import UsageError
 from vadray.listing import VideoRef, check_camera, list_videos
 from vadray.score_stages import (AssembleVideo, ScoreVolumes, VideoRows, VolumeRows, manifest_marker,
                                  scores_file, video_date)
-from vadray.scoring import calibrate
+from vadray.scoring import SCORE_HOP, calibrate
 
 log = logging.getLogger("vadray.score")
 
@@ -139,7 +139,7 @@ def _drop_previous(output: str, camera: str, refs: list[VideoRef], model_id: str
 
 
 def run_score(source: str, output: str, checkpoint: str, *, camera: str = "default", actors: int = 1,
-              gpus_per_actor: float = 0.0, batch_size: int = 16, hop: int = 5, segment_seconds: float = 60.0,
+              gpus_per_actor: float = 0.0, batch_size: int = 16, hop: int = SCORE_HOP, segment_seconds: float = 60.0,
               frame_fps: float = 10.0, grid: int = 8, persistence: float | None = None,
               window: int = WINDOW_DEFAULT, events_from: str = "regularity", force: bool = False,
               actor_threads: int | None = None, gain_correction: bool = False, storage_options: dict[str, Any] | None = None,
@@ -175,6 +175,11 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     except (FileNotFoundError, OSError, ValueError, KeyError) as exc:
         raise UsageError(f"cannot read checkpoint {checkpoint!r}: {exc}") from None
     T = int(card["input"]["T"])
+    calibrated_at = (card.get("validation") or {}).get("volume_hop")
+    if calibrated_at and calibrated_at != hop:
+        log.warning("anomaly_score's scale was measured at hop %d (the model card); at --hop %d a frame's "
+                    "error averages a different number of volumes, so its thresholds shift a little",
+                    calibrated_at, hop)
     if hop > T:
         raise UsageError(f"--hop {hop} > T={T} would leave frames without a score")
     size = int(card["input"]["size"])
@@ -260,7 +265,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--actor-threads", type=int, default=None,
                         help="torch threads per CPU model actor (default: the largest node's CPUs "
                              "divided by --actors; each actor reserves 1 CPU, decode tasks use the rest)")
-    parser.add_argument("--hop", type=int, default=5,
+    parser.add_argument("--hop", type=int, default=SCORE_HOP,
                         help="frames between the starts of consecutive 10-frame volumes (1..T; default 5: "
                              "each frame is in 2 volumes; 1 = the smoothest, 5× the model work). A last volume "
                              "ending on the final frame is always added, so every frame gets a score")

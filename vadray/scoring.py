@@ -336,6 +336,12 @@ def combined_regularity(s_r: np.ndarray, s_m: np.ndarray) -> np.ndarray:
     return np.minimum(s_r, s_m)
 
 
+# `vadray score --hop`'s default, and the hop at which the model card's validation distribution
+# (anomaly_score's scale) is measured: a frame's error averages fewer volumes at a larger hop and
+# carries the volume-position ripple of that hop, so the two must agree.
+SCORE_HOP = 5
+
+
 def score_columns(means: FrameMeans, validation: dict | None) -> dict[str, np.ndarray]:
     """The `frames` table's error and score columns of one whole video, float64.
 

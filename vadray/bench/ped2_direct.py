@@ -238,8 +238,8 @@ def _check(args: argparse.Namespace) -> None:
 
 def calibration_errors(trainer: Trainer, frames: list[np.ndarray], T: int) -> dict:
     """Per-frame errors of held-out normal videos for the card (as `calibration` computes
-    them: stride-1 volumes at hop 1, the mean over the volumes containing a frame)."""
-    per_video = [trainer.score_video(f, T, 1) for f in frames]
+    them: stride-1 volumes at scoring's default hop, the mean over the volumes containing a frame)."""
+    per_video = [trainer.score_video(f, T, scoring.SCORE_HOP) for f in frames]
     return {"recon_error": np.concatenate([m.recon_error for m in per_video]),
             "cell_error_max": np.concatenate([m.cell_error_max for m in per_video])}
 

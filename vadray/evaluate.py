@@ -253,8 +253,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "by several checkpoints")
     parser.add_argument("--json", dest="json_path", default=None, metavar="METRICS.json",
                         help="also write the metrics as JSON to this path (local or s3://); NaN → null")
-    parser.add_argument("--storage-options", default=None,
-                        help="JSON dict for s3fs (endpoint_url, key, secret, …); default: AWS environment")
+    storage.add_storage_options(parser, "OUTPUT, the labels and --json")
 
 
 def run(args: argparse.Namespace) -> int:

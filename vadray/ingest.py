@@ -37,7 +37,7 @@ from vadray.errors import JobSummary, clear_errors, read_errors, safe_key
 from vadray.exits import UsageError
 from vadray.listing import VIDEO_EXTENSIONS, VideoRef, check_camera, list_videos
 from vadray.preprocess import NormStats, PartialSums
-from vadray.stages import ProbeAndPlan, decode_planned
+from vadray.stages import ProbeAndPlan, add_decode_options, decode_planned
 
 log = logging.getLogger("vadray.ingest")
 
@@ -309,15 +309,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=227,
                         help="frames are resized to SIZE×SIZE grey (default 227, the paper's; the "
                              "models need 11+8k, k≥2: 27, 35, 59, 115, 227)")
-    parser.add_argument("--segment-seconds", type=float, default=60.0,
-                        help="a long video is decoded by many tasks, one per segment of this many "
-                             "seconds (default 60); short clips share a task, up to ~1 s of "
-                             "decoding and 256 MiB of frames")
-    parser.add_argument("--frame-fps", type=float, default=10.0,
-                        help="frame rate assumed for folders of still frames (default 10, UCSD's)")
-    parser.add_argument("--storage-options", default=None,
-                        help="JSON dict for fsspec/s3fs, e.g. '{\"endpoint_url\": \"http://minio:9000\"}'; "
-                             "credentials also come from the standard AWS_* environment variables")
+    add_decode_options(parser)
+    storage.add_storage_options(parser, "SOURCE and OUTPUT")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -105,8 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None,
                         help="write the result to this .csv or .parquet file (local or s3://) instead of printing")
     parser.add_argument("--max-rows", type=int, default=50, help="rows to print when --out is not given")
-    parser.add_argument("--storage-options", default=None,
-                        help="JSON dict for s3fs (endpoint_url, key, secret, …); default: AWS environment")
+    storage.add_storage_options(parser, "OUTPUT")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -246,8 +246,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="event frames shown per video, deepest first (0: none, no decoding)")
     parser.add_argument("--checkpoint", default=None,
                         help="the model that scored OUTPUT: adds each event frame's reconstruction-error map")
-    parser.add_argument("--storage-options", default=None,
-                        help="JSON dict for s3fs (endpoint_url, key, secret, …); default: AWS environment")
+    storage.add_storage_options(parser, "OUTPUT, DIR, the labels and the checkpoint")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,6 +34,7 @@ from vadray.listing import VideoRef, check_camera, list_videos
 from vadray.score_stages import (AssembleVideo, ScoreVolumes, VideoRows, VolumeRows, manifest_marker,
                                  scores_file, video_date)
 from vadray.scoring import SCORE_HOP, calibrate
+from vadray.stages import add_decode_options
 
 log = logging.getLogger("vadray.score")
 
@@ -269,9 +270,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="frames between the starts of consecutive 10-frame volumes (1..T; default 5: "
                              "each frame is in 2 volumes; 1 = the smoothest, 5× the model work). A last volume "
                              "ending on the final frame is always added, so every frame gets a score")
-    parser.add_argument("--segment-seconds", type=float, default=60.0,
-                        help="decode long videos in segments of this many seconds (default 60)")
-    parser.add_argument("--frame-fps", type=float, default=10.0, help="frame rate assumed for frame folders")
+    add_decode_options(parser)
     parser.add_argument("--grid", type=int, default=8, help="cells per side of the error grid for cell_error_max")
     parser.add_argument("--persistence", type=float, default=None,
                         help="minimum persistence (depth in regularity units) of an event's minimum "
@@ -290,8 +289,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(regularity is then not the paper's input). Use --force to rescore "
                              "videos already scored without it")
     parser.add_argument("--force", action="store_true", help="rescore videos the manifest says are done")
-    parser.add_argument("--storage-options", default=None,
-                        help="JSON dict for fsspec/s3fs (SOURCE, OUTPUT and CHECKPOINT); AWS_* env vars work too")
+    storage.add_storage_options(parser, "SOURCE, OUTPUT and CHECKPOINT")
 
 
 def run(args: argparse.Namespace) -> int:

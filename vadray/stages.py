@@ -35,6 +35,15 @@ SEGMENT_SCHEMA = pa.schema([
 UNIT_SCHEMA = pa.schema([("segments", pa.list_(pa.struct(list(SEGMENT_SCHEMA))))])
 
 
+def add_decode_options(parser) -> None:
+    """The decoding options ingest and score share: both must cut and time frames alike."""
+    parser.add_argument("--segment-seconds", type=float, default=60.0,
+                        help="a long video is decoded by many tasks, one per segment of this many seconds; "
+                             "short clips share a task")
+    parser.add_argument("--frame-fps", type=float, default=10.0,
+                        help="frame rate assumed for folders of still frames (UCSD's is 10)")
+
+
 class ProbeAndPlan:
     """One input → its segments (rows), or an errors file. `overlap` extra frames are decoded
     after each segment's owned range (scoring needs T−1 for the volumes at a seam).

@@ -29,6 +29,14 @@ def parse_storage_options(text: str | None) -> dict[str, Any]:
     return value
 
 
+def add_storage_options(parser, applies_to: str) -> None:
+    """The one `--storage-options` of every command."""
+    parser.add_argument("--storage-options", default=None,
+                        help=f"JSON object of fsspec/s3fs options for {applies_to}, e.g. "
+                             "'{\"endpoint_url\": \"http://minio:9000\"}'; the endpoint and credentials also come "
+                             "from the standard AWS_* environment variables; secrets are never printed")
+
+
 def _s3_defaults(options: dict[str, Any]) -> dict[str, Any]:
     """Honour AWS_ENDPOINT_URL(_S3) for S3-compatible stores, whatever the botocore version."""
     options = dict(options)

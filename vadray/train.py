@@ -64,7 +64,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-failures", type=int, default=3, help="worker failures to recover from (from the last checkpoint)")
     parser.add_argument("--resume", action="store_true", help="continue the run in CHECKPOINT_DIR with its saved settings (SHARDS, --epochs, --lr, … "
                              "given with it are ignored, and a warning names each that differs; --workers and the resources are used)")
-    parser.add_argument("--storage-options", default=None, help="JSON fsspec options for s3:// (e.g. endpoint_url); secrets are never logged")
+    storage.add_storage_options(parser, "SHARDS and CHECKPOINT_DIR")
 
 
 def run(args) -> int:

@@ -26,7 +26,7 @@ import operator
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -231,8 +231,12 @@ def _clear_previous(output: str, camera: str, refs: list[VideoRef], storage_opti
 
 def run_ingest(source: str, output: str, *, camera: str = "default", size: int = 227,
                segment_seconds: float = 60.0, frame_fps: float = 10.0,
-               storage_options: dict[str, Any] | None = None) -> IngestSummary:
-    """The ingest job as a function (the CLI, jobs/ingest.py and the tests call this)."""
+               storage_options: dict[str, Any] | None = None,
+               on_phase: Callable[[str], Any] | None = None) -> IngestSummary:
+    """The ingest job as a function (the CLI, jobs/ingest.py and the tests call this).
+
+    `on_phase(name)` is called as each phase ends ("listed", "decoded", "stats_done"): the
+    benchmark times them."""
     import ray
 
     from vadray.raylib import ensure_ray
@@ -252,6 +256,8 @@ def run_ingest(source: str, output: str, *, camera: str = "default", size: int =
                          f"or frame folders found under {source!r}")
     ensure_ray()
     log.info("ingesting %d videos from %s into %s", len(refs), source, output)
+    phase = on_phase or (lambda name: None)
+    phase("listed")
     _clear_previous(output, camera, refs, storage_options)
 
     # One streaming pipeline: probing the next videos overlaps decoding the first ones. A probe
@@ -282,6 +288,7 @@ def run_ingest(source: str, output: str, *, camera: str = "default", size: int =
                     row_group_size=CHUNK_FRAMES // 4, use_dictionary=SMALL_COLUMNS,
                     write_statistics=SMALL_COLUMNS))
 
+    phase("decoded")
     run_ids = {r.video_id for r in refs}
     errors = [e for e in read_errors(storage.join(output, "errors"), storage_options, camera).to_pylist()
               if e["video_id"] in run_ids]
@@ -294,6 +301,7 @@ def run_ingest(source: str, output: str, *, camera: str = "default", size: int =
         write_stats(output, stats, {"videos": len(frames_per_video), "source": storage.absolute(source),
                                     "camera": camera},
                     storage_options)
+    phase("stats_done")
     run_keys = {safe_key(v) for v in run_ids}
     summary.frames = sum(n for k, n in frames_per_video.items() if k in run_keys)
     summary.segments = sum(n for k, n in segments_per_video.items() if k in run_keys)

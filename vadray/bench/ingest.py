@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import multiprocessing
 import os
 import shutil
@@ -147,54 +146,6 @@ def _stamp() -> tuple[float, dict[int, float]]:
     return time.perf_counter(), cpu_seconds()
 
 
-class _Marks(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(level=logging.INFO)
-        self.times: dict[str, tuple[float, dict[int, float]]] = {}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage().startswith("ingesting") and "ingesting" not in self.times:
-            self.times["ingesting"] = _stamp()
-
-
-@contextlib.contextmanager
-def _phase_clock() -> Iterator[dict[str, tuple[float, dict[int, float]]]]:
-    """Time stamps of run_ingest's phases, from its log lines and two of its calls.
-
-    Wraps `read_errors` and `compute_stats` in the vadray.ingest namespace for the duration
-    (restored after); vadray/ingest.py itself is not changed.
-    """
-    import vadray.ingest as ingest_module
-
-    marks = _Marks()
-    logger = logging.getLogger("vadray.ingest")
-    old_level = logger.level
-    if not logger.isEnabledFor(logging.INFO):
-        logger.setLevel(logging.INFO)
-    logger.addHandler(marks)
-    times = marks.times
-    read_errors, compute_stats = ingest_module.read_errors, ingest_module.compute_stats
-
-    def timed_read_errors(*a: Any, **k: Any):
-        if "read_errors" not in times:
-            times["read_errors"] = _stamp()
-        return read_errors(*a, **k)
-
-    def timed_compute_stats(*a: Any, **k: Any):
-        try:
-            return compute_stats(*a, **k)
-        finally:
-            times["stats_done"] = _stamp()
-
-    ingest_module.read_errors, ingest_module.compute_stats = timed_read_errors, timed_compute_stats
-    try:
-        yield times
-    finally:
-        ingest_module.read_errors, ingest_module.compute_stats = read_errors, compute_stats
-        logger.removeHandler(marks)
-        logger.setLevel(old_level)
-
-
 def run_ingest_timed(source: str, output: str, size: int, segment_seconds: float):
     """(IngestSummary, seconds, {phase: seconds}, {phase: CPU seconds}) of one run_ingest into
     a fresh output. CPU seconds are those of this process and its descendants (all of a local
@@ -202,13 +153,14 @@ def run_ingest_timed(source: str, output: str, size: int, segment_seconds: float
     from vadray.ingest import run_ingest
 
     shutil.rmtree(output, ignore_errors=True)
-    with _phase_clock() as marks:
-        started = _stamp()
-        summary = run_ingest(source, output, size=size, segment_seconds=segment_seconds)
-        ended = _stamp()
+    marks: dict[str, tuple[float, dict[int, float]]] = {}
+    started = _stamp()
+    summary = run_ingest(source, output, size=size, segment_seconds=segment_seconds,
+                         on_phase=lambda name: marks.setdefault(name, _stamp()))
+    ended = _stamp()
     # Each phase ends at a mark; a missing mark (run_ingest changed: no stats pass, say) merges
     # its phase into the next one ("stats+rest").
-    ends = [marks.get("ingesting"), marks.get("read_errors"), marks.get("stats_done"), ended]
+    ends = [marks.get("listed"), marks.get("decoded"), marks.get("stats_done"), ended]
     phases: dict[str, float] = {}
     phases_cpu: dict[str, float] = {}
     start, names = started, []

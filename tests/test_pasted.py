@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vadray.pasted import PASTES, gliding_twins, paste_fast_patches, paste_gliding_objects, twin_auc, volume_errors
-from vadray.trainloop import selection_value, validation_pass
+from vadray.steps import selection_value, validation_pass
 
 
 def _volumes(b: int = 3, t: int = 10, s: int = 35, seed: int = 0) -> torch.Tensor:

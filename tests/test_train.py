@@ -20,7 +20,7 @@ from vadray.exits import UsageError
 from vadray.ingest import clip_table
 from vadray.preprocess import NormStats, PartialSums
 from vadray.train import ignored_on_resume, run_training
-from vadray.trainloop import normalize
+from vadray.steps import normalize
 from vadray.trainvolumes import count_volumes, discover, split_by_video, volume_dataset
 from vadray.volumes import gather, stream_volumes, volume_starts
 
@@ -115,7 +115,7 @@ def test_normalize_on_the_device_equals_normstats():
 
 
 def test_early_stopping_keeps_the_best_epoch_and_waits_patience_epochs():
-    from vadray.trainloop import end_of_epoch
+    from vadray.steps import end_of_epoch
 
     state = {"best_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0, "epoch": 0, "stopped": None}
     val_losses = [0.9, 0.7, 0.75, 0.7, 0.72, 0.5, 0.8]          # a tie (0.7) is no improvement

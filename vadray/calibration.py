@@ -16,7 +16,7 @@ import torch
 
 from vadray import storage
 from vadray.preprocess import NormStats
-from vadray.trainloop import normalize
+from vadray.steps import normalize
 from vadray.trainvolumes import Shards, VideoShards, read_chunks, video_items
 from vadray.volumes import stream_volumes
 

@@ -26,7 +26,8 @@ from vadray.checkpoint import FINAL_DIR, model_card, save, weights_from_bytes
 from vadray.exits import UsageError
 from vadray.models import check_size, names, spec
 from vadray.raylib import ensure_ray
-from vadray.trainloop import RUN_NAME, SELECTIONS, run_trainer
+from vadray.steps import SELECTIONS
+from vadray.trainloop import RUN_NAME, run_trainer
 from vadray.trainvolumes import count_volumes, discover, split_by_video
 from vadray.volumes import T_DEFAULT, parse_strides
 

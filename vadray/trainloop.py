@@ -17,33 +17,16 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 from vadray import storage
 from vadray.checkpoint import MODEL_FILE, unwrap
 from vadray.pasted import PASTES
+from vadray.steps import end_of_epoch, fresh_state, reconstruct, selection_value, validation_pass
 
 RUN_NAME = "run"
 STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.pt"
-
-
-def normalize(volumes: torch.Tensor, mean_image: torch.Tensor, std: float) -> torch.Tensor:
-    """uint8 (B, T, S, S) → float32 (B, T, 1, S, S): `NormStats.normalize` on the device."""
-    x = volumes.float() * (1.0 / 255.0)
-    x -= mean_image
-    x *= 1.0 / max(std, 1e-6)
-    return x.unsqueeze(2)
-
-
-def reconstruct(model, volumes: torch.Tensor, mean_image: torch.Tensor, std: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training step's forward: uint8 (B, T, S, S) → (x, y) float32 (B, T, 1, S, S), the
-    normalised input and its reconstruction; bf16 autocast on GPU."""
-    x = normalize(volumes, mean_image, std)
-    with torch.autocast(x.device.type, torch.bfloat16, enabled=x.device.type == "cuda"):
-        y = model(x)
-    return x, y.float()
 
 
 def _global_mean(total: float, count: int, device: torch.device) -> tuple[float, int]:
@@ -55,54 +38,6 @@ def _global_mean(total: float, count: int, device: torch.device) -> tuple[float,
         dist.all_reduce(t)
         total, count = t[0].item(), int(t[1].item())
     return (total / count if count else math.nan), count
-
-
-def end_of_epoch(state: dict, epoch: int, selection_loss: float, patience: int) -> None:
-    """Early stopping: remember the best epoch; stop after `patience` epochs without a better
-    selection (validation) loss. A tie is no improvement; a NaN loss never improves."""
-    if selection_loss < state["best_loss"]:
-        state.update(best_loss=selection_loss, best_epoch=epoch, bad_epochs=0)
-    else:
-        state["bad_epochs"] += 1
-    state["epoch"] = epoch
-    if state["bad_epochs"] >= patience:
-        state["stopped"] = "early_stop"
-
-
-SELECTIONS = ("val_loss", *PASTES)  # validation loss, or a kind of pasted synthetic anomaly
-
-
-def validation_pass(batches, reconstruct, paste, seed: int) -> tuple[float, int, float, int]:
-    """(Σ loss·n, n, synthetic-anomaly AUC, volumes it was computed on) over the validation
-    batches; `reconstruct(volumes uint8) -> (x, y)` in normalised units. With a `paste` (a value
-    of `vadray.pasted.PASTES`), each volume is also scored with its pasted twins; else the AUC is NaN."""
-    from vadray.pasted import twin_auc, volume_errors
-
-    total, count, clean, pasted = 0.0, 0, [], []
-    with torch.no_grad():
-        for volumes in batches:
-            x, y = reconstruct(volumes)
-            total += torch.nn.functional.mse_loss(y, x).item() * len(volumes)
-            count += len(volumes)
-            if paste is not None:
-                clean.append(volume_errors(x, y).cpu().numpy())
-                for twin in paste(volumes, seed):
-                    pasted.append(volume_errors(*reconstruct(twin)).cpu().numpy())
-    auc = twin_auc(np.concatenate(clean), np.concatenate(pasted)) if clean else math.nan
-    return total, count, auc, sum(len(c) for c in clean)
-
-
-def selection_value(select: str, train_loss: float, val_loss: float | None, synthetic_auc: float | None) -> float:
-    """The number early stopping and the final choice minimise: the validation loss, or minus
-    the synthetic-anomaly AUC; the training loss when there is no validation set. An AUC on a
-    small validation set ties often; the lower validation loss breaks a tie (by 1e-9 of it,
-    far below any AUC step), so the epoch kept never depends on which of two equals came last."""
-    if select in PASTES and synthetic_auc is not None and not math.isnan(synthetic_auc):
-        tie_break = 1e-9 * val_loss if val_loss is not None and math.isfinite(val_loss) else 0.0
-        return -synthetic_auc + tie_break
-    if val_loss is not None and not math.isnan(val_loss):
-        return val_loss
-    return train_loss
 
 
 def _maybe_fail(config: dict, step: int, rank: int, world: int) -> None:
@@ -144,13 +79,6 @@ def _batches(shard, batch_size: int, device, seed: int | None = None, shuffle_vo
                                           local_shuffle_seed=seed, device=device,
                                           pin_memory=device.type == "cuda"):
         yield batch["volume"]
-
-
-def fresh_state() -> dict:
-    """The loop state before the first epoch (what a checkpoint's state.json continues)."""
-    return {"epoch": 0, "step": 0, "history": [], "best_loss": math.inf, "best_epoch": 0,
-            "bad_epochs": 0, "stopped": None, "resumed_after_epochs": [],
-            "torch_threads": torch.get_num_threads()}
 
 
 def _restore(checkpoint, model, optimizer, device) -> dict:

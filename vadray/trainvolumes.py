@@ -9,7 +9,7 @@ video's chunks in frame order through `volumes.stream_volumes`. No shuffle, no g
 Memory per task: one group of files whose frame ranges overlap ("run"; normally one file,
 i.e. one ingest write block), plus ~30 frames of tail carried across file boundaries — never
 a whole video, never the whole dataset. Volumes travel as uint8 (V, T, S, S) and are
-normalised on the training device (`trainloop.normalize`), 4× smaller than float32 through
+normalised on the training device (`steps.normalize`), 4× smaller than float32 through
 Ray Data. This module does not import torch: the Ray Data tasks that run it stay light.
 """
 from __future__ import annotations

@@ -8,8 +8,8 @@ composed in one process instead of Ray Data tasks and a TorchTrainer:
   split       held-out TRAINING videos for validation (`trainvolumes.split_by_video`)
   volumes     T=10 at --strides, every --train-hop frames (`volumes.volume_starts`), gathered
               on the device from the decoded frames held there as uint8
-  step        `trainloop.reconstruct` (normalise, bf16 autocast on GPU), MSE, Adam — `vadray train`'s step
-  selection   `trainloop.end_of_epoch` on the validation loss (stride-1 volumes every T frames),
+  step        `steps.reconstruct` (normalise, bf16 autocast on GPU), MSE, Adam — `vadray train`'s step
+  selection   `steps.end_of_epoch` on the validation loss (stride-1 volumes every T frames),
               or with --select synthetic / synthetic_gliding on pasted anomalies (`vadray.pasted`)
   card        validation frame errors (`scoring.volume_sums` on stride-1
               volumes at hop 1, the mean over volumes) + `checkpoint.model_card`, so the checkpoint in
@@ -36,7 +36,7 @@ from vadray import scoring, storage
 from vadray.exits import UsageError
 from vadray.models import names
 from vadray.pasted import PASTES
-from vadray.trainloop import SELECTIONS, reconstruct, validation_pass
+from vadray.steps import SELECTIONS, reconstruct, validation_pass
 from vadray.trainvolumes import Shards, VideoShards, split_by_video
 from vadray.volumes import T_DEFAULT, parse_strides, volume_starts
 
@@ -140,7 +140,7 @@ class Trainer:
 
     def validate(self, frames: torch.Tensor, starts: np.ndarray, strides: np.ndarray, T: int,
                  select: str, seed: int) -> tuple[float, float | None]:
-        """(validation loss, synthetic-anomaly AUC or None): `trainloop.validation_pass`."""
+        """(validation loss, synthetic-anomaly AUC or None): `steps.validation_pass`."""
         self.model.eval()
         batches = (gather(frames, torch.from_numpy(starts[i:i + self.batch_size]).to(self.device),
                           torch.from_numpy(strides[i:i + self.batch_size]).to(self.device), T)
@@ -248,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
     from vadray.checkpoint import FINAL_DIR, model_card, save
     from vadray.models import build, spec
     from vadray.preprocess import NormStats, PartialSums
-    from vadray.trainloop import end_of_epoch, fresh_state, selection_value
+    from vadray.steps import end_of_epoch, fresh_state, selection_value
 
     _check(args)
     device = _device(args.device)

@@ -90,7 +90,7 @@ def baseline_epochs(volumes: np.ndarray, stats, model_name: str, model_params: d
     import torch
 
     from vadray.models import build
-    from vadray.trainloop import normalize
+    from vadray.steps import normalize
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)

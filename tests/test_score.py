@@ -13,7 +13,7 @@ from vadray.cli import main
 from vadray.errors import read_errors
 from vadray.exits import UsageError
 from vadray.score import run_score
-from vadray.score_stages import video_date
+from vadray.manifest import video_date
 from vadray.listing import VideoRef
 
 

@@ -30,9 +30,9 @@ from vadray import storage
 from vadray.errors import JobSummary, error_row, safe_key, write_errors
 from vadray.events import EVENT_SCORES, PERSISTENCE_DEFAULT, WINDOW_DEFAULT, EventSettings
 from vadray.exits import UsageError
-from vadray.listing import VideoRef, check_camera, list_videos
-from vadray.score_stages import (AssembleVideo, ScoreVolumes, VideoRows, VolumeRows, manifest_marker,
-                                 scores_file, video_date)
+from vadray.listing import check_camera, list_videos
+from vadray.manifest import check_same_files, drop_previous, previous_scoring, video_date
+from vadray.score_stages import AssembleVideo, ScoreVolumes, VideoRows, VolumeRows
 from vadray.scoring import SCORE_HOP, calibrate
 from vadray.stages import add_decode_options
 
@@ -85,58 +85,6 @@ class _WriteOrRecord:
             write_errors([error_row(head["video_id"], head["uri"], "write", type(exc).__name__, str(exc))],
                          self.errors_uri, head["camera"], f"{safe_key(head['video_id'])}-write", self.storage_options)
             return {"video_id": head["video_id"], "frames": 0, "events": 0, "complete": False}
-
-
-def _previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: str,
-                      storage_options: dict[str, Any]) -> tuple[set[str], dict[str, str]]:
-    """(video_ids finished with this content, {video_id: source URI} of the others that this
-    model finished before with other content) from one listing of the camera's markers. The URI
-    is what the old marker holds ('' for markers of versions that left them empty)."""
-    fs, root = storage.url_to_fs(storage.join(output, "manifest", f"camera={camera}"), storage_options)
-    root = root.rstrip("/")
-    try:
-        present = [p[len(root) + 1:] for p in fs.find(root)]
-    except FileNotFoundError:
-        return set(), {}
-    by_video: dict[str, list[str]] = {}
-    for name in present:                      # <key>.<model_id>.<digest>.done
-        by_video.setdefault(name.rsplit(".", 2)[0], []).append(name)
-    done, previous = set(), {}
-    for ref in refs:
-        marker = manifest_marker(camera, ref.video_id, ref.identity(), model_id).split("/", 1)[1]
-        older = by_video.get(marker.rsplit(".", 2)[0], [])
-        if marker in older:
-            done.add(ref.video_id)
-        elif older:
-            previous[ref.video_id] = fs.cat_file(f"{root}/{older[0]}").decode()
-    return done, previous
-
-
-def _check_same_files(camera: str, refs: list[VideoRef], previous: dict[str, str]) -> None:
-    """Two different files that map to one video id (day folders scored one SOURCE at a time:
-    2024-05-01/0900.mp4 and 2024-05-02/0900.mp4 are both '0900') would replace each other's rows."""
-    clashes = [(r, previous[r.video_id]) for r in refs if previous.get(r.video_id) not in (None, "", r.uri)]
-    if clashes:
-        ref, uri = clashes[0]
-        raise UsageError(
-            f"{len(clashes)} video id(s) of camera {camera!r} were scored from other files: {ref.video_id!r} "
-            f"from {uri}, now {ref.uri}. A video is (camera, path relative to SOURCE): score from a SOURCE "
-            "above the folders that tell such files apart (e.g. the one holding the date folders), or into "
-            "another OUTPUT or --camera; --force replaces the old rows")
-
-
-def _drop_previous(output: str, camera: str, refs: list[VideoRef], model_id: str,
-                   storage_options: dict[str, Any]) -> None:
-    """Rows and marker of a video whose file changed go before it is scored again: if the new
-    content fails, the tables must not keep scores of footage that is gone."""
-    fs, root = storage.url_to_fs(output, storage_options)
-    for ref in refs:
-        name = scores_file(camera, video_date(ref), safe_key(ref.video_id), model_id)
-        for table in ("frames", "events"):
-            if fs.exists(f"{root}/{table}/{name}"):
-                fs.rm(f"{root}/{table}/{name}")
-        for marker in fs.glob(f"{root}/manifest/camera={camera}/{safe_key(ref.video_id)}.{model_id}.*.done"):
-            fs.rm(marker)
 
 
 def run_score(source: str, output: str, checkpoint: str, *, camera: str = "default", actors: int = 1,
@@ -197,12 +145,12 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     refs = list_videos(source, storage_options)
     if not refs:
         raise UsageError(f"no videos or frame folders found under {source!r}")
-    done, previous = _previous_scoring(output, camera, refs, model_id, storage_options)
+    done, previous = previous_scoring(output, camera, refs, model_id, storage_options)
     if not force:
-        _check_same_files(camera, refs, previous)
+        check_same_files(camera, refs, previous)
     done = set() if force else done
     todo = [r for r in refs if r.video_id not in done]
-    _drop_previous(output, camera, [r for r in todo if r.video_id in previous], model_id, storage_options)
+    drop_previous(output, camera, [r for r in todo if r.video_id in previous], model_id, storage_options)
     summary = ScoreSummary(videos=len(refs), skipped=len(done))
     log.info("scoring %d videos (%d already done) with %s", len(todo), len(done), model_id)
     if todo:

@@ -7,8 +7,6 @@ rows have arrived (`VideoRows` counts them), to names that depend only on (video
 """
 from __future__ import annotations
 
-import hashlib
-import re
 from typing import Any
 
 import numpy as np
@@ -16,39 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vadray import storage
-from vadray.errors import safe_key
 from vadray.events import EVENTS_SCHEMA, EventSettings, detect_events
-from vadray.listing import VideoRef
+from vadray.manifest import mark_done, scores_file
 from vadray.stages import decode_planned
 from vadray.volumes import frame_offsets, gather, volume_starts
 
 ROW_VOLUMES = 64  # volumes per row sent to a model actor: bounds a row's memory
-_DATE = re.compile(r"(?<!\d)(20\d{2}|19\d{2})-?(0[1-9]|1[0-2])-?(0[1-9]|[12]\d|3[01])(?!\d)")
-
-
-def video_date(ref: VideoRef) -> str:
-    """YYYY-MM-DD from the video's path (cam3/2024-05-01/0900, 20240501_0900.mp4), else 'unknown'."""
-    match = _DATE.search(ref.video_id)
-    return f"{match.group(1)}-{match.group(2)}-{match.group(3)}" if match else "unknown"
-
-
-# Bumped when the frames table gains columns: a resumed backfill then rescores the videos an
-# older vadray scored, so one output never mixes two schemas (2: motion_error, motion_regularity;
-# 3: brightness_gain; 4: combined_regularity and the events' score column).
-FRAMES_VERSION = 4
-
-
-def manifest_marker(camera: str, video_id: str, identity: str, model_id: str) -> str:
-    """A finished video's marker path under manifest/: keyed by the camera (two cameras' archives may
-    hold the same file names), the video's content identity, the model and the frames-table
-    version, not by task rank."""
-    digest = hashlib.sha1(f"{identity}|frames={FRAMES_VERSION}".encode()).hexdigest()[:12]
-    return f"camera={camera}/{safe_key(video_id)}.{model_id}.{digest}.done"
-
-
-def scores_file(camera: str, date: str, video_key: str, model_id: str) -> str:
-    """A video's file in frames/ and events/ (one per video and model: reruns overwrite it)."""
-    return f"camera={camera}/date={date}/{video_key}.{model_id}.parquet"
 
 
 class VolumeRows:
@@ -260,17 +231,6 @@ class AssembleVideo:
             pq.write_table(table.drop_columns(["camera", "date"]), path, filesystem=fs, compression="zstd")
         complete = n == int(head["num_frames"])
         if complete:
-            self._mark_done(head["camera"], head["video_id"], head["identity"], model_id, head["uri"])
+            mark_done(self.output, head["camera"], head["video_id"], head["identity"], model_id, head["uri"],
+                      self.storage_options)
         return {"video_id": head["video_id"], "frames": n, "events": events.num_rows, "complete": complete}
-
-    def _mark_done(self, camera: str, video_id: str, identity: str, model_id: str, uri: str) -> None:
-        """The marker holds the source URI: a later run can tell a changed file from another
-        file that maps to the same video id."""
-        fs, root = storage.url_to_fs(storage.join(self.output, "manifest"), self.storage_options)
-        marker = manifest_marker(camera, video_id, identity, model_id)
-        folder = f"{root}/{marker.rsplit('/', 1)[0]}"
-        fs.makedirs(folder, exist_ok=True)
-        for stale in fs.glob(f"{folder}/{safe_key(video_id)}.{model_id}.*.done"):
-            if not stale.endswith(marker):
-                fs.rm(stale)
-        fs.pipe_file(f"{root}/{marker}", uri.encode())

@@ -1,0 +1,111 @@
+"""What a rerun of `vadray score` skips, replaces or refuses.
+
+A finished video leaves a marker under OUTPUT/manifest/camera=<camera>/, named by its video
+key, the model, and a digest of its content identity (URI, size, ETag or mtime) and of the
+frames table's version; the marker holds the source URI. One listing of a camera's markers
+then tells, for every video of a run, whether it is done, whether its file changed (its old
+rows go before it is scored again), or whether another file claims its id (refused).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+from vadray import storage
+from vadray.errors import safe_key
+from vadray.exits import UsageError
+from vadray.listing import VideoRef
+
+_DATE = re.compile(r"(?<!\d)(20\d{2}|19\d{2})-?(0[1-9]|1[0-2])-?(0[1-9]|[12]\d|3[01])(?!\d)")
+
+
+def video_date(ref: VideoRef) -> str:
+    """YYYY-MM-DD from the video's path (cam3/2024-05-01/0900, 20240501_0900.mp4), else 'unknown'."""
+    match = _DATE.search(ref.video_id)
+    return f"{match.group(1)}-{match.group(2)}-{match.group(3)}" if match else "unknown"
+
+
+# Bumped when the frames table gains columns: a resumed backfill then rescores the videos an
+# older vadray scored, so one output never mixes two schemas (2: motion_error, motion_regularity;
+# 3: brightness_gain; 4: combined_regularity and the events' score column).
+FRAMES_VERSION = 4
+
+
+def manifest_marker(camera: str, video_id: str, identity: str, model_id: str) -> str:
+    """A finished video's marker path under manifest/: keyed by the camera (two cameras' archives may
+    hold the same file names), the video's content identity, the model and the frames-table
+    version, not by task rank."""
+    digest = hashlib.sha1(f"{identity}|frames={FRAMES_VERSION}".encode()).hexdigest()[:12]
+    return f"camera={camera}/{safe_key(video_id)}.{model_id}.{digest}.done"
+
+
+def scores_file(camera: str, date: str, video_key: str, model_id: str) -> str:
+    """A video's file in frames/ and events/ (one per video and model: reruns overwrite it)."""
+    return f"camera={camera}/date={date}/{video_key}.{model_id}.parquet"
+
+
+def mark_done(output: str, camera: str, video_id: str, identity: str, model_id: str, uri: str,
+              storage_options: dict[str, Any]) -> None:
+    """The marker holds the source URI: a later run can tell a changed file from another
+    file that maps to the same video id."""
+    fs, root = storage.url_to_fs(storage.join(output, "manifest"), storage_options)
+    marker = manifest_marker(camera, video_id, identity, model_id)
+    folder = f"{root}/{marker.rsplit('/', 1)[0]}"
+    fs.makedirs(folder, exist_ok=True)
+    for stale in fs.glob(f"{folder}/{safe_key(video_id)}.{model_id}.*.done"):
+        if not stale.endswith(marker):
+            fs.rm(stale)
+    fs.pipe_file(f"{root}/{marker}", uri.encode())
+
+
+def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: str,
+                      storage_options: dict[str, Any]) -> tuple[set[str], dict[str, str]]:
+    """(video_ids finished with this content, {video_id: source URI} of the others that this
+    model finished before with other content) from one listing of the camera's markers. The URI
+    is what the old marker holds ('' for markers of versions that left them empty)."""
+    fs, root = storage.url_to_fs(storage.join(output, "manifest", f"camera={camera}"), storage_options)
+    root = root.rstrip("/")
+    try:
+        present = [p[len(root) + 1:] for p in fs.find(root)]
+    except FileNotFoundError:
+        return set(), {}
+    by_video: dict[str, list[str]] = {}
+    for name in present:                      # <key>.<model_id>.<digest>.done
+        by_video.setdefault(name.rsplit(".", 2)[0], []).append(name)
+    done, previous = set(), {}
+    for ref in refs:
+        marker = manifest_marker(camera, ref.video_id, ref.identity(), model_id).split("/", 1)[1]
+        older = by_video.get(marker.rsplit(".", 2)[0], [])
+        if marker in older:
+            done.add(ref.video_id)
+        elif older:
+            previous[ref.video_id] = fs.cat_file(f"{root}/{older[0]}").decode()
+    return done, previous
+
+
+def check_same_files(camera: str, refs: list[VideoRef], previous: dict[str, str]) -> None:
+    """Two different files that map to one video id (day folders scored one SOURCE at a time:
+    2024-05-01/0900.mp4 and 2024-05-02/0900.mp4 are both '0900') would replace each other's rows."""
+    clashes = [(r, previous[r.video_id]) for r in refs if previous.get(r.video_id) not in (None, "", r.uri)]
+    if clashes:
+        ref, uri = clashes[0]
+        raise UsageError(
+            f"{len(clashes)} video id(s) of camera {camera!r} were scored from other files: {ref.video_id!r} "
+            f"from {uri}, now {ref.uri}. A video is (camera, path relative to SOURCE): score from a SOURCE "
+            "above the folders that tell such files apart (e.g. the one holding the date folders), or into "
+            "another OUTPUT or --camera; --force replaces the old rows")
+
+
+def drop_previous(output: str, camera: str, refs: list[VideoRef], model_id: str,
+                   storage_options: dict[str, Any]) -> None:
+    """Rows and marker of a video whose file changed go before it is scored again: if the new
+    content fails, the tables must not keep scores of footage that is gone."""
+    fs, root = storage.url_to_fs(output, storage_options)
+    for ref in refs:
+        name = scores_file(camera, video_date(ref), safe_key(ref.video_id), model_id)
+        for table in ("frames", "events"):
+            if fs.exists(f"{root}/{table}/{name}"):
+                fs.rm(f"{root}/{table}/{name}")
+        for marker in fs.glob(f"{root}/manifest/camera={camera}/{safe_key(ref.video_id)}.{model_id}.*.done"):
+            fs.rm(marker)

@@ -180,10 +180,13 @@ def test_query_local_views(scored, tmp_path, capsys):
     with pytest.raises(UsageError):
         query.query(scored["out"], "SELEC 1")
     written = tmp_path / "written.csv"
-    for sql in (f"COPY (SELECT * FROM frames) TO '{written}'", "SELECT 1; SELECT 2", "CREATE TABLE t AS SELECT 1"):
+    for sql in (f"COPY (SELECT * FROM frames) TO '{written}'", "SELECT 1; SELECT 2", "CREATE TABLE t AS SELECT 1",
+                f"EXPLAIN ANALYZE COPY (SELECT 42) TO '{written}'", f"-- a note\nexplain analyse COPY (SELECT 1) TO '{written}'"):
         with pytest.raises(UsageError, match="one SELECT"):
             query.query(scored["out"], sql)
     assert not written.exists()
+    pivot = query.query(scored["out"], "PIVOT (SELECT camera, video_id FROM frames) ON camera USING count(*)")
+    assert sorted(pivot.columns) == ["3", "cam1", "video_id"]
     assert query.query(scored["out"], "DESCRIBE frames")["column_name"].tolist()[:3] == ["video_id", "source_uri", "frame_index"]
     out_csv, out_pq = tmp_path / "r.csv", tmp_path / "r.parquet"
     sql = "SELECT video_id, min(regularity) AS low FROM frames GROUP BY 1 ORDER BY 1"
@@ -193,6 +196,23 @@ def test_query_local_views(scored, tmp_path, capsys):
     assert pq.read_table(out_pq).column("low").to_pylist() == pytest.approx([0.35, 0.5, 0.7])
     assert cli.main(["query", scored["out"], "SELECT count(*) AS n FROM events"]) == 0
     assert "(1 rows)" in capsys.readouterr().out
+
+
+def test_query_reads_an_output_with_error_files_of_both_layouts(scored, tmp_path):
+    """Error files of versions before the camera= folders sit in errors/ itself; a backfill that
+    spans the upgrade has both, and DuckDB's hive reader refuses files at two depths."""
+    import shutil
+
+    from vadray.errors import FILE_SCHEMA
+
+    out = tmp_path / "out"
+    shutil.copytree(scored["out"], out)
+    old = pa.Table.from_pylist([{"video_id": "old", "source_uri": "src/old.mp4", "stage": "probe",
+                                 "error_type": "corrupt", "message": "bad"}], schema=FILE_SCHEMA)
+    pq.write_table(old, out / "errors" / "old-12345678-probe.parquet")
+    errors = query.query(str(out), "SELECT video_id, camera FROM errors ORDER BY video_id")
+    assert errors["video_id"].tolist() == ["broken", "old"] and errors["camera"].tolist()[0] == "3"
+    assert query.query(str(out), "SELECT count(*) AS n FROM frames")["n"].tolist() == [80]
 
 
 def test_query_empty_events_and_errors_tables(tmp_path, capsys):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 
 import duckdb
 import pandas as pd
@@ -23,6 +24,19 @@ from vadray.exits import UsageError
 
 log = logging.getLogger(__name__)
 TABLES = ("frames", "events", "errors")
+_LEADING_COMMENTS = re.compile(r"^\s*(?:--[^\n]*(?:\n|$)\s*|/\*.*?\*/\s*)*", re.S)
+_EXPLAIN_ANALYZE = re.compile(r"EXPLAIN\s+ANALY[SZ]E\b", re.I)   # runs what it explains
+_PIVOT = re.compile(r"(?:UN)?PIVOT\b", re.I)                      # a read, though DuckDB calls it MULTI
+
+
+def read_only(statement) -> bool:
+    """A statement that only reads: SELECT (WITH, FROM-first, DESCRIBE, SHOW), PIVOT, or an
+    EXPLAIN that does not run its statement. COPY … TO, ATTACH, CREATE and the rest write."""
+    text = _LEADING_COMMENTS.sub("", statement.query)
+    kind = statement.type
+    return (kind == duckdb.StatementType.SELECT
+            or (kind == duckdb.StatementType.EXPLAIN and not _EXPLAIN_ANALYZE.match(text))
+            or (kind == duckdb.StatementType.MULTI and bool(_PIVOT.match(text))))
 
 
 def _quote(text: str) -> str:
@@ -68,9 +82,22 @@ def connect(output: str, storage_options: dict | None = None) -> duckdb.DuckDBPy
         raise UsageError(f"OUTPUT {output!r} does not exist or is not reachable")
     use_httpfs = storage.is_remote(output) and output.startswith(("s3://", "s3a://")) \
         and _s3_secret(con, dict(storage_options or {}))
+    try:
+        _views(con, output, fs, root, use_httpfs, storage_options)
+    except duckdb.Error as exc:   # a table DuckDB cannot read: say which, not a traceback
+        con.close()
+        raise UsageError(f"cannot open the tables of {output!r}: {exc}") from None
+    return con
+
+
+def _views(con, output: str, fs, root: str, use_httpfs: bool, storage_options: dict | None) -> None:
     for name in TABLES:
         files = fs.glob(f"{root}/{name}/**/*.parquet") if fs.isdir(f"{root}/{name}") else []
-        if not storage.is_remote(output) and files:
+        if name == "errors" and files:
+            # small, and its files may sit at two depths (errors/ itself before the camera=
+            # folders): Arrow reads that, DuckDB's hive reader refuses it
+            con.register(name, open_dataset(output, name, storage_options))
+        elif not storage.is_remote(output) and files:
             _parquet_view(con, name, os.path.join(os.path.abspath(root), name, "**", "*.parquet"))
         elif use_httpfs and files:
             _parquet_view(con, name, f"s3://{root}/{name}/**/*.parquet")
@@ -78,7 +105,6 @@ def connect(output: str, storage_options: dict | None = None) -> duckdb.DuckDBPy
             con.register(name, open_dataset(output, name, storage_options))
         else:  # an empty table still answers "SELECT count(*) FROM errors"
             con.register(name, DOCUMENTED[name].empty_table())
-    return con
 
 
 def query(output: str, sql: str, storage_options: dict | None = None) -> pd.DataFrame:
@@ -86,10 +112,9 @@ def query(output: str, sql: str, storage_options: dict | None = None) -> pd.Data
     con = connect(output, storage_options)
     try:
         statements = con.extract_statements(sql)
-        # A query reads the tables: one SELECT (DESCRIBE, SHOW, WITH …) or EXPLAIN, never a
-        # COPY or ATTACH that would write files with the caller's credentials.
-        if len(statements) != 1 or statements[0].type not in (duckdb.StatementType.SELECT,
-                                                              duckdb.StatementType.EXPLAIN):
+        # A query reads the tables, never a COPY or ATTACH that would write files with the
+        # caller's credentials.
+        if len(statements) != 1 or not read_only(statements[0]):
             kinds = ", ".join(st.type.name for st in statements) or "nothing"
             raise UsageError(f"query runs one SELECT statement (got {kinds}); write results with --out")
         return con.sql(sql).df()

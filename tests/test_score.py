@@ -1,6 +1,7 @@
 """The scoring job on a real local Ray with a model trained in the test session."""
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -123,6 +124,28 @@ def test_a_video_whose_tables_fail_to_write_is_an_error_row_not_the_end_of_the_j
     (row,) = read_errors(str(tmp_path / "errors")).to_pylist()
     assert (row["camera"], row["video_id"], row["stage"], row["error_type"]) == ("lobby", "cam/full-disk", "write", "OSError")
     assert "No space left" in row["message"]
+
+
+def test_a_table_write_that_fails_half_way_leaves_no_file_readers_would_trip_on(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vadray import score_stages
+
+    table = pa.table({"frame_index": list(range(100))})
+    target = tmp_path / "frames" / "camera=c" / "date=unknown" / "v.m.parquet"
+    score_stages.write_whole(table, str(target), {})
+    assert pq.read_table(target).equals(table) and os.listdir(target.parent) == ["v.m.parquet"]
+
+    def disk_full(table, where, **kwargs):
+        with kwargs["filesystem"].open_output_stream(where) as f:
+            f.write(b"PAR1 half a file")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(score_stages.pq, "write_table", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        score_stages.write_whole(table, str(tmp_path / "frames" / "camera=c" / "date=unknown" / "w.m.parquet"), {})
+    assert os.listdir(target.parent) == ["v.m.parquet"]     # no truncated w, no hidden leftover
 
 
 def test_a_card_that_cannot_calibrate_is_refused_before_any_work(trained_checkpoint, synth_test_archive, tmp_path):
@@ -293,6 +316,15 @@ def test_s3_to_s3(ray_session, trained_checkpoint, synth_test_archive, s3_bucket
     frames = read_table(out, "frames", options)
     assert len(frames) == 90 and set(frames.date) == {"2025-01-31"}
     assert set(frames.video_id) == {f"2025-01-31/test00{i}" for i in (1, 2, 3)}
+    # an object replaced in place is rescored; its old marker goes in the run's one bulk delete
+    fs.put(str(synth_test_archive / "test002.mp4"), f"{bucket}/cam1/2025-01-31/test001.mp4")
+    again = run_score(f"s3://{bucket}/cam1", out, str(trained_checkpoint), camera="cam1",
+                      storage_options=options, checkpoint_storage_options={})
+    assert (again.skipped, again.frames) == (2, 30)
+    fs.invalidate_cache()
+    assert len(fs.find(f"{bucket}/scores/manifest/camera=cam1")) == 3
+    rescored = read_table(out, "frames", options)
+    assert len(rescored) == 90 and rescored[rescored.video_id == "2025-01-31/test001"].source_uri.nunique() == 1
 
 
 @ped2

@@ -49,12 +49,18 @@ def clear_errors(errors_uri: str, camera: str, video_ids: list[str],
                  storage_options: dict[str, Any] | None = None) -> None:
     """Remove these videos' error files of this camera (named `<safe_key>-<stage/segment>`, and
     those an older version wrote outside camera= folders): a rerun's errors table then
-    describes the latest attempt only."""
+    describes the latest attempt only. One listing per folder, one bulk delete."""
     fs, root = storage.url_to_fs(errors_uri, storage_options)
-    for video_id in video_ids:
-        for folder in (f"{root}/camera={camera}", root):
-            for path in fs.glob(f"{folder}/{safe_key(video_id)}-*.parquet"):
-                fs.rm(path)
+    keys = {safe_key(v) for v in video_ids}
+    doomed = []
+    for folder in (f"{root}/camera={camera}", root):
+        try:
+            names = fs.ls(folder, detail=False)
+        except FileNotFoundError:
+            continue
+        doomed += [p for p in names if p.endswith(".parquet") and p.rsplit("/", 1)[-1].rsplit("-", 1)[0] in keys]
+    if doomed:
+        fs.rm(doomed)
 
 
 def read_errors(errors_uri: str, storage_options: dict[str, Any] | None = None,

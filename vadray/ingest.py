@@ -213,9 +213,23 @@ def _check_same_footage(output: str, size: int, camera: str, storage_options: di
     if int(held["size"]) != size:
         raise UsageError(f"{output!r} holds {held['size']}-px shards; ingest at --size {held['size']}, "
                          "or into another OUTPUT")
-    if held.get("camera", camera) != camera:   # stats.json of older versions did not say
-        raise UsageError(f"{output!r} holds camera {held['camera']!r}'s shards; a model is trained per "
+    held_cameras = [held["camera"]] if "camera" in held else _clip_cameras(output, storage_options)
+    if any(c != camera for c in held_cameras):
+        raise UsageError(f"{output!r} holds camera {held_cameras[0]!r}'s shards; a model is trained per "
                          f"camera: ingest camera {camera!r} into another OUTPUT")
+
+
+def _clip_cameras(output: str, storage_options: dict[str, Any]) -> list[str]:
+    """The cameras of the clips (stats.json of versions before it recorded one does not say)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    fs, path = storage.pyarrow_fs(storage.join(output, "clips"), storage_options)
+    try:
+        column = pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive").to_table(columns=["camera"])
+    except (FileNotFoundError, pa.ArrowInvalid):
+        return []
+    return sorted(pc.unique(column["camera"]).to_pylist())
 
 
 def _clear_previous(output: str, camera: str, refs: list[VideoRef], storage_options: dict[str, Any]) -> None:

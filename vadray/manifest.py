@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from vadray import storage
@@ -48,40 +49,52 @@ def scores_file(camera: str, date: str, video_key: str, model_id: str) -> str:
 def mark_done(output: str, camera: str, video_id: str, identity: str, model_id: str, uri: str,
               storage_options: dict[str, Any]) -> None:
     """The marker holds the source URI: a later run can tell a changed file from another
-    file that maps to the same video id."""
+    file that maps to the same video id. A marker of older content was removed when the run
+    began (`drop_previous`), so nothing is listed here: one write per video at any scale."""
     fs, root = storage.url_to_fs(storage.join(output, "manifest"), storage_options)
     marker = manifest_marker(camera, video_id, identity, model_id)
-    folder = f"{root}/{marker.rsplit('/', 1)[0]}"
-    fs.makedirs(folder, exist_ok=True)
-    for stale in fs.glob(f"{folder}/{safe_key(video_id)}.{model_id}.*.done"):
-        if not stale.endswith(marker):
-            fs.rm(stale)
+    fs.makedirs(f"{root}/{marker.rsplit('/', 1)[0]}", exist_ok=True)
     fs.pipe_file(f"{root}/{marker}", uri.encode())
 
 
+@dataclass
+class Previous:
+    """What this camera's markers say about a run's videos, for one model."""
+
+    done: set[str] = field(default_factory=set)                  # finished with this content
+    uris: dict[str, str] = field(default_factory=dict)           # finished before with other content: its URI
+    markers: dict[str, list[str]] = field(default_factory=dict)  # … and those markers' paths
+    stale: list[str] = field(default_factory=list)               # older markers beside a current one
+
+
 def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: str,
-                      storage_options: dict[str, Any]) -> tuple[set[str], dict[str, str]]:
-    """(video_ids finished with this content, {video_id: source URI} of the others that this
-    model finished before with other content) from one listing of the camera's markers. The URI
-    is what the old marker holds ('' for markers of versions that left them empty)."""
+                     storage_options: dict[str, Any]) -> Previous:
+    """One listing of the camera's markers, and one concurrent read of the markers of videos
+    whose content changed (their URI: '' for markers of versions that left them empty)."""
     fs, root = storage.url_to_fs(storage.join(output, "manifest", f"camera={camera}"), storage_options)
     root = root.rstrip("/")
     try:
         present = [p[len(root) + 1:] for p in fs.find(root)]
     except FileNotFoundError:
-        return set(), {}
+        return Previous()
     by_video: dict[str, list[str]] = {}
     for name in present:                      # <key>.<model_id>.<digest>.done
         by_video.setdefault(name.rsplit(".", 2)[0], []).append(name)
-    done, previous = set(), {}
+    found = Previous()
     for ref in refs:
         marker = manifest_marker(camera, ref.video_id, ref.identity(), model_id).split("/", 1)[1]
         older = by_video.get(marker.rsplit(".", 2)[0], [])
         if marker in older:
-            done.add(ref.video_id)
+            found.done.add(ref.video_id)
+            found.stale += [f"{root}/{name}" for name in older if name != marker]
         elif older:
-            previous[ref.video_id] = fs.cat_file(f"{root}/{older[0]}").decode()
-    return done, previous
+            found.markers[ref.video_id] = [f"{root}/{name}" for name in older]
+    if found.markers:
+        contents = fs.cat([paths[0] for paths in found.markers.values()], on_error="return")
+        for video_id, paths in found.markers.items():
+            content = contents.get(paths[0], b"")
+            found.uris[video_id] = content.decode() if isinstance(content, bytes) else ""
+    return found
 
 
 def check_same_files(camera: str, refs: list[VideoRef], previous: dict[str, str]) -> None:
@@ -97,15 +110,20 @@ def check_same_files(camera: str, refs: list[VideoRef], previous: dict[str, str]
             "another OUTPUT or --camera; --force replaces the old rows")
 
 
-def drop_previous(output: str, camera: str, refs: list[VideoRef], model_id: str,
-                   storage_options: dict[str, Any]) -> None:
-    """Rows and marker of a video whose file changed go before it is scored again: if the new
-    content fails, the tables must not keep scores of footage that is gone."""
+def drop_previous(output: str, camera: str, refs: list[VideoRef], model_id: str, previous: Previous,
+                  storage_options: dict[str, Any]) -> None:
+    """Rows and markers of videos whose file changed go before they are scored again: if the
+    new content fails, the tables must not keep scores of footage that is gone. One bulk
+    delete (an object store ignores keys that are not there)."""
     fs, root = storage.url_to_fs(output, storage_options)
+    paths = list(previous.stale)
     for ref in refs:
         name = scores_file(camera, video_date(ref), safe_key(ref.video_id), model_id)
-        for table in ("frames", "events"):
-            if fs.exists(f"{root}/{table}/{name}"):
-                fs.rm(f"{root}/{table}/{name}")
-        for marker in fs.glob(f"{root}/manifest/camera={camera}/{safe_key(ref.video_id)}.{model_id}.*.done"):
-            fs.rm(marker)
+        paths += [f"{root}/frames/{name}", f"{root}/events/{name}", *previous.markers.get(ref.video_id, [])]
+    if not storage.is_remote(output):
+        paths = [p for p in paths if fs.exists(p)]
+    try:
+        if paths:
+            fs.rm(paths)
+    except FileNotFoundError:   # a store that refuses missing keys in a bulk delete
+        fs.rm([p for p in paths if fs.exists(p)])

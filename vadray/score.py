@@ -145,12 +145,13 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     refs = list_videos(source, storage_options)
     if not refs:
         raise UsageError(f"no videos or frame folders found under {source!r}")
-    done, previous = previous_scoring(output, camera, refs, model_id, storage_options)
+    previous = previous_scoring(output, camera, refs, model_id, storage_options)
     if not force:
-        check_same_files(camera, refs, previous)
-    done = set() if force else done
+        check_same_files(camera, refs, previous.uris)
+    done = set() if force else previous.done
     todo = [r for r in refs if r.video_id not in done]
-    drop_previous(output, camera, [r for r in todo if r.video_id in previous], model_id, storage_options)
+    drop_previous(output, camera, [r for r in todo if r.video_id in previous.markers], model_id, previous,
+                  storage_options)
     summary = ScoreSummary(videos=len(refs), skipped=len(done))
     log.info("scoring %d videos (%d already done) with %s", len(todo), len(done), model_id)
     if todo:

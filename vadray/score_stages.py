@@ -7,10 +7,12 @@ rows have arrived (`VideoRows` counts them), to names that depend only on (video
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from vadray import storage
@@ -177,6 +179,26 @@ class VideoRows:
         return rest
 
 
+def write_whole(table: pa.Table, uri: str, storage_options: dict[str, Any]) -> None:
+    """Write a Parquet file that readers see whole or not at all. An object store's PUT is; on
+    a local disk the file is written under a hidden name (Arrow and DuckDB skip '.' files) and
+    renamed, so a full disk or a killed job never leaves a truncated file that breaks every
+    later query, evaluate and report of the OUTPUT."""
+    fs, path = storage.pyarrow_fs(uri, storage_options)
+    folder, name = path.rsplit("/", 1)
+    fs.create_dir(folder, recursive=True)
+    if storage.is_remote(uri):
+        pq.write_table(table, path, filesystem=fs, compression="zstd")
+        return
+    hidden = f"{folder}/.{name}.{os.getpid()}.tmp"
+    try:
+        pq.write_table(table, hidden, filesystem=fs, compression="zstd")
+        fs.move(hidden, path)
+    finally:
+        if fs.get_file_info(hidden).type != pafs.FileType.NotFound:
+            fs.delete_file(hidden)
+
+
 class AssembleVideo:
     """All volume errors of one video → its frames and events files, then its manifest marker."""
 
@@ -225,10 +247,9 @@ class AssembleVideo:
                                       schema=EVENTS_SCHEMA)
         name = scores_file(camera, date, head["video_key"], model_id)
         for table_name, table in (("frames", frames), ("events", events)):
-            fs, path = storage.pyarrow_fs(storage.join(self.output, table_name, name), self.storage_options)
-            fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
             # partition columns live in the path; the file holds the rest
-            pq.write_table(table.drop_columns(["camera", "date"]), path, filesystem=fs, compression="zstd")
+            write_whole(table.drop_columns(["camera", "date"]), storage.join(self.output, table_name, name),
+                        self.storage_options)
         complete = n == int(head["num_frames"])
         if complete:
             mark_done(self.output, head["camera"], head["video_id"], head["identity"], model_id, head["uri"],

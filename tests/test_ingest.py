@@ -159,6 +159,7 @@ def test_an_unreachable_store_is_exit_2_before_any_work_for_every_command(synth_
     labels = tmp_path / "labels.csv"
     labels.write_text("video,frame_index,label\n")
     for argv in (["ingest", str(synth_archive), "s3://b/out"],
+                 ["ingest", str(synth_archive), "s3://b"],            # a bare bucket as well
                  ["score", str(synth_archive), "s3://b/out", "--checkpoint", "s3://b/ckpt"],
                  ["train", "s3://b/shards", str(tmp_path / "ckpt")],
                  ["evaluate", "s3://b/out", "--labels", str(labels)],

@@ -76,7 +76,9 @@ def require_reachable(storage_options: dict[str, Any] | None, **locations: str |
             continue
         try:
             fs, path = url_to_fs(uri, storage_options)
-            fs.exists(path)
+            fs.info(path)     # not exists(): s3fs's answers False for a bare bucket it cannot reach
+        except FileNotFoundError:
+            pass
         except Exception as exc:  # noqa: BLE001 — botocore, aiohttp, OS errors alike; no secret is in them
             raise UsageError(f"cannot reach {role} {uri!r}: {type(exc).__name__}: {exc}") from None
 

@@ -266,6 +266,45 @@ def test_resume_continues_an_interrupted_run(interrupted_then_resumed):
     assert card["epochs_run"] == 3                               # saved settings win over epochs=99
 
 
+def test_an_aborted_run_is_not_a_finished_one():
+    """Ray Train's Ctrl-C handler aborts the run and fit() returns its last checkpoint: only an
+    early stop or the last epoch may become final/."""
+    from vadray.trainloop import finished
+
+    assert finished({"stopped": "early_stop", "epoch": 4}, 50) and finished({"stopped": None, "epoch": 50}, 50)
+    assert not finished({"stopped": None, "epoch": 4}, 50)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_training_is_exit_130_and_leaves_no_final_model(ingested, tmp_path):
+    """A real `vadray train` process gets SIGINT after its first epoch: Ray Train aborts the run
+    and returns from fit(), which must not become a final model or exit 0/1."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    ckpt = tmp_path / "ckpt"
+    argv = [sys.executable, "-m", "vadray.cli", "train", ingested, str(ckpt), "--epochs", "500",
+            "--model-params", json.dumps(TINY), "--batch-size", "8", "--hop", "4", "--val-fraction", "0.34",
+            "--cpus-per-worker", "0.5"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen, first_epoch = [], threading.Event()
+
+    def read():
+        for line in proc.stdout:
+            seen.append(line)
+            if "epoch 2/500" in line:
+                first_epoch.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    assert first_epoch.wait(240), "".join(seen[-20:])
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(120) == 130, "".join(seen[-20:])
+    assert any("interrupted. Run it again with --resume" in line for line in seen)
+    assert not (ckpt / "final").exists()
+
+
 def test_resume_names_the_settings_it_does_not_take_from_the_command():
     saved = {"shards": "/data/cam", "epochs": 3, "lr": 1e-4, "strides": [1, 2, 3], "select": "val_loss"}
     given = dict(saved, epochs=50, strides=[1])

@@ -200,6 +200,12 @@ def train_loop_per_worker(config: dict) -> None:
         _report(metrics, state, model, optimizer, rank)
 
 
+def finished(state: dict, epochs: int) -> bool:
+    """Whether the loop state of the last checkpoint is a run's end (early stop or the last
+    epoch), not an aborted run's last epoch."""
+    return bool(state["stopped"]) or state["epoch"] >= epochs
+
+
 def _read_checkpoint(checkpoint, name: str) -> bytes:
     with checkpoint.as_directory() as folder:
         with open(os.path.join(folder, name), "rb") as f:
@@ -238,11 +244,18 @@ def run_trainer(info, train_videos, val_videos, *, model_spec: dict, settings: d
             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="selection_loss",
                                                checkpoint_score_order="min")),
         datasets=datasets)
-    result = trainer.fit()
-    if not result.best_checkpoints:
-        raise RuntimeError("training reported no checkpoint")
+    # Ray Train takes Ctrl-C itself: the first aborts the run and fit() RETURNS what was
+    # checkpointed so far; a third calls sys.exit(0). Neither may look like a finished run.
+    try:
+        result = trainer.fit()
+    except SystemExit:
+        raise KeyboardInterrupt from None
+    if not result.best_checkpoints:   # a failure raises from fit(): only an abort ends here
+        raise KeyboardInterrupt
     best_checkpoint, best_metrics = min(result.best_checkpoints,
                                         key=lambda cm: (cm[1]["selection_loss"], cm[1]["epoch"]))
     state = json.loads(_read_checkpoint(result.checkpoint, STATE_FILE))
+    if not finished(state, settings["epochs"]):
+        raise KeyboardInterrupt
     return {"state": state, "best_metrics": best_metrics,
             "best_weights": _read_checkpoint(best_checkpoint, MODEL_FILE)}

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from vadray.exits import UsageError
 
 
 class ErrorMaps:
@@ -36,7 +37,7 @@ class ErrorMaps:
                 timeline = frame_folder_timeline(len(clip.frame_uris), 10.0, self.T)
             else:
                 timeline = probe(source_uri, self.T, self.storage_options)
-        except (InputError, OSError):
+        except (InputError, OSError, UsageError):   # unreadable or unlistable: no map, the report goes on
             return None
         start = int(np.clip(frame_index - self.T // 2, 0, timeline.num_frames - self.T))
         if clip is not None:

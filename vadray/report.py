@@ -164,7 +164,7 @@ def build_report(output: str, out_dir: str, labels_csv: str | None = None,
     check_one_model(frames)
     map_model = getattr(error_map_fn, "model_id", None)   # ErrorMaps says which checkpoint it runs
     scored_by = str(frames["model_id"].iloc[0])
-    if map_model is not None and map_model != scored_by:
+    if map_model is not None and map_model != scored_by and max_thumbnails > 0:
         raise UsageError(f"--checkpoint is model {map_model}, but these frames were scored by {scored_by}: "
                          "its error maps would explain another model's scores")
     event_table = read_table(output, "events", storage_options, filter=where)

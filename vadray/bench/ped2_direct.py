@@ -12,7 +12,8 @@ composed in one process instead of Ray Data tasks and a TorchTrainer:
   selection   `steps.end_of_epoch` on the validation loss (stride-1 volumes every T frames),
               or with --select synthetic / synthetic_gliding on pasted anomalies (`vadray.pasted`)
   card        validation frame errors (`scoring.volume_sums` on stride-1
-              volumes at hop 1, the mean over volumes) + `checkpoint.model_card`, so the checkpoint in
+              volumes at scoring's default hop, the mean over volumes; unlike `vadray train`'s
+              streamed calibration it also covers a video's last frames, as scoring does) + `checkpoint.model_card`, so the checkpoint in
               WORKDIR/checkpoint/final/ is scored by the real `vadray score` job.
 
 Diagnostics (optional): with --test and --labels, the test videos are scored after

@@ -325,6 +325,15 @@ def test_s3_to_s3(ray_session, trained_checkpoint, synth_test_archive, s3_bucket
     assert len(fs.find(f"{bucket}/scores/manifest/camera=cam1")) == 3
     rescored = read_table(out, "frames", options)
     assert len(rescored) == 90 and rescored[rescored.video_id == "2025-01-31/test001"].source_uri.nunique() == 1
+    # the markers' URIs are read back from the store: another day's file under the same id is refused
+    for day in ("day1", "day2"):
+        fs.put(str(synth_test_archive / "test003.mp4"), f"{bucket}/{day}/0900.mp4")
+    days_out = f"s3://{bucket}/days"
+    assert run_score(f"s3://{bucket}/day1", days_out, str(trained_checkpoint), storage_options=options,
+                     checkpoint_storage_options={}).frames == 30
+    with pytest.raises(UsageError, match=f"from s3://{bucket}/day1/0900.mp4"):
+        run_score(f"s3://{bucket}/day2", days_out, str(trained_checkpoint), storage_options=options,
+                  checkpoint_storage_options={})
 
 
 @ped2

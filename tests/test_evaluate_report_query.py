@@ -181,7 +181,9 @@ def test_query_local_views(scored, tmp_path, capsys):
         query.query(scored["out"], "SELEC 1")
     written = tmp_path / "written.csv"
     for sql in (f"COPY (SELECT * FROM frames) TO '{written}'", "SELECT 1; SELECT 2", "CREATE TABLE t AS SELECT 1",
-                f"EXPLAIN ANALYZE COPY (SELECT 42) TO '{written}'", f"-- a note\nexplain analyse COPY (SELECT 1) TO '{written}'"):
+                f"EXPLAIN ANALYZE COPY (SELECT 42) TO '{written}'", f"-- a note\nexplain analyse COPY (SELECT 1) TO '{written}'",
+                f"EXPLAIN (FORMAT json, ANALYZE) COPY (SELECT 1) TO '{written}'",
+                f"EXPLAIN /* c */ ANALYZE COPY (SELECT 1) TO '{written}'", f"EXPLAIN\n-- x\nANALYZE COPY (SELECT 1) TO '{written}'"):
         with pytest.raises(UsageError, match="one SELECT"):
             query.query(scored["out"], sql)
     assert not written.exists()

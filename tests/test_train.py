@@ -5,6 +5,7 @@ import functools
 import json
 import operator
 import os
+import signal
 
 import numpy as np
 import pyarrow as pa
@@ -249,8 +250,12 @@ def interrupted_then_resumed(ingested, tmp_path_factory):
         run_training(ingested, str(checkpoint_dir), workers=2, **RUN)
     except UsageError as exc:
         outcome["rerun_without_resume"] = exc
+    sigint_before = signal.getsignal(signal.SIGINT)
     outcome["card"] = run_training(ingested, str(checkpoint_dir), workers=2, cpus_per_worker=0.5, max_failures=2,
                                    resume=True, epochs=99, fail_at_step=_first_step_of_epoch(3, ingested, 2))
+    # Ray Train installs its own Ctrl-C handler in fit(); after it, calibration and the save
+    # must answer Ctrl-C as the command does, not by swallowing two and exiting 0 on the third
+    outcome["sigint_restored"] = signal.getsignal(signal.SIGINT) is sigint_before
     return outcome
 
 
@@ -264,6 +269,7 @@ def test_resume_continues_an_interrupted_run(interrupted_then_resumed):
     assert card["training"]["resumed_after_epochs"][0] == 1     # --resume: after epoch 1's checkpoint
     assert [h["epoch"] for h in card["history"]] == [1, 2, 3]
     assert card["epochs_run"] == 3                               # saved settings win over epochs=99
+    assert outcome["sigint_restored"]
 
 
 def test_an_aborted_run_is_not_a_finished_one():

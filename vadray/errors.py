@@ -55,7 +55,7 @@ def clear_errors(errors_uri: str, camera: str, video_ids: list[str],
     doomed = []
     for folder in (f"{root}/camera={camera}", root):
         try:
-            names = fs.ls(folder, detail=False)
+            names = fs.ls(folder, detail=False, refresh=True)   # not s3fs's cached listing
         except FileNotFoundError:
             continue
         doomed += [p for p in names if p.endswith(".parquet") and p.rsplit("/", 1)[-1].rsplit("-", 1)[0] in keys]

@@ -214,8 +214,9 @@ def _check_same_footage(output: str, size: int, camera: str, storage_options: di
         raise UsageError(f"{output!r} holds {held['size']}-px shards; ingest at --size {held['size']}, "
                          "or into another OUTPUT")
     held_cameras = [held["camera"]] if "camera" in held else _clip_cameras(output, storage_options)
-    if any(c != camera for c in held_cameras):
-        raise UsageError(f"{output!r} holds camera {held_cameras[0]!r}'s shards; a model is trained per "
+    others = [c for c in held_cameras if c != camera]
+    if others:
+        raise UsageError(f"{output!r} holds camera {others[0]!r}'s shards; a model is trained per "
                          f"camera: ingest camera {camera!r} into another OUTPUT")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,11 +90,15 @@ def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: s
             found.stale += [f"{root}/{name}" for name in older if name != marker]
         elif older:
             found.markers[ref.video_id] = [f"{root}/{name}" for name in older]
-    if found.markers:
-        contents = fs.cat([paths[0] for paths in found.markers.values()], on_error="return")
-        for video_id, paths in found.markers.items():
-            content = contents.get(paths[0], b"")
-            found.uris[video_id] = content.decode() if isinstance(content, bytes) else ""
+    def uri_in(path: str) -> str:
+        try:
+            return fs.cat_file(path).decode()
+        except (FileNotFoundError, UnicodeDecodeError):
+            return ""
+
+    with ThreadPoolExecutor(max_workers=16) as pool:   # cat_file: paths are not glob patterns here
+        uris = pool.map(uri_in, [paths[0] for paths in found.markers.values()])
+        found.uris = dict(zip(found.markers, uris))
     return found
 
 
@@ -126,4 +131,6 @@ def drop_previous(output: str, camera: str, refs: list[VideoRef], model_id: str,
         if paths:
             fs.rm(paths)
     except FileNotFoundError:   # a store that refuses missing keys in a bulk delete
-        fs.rm([p for p in paths if fs.exists(p)])
+        existing = [p for p in paths if fs.exists(p)]
+        if existing:
+            fs.rm(existing)

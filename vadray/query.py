@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 
 import duckdb
 import pandas as pd
@@ -24,19 +23,26 @@ from vadray.exits import UsageError
 
 log = logging.getLogger(__name__)
 TABLES = ("frames", "events", "errors")
-_LEADING_COMMENTS = re.compile(r"^\s*(?:--[^\n]*(?:\n|$)\s*|/\*.*?\*/\s*)*", re.S)
-_EXPLAIN_ANALYZE = re.compile(r"EXPLAIN\s+ANALY[SZ]E\b", re.I)   # runs what it explains
-_PIVOT = re.compile(r"(?:UN)?PIVOT\b", re.I)                      # a read, though DuckDB calls it MULTI
+
+
+def _tokens(text: str) -> list[tuple[object, str]]:
+    """(DuckDB token type, text) of every token of `text`, comments included."""
+    tokens = duckdb.tokenize(text)
+    ends = [start for start, _ in tokens[1:]] + [len(text)]
+    return [(kind, text[start:end].strip()) for (start, kind), end in zip(tokens, ends)]
 
 
 def read_only(statement) -> bool:
-    """A statement that only reads: SELECT (WITH, FROM-first, DESCRIBE, SHOW), PIVOT, or an
-    EXPLAIN that does not run its statement. COPY … TO, ATTACH, CREATE and the rest write."""
-    text = _LEADING_COMMENTS.sub("", statement.query)
+    """A statement that only reads: SELECT (WITH, FROM-first, DESCRIBE, SHOW, SUMMARIZE), PIVOT,
+    or an EXPLAIN without ANALYZE (which runs what it explains, in any spelling DuckDB takes:
+    `EXPLAIN (ANALYZE) …`, comments between). COPY … TO, ATTACH, CREATE and the rest write."""
+    words = [(kind, word) for kind, word in _tokens(statement.query) if kind != duckdb.token_type.comment]
+    keywords = {word.upper() for kind, word in words if kind == duckdb.token_type.keyword}
+    first = words[0][1].upper() if words else ""
     kind = statement.type
     return (kind == duckdb.StatementType.SELECT
-            or (kind == duckdb.StatementType.EXPLAIN and not _EXPLAIN_ANALYZE.match(text))
-            or (kind == duckdb.StatementType.MULTI and bool(_PIVOT.match(text))))
+            or (kind == duckdb.StatementType.EXPLAIN and not keywords & {"ANALYZE", "ANALYSE"})
+            or (kind == duckdb.StatementType.MULTI and first in ("PIVOT", "UNPIVOT")))
 
 
 def _quote(text: str) -> str:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 
 import torch
@@ -246,10 +248,16 @@ def run_trainer(info, train_videos, val_videos, *, model_spec: dict, settings: d
         datasets=datasets)
     # Ray Train takes Ctrl-C itself: the first aborts the run and fit() RETURNS what was
     # checkpointed so far; a third calls sys.exit(0). Neither may look like a finished run.
+    # Ray never puts the previous handler back, so calibration and the save after fit() would
+    # swallow two Ctrl-Cs and exit 0 on the third: restore it.
+    handler = signal.getsignal(signal.SIGINT)
     try:
         result = trainer.fit()
     except SystemExit:
         raise KeyboardInterrupt from None
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, handler)
     if not result.best_checkpoints:   # a failure raises from fit(): only an abort ends here
         raise KeyboardInterrupt
     best_checkpoint, best_metrics = min(result.best_checkpoints,

@@ -5,7 +5,8 @@ scoring's own math (`vadray.scoring`: per-frame L2 error, 8×8 cell errors, the 
 stride-1 volumes containing a frame, volumes every `scoring.SCORE_HOP` frames as `vadray
 score` takes them by default) turns that into per-frame errors, so the card's distribution is
 on the scale archive scoring produces and `scoring.calibrate` can use it (the last frames of a
-video, which scoring covers with one more volume, are left out here). One Ray Data task per video; only per-frame errors come back to the driver.
+video, which scoring covers with one more volume, are left out here). One Ray Data task per
+video; only per-frame errors come back to the driver.
 """
 from __future__ import annotations
 

@@ -41,6 +41,7 @@ def run_demo(folder: str, size: int = 35, epochs: int = 8, videos: int = 4, fram
              ("archive/train", "archive/test", "shards", "checkpoint", "tables", "report")}
     for name in ("shards", "checkpoint", "tables", "report"):
         remove(paths[name])  # a demo starts afresh; the archive is regenerated identically
+
     def step(name: str):
         print(f"\n=== {name} ===", flush=True)
 

@@ -328,7 +328,8 @@ def run_ingest(source: str, output: str, *, camera: str = "default", size: int =
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="folder, prefix or file: /data/cam3, file:///data, s3://bucket/prefix")
     parser.add_argument("output", help="where clips/, stats/ and errors/ go (local path or s3://)")
-    parser.add_argument("--camera", default="default", help="camera name stored with every clip (letters, digits, . _ -)")
+    parser.add_argument("--camera", default="default",
+                        help="camera name stored with every clip (letters, digits, . _ -)")
     parser.add_argument("--size", type=int, default=227,
                         help="frames are resized to SIZE×SIZE grey (default 227, the paper's; the "
                              "models need 11+8k, k≥2: 27, 35, 59, 115, 227)")

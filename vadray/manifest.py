@@ -90,6 +90,9 @@ def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: s
             found.stale += [f"{root}/{name}" for name in older if name != marker]
         elif older:
             found.markers[ref.video_id] = [f"{root}/{name}" for name in older]
+    if not found.markers:
+        return found
+
     def uri_in(path: str) -> str:
         try:
             return fs.cat_file(path).decode()
@@ -97,8 +100,7 @@ def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: s
             return ""
 
     with ThreadPoolExecutor(max_workers=16) as pool:   # cat_file: paths are not glob patterns here
-        uris = pool.map(uri_in, [paths[0] for paths in found.markers.values()])
-        found.uris = dict(zip(found.markers, uris))
+        found.uris = dict(zip(found.markers, pool.map(uri_in, [paths[0] for paths in found.markers.values()])))
     return found
 
 

@@ -19,7 +19,6 @@ from typing import Any, Callable
 import av
 import numpy as np
 import pandas as pd
-import pyarrow.dataset as ds
 from matplotlib.figure import Figure
 
 from vadray import decode, listing, metrics, storage

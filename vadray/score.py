@@ -160,7 +160,6 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
             actor_threads = default_actor_threads(actors)
         clear_errors(storage.join(output, "errors"), camera, [r.video_id for r in todo], storage_options)
         plan = ProbeAndPlan(output, camera, segment_seconds, frame_fps, storage_options, overlap=T - 1)
-        size = int(card["input"]["size"])
         # One streaming pipeline, as ingest's: probe → one block per segment → decode into volume
         # rows (CPU tasks) → model actors. The driver assembles each video as soon as all of its
         # rows are in (`VideoRows`): per-frame errors are small, so no shuffle barrier.
@@ -205,9 +204,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True,
                         help="a training run's CHECKPOINT_DIR or a checkpoint folder (model.pt + card.json)")
     parser.add_argument("--camera", default="default",
-                        help="camera name (letters, digits, . _ -): the camera= partition of the tables. A video's identity in OUTPUT "
-                             "is (camera, video_id), so two cameras' archives with the same file names can "
-                             "share one OUTPUT")
+                        help="camera name (letters, digits, . _ -): the camera= partition of the tables. "
+                             "A video's identity in OUTPUT is (camera, video_id), so two cameras' archives "
+                             "with the same file names can share one OUTPUT")
     parser.add_argument("--actors", type=int, default=1, help="model actors (each loads the model once; default 1)")
     parser.add_argument("--gpus-per-actor", type=float, default=0.0,
                         help="GPUs per model actor (0 = CPU; fractions share a GPU)")

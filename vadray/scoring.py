@@ -36,7 +36,8 @@ FRAMES_SCHEMA = pa.schema([
     ("recon_error", pa.float32()),     # e(t), mean over the volumes containing the frame
     ("regularity", pa.float32()),      # s_r(t) = 1 - (e - min e) / max e, per video
     ("anomaly_score", pa.float32()),   # (e - mean_val) / std_val, comparable across videos
-    ("cell_error_max", pa.float32()),  # max over grid cells of the cell L2 norm (normalised units; each cell averaged over the frame's volumes)
+    ("cell_error_max", pa.float32()),  # max over grid cells of the cell L2 norm (normalised units),
+                                       # each cell averaged over the frame's volumes
     ("motion_error", pa.float32()),    # m(t) = ‖r_t − r_{t−1}‖, r = x − x̂: the residual's change
     ("motion_regularity", pa.float32()),  # 1 - (m - min m) / max m, per video, as regularity
     ("combined_regularity", pa.float32()),  # min(regularity, motion_regularity) per frame

@@ -63,8 +63,10 @@ def add_arguments(parser) -> None:
                              "learns to reconstruct anomalies)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weight initialisation and shuffling")
     parser.add_argument("--max-failures", type=int, default=3, help="worker failures to recover from (from the last checkpoint)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in CHECKPOINT_DIR with its saved settings (SHARDS, --epochs, --lr, … "
-                             "given with it are ignored, and a warning names each that differs; --workers and the resources are used)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in CHECKPOINT_DIR with its saved settings (SHARDS, --epochs, "
+                             "--lr, … given with it are ignored, and a warning names each that differs; "
+                             "--workers and the resources are used)")
     storage.add_storage_options(parser, "SHARDS and CHECKPOINT_DIR")
 
 
@@ -162,8 +164,8 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
     """
     if workers < 1 or epochs < 1 or batch_size < 1 or patience < 1 or hop < 1 or lr <= 0:
         raise UsageError("--workers, --epochs, --batch-size, --patience, --hop and --lr must be positive")
-    settings = {"shards": storage.absolute(shards), "model": model, "model_params": model_params or {}, "epochs": epochs,
-                "batch_size": batch_size, "lr": lr, "patience": patience, "strides": list(strides),
+    settings = {"shards": storage.absolute(shards), "model": model, "model_params": model_params or {},
+                "epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience, "strides": list(strides),
                 "hop": hop, "val_fraction": val_fraction, "seed": seed, "T": T_DEFAULT, "select": select}
     if select not in SELECTIONS:
         raise UsageError(f"--select must be one of {', '.join(SELECTIONS)}, got {select!r}")
@@ -179,7 +181,8 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
         ignored = ignored_on_resume(given, settings)
         log.info("resuming run %s with its saved settings", saved["run_id"])
         if ignored:
-            log.warning("--resume keeps the run's saved settings; this command's values (typed or default) not used: %s", "; ".join(ignored))
+            log.warning("--resume keeps the run's saved settings; this command's values (typed or default) "
+                        "not used: %s", "; ".join(ignored))
     # Inputs and resources are checked before anything is written.
     info = discover(settings["shards"], storage_options)
     model_spec = _model_spec(settings, info.size)

@@ -153,7 +153,7 @@ def train_loop_per_worker(config: dict) -> None:
         x, y = forward(volumes)
         return torch.nn.functional.mse_loss(y, x)
 
-    while state["epoch"] < settings["epochs"] and not state["stopped"]:
+    while not finished(state, settings["epochs"]):
         epoch = state["epoch"] + 1
         started = time.perf_counter()
         model.train()
@@ -203,8 +203,8 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 def finished(state: dict, epochs: int) -> bool:
-    """Whether the loop state of the last checkpoint is a run's end (early stop or the last
-    epoch), not an aborted run's last epoch."""
+    """Whether a loop state is a run's end (early stop or the last epoch): the worker loop runs
+    until it is, and the driver tells a finished run's last checkpoint from an aborted one's."""
     return bool(state["stopped"]) or state["epoch"] >= epochs
 
 

@@ -2,8 +2,8 @@
 
 Ingest writes `clips/video_key=<key>/*.parquet`: rows are contiguous chunks (≤ 32 frames)
 of one video. Volumes must cross the seams between chunks of a video and never span two
-videos, nor a gap where the decoder lost frames. The driver reads only small columns (video_id, start_frame, num_frames, size, file
-name) to list the videos and the files of each; a Ray Data task per video then streams that
+videos, nor a gap where the decoder lost frames. The driver reads only small columns
+(video_id, camera, start_frame, num_frames, size, file name) to list the videos and the files of each; a Ray Data task per video then streams that
 video's chunks in frame order through `volumes.stream_volumes`. No shuffle, no groupby.
 
 Memory per task: one group of files whose frame ranges overlap ("run"; normally one file,

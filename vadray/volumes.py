@@ -59,10 +59,11 @@ def stream_volumes(chunks, T: int = T_DEFAULT, strides=(1, 2, 3), hop: int = 1):
     buffer, buffer_start, next_start = None, None, {}
     for chunk_start, frames in chunks:
         chunk_start = int(chunk_start)
-        if buffer is not None and chunk_start < buffer_start + len(buffer):
+        expected = None if buffer is None else buffer_start + len(buffer)
+        if expected is not None and chunk_start < expected:
             raise ValueError(f"chunks are not contiguous: frame {chunk_start} follows frame "
-                             f"{buffer_start + len(buffer) - 1} (overlap)")
-        if buffer is None or chunk_start > buffer_start + len(buffer):   # first chunk, or after a gap
+                             f"{expected - 1} (overlap)")
+        if expected is None or chunk_start > expected:   # first chunk, or after a gap
             buffer, buffer_start = frames[:0], chunk_start
             next_start = {s: buffer_start for s in strides}
         buffer = np.concatenate([buffer, frames]) if len(buffer) else frames

@@ -13,8 +13,9 @@ composed in one process instead of Ray Data tasks and a TorchTrainer:
               or with --select synthetic / synthetic_gliding on pasted anomalies (`vadray.pasted`)
   card        validation frame errors (`scoring.volume_sums` on stride-1
               volumes at scoring's default hop, the mean over volumes; unlike `vadray train`'s
-              streamed calibration it also covers a video's last frames, as scoring does) + `checkpoint.model_card`, so the checkpoint in
-              WORKDIR/checkpoint/final/ is scored by the real `vadray score` job.
+              streamed calibration it also covers a video's last frames, as scoring does) +
+              `checkpoint.model_card`, so the checkpoint in WORKDIR/checkpoint/final/ is scored by
+              the real `vadray score` job.
 
 Diagnostics (optional): with --test and --labels, the test videos are scored after
 every epoch (stride-1 volumes every --hop frames, the mean over volumes, the paper's
@@ -33,7 +34,7 @@ import time
 import numpy as np
 import torch
 
-from vadray import scoring, storage
+from vadray import scoring
 from vadray.exits import UsageError
 from vadray.models import names
 from vadray.pasted import PASTES
@@ -48,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=227, help="frame size S (11 + 8k; default 227, the paper's)")
     parser.add_argument("--test", default=None, help="folder of test videos (diagnostics only)")
     parser.add_argument("--labels", default=None, help="frame labels CSV of the test videos (diagnostics only)")
-    parser.add_argument("--model", default="convlstm_ae", choices=names(), help="architecture: convlstm_ae (default) or conv_ae")
+    parser.add_argument("--model", default="convlstm_ae", choices=names(),
+                        help="architecture: convlstm_ae (default) or conv_ae")
     parser.add_argument("--epochs", type=int, default=50, help="maximum epochs (default 50, the paper's)")
     parser.add_argument("--patience", type=int, default=10, help="early stop after this many epochs without a better validation loss")
     parser.add_argument("--batch-size", type=int, default=64, help="mini-batch (default 64)")

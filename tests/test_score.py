@@ -414,3 +414,36 @@ def test_gain_correction_keeps_a_brighter_twin_of_a_video_normal(ray_session, tr
     plain, corrected = mean_error[False], mean_error[True]
     assert plain["brighter"] > 1.3 * plain["plain"]
     assert abs(corrected["brighter"] / corrected["plain"] - 1) < 0.1
+
+
+def test_score_actor_and_ped2_direct_measure_the_same_errors(trained_checkpoint):
+    """The score job's actor and `bench ped2-direct` share one forward-and-measure loop
+    (`steps.frame_sums`): the same volumes give bit-identical per-frame errors, and they equal
+    the paper's error computed plainly (numpy normalisation, the whole volume at once)."""
+    import torch
+
+    from vadray import scoring
+    from vadray.bench.ped2_direct import Trainer
+    from vadray.checkpoint import load_model
+    from vadray.preprocess import NormStats
+    from vadray.score_stages import ScoreVolumes
+    from vadray.volumes import gather, volume_starts
+
+    actor = ScoreVolumes(str(trained_checkpoint), {}, 4, 8)
+    model, card = load_model(str(trained_checkpoint), {})
+    stats, T = NormStats.from_dict(card["norm_stats"]), int(card["input"]["T"])
+    frames = np.random.default_rng(0).integers(0, 256, (23, stats.size, stats.size), dtype=np.uint8)
+    starts = volume_starts(len(frames), T, 1, 5)
+
+    from_actor = actor.frame_sums(frames, np.arange(len(frames)), starts).mean()
+    direct = Trainer(model, stats, torch.device("cpu"), 1e-4, 4, 0).frame_sums(frames, T, 5).mean()
+    np.testing.assert_array_equal(from_actor.frame_index, direct.frame_index)
+    for column in ("recon_error", "cell_error_max", "motion_error"):
+        np.testing.assert_array_equal(getattr(from_actor, column), getattr(direct, column))
+
+    x = gather(stats.normalize(frames), starts, T)
+    with torch.inference_mode():
+        y = model.eval()(torch.from_numpy(x).unsqueeze(2)).squeeze(2).numpy()
+    plain = scoring.accumulate(starts, T, scoring.frame_errors(x, y)).mean()
+    np.testing.assert_allclose(from_actor.recon_error, plain.recon_error, rtol=1e-5)
+    assert np.isfinite(from_actor.motion_error).all() and (from_actor.recon_error > 0).all()

@@ -17,7 +17,7 @@ import torch
 
 from vadray import storage
 from vadray.preprocess import NormStats
-from vadray.steps import normalize
+from vadray.steps import frame_sums, reconstruct
 from vadray.trainvolumes import Shards, VideoShards, read_chunks, video_items
 from vadray.volumes import stream_volumes
 
@@ -46,32 +46,22 @@ class ValidationFrameErrors:
         self.pa_fs, _ = storage.pyarrow_fs(clips_uri, storage_options)
         self.T, self.batch_size = T, batch_size
 
-    def _frame_sums(self, starts: np.ndarray, volumes: np.ndarray):
-        from vadray import scoring
-
-        parts = []
-        with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16,
-                                                    enabled=self.device.type == "cuda"):
-            for i in range(0, len(volumes), self.batch_size):
-                x = normalize(torch.from_numpy(volumes[i:i + self.batch_size]).to(self.device),
-                              self.mean, self.std)               # (B, T, 1, S, S)
-                y = self.model(x).float()
-                x_np, y_np = x.cpu().numpy(), y.cpu().numpy()
-                parts.append(scoring.volume_sums(starts[i:i + self.batch_size], x_np, y_np, motion=False))
-        return parts
+    def _reconstruct(self, volumes: np.ndarray):
+        return reconstruct(self.model, torch.from_numpy(volumes).to(self.device), self.mean, self.std)
 
     def __call__(self, batch: dict) -> dict:
         from vadray import scoring
 
         out = {"video_index": [], "frame_index": [], "recon_error": [], "cell_error_max": []}
         for video_index, video_id, runs in zip(batch["video_index"], batch["video_id"], batch["runs"]):
-            parts = []
             chunks = read_chunks(self.pa_fs, json.loads(runs), str(video_id))
-            for _, starts, volumes in stream_volumes(chunks, self.T, (1,), scoring.SCORE_HOP):
-                parts += self._frame_sums(starts, volumes)
-            if not parts:
+            batches = ((starts[i:i + self.batch_size], volumes[i:i + self.batch_size])
+                       for _, starts, volumes in stream_volumes(chunks, self.T, (1,), scoring.SCORE_HOP)
+                       for i in range(0, len(starts), self.batch_size))
+            sums = frame_sums(batches, self._reconstruct, self.T, motion=False)
+            if not sums.frame_index.size:
                 continue  # shorter than one volume
-            means = scoring.FrameSums.merge(parts).mean()
+            means = sums.mean()
             out["video_index"].append(np.full(len(means.frame_index), video_index, np.int64))
             out["frame_index"].append(means.frame_index)
             out["recon_error"].append(means.recon_error.astype(np.float32))

@@ -88,11 +88,15 @@ class NormStats:
             pixel_std=float(np.sqrt(max(mean_sq - pixel_mean**2, 0.0))),
         )
 
-    def normalize(self, frames: np.ndarray) -> np.ndarray:
-        """uint8 (..., S, S) → float32 (..., S, S), zero mean and unit global variance."""
+    def check_size(self, frames: np.ndarray) -> None:
+        """Raise ValueError unless frames (..., S, S) are the statistics' size."""
         if frames.shape[-2:] != self.mean_image.shape:
             raise ValueError(f"frames are {frames.shape[-2:]} but the statistics are for "
                              f"{self.mean_image.shape}: ingest at --size {self.size}")
+
+    def normalize(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 (..., S, S) → float32 (..., S, S), zero mean and unit global variance."""
+        self.check_size(frames)
         x = frames.astype(np.float32) * np.float32(1.0 / 255.0)
         x -= self.mean_image
         x *= np.float32(1.0 / max(self.std, 1e-6))

@@ -77,43 +77,38 @@ class ScoreVolumes:
             torch.set_num_threads(max(1, threads))
         self.model = model.to(self.device).eval()
         self.stats = NormStats.from_dict(card["norm_stats"])
+        self.mean_image = torch.from_numpy(self.stats.mean_image).to(self.device)
         self.T, self.batch_size, self.grid = int(card["input"]["T"]), batch_size, grid
         self.gain_correction = gain_correction
 
-    def reconstruct(self, volumes: np.ndarray) -> np.ndarray:
-        """(V, T, S, S) float32 normalised → reconstructions, same shape; batched, no grad."""
-        import torch
+    def reconstruct(self, volumes):
+        """uint8 (B, T, S, S) tensor → (x, y) normalised input and reconstruction, the training
+        step's own forward (`steps.reconstruct`: bf16 autocast on GPU, as the card's calibration)."""
+        from vadray.steps import reconstruct
 
-        out = np.empty_like(volumes)
-        # bf16 autocast on GPU, as training and the card's calibration pass use: same numerics.
-        with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16,
-                                                    enabled=self.device.type == "cuda"):
-            for a in range(0, volumes.shape[0], self.batch_size):
-                x = torch.from_numpy(volumes[a:a + self.batch_size]).unsqueeze(2).to(self.device)  # (B,T,1,S,S)
-                out[a:a + self.batch_size] = self.model(x).float().squeeze(2).cpu().numpy()
-        return out
+        return reconstruct(self.model, volumes.to(self.device), self.mean_image, self.stats.std)
 
     def frame_sums(self, frames: np.ndarray, frame_index: np.ndarray, starts: np.ndarray,
                    gains: np.ndarray | None = None):
         """Per-volume errors of a row's volumes spread onto frames (`scoring.FrameSums`).
 
-        Volumes are gathered, reconstructed and measured one model batch at a time, so the
-        actor holds a batch's float32 volumes (~33 MB for 16 at 227 px), not a whole row's
-        (~130 MB for 64) four times over. Each volume's errors do not depend on its batch,
-        and merging places slots without adding, so the sums are the same either way.
+        Volumes are gathered as uint8 and normalised, reconstructed and measured one model
+        batch at a time (`steps.frame_sums`), so the actor holds a batch's float32 volumes
+        (~33 MB for 16 at 227 px), not a whole row's. Each volume's errors do not depend on
+        its batch, and merging places slots without adding, so the sums are the same either way.
         """
-        from vadray.scoring import FrameSums, volume_sums
+        import torch
+
+        from vadray.steps import frame_sums
 
         if self.gain_correction:                                       # per frame: seams stay exact
             frames = self.stats.gain_corrected(frames, gains)
-        normalized = self.stats.normalize(frames)                      # (F, S, S) float32
+        self.stats.check_size(frames)
         positions = np.searchsorted(frame_index, starts)
-        parts = []
-        for a in range(0, len(starts), self.batch_size):
-            x = gather(normalized, positions[a:a + self.batch_size], self.T)   # (B, T, S, S)
-            recon = self.reconstruct(x)
-            parts.append(volume_sums(starts[a:a + self.batch_size], x, recon, self.grid))
-        return FrameSums.merge(parts) if parts else FrameSums.empty(self.T, self.grid * self.grid, motion=True)
+        batches = ((starts[a:a + self.batch_size],
+                    torch.from_numpy(gather(frames, positions[a:a + self.batch_size], self.T)))
+                   for a in range(0, len(starts), self.batch_size))
+        return frame_sums(batches, self.reconstruct, self.T, self.grid)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = []

@@ -1,6 +1,7 @@
-"""The training step's math, shared by Ray Train's workers (`trainloop`), the single-process
-trainer (`bench ped2-direct`) and calibration: normalise on the device, reconstruct, the
-validation pass and its synthetic-anomaly AUC, early stopping. No Ray here.
+"""The model step's math, shared by Ray Train's workers (`trainloop`), the single-process
+trainer (`bench ped2-direct`), calibration and the score job's actors: normalise on the
+device, reconstruct, measure per-frame errors, the validation pass and its synthetic-anomaly
+AUC, early stopping. No Ray here.
 """
 from __future__ import annotations
 
@@ -27,6 +28,22 @@ def reconstruct(model, volumes: torch.Tensor, mean_image: torch.Tensor, std: flo
     with torch.autocast(x.device.type, torch.bfloat16, enabled=x.device.type == "cuda"):
         y = model(x)
     return x, y.float()
+
+
+def frame_sums(batches, reconstruct, T: int, grid: int | None = None, motion: bool = True):
+    """(starts (B,), uint8 volumes (B, T, S, S)) batches → `scoring.FrameSums` of e, the cell
+    grid and m: the forward-and-measure loop of scoring, calibration and ped2-direct, so all
+    three give the same errors for the same volumes. `reconstruct(volumes) -> (x, y)` as in
+    `validation_pass`; one batch's float32 volumes are alive at a time."""
+    from vadray import scoring
+
+    grid = scoring.GRID_DEFAULT if grid is None else grid
+    parts = []
+    with torch.inference_mode():
+        for starts, volumes in batches:
+            x, y = reconstruct(volumes)
+            parts.append(scoring.volume_sums(starts, x.cpu().numpy(), y.cpu().numpy(), grid, motion))
+    return scoring.FrameSums.merge(parts) if parts else scoring.FrameSums.empty(T, grid * grid, motion)
 
 
 def end_of_epoch(state: dict, epoch: int, selection_loss: float, patience: int) -> None:

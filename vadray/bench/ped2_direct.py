@@ -34,7 +34,7 @@ import time
 import numpy as np
 import torch
 
-from vadray import scoring
+from vadray import scoring, steps
 from vadray.exits import UsageError
 from vadray.models import names
 from vadray.pasted import PASTES
@@ -156,18 +156,17 @@ class Trainer:
         `hop` frames, `scoring.volume_sums` of each batch, the mean over volumes."""
         return self.frame_sums(frames, T, hop).mean()
 
-    @torch.inference_mode()
     def frame_sums(self, frames: np.ndarray, T: int, hop: int) -> scoring.FrameSums:
         """`score_video` before the mean: every (frame, position in the volume) error."""
         self.model.eval()
         starts = volume_starts(len(frames), T, 1, hop)
         frames_t = torch.from_numpy(frames).to(self.device)
-        parts = []
-        for i in range(0, len(starts), self.batch_size):
-            s = torch.from_numpy(starts[i:i + self.batch_size]).to(self.device)
-            x, y = (t.cpu().numpy() for t in self.reconstruct(gather(frames_t, s, torch.ones_like(s), T)))
-            parts.append(scoring.volume_sums(starts[i:i + self.batch_size], x, y))
-        return scoring.FrameSums.merge(parts)
+        starts_t = torch.from_numpy(starts).to(self.device)
+        batches = ((starts[i:i + self.batch_size],
+                    gather(frames_t, starts_t[i:i + self.batch_size],
+                           torch.ones_like(starts_t[i:i + self.batch_size]), T))
+                   for i in range(0, len(starts), self.batch_size))
+        return steps.frame_sums(batches, self.reconstruct, T)
 
 
 # ---------------------------------------------------------------------------- diagnostics

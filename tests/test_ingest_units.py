@@ -118,6 +118,7 @@ def test_unusual_but_valid_video_decodes(tmp_path, name):
     path = str(tmp_path / name)
     expected_times = UNUSUAL[name](path)
     timeline = probe(path)
+    assert timeline.warnings == []  # nothing declared is missing: no false alarm
     decoded = decode_segment(path, timeline, 0, timeline.num_frames, 27)
     assert not decoded.error and decoded.frames.shape == (timeline.num_frames, 27, 27)
     assert decoded.frames.dtype == np.uint8 and decoded.frames.std() > 1  # real content, not blank
@@ -133,6 +134,41 @@ def test_grey_content_is_preserved_across_pixel_formats(tmp_path):
     a = decode_segment(rgb, probe(rgb), 0, 12, 27).frames.astype(int)
     b = decode_segment(reference, probe(reference), 0, 12, 27).frames.astype(int)
     assert np.abs(a - b).mean() < 3
+
+
+@pytest.mark.parametrize("name, says", [("cut.mkv", "declares 4.00 s"), ("cut.mp4", "lists 40 frames")])
+def test_a_truncated_file_is_reported_and_its_frames_kept(tmp_path, name, says):
+    """A demuxer ends quietly where a truncated file ends; what the container declares (its
+    duration, its frame count) shows the loss, and the frames found still decode."""
+    path = str(tmp_path / name)
+    videos.truncated(path)
+    timeline = probe(path)
+    assert [kind for kind, _ in timeline.warnings] == ["truncated"], timeline.warnings
+    assert says in timeline.warnings[0][1]
+    assert 10 <= timeline.num_frames < 40
+    decoded = decode_segment(path, timeline, 0, timeline.num_frames, 27)
+    assert decoded.frames.shape[0] >= timeline.num_frames - 1  # at most the cut packet is lost
+
+
+def test_a_corrupt_packet_costs_the_frames_up_to_the_next_keyframe_only(tmp_path):
+    path = str(tmp_path / "hit.mp4")
+    videos.corrupt_packet_mp4(path, n=40, bad=15)
+    timeline = probe(path)
+    assert timeline.num_frames == 40
+    decoded = decode_segment(path, timeline, 0, 40, 27)
+    assert "corrupt packet" in decoded.error
+    kept = set(decoded.frame_index.tolist())
+    assert set(range(15)) <= kept and set(range(20, 40)) <= kept  # the next keyframe is frame 20
+    assert decoded.missing and all(15 <= a and b <= 20 for a, b in decoded.missing)
+
+
+def test_repeated_timestamps_are_reported(tmp_path):
+    path = str(tmp_path / "dup.mkv")
+    videos.repeated_pts_mkv(path, n=20)
+    timeline = probe(path)
+    assert timeline.num_frames == 19
+    assert [kind for kind, _ in timeline.warnings] == ["timestamps"]
+    assert "1 of 20 frames" in timeline.warnings[0][1]
 
 
 def test_bad_inputs_get_a_reason(tmp_path):

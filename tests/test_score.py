@@ -218,6 +218,25 @@ def test_bad_file_becomes_an_error_row_and_the_rest_is_scored(ray_session, train
     assert (left["camera"], left["video_id"]) == ("b", "broken")
 
 
+def test_frames_beside_a_decode_gap_that_no_volume_covers_are_an_error_row(ray_session, trained_checkpoint,
+                                                                          tmp_path):
+    """Sample 13 of 40 is noise: 13-19 do not decode (up to the keyframe at 20). The hop-5
+    volumes starting at 5 and 10 touch the gap, so decoded frames 10-12 get no score either;
+    the errors table says so instead of the frames just being absent."""
+    import videos
+
+    src = tmp_path / "src"
+    src.mkdir()
+    videos.corrupt_packet_mp4(str(src / "hit.mp4"), n=40, bad=13)
+    out = str(tmp_path / "out")
+    assert main(["score", str(src), out, "--checkpoint", str(trained_checkpoint)]) == 3
+    errors = read_errors(storage.join(out, "errors")).to_pandas().set_index("error_type")
+    assert errors.loc["decode_failed", "message"].endswith("frames not decoded: 13-19")
+    assert errors.loc["unscored_frames", "message"].startswith("10 of 40 frames have no score: 10-19.")
+    frames = read_table(out, "frames")
+    assert sorted(frames.frame_index) == [*range(10), *range(20, 40)]
+
+
 def test_day_folders_scored_one_source_at_a_time_never_replace_each_other(ray_session, trained_checkpoint,
                                                                           synth_test_archive, tmp_path, capsys):
     days = tmp_path / "days"

@@ -311,6 +311,27 @@ def test_ctrl_c_during_training_is_exit_130_and_leaves_no_final_model(ingested, 
     assert not (ckpt / "final").exists()
 
 
+def test_resume_refuses_shards_that_changed_since_the_run_started(ingested, tmp_path):
+    """A video ingested into SHARDS after the run started would change the statistics and could
+    move into validation under a half-trained model: --resume says what changed instead."""
+    from vadray.train import RUN_FILE, RUN_SETTINGS
+
+    train, val = split_by_video(discover(ingested).videos, RUN["val_fraction"])
+    footage = {"train": {v.video_id: v.num_frames for v in train}, "val": {v.video_id: v.num_frames for v in val},
+               "stats_frames": 80}
+    footage["train"].pop(train[0].video_id)
+    settings = {"shards": ingested, "model": "convlstm_ae", "model_params": TINY, "epochs": 3, "batch_size": 8,
+                "lr": 1e-4, "patience": 10, "strides": [1, 2, 3], "hop": 4, "val_fraction": RUN["val_fraction"],
+                "seed": 0, "T": 10, "select": "val_loss"}
+    assert set(settings) == set(RUN_SETTINGS)
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / RUN_FILE).write_text(json.dumps(dict(settings, run_id="train-x", footage=footage)))
+    with pytest.raises(UsageError) as info:
+        run_training(ingested, str(tmp_path / "ckpt"), resume=True)
+    assert f"train: new {train[0].video_id}" in str(info.value)
+    assert "statistics over 120 frames (the run started on 80)" in str(info.value)
+
+
 def test_resume_names_the_settings_it_does_not_take_from_the_command():
     saved = {"shards": "/data/cam", "epochs": 3, "lr": 1e-4, "strides": [1, 2, 3], "select": "val_loss"}
     given = dict(saved, epochs=50, strides=[1])
@@ -378,6 +399,14 @@ def test_the_card_describes_the_model_and_reloads(interrupted_then_resumed, inge
     means = scoring.accumulate(starts, 10, scoring.frame_errors(x.numpy(), y.numpy())).mean()
     validation = card["validation"]["frame_error"]
     assert validation["n"] == len(frames) == 40 and card["validation"]["volume_hop"] == scoring.SCORE_HOP
+
+    # The 2-worker run's validation loss at the kept epoch is the loss over ALL validation
+    # volumes (stride 1, every T frames), not over a per-worker share of them.
+    starts = volume_starts(len(frames), 10, 1, 10, cover_end=False)
+    x = torch.from_numpy(shards.stats.normalize(gather(frames, starts, 10, 1)))[:, :, None]
+    with torch.no_grad():
+        val_loss = torch.nn.functional.mse_loss(model(x), x).item()
+    assert card["best_val_loss"] == pytest.approx(val_loss, rel=1e-5)
     assert validation["mean"] == pytest.approx(float(means.recon_error.mean()), rel=1e-4)
     assert card["validation"]["cell_error_max"]["n"] == 40
 

@@ -15,8 +15,8 @@ def frames(n: int = 12, width: int = 64, height: int = 48, seed: int = 0) -> np.
 
 
 def _encode(path: str, images, codec: str, pix_fmt: str, in_format: str, rate=10,
-            options=None, pts=None, time_base=None) -> None:
-    with av.open(path, "w") as container:
+            options=None, pts=None, time_base=None, container_options=None) -> None:
+    with av.open(path, "w", options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=rate)
         stream.height, stream.width = images[0].shape[0], images[0].shape[1]
         stream.pix_fmt = pix_fmt
@@ -72,12 +72,15 @@ def mpeg4_avi(path: str, n: int = 12) -> None:
 def resolution_change_ts(path: str, n1: int = 10, n2: int = 10) -> None:
     """Two MPEG-TS pieces of different frame size, concatenated: a mid-stream size change.
 
-    The second piece's timestamps continue the first's, as a camera's stream would."""
+    The second piece's timestamps continue the first's, as a camera's stream would. The TS
+    muxer delays the first piece's timestamps by x264's 2 frames of B-frame reorder (its dts
+    would be negative) but not the second's, so the second starts 2 frames later to follow on
+    (at n1 it would repeat two of the first piece's timestamps, which probe reports)."""
     a, b = path + ".a.ts", path + ".b.ts"
     tb = fractions.Fraction(1, 10)
     _encode(a, frames(n1, 64, 48), "libx264", "yuv420p", "gray", pts=list(range(n1)), time_base=tb)
     _encode(b, frames(n2, 96, 64, seed=3), "libx264", "yuv420p", "gray",
-            pts=list(range(n1, n1 + n2)), time_base=tb)
+            pts=list(range(n1 + 2, n1 + 2 + n2)), time_base=tb)
     with open(path, "wb") as out:
         for piece in (a, b):
             with open(piece, "rb") as f:
@@ -117,3 +120,41 @@ def bad_inputs(folder: str) -> dict[str, str]:
     write_video(os.path.join(folder, "short.mp4"), frames(5))
     return {"zero": "empty", "notes": "not_video", "garbage": "corrupt", "truncated": "corrupt",
             "audio": "no_video_stream", "short": "too_short"}
+
+
+# ------------------------------------------------------------------ damage the container reveals
+
+def truncated(path: str, n: int = 40) -> None:
+    """H.264 with a keyframe every 10 frames, cut at half its bytes: an .mkv (declares its
+    duration) or an .mp4 with its index first (declares its frame count)."""
+    options = {"movflags": "faststart"} if path.endswith(".mp4") else None
+    _encode(path, frames(n), "libx264", "yuv420p", "gray", options={"g": "10", "bf": "0"},
+            container_options=options)
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+
+
+def corrupt_packet_mp4(path: str, n: int = 40, bad: int = 15) -> None:
+    """H.264 in MP4 (the index in moov, the samples in mdat), a keyframe every 10 frames,
+    sample `bad` overwritten with noise in place: the demuxer still finds every frame."""
+    _encode(path, frames(n), "libx264", "yuv420p", "gray", options={"g": "10", "bf": "0"})
+    with av.open(path) as container:
+        packets = [(p.pos, p.size) for p in container.demux(video=0) if p.size]
+    pos, size = packets[bad]
+    data = bytearray(open(path, "rb").read())
+    data[pos: pos + size] = np.random.default_rng(1).integers(0, 256, size, dtype=np.uint8).tobytes()
+    open(path, "wb").write(bytes(data))
+
+
+def repeated_pts_mkv(path: str, n: int = 20) -> None:
+    """Packets 5 and 6 carry one timestamp (a muxer bug of cheap recorders)."""
+    plain = path + ".plain.mkv"
+    _encode(plain, frames(n), "libx264", "yuv420p", "gray", options={"g": "5", "bf": "0"})
+    with av.open(plain) as source, av.open(path, "w") as out:
+        stream = out.add_stream_from_template(source.streams.video[0])
+        for i, packet in enumerate(p for p in source.demux(video=0) if p.size):
+            packet.pts = packet.dts = (i if i < 6 else i - 1) * 100
+            packet.stream = stream
+            out.mux(packet)
+    os.remove(plain)

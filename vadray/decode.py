@@ -1,7 +1,7 @@
 """PyAV decoding: probe a video's frame timeline, decode one segment to grey S×S uint8.
 
 Scaling and grey conversion run in FFmpeg (swscale through a reused `VideoReformatter`),
-never in Python loops; decoding is threaded. A segment task holds only its own frames, so
+never in Python loops. A segment task holds only its own frames, so
 memory is bounded by the segment, not by the video.
 
 Frame indices are positions in presentation order, taken from the packet timestamps that
@@ -41,7 +41,9 @@ class Timeline:
     width: int
     height: int
     codec: str
-    warning: str = ""            # set when the stream ended early (e.g. truncated file)
+    # (error_type, message) of what the probe found wrong but survivable: a truncated file,
+    # repeated timestamps. Each becomes an errors row; the frames found are still processed.
+    warnings: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def num_frames(self) -> int:
@@ -107,31 +109,86 @@ def _open_container(handle, uri: str):
 
 
 def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None = None) -> Timeline:
-    """Collect every frame's pts by demuxing (no decode). Raises InputError for bad input."""
+    """Collect every frame's pts by demuxing (no decode). Raises InputError for bad input.
+
+    A demuxer stops quietly at the end of a truncated file, so what was found is compared with
+    what the container declares (its frame count or duration): a shortfall is a `truncated`
+    warning, never a silent loss. Repeated timestamps (a timestamp reset, duplicated pts)
+    would put two frames at one index: a `timestamps` warning says how many are dropped.
+    """
     with _open(uri, storage_options) as handle:
         with _open_container(handle, uri) as container:
             stream = _video_stream(container)
             ticks: list[int] = []
-            warning = ""
+            packets = 0                      # with a timestamp, empty ones (AVI's dropped frames) too
+            ended = ""
             try:
                 for packet in container.demux(stream):
                     ts = packet.pts if packet.pts is not None else packet.dts
-                    if ts is not None and packet.size > 0:
+                    if ts is None:
+                        continue
+                    packets += 1
+                    if packet.size > 0:
                         ticks.append(int(ts))
             except av.error.FFmpegError as exc:
-                warning = f"stream ended early after {len(ticks)} frames: {exc}"
+                ended = f"the stream ended early after {len(ticks)} frames: {exc}"
             ctx = stream.codec_context
             time_base = float(stream.time_base) if stream.time_base else 1.0 / 25
             rate = stream.average_rate or stream.guessed_rate
             fps = float(rate) if rate else 0.0
             width, height, codec = int(ctx.width or 0), int(ctx.height or 0), ctx.name
-    pts = np.unique(np.asarray(ticks, dtype=np.int64))  # presentation order; drops duplicate ts
+            declared_frames = int(stream.frames or 0)
+            declared_seconds = _declared_seconds(container, stream, time_base)
+    ticks_all = np.asarray(ticks, dtype=np.int64)
+    pts = np.unique(ticks_all)  # presentation order
+    warnings = [("truncated", ended)] if ended else []
     if pts.shape[0] < min_frames:
         raise InputError("too_short", f"only {pts.shape[0]} frames; a volume needs {min_frames}"
-                         + (f" ({warning})" if warning else ""))
+                         + (f" ({ended})" if ended else ""))
     if fps <= 0 and pts.shape[0] > 1:
         fps = (pts.shape[0] - 1) / max((pts[-1] - pts[0]) * time_base, 1e-9)
-    return Timeline(pts, time_base, int(pts[0]), fps, width, height, codec, warning)
+    if not ended:
+        short = _shortfall(packets, declared_frames, pts, time_base, fps, declared_seconds)
+        if short:
+            warnings.append(("truncated", short))
+    if pts.shape[0] < ticks_all.shape[0]:
+        repeated = ticks_all.shape[0] - pts.shape[0]
+        warnings.append(("timestamps", f"{repeated} of {ticks_all.shape[0]} frames repeat another "
+                                       f"frame's timestamp (a timestamp reset, or duplicated pts); "
+                                       f"one frame per timestamp is kept ({repeated} dropped)"))
+    return Timeline(pts, time_base, int(pts[0]), fps, width, height, codec, warnings)
+
+
+def _declared_seconds(container, stream, time_base: float) -> float | None:
+    """The video stream's duration as the container states it, where it states one: the
+    stream's own, Matroska's per-stream DURATION tag, or the file's when it has one stream
+    (with several, the file's is the longest, e.g. an audio track's)."""
+    if stream.duration:
+        return float(stream.duration) * time_base
+    tag = (stream.metadata or {}).get("DURATION")
+    if tag:
+        try:
+            h, m, sec = tag.split(":")
+            return int(h) * 3600 + int(m) * 60 + float(sec)
+        except ValueError:
+            pass
+    if container.duration and len(container.streams) == 1:
+        return float(container.duration) / av.time_base
+    return None
+
+
+def _shortfall(packets: int, declared_frames: int, pts: np.ndarray, time_base: float, fps: float,
+               declared_seconds: float | None) -> str:
+    """Why the frames found fall short of what the container declares, or ""."""
+    if declared_frames > packets:
+        return (f"the container lists {declared_frames} frames but the file holds {packets} "
+                f"(truncated, or an edit list that trims the video); the {pts.shape[0]} found are kept")
+    if declared_seconds and fps > 0:
+        found = float(pts[-1] - pts[0]) * time_base + 1.0 / fps
+        if declared_seconds - found > max(2.0 / fps, 0.02 * declared_seconds):
+            return (f"the container declares {declared_seconds:.2f} s of video but its frames cover "
+                    f"{found:.2f} s (truncated?); the {pts.shape[0]} found are kept")
+    return ""
 
 
 def frame_folder_timeline(num_frames: int, fps: float, min_frames: int = 10) -> Timeline:
@@ -161,10 +218,22 @@ class GreyScaler:
         return grey.to_ndarray()
 
 
-def _decode_frames(container, stream, first_pts: int | None) -> Iterator[av.VideoFrame]:
+def _decode_frames(container, stream, first_pts: int | None, failures: list[str]) -> Iterator[av.VideoFrame]:
+    """Frames of `stream` from the keyframe before `first_pts`. A packet the decoder refuses
+    (corrupt data) is noted in `failures` and decoding resumes at the next keyframe: the frames
+    between would be built on a broken reference, so they are reported missing, not kept."""
     if first_pts is not None:
         container.seek(int(first_pts), stream=stream, backward=True, any_frame=False)
-    yield from container.decode(stream)
+    skipping = False
+    for packet in container.demux(stream):
+        if skipping and packet.size > 0 and not packet.is_keyframe:
+            continue                      # (an empty packet flushes the decoder: never skipped)
+        skipping = False
+        try:
+            yield from packet.decode()
+        except av.error.FFmpegError as exc:
+            failures.append(f"a corrupt packet at pts {packet.pts}: {exc}")
+            skipping = True
 
 
 def decode_segment(uri: str, timeline: Timeline, first: int, last: int, size: int,
@@ -183,11 +252,12 @@ def decode_segment(uri: str, timeline: Timeline, first: int, last: int, size: in
     # to `timeline`, which may hold only this segment's frames).
     for attempt_seek in ((int(want[0]) > timeline.start_pts), False):
         out.clear()
+        failures: list[str] = []
         try:
             with _av_open(uri, storage_options) as container:
                 stream = container.streams.video[0]
                 stream.thread_count = DECODER_THREADS
-                for frame in _decode_frames(container, stream, want[0] if attempt_seek else None):
+                for frame in _decode_frames(container, stream, want[0] if attempt_seek else None, failures):
                     ts = frame.pts if frame.pts is not None else frame.dts
                     if ts is None:
                         continue
@@ -199,6 +269,9 @@ def decode_segment(uri: str, timeline: Timeline, first: int, last: int, size: in
             error = ""
         except av.error.FFmpegError as exc:
             error = f"decoding stopped: {exc}"
+        if failures:
+            more = f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""
+            error = "; ".join(filter(None, [f"decoding skipped to the next keyframe after {failures[0]}{more}", error]))
         if not attempt_seek or out.filled[0] or error:
             break  # no seek used, or the seek landed at or before `first`: done
     return _collect(out, timeline, first, last, size, error)
@@ -246,14 +319,14 @@ def _collect(out: _FrameBuffer, timeline: Timeline, first: int, last: int, size:
     index = first + positions.astype(np.int64)
     frames = out.frames if positions.size == out.filled.size else out.frames[positions]
     expected = np.arange(first, last, dtype=np.int64)
-    missing = _runs(expected[~out.filled])
+    missing = index_runs(expected[~out.filled])
     if missing and not error:
         error = "frames could not be decoded"
     times = (timeline.pts[index] - timeline.start_pts).astype(np.float64) * timeline.time_base
     return DecodedFrames(index, times, frames, missing, error)
 
 
-def _runs(indices: np.ndarray) -> list[tuple[int, int]]:
+def index_runs(indices: np.ndarray) -> list[tuple[int, int]]:
     """[3,4,5,9] → [(3,6), (9,10)]."""
     if indices.size == 0:
         return []

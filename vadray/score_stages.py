@@ -246,7 +246,26 @@ class AssembleVideo:
             write_whole(table.drop_columns(["camera", "date"]), storage.join(self.output, table_name, name),
                         self.storage_options)
         complete = n == int(head["num_frames"])
+        if not complete:
+            self._unscored(head, means.frame_index)
         if complete:
             mark_done(self.output, head["camera"], head["video_id"], head["identity"], model_id, head["uri"],
                       self.storage_options)
         return {"video_id": head["video_id"], "frames": n, "events": events.num_rows, "complete": complete}
+
+    def _unscored(self, head: dict[str, Any], scored: np.ndarray) -> None:
+        """An errors row naming the frames without a score, so that frames beside a decode gap,
+        which no volume of T decoded frames on the hop grid covers, are not lost silently."""
+        from vadray.decode import index_runs
+        from vadray.errors import error_row, write_errors
+
+        num_frames = int(head["num_frames"])
+        unscored = np.setdiff1d(np.arange(num_frames), scored)
+        runs = ", ".join(f"{a}-{b - 1}" for a, b in index_runs(unscored)[:20])
+        message = (f"{unscored.size} of {num_frames} frames have no score: {runs}"
+                   f"{' …' if len(index_runs(unscored)) > 20 else ''}. A volume needs {self.T} "
+                   "consecutive decoded frames: frames that did not decode (see the decode rows) "
+                   "and decoded frames beside them that no volume on the --hop grid covers go unscored")
+        write_errors([error_row(head["video_id"], head["uri"], "score", "unscored_frames", message)],
+                     storage.join(self.output, "errors"), head["camera"], f"{head['video_key']}-score",
+                     self.storage_options)

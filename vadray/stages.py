@@ -68,10 +68,10 @@ class ProbeAndPlan:
                 timeline = probe(ref.uri, T_MIN_FRAMES, self.storage_options)
         except Exception as exc:  # an unexpected failure is still one input's failure
             kind = exc.error_type if isinstance(exc, InputError) else type(exc).__name__
-            self._error(ref, key, kind, str(exc))
+            self._error(ref, key, [(kind, str(exc))])
             return []
-        if timeline.warning:
-            self._error(ref, key, "truncated", timeline.warning)
+        if timeline.warnings:
+            self._error(ref, key, timeline.warnings)
         segments = plan_segments(timeline.num_frames, timeline.fps, self.segment_seconds, self.overlap)
         return [{
             "video_id": ref.video_id, "video_key": key, "camera": self.camera, "uri": ref.uri,
@@ -106,9 +106,10 @@ class ProbeAndPlan:
     def _plan(self, batch: pa.Table) -> list[dict[str, Any]]:
         return [seg for ref_row in batch.to_pylist() for seg in self(ref_row)]
 
-    def _error(self, ref: VideoRef, key: str, kind: str, message: str) -> None:
-        write_errors([error_row(ref.video_id, ref.uri, "probe", kind, message)], self.errors_uri,
-                     self.camera, f"{key}-probe", self.storage_options)
+    def _error(self, ref: VideoRef, key: str, problems: list[tuple[str, str]]) -> None:
+        """(error_type, message) pairs of one input's probe → its rows, in one file."""
+        write_errors([error_row(ref.video_id, ref.uri, "probe", kind, message) for kind, message in problems],
+                     self.errors_uri, self.camera, f"{key}-probe", self.storage_options)
 
 
 def decode_planned(seg: dict[str, Any], size: int, errors_uri: str,

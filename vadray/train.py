@@ -108,14 +108,41 @@ def _saved_run(checkpoint_dir: str, storage_options: dict | None) -> dict | None
     return None
 
 
-def _start_run(checkpoint_dir: str, settings: dict, storage_options: dict | None) -> str:
+def _start_run(checkpoint_dir: str, settings: dict, footage: dict, storage_options: dict | None) -> str:
     """Write run.json for a new run; its run id."""
     fs, path = storage.url_to_fs(checkpoint_dir, storage_options)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     run_id = f"train-{stamp}-{uuid.uuid4().hex[:6]}"
     fs.makedirs(path, exist_ok=True)
-    fs.pipe_file(f"{path}/{RUN_FILE}", json.dumps(dict(settings, run_id=run_id), indent=2).encode())
+    fs.pipe_file(f"{path}/{RUN_FILE}", json.dumps(dict(settings, run_id=run_id, footage=footage),
+                                                  indent=2).encode())
     return run_id
+
+
+def _footage(info, train_videos, val_videos) -> dict:
+    """What a run trains and validates on: its videos' frame counts and the statistics' frames."""
+    return {"train": {v.video_id: v.num_frames for v in train_videos},
+            "val": {v.video_id: v.num_frames for v in val_videos},
+            "stats_frames": int(info.stats.num_frames)}
+
+
+def check_same_footage(saved: dict | None, now: dict, shards: str) -> None:
+    """--resume continues epochs on the shards the run started on: shards ingested since would
+    change the statistics (the input's scale) and may move videos between training and
+    validation under a half-trained model. Runs saved before run.json recorded it pass."""
+    if not saved or saved == now:
+        return
+    changed = []
+    for part in ("train", "val"):
+        was, is_ = saved.get(part, {}), now[part]
+        added, gone = sorted(set(is_) - set(was)), sorted(set(was) - set(is_))
+        grown = sorted(v for v in set(was) & set(is_) if was[v] != is_[v])
+        changed += [f"{part}: {label} {', '.join(ids[:5])}{' …' if len(ids) > 5 else ''}"
+                    for label, ids in (("new", added), ("gone", gone), ("other frame count", grown)) if ids]
+    if saved.get("stats_frames") != now["stats_frames"]:
+        changed.append(f"statistics over {now['stats_frames']} frames (the run started on {saved.get('stats_frames')})")
+    raise UsageError(f"--resume: {shards} changed since the run started ({'; '.join(changed)}); a run "
+                     "continues on the shards it started on: restore them, or train into a new CHECKPOINT_DIR")
 
 
 def _check_room_for_data(workers: int, cpus_per_worker: float) -> None:
@@ -191,9 +218,12 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
     n_train = count_volumes(train_videos, T, strides, hop)
     if n_train == 0:
         raise UsageError(f"the training videos are too short for one volume of {T} frames at strides {strides}")
+    footage = _footage(info, train_videos, val_videos)
+    if resume:
+        check_same_footage(saved.get("footage"), footage, settings["shards"])
     ensure_ray()
     _check_room_for_data(workers, cpus_per_worker)
-    run_id = saved["run_id"] if resume else _start_run(checkpoint_dir, settings, storage_options)
+    run_id = saved["run_id"] if resume else _start_run(checkpoint_dir, settings, footage, storage_options)
     log.info("run %s: training on %d videos (%d volumes/epoch), validating on %d videos",
              run_id, len(train_videos), n_train, len(val_videos))
 

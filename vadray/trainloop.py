@@ -218,7 +218,7 @@ def run_trainer(info, train_videos, val_videos, *, model_spec: dict, settings: d
                 workers: int, gpus_per_worker: float, cpus_per_worker: float, max_failures: int,
                 storage_options: dict | None, fail_at: tuple) -> dict:
     """Fit a TorchTrainer; {"state": last state.json, "best_metrics", "best_weights": bytes}."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from vadray.trainvolumes import volume_dataset
@@ -245,7 +245,12 @@ def run_trainer(info, train_videos, val_videos, *, model_spec: dict, settings: d
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="selection_loss",
                                                checkpoint_score_order="min")),
-        datasets=datasets)
+        datasets=datasets,
+        # Ray splits a dataset into equal shards and drops the remainder (up to workers − 1
+        # volumes; an epoch's train_volumes in the history is what was seen). The validation
+        # set is not split: every worker measures all of it, so the validation loss does not
+        # depend on the number of workers.
+        dataset_config=DataConfig(datasets_to_split=["train"]))
     # Ray Train takes Ctrl-C itself: the first aborts the run and fit() RETURNS what was
     # checkpointed so far; a third calls sys.exit(0). Neither may look like a finished run.
     # Ray never puts the previous handler back, so calibration and the save after fit() would

@@ -218,23 +218,49 @@ def test_bad_file_becomes_an_error_row_and_the_rest_is_scored(ray_session, train
     assert (left["camera"], left["video_id"]) == ("b", "broken")
 
 
-def test_frames_beside_a_decode_gap_that_no_volume_covers_are_an_error_row(ray_session, trained_checkpoint,
-                                                                          tmp_path):
-    """Sample 13 of 40 is noise: 13-19 do not decode (up to the keyframe at 20). The hop-5
-    volumes starting at 5 and 10 touch the gap, so decoded frames 10-12 get no score either;
-    the errors table says so instead of the frames just being absent."""
+@pytest.mark.parametrize("bad", [13, 24])
+def test_frames_beside_a_decode_gap_are_scored_whatever_the_segments(ray_session, trained_checkpoint,
+                                                                    tmp_path, bad):
+    """Sample `bad` of 40 is noise: it and the frames up to the next keyframe (every 10th) do
+    not decode. The hop-5 volumes that touch the gap are dropped; volumes ending right before
+    and starting right after it keep the decoded frames beside it scored. Short segments (1 s
+    = 10 frames, seams everywhere) give the same table as one segment; the frames that did
+    not decode are named in the errors table."""
     import videos
 
     src = tmp_path / "src"
     src.mkdir()
-    videos.corrupt_packet_mp4(str(src / "hit.mp4"), n=40, bad=13)
-    out = str(tmp_path / "out")
-    assert main(["score", str(src), out, "--checkpoint", str(trained_checkpoint)]) == 3
-    errors = read_errors(storage.join(out, "errors")).to_pandas().set_index("error_type")
-    assert errors.loc["decode_failed", "message"].endswith("frames not decoded: 13-19")
-    assert errors.loc["unscored_frames", "message"].startswith("10 of 40 frames have no score: 10-19.")
-    frames = read_table(out, "frames")
-    assert sorted(frames.frame_index) == [*range(10), *range(20, 40)]
+    videos.corrupt_packet_mp4(str(src / "hit.mp4"), n=40, bad=bad)
+    gap = list(range(bad, -(-bad // 10) * 10 + (10 if bad % 10 == 0 else 0)))
+    tables = {}
+    for segment_seconds in (60.0, 1.0):
+        out = str(tmp_path / f"out{segment_seconds}")
+        status = main(["score", str(src), out, "--checkpoint", str(trained_checkpoint),
+                       "--segment-seconds", str(segment_seconds)])
+        assert status == 3
+        errors = read_errors(storage.join(out, "errors")).to_pandas()
+        assert "decode_failed" in set(errors.error_type)
+        (unscored,) = errors.message[errors.error_type == "unscored_frames"]
+        assert unscored.startswith(f"{len(gap)} of 40 frames have no score: {gap[0]}-{gap[-1]}.")
+        tables[segment_seconds] = read_table(out, "frames").sort_values("frame_index").reset_index(drop=True)
+    assert tables[60.0].frame_index.tolist() == [i for i in range(40) if i not in gap]
+    pd_testing = pytest.importorskip("pandas.testing")
+    pd_testing.assert_frame_equal(tables[60.0].drop(columns=["run_id"]), tables[1.0].drop(columns=["run_id"]))
+
+
+def test_gap_edge_starts_stay_inside_the_segments_own_grid():
+    from vadray.score_stages import gap_edge_starts
+
+    decoded = np.array([*range(0, 13), *range(20, 40)])
+    owned = np.arange(0, 31, 5)
+    np.testing.assert_array_equal(gap_edge_starts(decoded, owned, 0, 40, 10), [3])   # 3-12; 20 is on the grid
+    decoded = np.array([*range(0, 24), *range(30, 40)])
+    np.testing.assert_array_equal(gap_edge_starts(decoded, owned, 0, 40, 10), [14])  # 24 is lost, 30 is grid
+    # a segment owning starts 10 and 15 only: 3 would reach frames another segment may finish
+    np.testing.assert_array_equal(gap_edge_starts(np.array([*range(0, 13), *range(20, 40)]),
+                                                  np.array([10, 15]), 0, 40, 10), [])
+    # a run shorter than a volume adds nothing; a gap at the segment's first frame is not seen
+    np.testing.assert_array_equal(gap_edge_starts(np.array([*range(5, 12), *range(20, 40)]), owned, 5, 40, 10), [])
 
 
 def test_day_folders_scored_one_source_at_a_time_never_replace_each_other(ray_session, trained_checkpoint,

@@ -24,13 +24,42 @@ from vadray.volumes import frame_offsets, gather, volume_starts
 ROW_VOLUMES = 64  # volumes per row sent to a model actor: bounds a row's memory
 
 
+def gap_edge_starts(decoded_index: np.ndarray, owned: np.ndarray, first: int, decode_last: int,
+                    T: int) -> np.ndarray:
+    """Extra volume starts beside the decode gaps a segment saw: one volume starting right
+    after a gap, one ending right before it, so that decoded frames there get a score although
+    the hop grid's volumes that would cover them touch the gap (and are dropped).
+
+    Only starts within [owned[0], owned[-1]] (the segment's first and last grid starts) are
+    added: every frame such a volume covers then has one of this segment's grid starts in its
+    window, so no other segment's row can take it for finished (see `FrameSums.split`).
+    """
+    from vadray.decode import contiguous_runs
+
+    if owned.size == 0 or decoded_index.size == 0:
+        return np.zeros(0, np.int64)
+    extra = []
+    for a, b in contiguous_runs(decoded_index):
+        lo, hi = int(decoded_index[a]), int(decoded_index[b - 1]) + 1   # a decoded run [lo, hi)
+        if hi - lo < T:
+            continue
+        if lo > first:                       # frame lo − 1 is in this segment and did not decode
+            extra.append(lo)
+        if hi < decode_last:                 # frame hi is in this segment and did not decode
+            extra.append(hi - T)
+    extra = np.asarray(extra, np.int64)
+    extra = extra[(extra >= owned[0]) & (extra <= owned[-1])]
+    return np.setdiff1d(extra, owned)
+
+
 class VolumeRows:
     """Decode a planned segment; emit rows of ≤ ROW_VOLUMES stride-1 volumes it owns.
 
     Volume starts are planned over the whole video (so the hop and the final volume do not
     depend on segmentation); a segment owns the starts inside [first, last) and decoded
     T−1 frames beyond `last` for them. Volumes touching an undecodable frame are dropped
-    (the decode error is already in errors/).
+    (the decode error is already in errors/); beside such a gap, `gap_edge_starts` adds the
+    volumes that keep the decoded frames there scored.
     """
 
     def __init__(self, output: str, size: int, T: int, hop: int, storage_options: dict[str, Any]):
@@ -40,7 +69,10 @@ class VolumeRows:
     def __call__(self, seg: dict[str, Any]) -> list[dict[str, Any]]:
         decoded = decode_planned(seg, self.size, self.errors_uri, self.storage_options)
         starts = volume_starts(seg["num_frames"], self.T, 1, self.hop)
-        starts = starts[(starts >= seg["first"]) & (starts < seg["last"])]
+        owned = starts[(starts >= seg["first"]) & (starts < seg["last"])]
+        extra = (gap_edge_starts(decoded.frame_index, owned, seg["first"], seg["decode_last"], self.T)
+                 if decoded.missing else np.zeros(0, np.int64))
+        starts = np.union1d(owned, extra)
         whole = np.isin(frame_offsets(starts, self.T), decoded.frame_index).all(axis=1)
         starts = starts[whole]
         rows = []
@@ -52,7 +84,8 @@ class VolumeRows:
             rows.append({
                 "video_id": seg["video_id"], "video_key": seg["video_key"], "camera": seg["camera"],
                 "uri": seg["uri"], "identity": seg["identity"], "num_frames": seg["num_frames"],
-                "hop": self.hop, "starts": chunk.tolist(), "frame_index": decoded.frame_index[keep].tolist(),
+                "hop": self.hop, "starts": chunk.tolist(), "extra_starts": extra.tolist(),
+                "frame_index": decoded.frame_index[keep].tolist(),
                 "time_s": decoded.time_s[keep].tolist(), "frames": decoded.frames[keep].tobytes(),
                 "segment": seg["segment"], "segments": seg["segments"], "part": len(rows),
             })
@@ -121,7 +154,11 @@ class ScoreVolumes:
             gains = dict(zip(row["frame_index"], source_gains.tolist()))
             # Frames whose volumes are all in this row are final here; only seam frames travel on
             # with their per-volume slots, so a video's assembly never holds (F, T, C) for all F.
-            done, seam = sums.split(volume_starts(row["num_frames"], self.T, 1, row["hop"]))
+            # A frame is final here when every volume that may hold it is: the grid's and this
+            # segment's gap-edge volumes (`gap_edge_starts`: no other segment's reach it).
+            planned = np.union1d(volume_starts(row["num_frames"], self.T, 1, row["hop"]),
+                                 np.asarray(row["extra_starts"] or [], np.int64))
+            done, seam = sums.split(planned)
             times = dict(zip(row["frame_index"], row["time_s"]))
             out.append({k: row[k] for k in ("video_id", "video_key", "camera", "uri", "identity", "num_frames",
                                              "segment", "segments", "part", "parts")}

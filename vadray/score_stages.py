@@ -291,8 +291,8 @@ class AssembleVideo:
         return {"video_id": head["video_id"], "frames": n, "events": events.num_rows, "complete": complete}
 
     def _unscored(self, head: dict[str, Any], scored: np.ndarray) -> None:
-        """An errors row naming the frames without a score, so that frames beside a decode gap,
-        which no volume of T decoded frames on the hop grid covers, are not lost silently."""
+        """An errors row naming the frames without a score: what did not decode, and decoded
+        frames no volume of T decoded frames covers, are not lost silently."""
         from vadray.decode import index_runs
         from vadray.errors import error_row, write_errors
 
@@ -301,8 +301,8 @@ class AssembleVideo:
         runs = ", ".join(f"{a}-{b - 1}" for a, b in index_runs(unscored)[:20])
         message = (f"{unscored.size} of {num_frames} frames have no score: {runs}"
                    f"{' …' if len(index_runs(unscored)) > 20 else ''}. A volume needs {self.T} "
-                   "consecutive decoded frames: frames that did not decode (see the decode rows) "
-                   "and decoded frames beside them that no volume on the --hop grid covers go unscored")
+                   "consecutive decoded frames: frames that did not decode (see the decode rows), "
+                   "and decoded runs shorter than that, go unscored")
         write_errors([error_row(head["video_id"], head["uri"], "score", "unscored_frames", message)],
                      storage.join(self.output, "errors"), head["camera"], f"{head['video_key']}-score",
                      self.storage_options)

@@ -110,6 +110,11 @@ UNUSUAL = {
     "vfr.mkv": videos.vfr_mkv,
     "part2.avi": videos.mpeg4_avi,
     "size_change.ts": videos.resolution_change_ts,
+    # valid files whose container seems to promise more than they hold (no truncated row)
+    "late_start.mkv": videos.late_start_mkv,
+    "long_last_frame.mkv": videos.long_last_frame,
+    "long_last_frame.mp4": videos.long_last_frame,
+    "dropped.avi": videos.dropped_frames_avi,
 }
 
 

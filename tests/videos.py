@@ -158,3 +158,49 @@ def repeated_pts_mkv(path: str, n: int = 20) -> None:
             packet.stream = stream
             out.mux(packet)
     os.remove(plain)
+
+
+# ------------------------------------------------------------------ valid files that only look short
+
+def late_start_mkv(path: str, n: int = 20) -> list[float]:
+    """Matroska cut from a running recording: timestamps start at 60 s, and its DURATION tag
+    states the END time (62 s), not the 2 s it holds."""
+    tb = fractions.Fraction(1, 10)
+    _encode(path, frames(n), "libx264", "yuv420p", "gray", pts=list(range(600, 600 + n)), time_base=tb)
+    return [i / 10 for i in range(n)]
+
+
+def long_last_frame(path: str, n: int = 20) -> None:
+    """A motion-triggered camera holds its last frame for 2 s: the container's duration
+    counts that, far beyond the frames' own span."""
+    tb = fractions.Fraction(1, 1000)
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = stream.time_base = tb
+        stream.options = {"bf": "0"}
+        packets = []
+        for i, image in enumerate(frames(n)):
+            frame = av.VideoFrame.from_ndarray(image, format="gray").reformat(format="yuv420p")
+            frame.pts, frame.time_base = 40 * i, tb
+            packets += stream.encode(frame)
+        packets += stream.encode()
+        for packet in packets:
+            packet.duration = 40
+        packets[-1].duration = 2000
+        for packet in packets:
+            container.mux(packet)
+
+
+def dropped_frames_avi(path: str, n: int = 30) -> None:
+    """An AVI capture that dropped 3 frames: its header counts them, the demuxer never returns
+    them (empty index entries)."""
+    tb = fractions.Fraction(1, 25)
+    with av.open(path, "w") as container:
+        stream = container.add_stream("mjpeg", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuvj420p"
+        for i, image in enumerate(frames(n)):
+            frame = av.VideoFrame.from_ndarray(image, format="gray").reformat(format="yuvj420p")
+            frame.pts, frame.time_base = i + (3 if i >= n // 2 else 0), tb
+            for packet in stream.encode(frame):
+                container.mux(packet)

@@ -120,16 +120,16 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
         with _open_container(handle, uri) as container:
             stream = _video_stream(container)
             ticks: list[int] = []
-            packets = 0                      # with a timestamp, empty ones (AVI's dropped frames) too
+            last_ts, last_duration = None, 0  # the latest frame's timestamp and stated duration
             ended = ""
             try:
                 for packet in container.demux(stream):
                     ts = packet.pts if packet.pts is not None else packet.dts
-                    if ts is None:
+                    if ts is None or packet.size == 0:
                         continue
-                    packets += 1
-                    if packet.size > 0:
-                        ticks.append(int(ts))
+                    ticks.append(int(ts))
+                    if last_ts is None or ts > last_ts:
+                        last_ts, last_duration = int(ts), int(packet.duration or 0)
             except av.error.FFmpegError as exc:
                 ended = f"the stream ended early after {len(ticks)} frames: {exc}"
             ctx = stream.codec_context
@@ -137,8 +137,8 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
             rate = stream.average_rate or stream.guessed_rate
             fps = float(rate) if rate else 0.0
             width, height, codec = int(ctx.width or 0), int(ctx.height or 0), ctx.name
-            declared_frames = int(stream.frames or 0)
-            declared_seconds = _declared_seconds(container, stream, time_base)
+            declared = _Declared(int(stream.frames or 0), _declared_seconds(container, stream, time_base),
+                                 container.format.name)
     ticks_all = np.asarray(ticks, dtype=np.int64)
     pts = np.unique(ticks_all)  # presentation order
     warnings = [("truncated", ended)] if ended else []
@@ -148,7 +148,8 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
     if fps <= 0 and pts.shape[0] > 1:
         fps = (pts.shape[0] - 1) / max((pts[-1] - pts[0]) * time_base, 1e-9)
     if not ended:
-        short = _shortfall(packets, declared_frames, pts, time_base, fps, declared_seconds)
+        last_seconds = last_duration * time_base if last_duration > 0 else (1.0 / fps if fps > 0 else 0.0)
+        short = _shortfall(declared, pts, time_base, last_seconds)
         if short:
             warnings.append(("truncated", short))
     if pts.shape[0] < ticks_all.shape[0]:
@@ -159,10 +160,20 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
     return Timeline(pts, time_base, int(pts[0]), fps, width, height, codec, warnings)
 
 
+@dataclass
+class _Declared:
+    """What a container states about its video stream, to tell a truncated file by."""
+
+    frames: int                  # its frame count (0: none stated)
+    seconds: float | None        # its duration or end time (None: none stated)
+    format: str                  # FFmpeg's demuxer name(s), e.g. "avi", "mov,mp4,m4a,3gp,3g2,mj2"
+
+
 def _declared_seconds(container, stream, time_base: float) -> float | None:
     """The video stream's duration as the container states it, where it states one: the
     stream's own, Matroska's per-stream DURATION tag, or the file's when it has one stream
-    (with several, the file's is the longest, e.g. an audio track's)."""
+    (with several, the file's is the longest, e.g. an audio track's). Matroska's figures are
+    the stream's END time, counted from 0, not its length."""
     if stream.duration:
         return float(stream.duration) * time_base
     tag = (stream.metadata or {}).get("DURATION")
@@ -177,17 +188,32 @@ def _declared_seconds(container, stream, time_base: float) -> float | None:
     return None
 
 
-def _shortfall(packets: int, declared_frames: int, pts: np.ndarray, time_base: float, fps: float,
-               declared_seconds: float | None) -> str:
-    """Why the frames found fall short of what the container declares, or ""."""
-    if declared_frames > packets:
-        return (f"the container lists {declared_frames} frames but the file holds {packets} "
-                f"(truncated, or an edit list that trims the video); the {pts.shape[0]} found are kept")
-    if declared_seconds and fps > 0:
-        found = float(pts[-1] - pts[0]) * time_base + 1.0 / fps
-        if declared_seconds - found > max(2.0 / fps, 0.02 * declared_seconds):
-            return (f"the container declares {declared_seconds:.2f} s of video but its frames cover "
-                    f"{found:.2f} s (truncated?); the {pts.shape[0]} found are kept")
+# AVI's header counts dropped frames (empty index entries), which FFmpeg's demuxer never
+# returns: a capture with a few drops must not read as truncated, a half-copied file must.
+AVI_COUNT_SLACK = 0.25
+
+
+def _shortfall(declared: _Declared, pts: np.ndarray, time_base: float, last_seconds: float) -> str:
+    """Why the frames found fall short of what the container declares, or "".
+
+    A frame count is compared where the container states one; a duration only where it does
+    not (an MP4's frame count is exact, its duration is not needed). The frames' reach is read
+    leniently: their span or their end time, whichever is longer (a Matroska file cut from a
+    running recording starts at 60 s and states its end), plus the last frame's own stated
+    duration (a variable-rate camera may hold its last frame for seconds)."""
+    found = pts.shape[0]
+    if declared.frames:
+        slack = int(AVI_COUNT_SLACK * declared.frames) if "avi" in declared.format.split(",") else 0
+        if declared.frames - found > slack:
+            return (f"the container lists {declared.frames} frames but the file holds {found} "
+                    f"(truncated, or an edit list that trims the video); the {found} found are kept")
+        return ""
+    if declared.seconds and last_seconds > 0:
+        span = float(pts[-1] - pts[0]) * time_base + last_seconds
+        reach = max(span, float(pts[-1]) * time_base + last_seconds)
+        if declared.seconds - reach > max(2 * last_seconds, 0.02 * declared.seconds):
+            return (f"the container declares {declared.seconds:.2f} s of video but its frames cover "
+                    f"{span:.2f} s (truncated?); the {found} found are kept")
     return ""
 
 

@@ -115,6 +115,7 @@ UNUSUAL = {
     "long_last_frame.mkv": videos.long_last_frame,
     "long_last_frame.mp4": videos.long_last_frame,
     "dropped.avi": videos.dropped_frames_avi,
+    "copy_cut.mp4": videos.copy_cut_mp4,
 }
 
 

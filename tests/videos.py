@@ -204,3 +204,18 @@ def dropped_frames_avi(path: str, n: int = 30) -> None:
             frame.pts, frame.time_base = i + (3 if i >= n // 2 else 0), tb
             for packet in stream.encode(frame):
                 container.mux(packet)
+
+
+def copy_cut_mp4(path: str, n: int = 30) -> None:
+    """What `ffmpeg -ss 0.2 -i in.mp4 -c copy out.mp4` writes: the packets before the cut stay
+    (they are references), and an edit list makes the decoder discard their frames."""
+    source = path + ".src.mp4"
+    _encode(source, frames(n), "libx264", "yuv420p", "gray", options={"bf": "2", "g": "10"})
+    with av.open(source) as src, av.open(path, "w") as out:
+        stream = out.add_stream_from_template(src.streams.video[0])
+        shift = int(0.2 / src.streams.video[0].time_base)
+        for packet in src.demux(video=0):
+            if packet.size:
+                packet.pts, packet.dts, packet.stream = packet.pts - shift, packet.dts - shift, stream
+                out.mux(packet)
+    os.remove(source)

@@ -121,11 +121,15 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
             stream = _video_stream(container)
             ticks: list[int] = []
             last_ts, last_duration = None, 0  # the latest frame's timestamp and stated duration
+            discarded = 0                     # decoded for reference only: an MP4 edit list cuts them
             ended = ""
             try:
                 for packet in container.demux(stream):
                     ts = packet.pts if packet.pts is not None else packet.dts
                     if ts is None or packet.size == 0:
+                        continue
+                    if packet.is_discard:     # before an edit list's start (a `-ss … -c copy` cut)
+                        discarded += 1
                         continue
                     ticks.append(int(ts))
                     if last_ts is None or ts > last_ts:
@@ -137,8 +141,8 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
             rate = stream.average_rate or stream.guessed_rate
             fps = float(rate) if rate else 0.0
             width, height, codec = int(ctx.width or 0), int(ctx.height or 0), ctx.name
-            declared = _Declared(int(stream.frames or 0), _declared_seconds(container, stream, time_base),
-                                 container.format.name)
+            declared = _Declared(max(0, int(stream.frames or 0) - discarded),
+                                 _declared_seconds(container, stream, time_base), container.format.name)
     ticks_all = np.asarray(ticks, dtype=np.int64)
     pts = np.unique(ticks_all)  # presentation order
     warnings = [("truncated", ended)] if ended else []

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 import videos
-from vadray.decode import InputError, decode_segment, probe
+from vadray.decode import GreyScaler, InputError, decode_segment, probe
 from vadray.exits import UsageError
 from vadray.listing import list_videos
 from vadray.preprocess import NormStats, PartialSums
@@ -130,6 +130,37 @@ def test_unusual_but_valid_video_decodes(tmp_path, name):
     assert decoded.frames.dtype == np.uint8 and decoded.frames.std() > 1  # real content, not blank
     if expected_times is not None:  # variable frame rate: times come from the pts, not i / fps
         np.testing.assert_allclose(decoded.time_s, expected_times, atol=1e-3)
+
+
+def test_h264_with_b_frames_in_avi_keeps_the_decoders_frame_order(tmp_path):
+    """The decoder's output order is the presentation order; whole or in segments (each seeks
+    to its keyframe), the frames are those of a plain decode, in that order."""
+    import av
+
+    path = str(tmp_path / "bf.avi")
+    videos.h264_bframes_avi(path, n=30)
+    with av.open(path) as container:
+        plain = np.stack([GreyScaler(27)(f) for f in container.decode(video=0)])
+    timeline = probe(path)
+    assert timeline.num_frames == 30 and timeline.warnings == []
+    whole = decode_segment(path, timeline, 0, 30, 27)
+    assert not whole.error
+    np.testing.assert_array_equal(whole.frames, plain)
+    parts = [decode_segment(path, timeline, a, b, 27) for a, b in ((0, 13), (13, 27), (27, 30))]
+    assert not any(p.error for p in parts)
+    np.testing.assert_array_equal(np.concatenate([p.frames for p in parts]), plain)
+
+    # A corrupt packet in the second GOP: what is kept is still in its place, what the decoder
+    # held when it failed is reported missing up to the next keyframe (frame 24).
+    with av.open(path) as container:
+        pos, size = [(p.pos, p.size) for p in container.demux(video=0) if p.size][15]
+    data = bytearray(open(path, "rb").read())
+    data[pos:pos + size] = np.random.default_rng(1).integers(0, 256, size, dtype=np.uint8).tobytes()
+    open(path, "wb").write(bytes(data))
+    for a, b in ((0, 30), (13, 27)):
+        hit = decode_segment(path, probe(path), a, b, 27)
+        assert "corrupt packet" in hit.error and hit.missing == [(max(a, 13), 24)]
+        np.testing.assert_array_equal(hit.frames, plain[hit.frame_index])
 
 
 def test_grey_content_is_preserved_across_pixel_formats(tmp_path):

@@ -219,3 +219,9 @@ def copy_cut_mp4(path: str, n: int = 30) -> None:
                 packet.pts, packet.dts, packet.stream = packet.pts - shift, packet.dts - shift, stream
                 out.mux(packet)
     os.remove(source)
+
+
+def h264_bframes_avi(path: str, n: int = 30) -> None:
+    """H.264 with B-frames in AVI, which stores no presentation times: FFmpeg labels packets in
+    decode order, so the frames come out of the decoder with their labels out of order."""
+    _encode(path, frames(n), "libx264", "yuv420p", "gray", options={"bf": "2", "g": "12"})

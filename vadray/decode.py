@@ -273,38 +273,70 @@ def decode_segment(uri: str, timeline: Timeline, first: int, last: int, size: in
     Seeks to the keyframe before `first`; if the container seeks past it (some AVI/WebM
     indexes are coarse) it decodes from the start instead. Frames that fail to decode are
     reported in `missing`/`error`, the rest are returned: nothing decodable is lost.
+
+    Frames are placed by their timestamps. Where those come out of the decoder going
+    backwards, they are decode-order labels, not presentation times (AVI stores none: H.264
+    with B-frames in AVI), and the segment is decoded again placing frames in output order.
     """
     want = timeline.pts[first:last]
-    scaler = GreyScaler(size)
-    out = _FrameBuffer(last - first, size)
-    error = ""
-    # Seek whenever the segment starts after the stream's first frame (positions are relative
-    # to `timeline`, which may hold only this segment's frames).
-    for attempt_seek in ((int(want[0]) > timeline.start_pts), False):
-        out.clear()
-        failures: list[str] = []
-        try:
-            with _av_open(uri, storage_options) as container:
-                stream = container.streams.video[0]
-                stream.thread_count = DECODER_THREADS
-                for frame in _decode_frames(container, stream, want[0] if attempt_seek else None, failures):
-                    ts = frame.pts if frame.pts is not None else frame.dts
-                    if ts is None:
-                        continue
-                    if ts > want[-1]:
-                        break
-                    pos = int(np.searchsorted(want, ts))
-                    if pos < len(want) and want[pos] == ts:
-                        out.put(pos, scaler(frame))
-            error = ""
-        except av.error.FFmpegError as exc:
-            error = f"decoding stopped: {exc}"
-        if failures:
-            more = f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""
-            error = "; ".join(filter(None, [f"decoding skipped to the next keyframe after {failures[0]}{more}", error]))
-        if not attempt_seek or out.filled[0] or error:
-            break  # no seek used, or the seek landed at or before `first`: done
+    seek = int(want[0]) > timeline.start_pts   # positions are relative to `timeline`, which may
+    out = _FrameBuffer(last - first, size)      # hold only this segment's frames
+    error, backwards = _decode_pass(uri, want, out, size, storage_options, seek, by_order=False)
+    by_order = backwards
+    if by_order:
+        error, _ = _decode_pass(uri, want, out, size, storage_options, seek, by_order=True)
+    if seek and not out.filled[0] and not error:   # the seek landed after `first`: from the start
+        error, _ = _decode_pass(uri, want, out, size, storage_options, False, by_order)
     return _collect(out, timeline, first, last, size, error)
+
+
+def _decode_pass(uri: str, want: np.ndarray, out: "_FrameBuffer", size: int,
+                 storage_options: dict[str, Any] | None, seek: bool, by_order: bool) -> tuple[str, bool]:
+    """One decode of the frames `want` (timestamps) into `out`: (error, whether the decoder's
+    timestamps went backwards). `by_order`: the first frame out is placed by its timestamp,
+    each later one at the next position (timestamps on a uniform grid, as AVI's are)."""
+    scaler = GreyScaler(size)
+    out.clear()
+    failures: list[str] = []
+    error, backwards = "", False
+    step = int(want[1] - want[0]) if len(want) > 1 else 1
+    try:
+        with _av_open(uri, storage_options) as container:
+            stream = container.streams.video[0]
+            stream.thread_count = DECODER_THREADS
+            previous, pos, anchored_after = None, None, 0
+            started = False      # the first frame out anchors the placement, whatever it is
+            for frame in _decode_frames(container, stream, want[0] if seek else None, failures):
+                ts = frame.pts if frame.pts is not None else frame.dts
+                if ts is None:
+                    continue
+                if by_order:
+                    if len(failures) != anchored_after:   # a corrupt packet: what the decoder still
+                        pos, anchored_after = None, len(failures)  # holds may be damaged; go on
+                    if pos is None and started and not frame.key_frame:  # from a keyframe, placed
+                        continue                                   # by its own label
+                    started = True
+                    pos = (ts - int(want[0])) // step if pos is None else pos + 1
+                    if pos >= len(want):
+                        break
+                    if pos >= 0:
+                        out.put(int(pos), scaler(frame))
+                    continue
+                if previous is not None and ts < previous:
+                    backwards = True
+                    break
+                previous = ts
+                if ts > want[-1]:
+                    break
+                pos = int(np.searchsorted(want, ts))
+                if pos < len(want) and want[pos] == ts:
+                    out.put(pos, scaler(frame))
+    except av.error.FFmpegError as exc:
+        error = f"decoding stopped: {exc}"
+    if failures:
+        more = f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""
+        error = "; ".join(filter(None, [f"decoding skipped to the next keyframe after {failures[0]}{more}", error]))
+    return error, backwards
 
 
 def decode_frame_files(uris: list[str], timeline: Timeline, first: int, last: int, size: int,

@@ -153,7 +153,7 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
         fps = (pts.shape[0] - 1) / max((pts[-1] - pts[0]) * time_base, 1e-9)
     if not ended:
         last_seconds = last_duration * time_base if last_duration > 0 else (1.0 / fps if fps > 0 else 0.0)
-        short = _shortfall(declared, pts, time_base, last_seconds)
+        short = _shortfall(declared, pts, ticks_all.shape[0], time_base, last_seconds)
         if short:
             warnings.append(("truncated", short))
     if pts.shape[0] < ticks_all.shape[0]:
@@ -197,7 +197,7 @@ def _declared_seconds(container, stream, time_base: float) -> float | None:
 AVI_COUNT_SLACK = 0.25
 
 
-def _shortfall(declared: _Declared, pts: np.ndarray, time_base: float, last_seconds: float) -> str:
+def _shortfall(declared: _Declared, pts: np.ndarray, packets: int, time_base: float, last_seconds: float) -> str:
     """Why the frames found fall short of what the container declares, or "".
 
     A frame count is compared where the container states one; a duration only where it does
@@ -208,8 +208,8 @@ def _shortfall(declared: _Declared, pts: np.ndarray, time_base: float, last_seco
     found = pts.shape[0]
     if declared.frames:
         slack = int(AVI_COUNT_SLACK * declared.frames) if "avi" in declared.format.split(",") else 0
-        if declared.frames - found > slack:
-            return (f"the container lists {declared.frames} frames but the file holds {found} "
+        if declared.frames - packets > slack:
+            return (f"the container lists {declared.frames} frames but the file holds {packets} "
                     f"(truncated, or an edit list that trims the video); the {found} found are kept")
         return ""
     if declared.seconds and last_seconds > 0:

@@ -11,7 +11,8 @@ import videos
 from conftest import PED2, TEST_SIZE, ped2
 from vadray import storage
 from vadray.cli import main
-from vadray.decode import decode_segment, probe
+from vadray.decode import decode_segment
+from vadray.probe import probe
 from vadray.errors import read_errors
 from vadray.ingest import read_stats, run_ingest
 from vadray.preprocess import NormStats, PartialSums

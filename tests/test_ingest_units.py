@@ -9,7 +9,8 @@ import pyarrow as pa
 import pytest
 
 import videos
-from vadray.decode import GreyScaler, InputError, decode_segment, probe
+from vadray.decode import GreyScaler, decode_segment
+from vadray.probe import InputError, probe
 from vadray.exits import UsageError
 from vadray.listing import list_videos
 from vadray.preprocess import NormStats, PartialSums

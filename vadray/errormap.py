@@ -28,8 +28,8 @@ class ErrorMaps:
     def __call__(self, source_uri: str, frame_index: int) -> np.ndarray | None:
         import torch
 
-        from vadray.decode import (InputError, decode_frame_files, decode_segment, frame_folder_timeline,
-                                   probe)
+        from vadray.decode import decode_frame_files, decode_segment
+        from vadray.probe import InputError, frame_folder_timeline, probe
         from vadray.listing import frame_folder
 
         try:

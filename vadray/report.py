@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from vadray import decode, listing, metrics, storage
+from vadray import listing, metrics, probe, storage
 from vadray.errors import safe_key
 from vadray.evaluate import check_one_camera_per_video, check_one_model, read_labels, read_table, selection
 from vadray.exits import UsageError
@@ -38,7 +38,7 @@ def decode_thumbnail(source_uri: str, frame_index: int, storage_options: dict | 
                      max_side: int = 240) -> np.ndarray | None:
     """Frame `frame_index` of a video file or frame folder as grey (h, w) uint8, or None.
 
-    Indices follow `vadray.decode` (presentation order; natural sort of a frame folder), so
+    Indices follow `vadray.probe` (presentation order; natural sort of a frame folder), so
     the thumbnail shows the frame the score belongs to. Unreachable sources give None.
     """
     try:
@@ -48,14 +48,14 @@ def decode_thumbnail(source_uri: str, frame_index: int, storage_options: dict | 
             uri = clip.frame_uris[frame_index]
             with fs.open(storage.url_to_fs(uri, storage_options)[1], "rb") as f, av.open(f) as container:
                 return _grey(next(container.decode(video=0)), max_side)
-        target = int(decode.probe(source_uri, min_frames=1, storage_options=storage_options).pts[frame_index])
+        target = int(probe.probe(source_uri, min_frames=1, storage_options=storage_options).pts[frame_index])
         with fs.open(path, "rb") as f, av.open(f) as container:
             stream = container.streams.video[0]
             container.seek(target, stream=stream, backward=True, any_frame=False)
             for frame in container.decode(stream):
                 if frame.pts is not None and frame.pts >= target:
                     return _grey(frame, max_side) if frame.pts == target else None
-    except (decode.InputError, av.error.FFmpegError, OSError, IndexError, StopIteration, UsageError) as exc:
+    except (probe.InputError, av.error.FFmpegError, OSError, IndexError, StopIteration, UsageError) as exc:
         log.warning("no thumbnail for %s frame %d: %s", source_uri, frame_index, exc)
     return None
 

@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 
 from vadray import storage
-from vadray.decode import (DecodedFrames, InputError, Timeline, decode_frame_files, decode_segment,
-                           frame_folder_timeline, probe)
+from vadray.decode import DecodedFrames, decode_frame_files, decode_segment
+from vadray.probe import InputError, Timeline, frame_folder_timeline, probe
 from vadray.errors import error_row, safe_key, write_errors
 from vadray.listing import VideoRef
 from vadray.segments import pack_units, plan_segments

@@ -3,7 +3,7 @@
 Why it exists: a GPU machine that has PyTorch and PyAV but no Ray (our lent GPU cannot
 install it) still has to give the paper's Ped2 settings a run. The pieces are the jobs' own,
 composed in one process instead of Ray Data tasks and a TorchTrainer:
-  decode      every video of TRAIN (and TEST) with `decode.probe` + `decode.segment` at S×S,
+  decode      every video of TRAIN (and TEST) with `probe.probe` + `decode.decode_segment` at S×S,
               statistics from `preprocess.PartialSums` — what `vadray ingest` stores
   split       held-out TRAINING videos for validation (`trainvolumes.split_by_video`)
   volumes     T=10 at --strides, every --train-hop frames (`volumes.volume_starts`), gathered
@@ -72,7 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def decode_videos(source: str, size: int) -> tuple[list[str], list[np.ndarray]]:
     """(video ids, frames uint8 (N, S, S) per video) of every video under `source`, decoded
     exactly as an ingest decode task does (one segment per video)."""
-    from vadray.decode import decode_segment, probe
+    from vadray.decode import decode_segment
+    from vadray.probe import probe
     from vadray.listing import list_videos
 
     refs = [r for r in list_videos(source) if not r.is_frame_folder]

@@ -59,7 +59,8 @@ def predecode(source: str, checkpoint: str, hop: int) -> tuple[list[np.ndarray],
     and volume starts (stride 1, HOP, a last volume ending on the final frame) as the job.
     """
     from vadray.checkpoint import read_card
-    from vadray.decode import decode_segment, probe
+    from vadray.decode import decode_segment
+    from vadray.probe import probe
     from vadray.listing import list_videos
     from vadray.preprocess import NormStats
     from vadray.volumes import gather, volume_starts

@@ -120,10 +120,17 @@ def test_a_video_whose_tables_fail_to_write_is_an_error_row_not_the_end_of_the_j
     write = _WriteOrRecord(assemble, str(tmp_path / "errors"), {})
     assert write([{"video_id": "cam/ok", "uri": "/a/ok.mp4", "camera": "lobby"}])["frames"] == 30
     assert write([{"video_id": "cam/full-disk", "uri": "/a/full-disk.mp4", "camera": "lobby"}]) == {
-        "video_id": "cam/full-disk", "frames": 0, "events": 0, "complete": False}
+        "video_id": "cam/full-disk", "frames": 0, "events": 0, "complete": False, "unrecorded_error": None}
     (row,) = read_errors(str(tmp_path / "errors")).to_pylist()
     assert (row["camera"], row["video_id"], row["stage"], row["error_type"]) == ("lobby", "cam/full-disk", "write", "OSError")
     assert "No space left" in row["message"]
+
+    # The store fails for the errors row too (here: errors/ is a file): the job goes on, and
+    # the row comes back for the summary to count instead of being lost.
+    (tmp_path / "broken").write_text("not a folder")
+    out = _WriteOrRecord(assemble, str(tmp_path / "broken"), {})(
+        [{"video_id": "cam/full-disk", "uri": "/a/full-disk.mp4", "camera": "lobby"}])
+    assert out["complete"] is False and out["unrecorded_error"]["error_type"] == "OSError"
 
 
 def test_a_table_write_that_fails_half_way_leaves_no_file_readers_would_trip_on(tmp_path, monkeypatch):

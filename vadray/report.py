@@ -14,6 +14,7 @@ import html
 import io
 import logging
 import math
+import time
 from typing import Any, Callable
 
 import av
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 ImageFn = Callable[[str, int], "np.ndarray | None"]
 FRAME_COLUMNS = ["camera", "date", "video_id", "source_uri", "frame_index", "time_s", "regularity",
                  "motion_regularity", "brightness_gain", "model_id"]
+PROGRESS_SECONDS = 10.0   # a report of thousands of videos says how far it is this often
 GAIN_SHOWN = 0.05   # draw the brightness gain when it moves by more than 5 % within the video
 
 
@@ -178,11 +180,22 @@ def build_report(output: str, out_dir: str, labels_csv: str | None = None,
     out_fs, out_path = storage.url_to_fs(out_dir, storage_options)
     out_fs.makedirs(out_path, exist_ok=True)
     rows = []
-    for (camera, video_id), video_frames in frames.groupby(["camera", "video_id"], sort=True):
-        video_events = events[(events["camera"] == camera) & (events["video_id"] == video_id)].sort_values("start_frame")
+    # Grouped once: filtering the whole tables per video made a report of many short videos
+    # quadratic in their number.
+    events_of = {key: group for key, group in events.groupby(["camera", "video_id"], sort=False)}
+    labels_of = ({key: group for key, group in labels.groupby("video_id", sort=False)}
+                 if labels is not None else {})
+    no_events, no_labels = events.iloc[:0], (labels.iloc[:0] if labels is not None else None)
+    groups = frames.groupby(["camera", "video_id"], sort=True)
+    progress = time.monotonic()
+    for done, ((camera, video_id), video_frames) in enumerate(groups, start=1):
+        if time.monotonic() - progress >= PROGRESS_SECONDS:
+            progress = time.monotonic()
+            log.info("report: %d of %d videos drawn", done - 1, groups.ngroups)
+        video_events = events_of.get((camera, video_id), no_events).sort_values("start_frame")
         truth, auc = None, float("nan")
         if labels is not None:
-            video_labels = labels[labels["video_id"] == video_id]
+            video_labels = labels_of.get(video_id, no_labels)
             if len(video_labels):
                 truth = metrics.label_runs(video_labels["frame_index"].to_numpy(), video_labels["label"].to_numpy())
                 scored = video_frames.merge(video_labels, on=["video_id", "frame_index"])

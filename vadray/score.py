@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -82,9 +83,36 @@ class _WriteOrRecord:
             return self.assemble(rows)
         except Exception as exc:  # noqa: BLE001 — recorded per video, the others go on
             log.warning("video %s: writing its tables failed: %s: %s", head["video_id"], type(exc).__name__, exc)
-            write_errors([error_row(head["video_id"], head["uri"], "write", type(exc).__name__, str(exc))],
-                         self.errors_uri, head["camera"], f"{safe_key(head['video_id'])}-write", self.storage_options)
-            return {"video_id": head["video_id"], "frames": 0, "events": 0, "complete": False}
+            row = error_row(head["video_id"], head["uri"], "write", type(exc).__name__, str(exc))
+            try:
+                write_errors([row], self.errors_uri, head["camera"], f"{safe_key(head['video_id'])}-write",
+                             self.storage_options)
+                row = None
+            except Exception as again:  # noqa: BLE001 — the store is failing: the summary still counts it
+                log.error("video %s: its errors row could not be written either: %s: %s", head["video_id"],
+                          type(again).__name__, again)
+            return {"video_id": head["video_id"], "frames": 0, "events": 0, "complete": False,
+                    "unrecorded_error": row}
+
+
+class _VideoProgress:
+    """'N of M videos written' every PROGRESS_SECONDS: Ray Data's own progress counts volume
+    rows, whose total it keeps re-estimating, not the videos a backfill is made of."""
+
+    PROGRESS_SECONDS = 10.0
+
+    def __init__(self, total: int):
+        self.total, self.done, self.started = total, 0, time.monotonic()
+        self.last = self.started
+        self.lock = threading.Lock()
+
+    def one_done(self, _future) -> None:
+        with self.lock:
+            self.done += 1
+            now = time.monotonic()
+            if now - self.last >= self.PROGRESS_SECONDS or self.done == self.total:
+                self.last = now
+                log.info("%d of %d videos written (%.0f s)", self.done, self.total, now - self.started)
 
 
 def run_score(source: str, output: str, checkpoint: str, *, camera: str = "default", actors: int = 1,
@@ -153,6 +181,7 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     drop_previous(output, camera, [r for r in todo if r.video_id in previous.markers], model_id, previous,
                   storage_options)
     summary = ScoreSummary(videos=len(refs), skipped=len(done))
+    results: list[dict[str, Any]] = []
     log.info("scoring %d videos (%d already done) with %s", len(todo), len(done), model_id)
     if todo:
         ensure_ray()
@@ -179,6 +208,7 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
         assemble = _WriteOrRecord(AssembleVideo(output, card, run_id, dates, events, grid, storage_options),
                                   storage.join(output, "errors"), storage_options)
         videos = VideoRows()
+        progress = _VideoProgress(len(todo))
         with ThreadPoolExecutor(max_workers=4) as writers:  # table writes overlap the stream
             pending = []
             for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -186,13 +216,17 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
                     complete = videos.add(row)
                     if complete is not None:
                         pending.append(writers.submit(assemble, complete))
-            pending += [writers.submit(assemble, rows) for rows in videos.leftovers()]
+                        pending[-1].add_done_callback(progress.one_done)
+            for rows in videos.leftovers():
+                pending.append(writers.submit(assemble, rows))
+                pending[-1].add_done_callback(progress.one_done)
             results = [f.result() for f in pending]
         summary.frames = sum(r["frames"] for r in results)
         summary.events = sum(r["events"] for r in results)
     run_ids = {r.video_id for r in todo}
     summary.errors = [e for e in read_errors(storage.join(output, "errors"), storage_options, camera).to_pylist()
                       if e["video_id"] in run_ids]
+    summary.errors += [r["unrecorded_error"] for r in results if r.get("unrecorded_error")]
     summary.videos_failed = len({e["video_id"] for e in summary.errors})
     summary.seconds = time.perf_counter() - started
     return summary

@@ -218,10 +218,10 @@ def write_whole(table: pa.Table, uri: str, storage_options: dict[str, Any]) -> N
     later query, evaluate and report of the OUTPUT."""
     fs, path = storage.pyarrow_fs(uri, storage_options)
     folder, name = path.rsplit("/", 1)
-    fs.create_dir(folder, recursive=True)
-    if storage.is_remote(uri):
+    if storage.is_remote(uri):   # no folders to make in an object store (s3fs would HEAD the bucket)
         pq.write_table(table, path, filesystem=fs, compression="zstd")
         return
+    fs.create_dir(folder, recursive=True)
     hidden = f"{folder}/.{name}.{os.getpid()}.tmp"
     try:
         pq.write_table(table, hidden, filesystem=fs, compression="zstd")

@@ -499,3 +499,33 @@ def test_score_actor_and_ped2_direct_measure_the_same_errors(trained_checkpoint)
     plain = scoring.accumulate(starts, T, scoring.frame_errors(x, y)).mean()
     np.testing.assert_allclose(from_actor.recon_error, plain.recon_error, rtol=1e-5)
     assert np.isfinite(from_actor.motion_error).all() and (from_actor.recon_error > 0).all()
+
+
+def test_a_months_rerun_lists_only_that_months_markers(s3_bucket, monkeypatch):
+    """One job per month (docs/CLUSTER.md): month 12 must not list the markers of months 1-11.
+    The manifest is asked for the keys' common prefix, which the store filters server-side."""
+    import s3fs
+
+    from vadray.listing import VideoRef
+    from vadray.manifest import mark_done, previous_scoring
+
+    bucket, options = s3_bucket
+    out = f"s3://{bucket}/scores"
+    refs = {month: [VideoRef(f"cam/2024-{month}-0{d}/0900", f"s3://{bucket}/a/{month}{d}.mp4", 10)
+                    for d in (1, 2)] for month in ("04", "05")}
+    for ref in refs["04"] + refs["05"][:1]:
+        mark_done(out, "lobby", ref.video_id, ref.identity(), "m1", ref.uri, options)
+    fs = s3fs.S3FileSystem(**options)
+    fs.invalidate_cache()
+    listed = []
+    real_find = s3fs.S3FileSystem.find
+
+    def find(self, path, *args, **kwargs):
+        names = real_find(self, path, *args, **kwargs)
+        listed.extend(names)
+        return names
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "find", find)
+    previous = previous_scoring(out, "lobby", refs["05"], "m1", options)
+    assert previous.done == {refs["05"][0].video_id}
+    assert listed and all("2024-05-" in name for name in listed)   # April's two markers not listed

@@ -9,6 +9,7 @@ rows go before it is scored again), or whether another file claims its id (refus
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -75,10 +76,18 @@ def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: s
     whose content changed (their URI: '' for markers of versions that left them empty)."""
     fs, root = storage.url_to_fs(storage.join(output, "manifest", f"camera={camera}"), storage_options)
     root = root.rstrip("/")
+    # Only the markers that can be this run's: their names start with the keys' common prefix
+    # (a month's day folders share '2024-05-'), so month 12 of a backfill does not list 1-11.
+    prefix = os.path.commonprefix([safe_key(r.video_id) for r in refs]) if refs else ""
     try:
-        present = [p[len(root) + 1:] for p in fs.find(root)]
+        if prefix and storage.is_remote(output):
+            found_paths = fs.find(root, prefix=prefix)        # s3fs lists under root/prefix only
+        else:
+            found_paths = fs.find(root)
+        present = [p[len(root) + 1:] for p in found_paths]
     except FileNotFoundError:
         return Previous()
+    present = [name for name in present if name.startswith(prefix)]
     by_video: dict[str, list[str]] = {}
     for name in present:                      # <key>.<model_id>.<digest>.done
         by_video.setdefault(name.rsplit(".", 2)[0], []).append(name)

@@ -71,3 +71,14 @@ def test_event_counts():
     assert out["gt_events"] == 3 and out["gt_detected"] == 2 and out["gt_missed"] == 1
     assert out["detected_events"] == 5 and out["false_alarms"] == 3
     assert out["detection_rate"] == pytest.approx(2 / 3)
+
+
+def test_frame_auc_equals_sklearns_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    for n in (2, 7, 50, 1000):
+        labels = rng.integers(0, 2, n)
+        labels[0], labels[-1] = 0, 1
+        scores = np.round(rng.normal(size=n), 1)          # many ties
+        assert metrics.frame_auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)

@@ -7,7 +7,8 @@ report over many videos still comes out.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
+from scipy.stats import rankdata
+from sklearn.metrics import roc_curve
 
 
 def _both_classes(labels: np.ndarray) -> bool:
@@ -15,11 +16,19 @@ def _both_classes(labels: np.ndarray) -> bool:
 
 
 def frame_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC of scores (N,) against 0/1 labels (N,); NaN when only one class is present."""
+    """ROC AUC of scores (N,) against 0/1 labels (N,); NaN when only one class is present.
+
+    The Mann-Whitney form (ties count one half, as in sklearn's `roc_auc_score`, which the
+    tests hold it to): sklearn's own checks cost ~4 ms a call, which an evaluation of
+    thousands of short videos (one macro AUC each) paid per video."""
     labels = np.asarray(labels).astype(np.int8)
     if not _both_classes(labels):
         return float("nan")
-    return float(roc_auc_score(labels, np.asarray(scores, np.float64)))
+    ranks = rankdata(np.asarray(scores, np.float64))          # average ranks of tied scores
+    positives = labels == 1
+    n_pos = int(positives.sum())
+    n_neg = labels.size - n_pos
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def equal_error_rate(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:

@@ -211,15 +211,18 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
         progress = _VideoProgress(len(todo))
         with ThreadPoolExecutor(max_workers=4) as writers:  # table writes overlap the stream
             pending = []
+
+            def write(rows: list[dict[str, Any]]) -> None:
+                pending.append(writers.submit(assemble, rows))
+                pending[-1].add_done_callback(progress.one_done)
+
             for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
                 for row in batch.to_pylist():
                     complete = videos.add(row)
                     if complete is not None:
-                        pending.append(writers.submit(assemble, complete))
-                        pending[-1].add_done_callback(progress.one_done)
+                        write(complete)
             for rows in videos.leftovers():
-                pending.append(writers.submit(assemble, rows))
-                pending[-1].add_done_callback(progress.one_done)
+                write(rows)
             results = [f.result() for f in pending]
         summary.frames = sum(r["frames"] for r in results)
         summary.events = sum(r["events"] for r in results)

@@ -16,6 +16,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from vadray import storage
+from vadray.decode import contiguous_runs, index_runs
+from vadray.errors import error_row, write_errors
 from vadray.events import EVENTS_SCHEMA, EventSettings, detect_events
 from vadray.manifest import mark_done, scores_file
 from vadray.stages import decode_planned
@@ -34,8 +36,6 @@ def gap_edge_starts(decoded_index: np.ndarray, owned: np.ndarray, first: int, de
     added: every frame such a volume covers then has one of this segment's grid starts in its
     window, so no other segment's row can take it for finished (see `FrameSums.split`).
     """
-    from vadray.decode import contiguous_runs
-
     if owned.size == 0 or decoded_index.size == 0:
         return np.zeros(0, np.int64)
     extra = []
@@ -293,14 +293,12 @@ class AssembleVideo:
     def _unscored(self, head: dict[str, Any], scored: np.ndarray) -> None:
         """An errors row naming the frames without a score: what did not decode, and decoded
         frames no volume of T decoded frames covers, are not lost silently."""
-        from vadray.decode import index_runs
-        from vadray.errors import error_row, write_errors
-
         num_frames = int(head["num_frames"])
         unscored = np.setdiff1d(np.arange(num_frames), scored)
-        runs = ", ".join(f"{a}-{b - 1}" for a, b in index_runs(unscored)[:20])
-        message = (f"{unscored.size} of {num_frames} frames have no score: {runs}"
-                   f"{' …' if len(index_runs(unscored)) > 20 else ''}. A volume needs {self.T} "
+        runs = index_runs(unscored)
+        listed = ", ".join(f"{a}-{b - 1}" for a, b in runs[:20])
+        message = (f"{unscored.size} of {num_frames} frames have no score: {listed}"
+                   f"{' …' if len(runs) > 20 else ''}. A volume needs {self.T} "
                    "consecutive decoded frames: frames that did not decode (see the decode rows), "
                    "and decoded runs shorter than that, go unscored")
         write_errors([error_row(head["video_id"], head["uri"], "score", "unscored_frames", message)],

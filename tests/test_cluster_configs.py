@@ -191,7 +191,8 @@ def test_image_is_the_tested_ray_on_the_pinned_python():
     text = (CLUSTER / "Dockerfile").read_text()
     args = dict(re.findall(r"^ARG\s+(\w+)=(\S+)", text, re.M))
     assert args["RAY_VERSION"] == ray.__version__
-    assert re.search(r"^FROM rayproject/ray:\$\{RAY_VERSION\}-\$\{PYTHON_TAG\}-gpu", text, re.M)
+    assert re.search(r"^FROM rayproject/ray:\$\{RAY_VERSION\}-\$\{PYTHON_TAG\}-\$\{PLATFORM\}$", text, re.M)
+    assert args["PLATFORM"] == "gpu", "the default image is the GPU one (the manifests' GPU groups use it)"
     import sys
     assert args["PYTHON_TAG"] == f"py{sys.version_info.major}{sys.version_info.minor}"
     assert "TORCH_INDEX_URL" in args and "/whl/cu" in args["TORCH_INDEX_URL"], "CUDA build of torch"

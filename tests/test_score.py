@@ -255,21 +255,6 @@ def test_frames_beside_a_decode_gap_are_scored_whatever_the_segments(ray_session
     pd_testing.assert_frame_equal(tables[60.0].drop(columns=["run_id"]), tables[1.0].drop(columns=["run_id"]))
 
 
-def test_gap_edge_starts_stay_inside_the_segments_own_grid():
-    from vadray.score_stages import gap_edge_starts
-
-    decoded = np.array([*range(0, 13), *range(20, 40)])
-    owned = np.arange(0, 31, 5)
-    np.testing.assert_array_equal(gap_edge_starts(decoded, owned, 0, 40, 10), [3])   # 3-12; 20 is on the grid
-    decoded = np.array([*range(0, 24), *range(30, 40)])
-    np.testing.assert_array_equal(gap_edge_starts(decoded, owned, 0, 40, 10), [14])  # 24 is lost, 30 is grid
-    # a segment owning starts 10 and 15 only: 3 would reach frames another segment may finish
-    np.testing.assert_array_equal(gap_edge_starts(np.array([*range(0, 13), *range(20, 40)]),
-                                                  np.array([10, 15]), 0, 40, 10), [])
-    # a run shorter than a volume adds nothing; a gap at the segment's first frame is not seen
-    np.testing.assert_array_equal(gap_edge_starts(np.array([*range(5, 12), *range(20, 40)]), owned, 5, 40, 10), [])
-
-
 def test_day_folders_scored_one_source_at_a_time_never_replace_each_other(ray_session, trained_checkpoint,
                                                                           synth_test_archive, tmp_path, capsys):
     days = tmp_path / "days"

@@ -188,7 +188,9 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
         if actor_threads is None:
             actor_threads = default_actor_threads(actors)
         clear_errors(storage.join(output, "errors"), camera, [r.video_id for r in todo], storage_options)
-        plan = ProbeAndPlan(output, camera, segment_seconds, frame_fps, storage_options, overlap=T - 1)
+        # Segments start on the hop grid and decode T frames past their end (`gap_edge_starts`).
+        plan = ProbeAndPlan(output, camera, segment_seconds, frame_fps, storage_options, overlap=T,
+                            multiple_of=hop)
         # One streaming pipeline, as ingest's: probe → one block per segment → decode into volume
         # rows (CPU tasks) → model actors. The driver assembles each video as soon as all of its
         # rows are in (`VideoRows`): per-frame errors are small, so no shuffle barrier.

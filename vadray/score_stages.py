@@ -26,18 +26,19 @@ from vadray.volumes import frame_offsets, gather, volume_starts
 ROW_VOLUMES = 64  # volumes per row sent to a model actor: bounds a row's memory
 
 
-def gap_edge_starts(decoded_index: np.ndarray, owned: np.ndarray, first: int, decode_last: int,
-                    T: int) -> np.ndarray:
+def gap_edge_starts(decoded_index: np.ndarray, owned: np.ndarray, first: int, last: int,
+                    decode_last: int, T: int) -> np.ndarray:
     """Extra volume starts beside the decode gaps a segment saw: one volume starting right
     after a gap, one ending right before it, so that decoded frames there get a score although
     the hop grid's volumes that would cover them touch the gap (and are dropped).
 
-    Only starts within [owned[0], owned[-1]] (the segment's first and last grid starts) are
-    added: every frame such a volume covers then has one of this segment's grid starts in its
-    window, so no other segment's row can take it for finished (see `FrameSums.split`).
+    Only starts in [first, last) are the segment's. Score decodes T frames past `last`, so
+    a segment sees whether the frame after a run that ends within its reach decoded. The
+    frames such volumes cover past `last` are the next segment's first T−1, which no segment
+    finishes on its own (`ScoreVolumes`), so two segments never both finish a frame. A
+    segment's first frame is on the hop grid (score plans segments in multiples of the hop),
+    whose volume covers a run that starts there.
     """
-    if owned.size == 0 or decoded_index.size == 0:
-        return np.zeros(0, np.int64)
     extra = []
     for a, b in contiguous_runs(decoded_index):
         lo, hi = int(decoded_index[a]), int(decoded_index[b - 1]) + 1   # a decoded run [lo, hi)
@@ -48,8 +49,7 @@ def gap_edge_starts(decoded_index: np.ndarray, owned: np.ndarray, first: int, de
         if hi < decode_last:                 # frame hi is in this segment and did not decode
             extra.append(hi - T)
     extra = np.asarray(extra, np.int64)
-    extra = extra[(extra >= owned[0]) & (extra <= owned[-1])]
-    return np.setdiff1d(extra, owned)
+    return np.setdiff1d(extra[(extra >= first) & (extra < last)], owned)
 
 
 class VolumeRows:
@@ -57,7 +57,7 @@ class VolumeRows:
 
     Volume starts are planned over the whole video (so the hop and the final volume do not
     depend on segmentation); a segment owns the starts inside [first, last) and decoded
-    T−1 frames beyond `last` for them. Volumes touching an undecodable frame are dropped
+    T frames beyond `last`: T−1 for them, one to see whether a run ends there. Volumes touching an undecodable frame are dropped
     (the decode error is already in errors/); beside such a gap, `gap_edge_starts` adds the
     volumes that keep the decoded frames there scored.
     """
@@ -70,7 +70,7 @@ class VolumeRows:
         decoded = decode_planned(seg, self.size, self.errors_uri, self.storage_options)
         starts = volume_starts(seg["num_frames"], self.T, 1, self.hop)
         owned = starts[(starts >= seg["first"]) & (starts < seg["last"])]
-        extra = (gap_edge_starts(decoded.frame_index, owned, seg["first"], seg["decode_last"], self.T)
+        extra = (gap_edge_starts(decoded.frame_index, owned, seg["first"], seg["last"], seg["decode_last"], self.T)
                  if decoded.missing else np.zeros(0, np.int64))
         starts = np.union1d(owned, extra)
         whole = np.isin(frame_offsets(starts, self.T), decoded.frame_index).all(axis=1)
@@ -87,7 +87,8 @@ class VolumeRows:
                 "hop": self.hop, "starts": chunk.tolist(), "extra_starts": extra.tolist(),
                 "frame_index": decoded.frame_index[keep].tolist(),
                 "time_s": decoded.time_s[keep].tolist(), "frames": decoded.frames[keep].tobytes(),
-                "segment": seg["segment"], "segments": seg["segments"], "part": len(rows),
+                "segment": seg["segment"], "segments": seg["segments"], "first": seg["first"],
+                "part": len(rows),
             })
         return [row | {"parts": len(rows)} for row in rows]
 
@@ -151,32 +152,67 @@ class ScoreVolumes:
                                                                     self.stats.size)
             source_gains = self.stats.gains(frames)       # once: the column, and the correction's divisor
             sums = self.frame_sums(frames, frame_index, np.asarray(row["starts"], np.int64), source_gains)
-            gains = dict(zip(row["frame_index"], source_gains.tolist()))
             # Frames whose volumes are all in this row are final here; only seam frames travel on
             # with their per-volume slots, so a video's assembly never holds (F, T, C) for all F.
             # A frame is final here when every volume that may hold it is: the grid's and this
-            # segment's gap-edge volumes (`gap_edge_starts`: no other segment's reach it).
+            # segment's gap-edge volumes. The first T−1 frames of a segment after the first are
+            # never final here: the previous segment's volumes (its gap-edge ones included) reach
+            # into them, so they are always finished at assembly (`gap_edge_starts`).
             planned = np.union1d(volume_starts(row["num_frames"], self.T, 1, row["hop"]),
                                  np.asarray(row["extra_starts"] or [], np.int64))
-            done, seam = sums.split(planned)
-            times = dict(zip(row["frame_index"], row["time_s"]))
+            hold = row["first"] + self.T - 1 if row["first"] > 0 else 0
+            done, seam = sums.split(planned, hold_before=hold)
             out.append({k: row[k] for k in ("video_id", "video_key", "camera", "uri", "identity", "num_frames",
                                              "segment", "segments", "part", "parts")}
-                       | {"done_frame_index": done.frame_index.tolist(),
-                          "done_time_s": [times[i] for i in done.frame_index.tolist()],
-                          "done_gain": [gains[i] for i in done.frame_index.tolist()],
-                          "done_recon_error": done.recon_error.tolist(),
-                          "done_count": done.count.tolist(),
-                          "done_cell_error_max": done.cell_error_max.tolist(),
-                          "done_motion_error": done.motion_error.tolist(),
-                          "seam_frame_index": seam.frame_index.tolist(),
-                          "seam_time_s": [times[i] for i in seam.frame_index.tolist()],
-                          "seam_gain": [gains[i] for i in seam.frame_index.tolist()],
-                          "seam_err_slots": seam.err_slots.tobytes(),
-                          "seam_filled": seam.filled.tobytes(),
-                          "seam_cell_slots": seam.cell_slots.tobytes(),
-                          "seam_motion_slots": seam.motion_slots.tobytes()})
+                       | scored_columns(done, seam, dict(zip(row["frame_index"], row["time_s"])),
+                                        dict(zip(row["frame_index"], source_gains.tolist()))))
         return pa.Table.from_pylist(out)
+
+
+def scored_columns(done, seam, times: dict[int, float], gains: dict[int, float]) -> dict[str, Any]:
+    """A model actor's result for one row as Arrow-friendly columns: the means of the frames it
+    finished (`done`, a `FrameMeans`) and the per-volume slots of its seam frames (`seam`, a
+    `FrameSums`); `video_means` reads them back."""
+    done_index, seam_index = done.frame_index.tolist(), seam.frame_index.tolist()
+    return {"done_frame_index": done_index,
+            "done_time_s": [times[i] for i in done_index],
+            "done_gain": [gains[i] for i in done_index],
+            "done_recon_error": done.recon_error.tolist(),
+            "done_count": done.count.tolist(),
+            "done_cell_error_max": done.cell_error_max.tolist(),
+            "done_motion_error": done.motion_error.tolist(),
+            "seam_frame_index": seam_index,
+            "seam_time_s": [times[i] for i in seam_index],
+            "seam_gain": [gains[i] for i in seam_index],
+            "seam_err_slots": seam.err_slots.tobytes(),
+            "seam_filled": seam.filled.tobytes(),
+            "seam_cell_slots": seam.cell_slots.tobytes(),
+            "seam_motion_slots": seam.motion_slots.tobytes()}
+
+
+def video_means(rows: list[dict[str, Any]], T: int, cells: int):
+    """All scored rows of one video → (`FrameMeans` of its scored frames, their time_s, their
+    brightness gains), frames sorted. The seam frames' slots of all rows are merged first, so
+    a frame's mean is the same however the video was cut into segments."""
+    from vadray.scoring import FrameMeans, FrameSums
+
+    dones, seams, times, gains = [], [], {}, {}
+    for r in rows:
+        dones.append(FrameMeans(np.asarray(r["done_frame_index"], np.int64), np.asarray(r["done_recon_error"]),
+                                np.asarray(r["done_count"], np.int64), None,
+                                np.asarray(r["done_cell_error_max"]), np.asarray(r["done_motion_error"])))
+        n = len(r["seam_frame_index"])
+        seams.append(FrameSums(np.asarray(r["seam_frame_index"], np.int64),
+                               np.frombuffer(r["seam_err_slots"], np.float64).reshape(n, T),
+                               np.frombuffer(r["seam_filled"], np.bool_).reshape(n, T),
+                               np.frombuffer(r["seam_cell_slots"], np.float64).reshape(n, T, cells),
+                               np.frombuffer(r["seam_motion_slots"], np.float64).reshape(n, T)))
+        for part in ("done", "seam"):
+            times.update(zip(r[f"{part}_frame_index"], r[f"{part}_time_s"]))
+            gains.update(zip(r[f"{part}_frame_index"], r[f"{part}_gain"]))
+    means = FrameMeans.concat(dones + [FrameSums.merge(seams).mean()])
+    index = means.frame_index.tolist()
+    return means, np.array([times[i] for i in index]), np.array([gains[i] for i in index])
 
 
 class VideoRows:
@@ -241,29 +277,13 @@ class AssembleVideo:
         self.T, self.cells = int(card["input"]["T"]), grid * grid
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        from vadray.scoring import FRAMES_SCHEMA, FrameMeans, FrameSums, score_columns
+        from vadray.scoring import FRAMES_SCHEMA, score_columns
 
         head = rows[0]
-        dones, seams, times, gains = [], [], {}, {}
-        for r in rows:
-            dones.append(FrameMeans(np.asarray(r["done_frame_index"], np.int64),
-                                    np.asarray(r["done_recon_error"]),
-                                    np.asarray(r["done_count"], np.int64), None,
-                                    np.asarray(r["done_cell_error_max"]), np.asarray(r["done_motion_error"])))
-            n_seam = len(r["seam_frame_index"])
-            seams.append(FrameSums(np.asarray(r["seam_frame_index"], np.int64),
-                                   np.frombuffer(r["seam_err_slots"], np.float64).reshape(n_seam, self.T),
-                                   np.frombuffer(r["seam_filled"], np.bool_).reshape(n_seam, self.T),
-                                   np.frombuffer(r["seam_cell_slots"], np.float64).reshape(n_seam, self.T, self.cells),
-                                   np.frombuffer(r["seam_motion_slots"], np.float64).reshape(n_seam, self.T)))
-            times.update(zip(r["done_frame_index"], r["done_time_s"]))
-            times.update(zip(r["seam_frame_index"], r["seam_time_s"]))
-            gains.update(zip(r["done_frame_index"], r["done_gain"]))
-            gains.update(zip(r["seam_frame_index"], r["seam_gain"]))
-        means = FrameMeans.concat(dones + [FrameSums.merge(seams).mean()])
+        means, times, gains = video_means(rows, self.T, self.cells)
         scores = score_columns(means, self.card["validation"])
-        time_s = np.array([times[i] for i in means.frame_index.tolist()], np.float64)
-        gain = np.array([gains[i] for i in means.frame_index.tolist()], np.float32)
+        time_s = times.astype(np.float64)
+        gain = gains.astype(np.float32)
         camera, date = head["camera"], self.dates.get(head["video_id"], "unknown")
         model_id, n = self.card["model_id"], means.frame_index.size
         common = {"camera": [camera] * n, "date": [date] * n, "video_id": [head["video_id"]] * n}

@@ -208,19 +208,20 @@ class FrameSums:
             filled[rows] |= part.filled
         return cls(frames, err, filled, cells, motion)
 
-    def split(self, all_starts: np.ndarray) -> tuple[FrameMeans, "FrameSums"]:
+    def split(self, all_starts: np.ndarray, hold_before: int = 0) -> tuple[FrameMeans, "FrameSums"]:
         """(means of the frames whose volumes are all here, partial sums of the other frames).
 
-        all_starts (V_all,) are the start frames of every volume of the whole video. A segment
-        task finalises its inner frames itself and hands on only the T−1 frames at each seam,
-        so a video's assembly holds seam slots, never (F, T, C) for the whole video. The
-        means are bit-identical to unsegmented ones: `mean` adds slots in a fixed order.
+        all_starts (V_all,) are the start frames of every volume of the whole video; frames
+        before `hold_before` are never final here. A segment task finalises its inner frames
+        itself and hands on only the T−1 frames at each seam, so a video's assembly holds seam
+        slots, never (F, T, C) for the whole video. The means are bit-identical to unsegmented
+        ones: `mean` adds slots in a fixed order.
         """
         all_starts = np.sort(np.asarray(all_starts, np.int64))
         T = self.err_slots.shape[1]
         expected = (np.searchsorted(all_starts, self.frame_index, side="right")
                     - np.searchsorted(all_starts, self.frame_index - T + 1, side="left"))  # stride 1
-        done = self.count == expected
+        done = (self.count == expected) & (self.frame_index >= hold_before)
         return self._rows(done).mean(), self._rows(~done)
 
     def _rows(self, keep: np.ndarray) -> "FrameSums":

@@ -2,7 +2,8 @@
 
 A segment owns frames [first, last) and decodes [first, decode_last): `overlap` extra frames
 after its end so that a job which needs whole volumes at a seam (scoring: T-1 frames at
-stride 1; training volumes at stride 3 need (T-1)*3 = 27) has them, while only the owned
+stride 1, and one more to see where a run of decoded frames ends; training volumes at stride
+3 need (T-1)*3 = 27) has them, while only the owned
 frames are stored. Owned ranges tile the video exactly: nothing lost, nothing twice.
 """
 from __future__ import annotations
@@ -22,11 +23,14 @@ class Segment:
 
 
 def plan_segments(num_frames: int, fps: float, segment_seconds: float,
-                  overlap: int = MAX_VOLUME_OVERLAP, min_frames: int = 1) -> list[Segment]:
-    """Owned ranges of about `segment_seconds` each, plus `overlap` decoded frames after each."""
+                  overlap: int = MAX_VOLUME_OVERLAP, min_frames: int = 1, multiple_of: int = 1) -> list[Segment]:
+    """Owned ranges of about `segment_seconds` each, plus `overlap` decoded frames after each.
+    Each range's length is a multiple of `multiple_of` (score: the hop, so that every
+    segment starts on the hop grid of volume starts)."""
     if segment_seconds <= 0:
         raise ValueError("segment_seconds must be positive")
     per_segment = max(int(round(segment_seconds * (fps or 25.0))), min_frames, 1)
+    per_segment = -(-per_segment // multiple_of) * multiple_of
     segments = []
     for index, first in enumerate(range(0, num_frames, per_segment)):
         last = min(first + per_segment, num_frames)

@@ -48,14 +48,15 @@ class ProbeAndPlan:
     """One input → its segments (rows), or an errors file. `overlap` extra frames are decoded
     after each segment's owned range (scoring needs T−1 for the volumes at a seam).
     `units` packs segments up to `unit_pixels` source pixels and `unit_frames` frames per unit
-    (the defaults, 1, leave every segment alone)."""
+    (the defaults, 1, leave every segment alone). Segments are `multiple_of` frames long
+    (but the last)."""
 
     def __init__(self, output: str, camera: str, segment_seconds: float, frame_fps: float,
                  storage_options: dict[str, Any], overlap: int = 0, unit_pixels: int = 1,
-                 unit_frames: int = 1):
+                 unit_frames: int = 1, multiple_of: int = 1):
         self.errors_uri = storage.join(output, "errors")
         self.camera, self.segment_seconds, self.frame_fps = camera, segment_seconds, frame_fps
-        self.storage_options, self.overlap = storage_options, overlap
+        self.storage_options, self.overlap, self.multiple_of = storage_options, overlap, multiple_of
         self.unit_pixels, self.unit_frames = unit_pixels, unit_frames
 
     def __call__(self, ref_row: dict[str, Any]) -> list[dict[str, Any]]:
@@ -72,7 +73,8 @@ class ProbeAndPlan:
             return []
         if timeline.warnings:
             self._error(ref, key, timeline.warnings)
-        segments = plan_segments(timeline.num_frames, timeline.fps, self.segment_seconds, self.overlap)
+        segments = plan_segments(timeline.num_frames, timeline.fps, self.segment_seconds, self.overlap,
+                                 multiple_of=self.multiple_of)
         return [{
             "video_id": ref.video_id, "video_key": key, "camera": self.camera, "uri": ref.uri,
             "identity": ref.identity(), "num_frames": timeline.num_frames,

@@ -336,3 +336,30 @@ def test_camera_names_that_a_path_cannot_carry_unchanged_are_refused(tmp_path, c
     # before any work: no Ray, nothing written
     assert main(["ingest", str(tmp_path / "archive"), str(tmp_path / "out"), "--camera", "lobby 2"]) == 2
     assert "letters, digits" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_an_unexpected_failure_is_an_errors_row_with_its_traceback_in_the_log(tmp_path, monkeypatch, caplog):
+    """A bug (here a TypeError in probing) must not pass for a bad video: the input still gets
+    its errors row, and the task's log keeps the traceback a bad video would not have."""
+    import logging
+
+    import vadray.stages as stages
+    from vadray.errors import read_errors
+    from vadray.listing import VideoRef
+
+    def broken_probe(*args, **kwargs):
+        raise TypeError("a bug, not a bad video")
+
+    monkeypatch.setattr(stages, "probe", broken_probe)
+    ref = VideoRef("clip", str(tmp_path / "clip.mp4"))
+    with caplog.at_level(logging.ERROR, logger="vadray.stages"):
+        assert ProbeAndPlan(str(tmp_path / "out"), "cam", 60, 10, {})(ref.to_dict()) == []
+    (row,) = read_errors(str(tmp_path / "out" / "errors")).to_pylist()
+    assert (row["error_type"], row["message"]) == ("TypeError", "a bug, not a bad video")
+    (record,) = caplog.records
+    assert record.exc_info and record.exc_info[0] is TypeError and "probing" in record.getMessage()
+    caplog.clear()
+    monkeypatch.setattr(stages, "probe", lambda *a, **k: (_ for _ in ()).throw(InputError("empty", "no bytes")))
+    with caplog.at_level(logging.ERROR, logger="vadray.stages"):
+        ProbeAndPlan(str(tmp_path / "out2"), "cam", 60, 10, {})(ref.to_dict())
+    assert not caplog.records, "bad input is the errors row's business, not a traceback's"

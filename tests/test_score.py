@@ -155,16 +155,23 @@ def test_a_table_write_that_fails_half_way_leaves_no_file_readers_would_trip_on(
     assert os.listdir(target.parent) == ["v.m.parquet"]     # no truncated w, no hidden leftover
 
 
-def test_a_card_that_cannot_calibrate_is_refused_before_any_work(trained_checkpoint, synth_test_archive, tmp_path):
+@pytest.mark.parametrize("damage, says", [("zero_std", "cannot calibrate"), ("no_validation", "no usable validation")])
+def test_a_card_that_cannot_calibrate_is_refused_before_any_work(trained_checkpoint, synth_test_archive, tmp_path,
+                                                                 damage, says):
+    """Every video's anomaly_score needs the card's calibration: without it (a per-epoch
+    diagnostic card) the job would decode and score everything, then fail every write."""
     import json
 
     bad = tmp_path / "bad"
     shutil.copytree(trained_checkpoint, bad)
     (card_path,) = bad.rglob("card.json")
     card = json.loads(card_path.read_text())
-    card["validation"]["frame_error"]["std"] = 0.0
+    if damage == "zero_std":
+        card["validation"]["frame_error"]["std"] = 0.0
+    else:
+        card["validation"] = None
     card_path.write_text(json.dumps(card))
-    with pytest.raises(UsageError, match="cannot calibrate"):
+    with pytest.raises(UsageError, match=says):
         run_score(str(synth_test_archive), str(tmp_path / "out"), str(bad))
     assert not (tmp_path / "out").exists()
 

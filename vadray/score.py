@@ -82,7 +82,9 @@ class _WriteOrRecord:
         try:
             return self.assemble(rows)
         except Exception as exc:  # noqa: BLE001 — recorded per video, the others go on
-            log.warning("video %s: writing its tables failed: %s: %s", head["video_id"], type(exc).__name__, exc)
+            # A storage error and a bug look alike from here: keep the traceback in the log.
+            log.warning("video %s: writing its tables failed: %s: %s", head["video_id"], type(exc).__name__, exc,
+                        exc_info=not isinstance(exc, OSError))
             row = error_row(head["video_id"], head["uri"], "write", type(exc).__name__, str(exc))
             try:
                 write_errors([row], self.errors_uri, head["camera"], f"{safe_key(head['video_id'])}-write",
@@ -162,11 +164,11 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     size = int(card["input"]["size"])
     if not 1 <= grid <= size:
         raise UsageError(f"--grid must be between 1 and the model's frame size {size}, got {grid}")
-    if card.get("validation") is not None:
-        try:   # every video's anomaly_score divides by it: a bad card fails here, not per video
-            calibrate(np.zeros(1), card["validation"])
-        except ValueError as exc:
-            raise UsageError(f"checkpoint {checkpoint!r}: {exc}") from None
+    try:   # every video's anomaly_score divides by it: a card without it fails here, not per video
+        calibrate(np.zeros(1), card.get("validation"))
+    except ValueError as exc:
+        raise UsageError(f"checkpoint {checkpoint!r}: {exc}; it is not a finished training run's "
+                         "checkpoint (`vadray train` writes the calibration into final/card.json)") from None
     model_id = card["model_id"]
     run_id = scoring_run_id(model_id, hop, grid, events, gain_correction)
     started = time.perf_counter()

@@ -7,8 +7,10 @@ retry overwrites) and the stage goes on.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import av
 import numpy as np
 import pyarrow as pa
 
@@ -21,6 +23,16 @@ from vadray.segments import pack_units, plan_segments
 from vadray.volumes import T_DEFAULT
 
 T_MIN_FRAMES = T_DEFAULT  # a video shorter than one volume cannot be used
+
+log = logging.getLogger("vadray.stages")
+
+
+def _log_if_unexpected(exc: Exception, what: str) -> None:
+    """Bad input (InputError, FFmpeg's errors) is the errors row's business; anything else may
+    be a bug, so its traceback goes to the task's log, where a bad video would not put it."""
+    if not isinstance(exc, (InputError, av.FFmpegError, OSError)):
+        log.error("%s: unexpected %s (recorded as an errors row; traceback follows)", what,
+                  type(exc).__name__, exc_info=exc)
 
 # One planned segment (a row of `ProbeAndPlan`): what a decode task needs, with no re-probe.
 SEGMENT_SCHEMA = pa.schema([
@@ -68,6 +80,7 @@ class ProbeAndPlan:
             else:
                 timeline = probe(ref.uri, T_MIN_FRAMES, self.storage_options)
         except Exception as exc:  # an unexpected failure is still one input's failure
+            _log_if_unexpected(exc, f"probing {ref.uri}")
             kind = exc.error_type if isinstance(exc, InputError) else type(exc).__name__
             self._error(ref, key, [(kind, str(exc))])
             return []
@@ -131,6 +144,7 @@ def decode_planned(seg: dict[str, Any], size: int, errors_uri: str,
         else:
             decoded = decode_segment(seg["uri"], timeline, 0, last - first, size, storage_options)
     except Exception as exc:
+        _log_if_unexpected(exc, f"decoding frames {first}-{last - 1} of {seg['uri']}")
         _segment_error(seg, errors_uri, type(exc).__name__, f"frames {first}-{last - 1}: {exc}",
                        storage_options)
         return DecodedFrames(np.zeros(0, np.int64), np.zeros(0), np.zeros((0, size, size), np.uint8))

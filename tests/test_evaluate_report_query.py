@@ -321,6 +321,13 @@ def test_plot_says_which_score_the_events_follow():
 
     assert "detected event" in legend(None) and "detected event" in legend("regularity")  # older tables, default
     assert "detected event (combined_regularity)" in legend("combined_regularity")
+    # the events' own column is drawn, so each marker sits on the curve it is a dip of
+    frames["combined_regularity"] = np.linspace(0.9, 0.1, 20)
+    events = pd.DataFrame([event | {"score": "combined_regularity", "min_regularity": 0.45}])
+    lines = {line.get_label(): line for line in report.plot_video(frames, events).axes[0].get_lines()}
+    np.testing.assert_allclose(lines["combined regularity"].get_ydata(), frames["combined_regularity"])
+    (marker,) = [line for line in lines.values() if line.get_marker() == "v"]
+    assert marker.get_ydata()[0] == 0.45
 
 
 def test_ctrl_c_is_a_short_message_and_exit_130(scored, monkeypatch, capsys):

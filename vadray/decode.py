@@ -197,18 +197,12 @@ def _collect(out: _FrameBuffer, timeline: Timeline, first: int, last: int, size:
     missing = index_runs(expected[~out.filled])
     if missing and not error:
         error = "frames could not be decoded"
-    times = (timeline.pts[index] - timeline.start_pts).astype(np.float64) * timeline.time_base
-    return DecodedFrames(index, times, frames, missing, error)
+    return DecodedFrames(index, timeline.time_s(index), frames, missing, error)
 
 
 def index_runs(indices: np.ndarray) -> list[tuple[int, int]]:
-    """[3,4,5,9] → [(3,6), (9,10)]."""
-    if indices.size == 0:
-        return []
-    breaks = np.nonzero(np.diff(indices) != 1)[0]
-    starts = np.concatenate([[indices[0]], indices[breaks + 1]])
-    ends = np.concatenate([indices[breaks], [indices[-1]]]) + 1
-    return [(int(a), int(b)) for a, b in zip(starts, ends)]
+    """Runs of consecutive values, as value ranges: [3,4,5,9] → [(3,6), (9,10)]."""
+    return [(int(indices[a]), int(indices[b - 1]) + 1) for a, b in contiguous_runs(indices)]
 
 
 def contiguous_runs(frame_index: np.ndarray) -> list[tuple[int, int]]:

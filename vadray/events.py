@@ -38,7 +38,7 @@ EVENTS_SCHEMA = pa.schema([
     ("start_time_s", pa.float64()),
     ("end_time_s", pa.float64()),
     ("peak_time_s", pa.float64()),
-    ("min_regularity", pa.float32()),   # depth of the dip: s_r at the peak
+    ("min_regularity", pa.float32()),   # the dipping column's value at the peak (`score` names it; s_r by default)
     ("max_anomaly_score", pa.float32()),  # max calibrated score inside the event (NaN if none)
     ("persistence", pa.float32()),      # largest persistence among the event's minima
     ("score", pa.string()),             # the frames column whose dips these are (score --events-from)

@@ -44,8 +44,9 @@ class Timeline:
     def num_frames(self) -> int:
         return int(self.pts.shape[0])
 
-    def time_s(self, first: int = 0, last: int | None = None) -> np.ndarray:
-        return (self.pts[first:last] - self.start_pts).astype(np.float64) * self.time_base
+    def time_s(self, index: np.ndarray) -> np.ndarray:
+        """Seconds from the stream's start of the frames at positions `index`."""
+        return (self.pts[index] - self.start_pts).astype(np.float64) * self.time_base
 
 
 def open_input(uri: str, storage_options: dict[str, Any] | None):

@@ -8,11 +8,6 @@ import ray
 
 def ensure_ray(num_cpus: int | None = None) -> None:
     """Connect once. RAY_ADDRESS (set inside `ray job submit`) joins that cluster."""
-    # Ray Data 2.60 starts 32 Parquet footer-reader actors for every read_parquet; on a small
-    # cluster starting them costs more than reading the shards (measured: the stats pass of
-    # ingest took 22-41 s for Ped2 with 32, 7 s with 1). Scale the pool with the machine.
-    if "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS" not in os.environ:
-        os.environ["RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"] = str(max(1, min(32, (os.cpu_count() or 2) // 4)))
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

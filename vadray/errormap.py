@@ -1,7 +1,9 @@
 """Where in a frame the model failed: the squared reconstruction error map of one frame.
 
-For reports: decode the stride-1 volume centred on the frame with the same decoder and
-normalisation as scoring, reconstruct it, and return the frame's (S, S) squared error.
+For reports: decode the stride-1 volume centred on the frame with the same decoder as
+scoring, reconstruct it with the model step scoring uses (`steps.reconstruct`), and return
+the frame's (S, S) squared error. Frames are not gain-corrected (`score --gain-correction`):
+the map shows what the model saw of the footage as recorded.
 """
 from __future__ import annotations
 
@@ -16,12 +18,15 @@ class ErrorMaps:
     """error_map(source_uri, frame_index) -> (S, S) float32, or None if the source is unreadable."""
 
     def __init__(self, checkpoint: str, storage_options: dict[str, Any] | None = None):
+        import torch
+
         from vadray.checkpoint import load_model
         from vadray.preprocess import NormStats
 
         self.model, card = load_model(checkpoint, storage_options)
         self.model_id = card["model_id"]   # report checks it against the scores' model
         self.stats = NormStats.from_dict(card["norm_stats"])
+        self.mean_image = torch.from_numpy(self.stats.mean_image)
         self.T = int(card["input"]["T"])
         self.storage_options = storage_options
 
@@ -31,6 +36,7 @@ class ErrorMaps:
         from vadray.decode import decode_frame_files, decode_segment
         from vadray.probe import InputError, frame_folder_timeline, probe
         from vadray.listing import frame_folder
+        from vadray.steps import reconstruct
 
         try:
             clip = frame_folder(source_uri, self.storage_options)
@@ -49,7 +55,6 @@ class ErrorMaps:
                                      self.storage_options)
         if decoded.frames.shape[0] != self.T:
             return None
-        x = self.stats.normalize(decoded.frames)[None]  # (1, T, S, S)
         with torch.inference_mode():
-            recon = self.model(torch.from_numpy(x).unsqueeze(2)).squeeze(2).numpy()
-        return np.square(x - recon)[0, frame_index - start].astype(np.float32)
+            x, y = reconstruct(self.model, torch.from_numpy(decoded.frames)[None], self.mean_image, self.stats.std)
+        return np.square((x - y)[0, frame_index - start, 0].numpy()).astype(np.float32)

@@ -521,3 +521,28 @@ def test_a_months_rerun_lists_only_that_months_markers(s3_bucket, monkeypatch):
     previous = previous_scoring(out, "lobby", refs["05"], "m1", options)
     assert previous.done == {refs["05"][0].video_id}
     assert listed and all("2024-05-" in name for name in listed)   # April's two markers not listed
+
+
+def test_both_trainers_calibrate_anomaly_score_the_same_way(trained_checkpoint, monkeypatch):
+    """`vadray train` (streamed from the clip shards) and `bench ped2-direct` (frames in memory)
+    compute the card's validation errors by one definition, so anomaly_score's scale does not
+    depend on which of them made the checkpoint. 33 frames: the hop-5 grid ends before the
+    last frame, where scoring would add a volume and the calibration does not."""
+    import torch
+
+    import vadray.calibration as calibration
+    from vadray.bench.ped2_direct import Trainer, calibration_errors
+    from vadray.checkpoint import load_model, weights_to_bytes
+    from vadray.models import spec
+    from vadray.preprocess import NormStats
+
+    model, card = load_model(str(trained_checkpoint), {})
+    stats, T = NormStats.from_dict(card["norm_stats"]), int(card["input"]["T"])
+    frames = np.random.default_rng(3).integers(0, 256, (33, stats.size, stats.size), dtype=np.uint8)
+    monkeypatch.setattr(calibration, "read_chunks", lambda *a: iter([(0, frames[:14]), (14, frames[14:])]))
+    streamed = calibration.ValidationFrameErrors(spec(model), weights_to_bytes(model.state_dict()), stats.to_dict(),
+                                                 "unused", {}, T)({"video_index": [0], "video_id": ["v"], "runs": ["[]"]})
+    direct = calibration_errors(Trainer(model, stats, torch.device("cpu"), 1e-4, 4, 0), [frames], T)
+    assert streamed["recon_error"].size == direct["recon_error"].size == 30   # starts 0, 5, …, 20
+    for column in ("recon_error", "cell_error_max"):
+        np.testing.assert_allclose(streamed[column], direct[column].astype(np.float32), rtol=1e-5)

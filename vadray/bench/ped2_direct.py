@@ -12,8 +12,8 @@ composed in one process instead of Ray Data tasks and a TorchTrainer:
   selection   `steps.end_of_epoch` on the validation loss (stride-1 volumes every T frames),
               or with --select synthetic / synthetic_gliding on pasted anomalies (`vadray.pasted`)
   card        validation frame errors (`scoring.volume_sums` on stride-1
-              volumes at scoring's default hop, the mean over volumes; unlike `vadray train`'s
-              streamed calibration it also covers a video's last frames, as scoring does) +
+              volumes at scoring's default hop, the mean over volumes, no extra volume on a
+              video's last frame: `vadray train`'s calibration, computed in one process) +
               `checkpoint.model_card`, so the checkpoint in WORKDIR/checkpoint/final/ is scored by
               the real `vadray score` job.
 
@@ -152,15 +152,16 @@ class Trainer:
         total, count, auc, _ = validation_pass(batches, self.reconstruct, PASTES.get(select), seed)
         return (total / count if count else math.nan), (auc if select in PASTES else None)
 
-    def score_video(self, frames: np.ndarray, T: int, hop: int) -> scoring.FrameMeans:
+    def score_video(self, frames: np.ndarray, T: int, hop: int, cover_end: bool = True) -> scoring.FrameMeans:
         """Per-frame errors of one video as `vadray score` computes them: stride-1 volumes every
-        `hop` frames, `scoring.volume_sums` of each batch, the mean over volumes."""
-        return self.frame_sums(frames, T, hop).mean()
+        `hop` frames, `scoring.volume_sums` of each batch, the mean over volumes. Without
+        `cover_end`, as the card's calibration computes them (no extra volume on the last frame)."""
+        return self.frame_sums(frames, T, hop, cover_end).mean()
 
-    def frame_sums(self, frames: np.ndarray, T: int, hop: int) -> scoring.FrameSums:
+    def frame_sums(self, frames: np.ndarray, T: int, hop: int, cover_end: bool = True) -> scoring.FrameSums:
         """`score_video` before the mean: every (frame, position in the volume) error."""
         self.model.eval()
-        starts = volume_starts(len(frames), T, 1, hop)
+        starts = volume_starts(len(frames), T, 1, hop, cover_end)
         frames_t = torch.from_numpy(frames).to(self.device)
         starts_t = torch.from_numpy(starts).to(self.device)
         batches = ((starts[i:i + self.batch_size],
@@ -240,9 +241,11 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def calibration_errors(trainer: Trainer, frames: list[np.ndarray], T: int) -> dict:
-    """Per-frame errors of held-out normal videos for the card (as `calibration` computes
-    them: stride-1 volumes at scoring's default hop, the mean over the volumes containing a frame)."""
-    per_video = [trainer.score_video(f, T, scoring.SCORE_HOP) for f in frames]
+    """Per-frame errors of held-out normal videos for the card, as `calibration` computes them
+    for `vadray train`: stride-1 volumes at scoring's default hop, no extra volume on the last
+    frame, the mean over the volumes containing a frame. The same definition in both trainers,
+    so anomaly_score's scale does not depend on which one made the checkpoint."""
+    per_video = [trainer.score_video(f, T, scoring.SCORE_HOP, cover_end=False) for f in frames]
     return {"recon_error": np.concatenate([m.recon_error for m in per_video]),
             "cell_error_max": np.concatenate([m.cell_error_max for m in per_video])}
 

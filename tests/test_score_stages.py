@@ -1,6 +1,7 @@
-"""Score's per-video tables must not depend on how a video is cut into segments, with or
-without decode gaps. Pure: the real VolumeRows, ScoreVolumes rows and video assembly, with
-the decoder replaced by one that loses chosen frames and the model by a fixed function."""
+"""The score job's stages without the Ray pipeline: per-video tables that do not depend on
+how a video is cut into segments (with or without decode gaps; the real VolumeRows,
+ScoreVolumes rows and video assembly, the decoder replaced by one that loses chosen frames,
+the model by a fixed function), and the model actor's errors against the other trainers'."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 
 import vadray.score_stages as score_stages
 from vadray.decode import DecodedFrames, index_runs
+from vadray.errors import read_errors
 from vadray.preprocess import NormStats, PartialSums
 from vadray.score_stages import ScoreVolumes, VolumeRows, gap_edge_starts, video_means
 from vadray.segments import plan_segments
@@ -110,3 +112,95 @@ def test_gap_edge_starts():
     np.testing.assert_array_equal(gap_edge_starts(np.arange(20, 37), np.array([20, 25]), 20, 30, 40, 10), [27])
     np.testing.assert_array_equal(gap_edge_starts(np.array([*range(20, 29), *range(30, 40)]), np.array([20, 25]),
                                                   20, 30, 40, 10), [])
+
+
+def test_a_segment_that_decoded_nothing_still_reaches_the_driver(trained_checkpoint, tmp_path):
+    """VolumeRows sends one empty row for a segment without volumes, and the model actor's
+    code passes it through, so the driver can count that video's segments in."""
+    import pyarrow as pa
+
+    from vadray.checkpoint import read_card
+    from vadray.score_stages import ScoreVolumes, VolumeRows
+
+    card = read_card(str(trained_checkpoint))
+    size, T = int(card["input"]["size"]), int(card["input"]["T"])
+    missing = str(tmp_path / "gone.mp4")  # decode fails: the error goes to errors/, no frames
+    seg = {"video_id": "gone", "video_key": "gone", "camera": "c", "uri": missing, "identity": "x",
+           "num_frames": 30, "segment": 1, "segments": 3, "first": 13, "last": 26, "decode_last": 30,
+           "pts": list(range(13, 30)), "time_base": 0.1, "start_pts": 0, "fps": 10.0, "width": 64,
+           "height": 48, "codec": "h264", "frame_uris": []}
+    rows = VolumeRows(str(tmp_path / "out"), size, T, 5, {})(seg)
+    assert len(rows) == 1 and rows[0]["starts"] == [] and (rows[0]["part"], rows[0]["parts"]) == (0, 1)
+    out = ScoreVolumes(str(trained_checkpoint), {}, 16, 8)(pa.Table.from_pylist(rows)).to_pylist()
+    assert len(out) == 1 and out[0]["done_frame_index"] == [] and out[0]["seam_frame_index"] == []
+    assert (out[0]["segment"], out[0]["segments"], out[0]["parts"]) == (1, 3, 1)
+    assert read_errors(str(tmp_path / "out" / "errors")).num_rows == 1
+
+
+def test_a_model_actor_without_a_gpu_stays_on_the_cpu_where_cuda_is_visible(trained_checkpoint, monkeypatch):
+    """Ray leaves CUDA_VISIBLE_DEVICES alone for actors that hold no GPU: `--gpus-per-actor 0`
+    must still mean the CPU (and its --actor-threads), not GPU 0 outside Ray's accounting."""
+    import torch
+
+    from vadray.score_stages import ScoreVolumes
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert ScoreVolumes(str(trained_checkpoint), {}, 16, 8, threads=1, use_gpu=False).device.type == "cpu"
+
+
+def test_score_actor_and_ped2_direct_measure_the_same_errors(trained_checkpoint):
+    """The score job's actor and `bench ped2-direct` share one forward-and-measure loop
+    (`steps.frame_sums`): the same volumes give bit-identical per-frame errors, and they equal
+    the paper's error computed plainly (numpy normalisation, the whole volume at once)."""
+    import torch
+
+    from vadray import scoring
+    from vadray.bench.ped2_direct import Trainer
+    from vadray.checkpoint import load_model
+    from vadray.preprocess import NormStats
+    from vadray.score_stages import ScoreVolumes
+    from vadray.volumes import gather, volume_starts
+
+    actor = ScoreVolumes(str(trained_checkpoint), {}, 4, 8)
+    model, card = load_model(str(trained_checkpoint), {})
+    stats, T = NormStats.from_dict(card["norm_stats"]), int(card["input"]["T"])
+    frames = np.random.default_rng(0).integers(0, 256, (23, stats.size, stats.size), dtype=np.uint8)
+    starts = volume_starts(len(frames), T, 1, 5)
+
+    from_actor = actor.frame_sums(frames, np.arange(len(frames)), starts).mean()
+    direct = Trainer(model, stats, torch.device("cpu"), 1e-4, 4, 0).frame_sums(frames, T, 5).mean()
+    np.testing.assert_array_equal(from_actor.frame_index, direct.frame_index)
+    for column in ("recon_error", "cell_error_max", "motion_error"):
+        np.testing.assert_array_equal(getattr(from_actor, column), getattr(direct, column))
+
+    x = gather(stats.normalize(frames), starts, T)
+    with torch.inference_mode():
+        y = model.eval()(torch.from_numpy(x).unsqueeze(2)).squeeze(2).numpy()
+    plain = scoring.accumulate(starts, T, scoring.frame_errors(x, y)).mean()
+    np.testing.assert_allclose(from_actor.recon_error, plain.recon_error, rtol=1e-5)
+    assert np.isfinite(from_actor.motion_error).all() and (from_actor.recon_error > 0).all()
+
+
+def test_both_trainers_calibrate_anomaly_score_the_same_way(trained_checkpoint, monkeypatch):
+    """`vadray train` (streamed from the clip shards) and `bench ped2-direct` (frames in memory)
+    compute the card's validation errors by one definition, so anomaly_score's scale does not
+    depend on which of them made the checkpoint. 33 frames: the hop-5 grid ends before the
+    last frame, where scoring would add a volume and the calibration does not."""
+    import torch
+
+    import vadray.calibration as calibration
+    from vadray.bench.ped2_direct import Trainer, calibration_errors
+    from vadray.checkpoint import load_model, weights_to_bytes
+    from vadray.models import spec
+    from vadray.preprocess import NormStats
+
+    model, card = load_model(str(trained_checkpoint), {})
+    stats, T = NormStats.from_dict(card["norm_stats"]), int(card["input"]["T"])
+    frames = np.random.default_rng(3).integers(0, 256, (33, stats.size, stats.size), dtype=np.uint8)
+    monkeypatch.setattr(calibration, "read_chunks", lambda *a: iter([(0, frames[:14]), (14, frames[14:])]))
+    streamed = calibration.ValidationFrameErrors(spec(model), weights_to_bytes(model.state_dict()), stats.to_dict(),
+                                                 "unused", {}, T)({"video_index": [0], "video_id": ["v"], "runs": ["[]"]})
+    direct = calibration_errors(Trainer(model, stats, torch.device("cpu"), 1e-4, 4, 0), [frames], T)
+    assert streamed["recon_error"].size == direct["recon_error"].size == 30   # starts 0, 5, …, 20
+    for column in ("recon_error", "cell_error_max"):
+        np.testing.assert_allclose(streamed[column], direct[column].astype(np.float32), rtol=1e-5)

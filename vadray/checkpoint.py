@@ -25,7 +25,7 @@ from torch import nn
 from vadray import __version__, storage
 from vadray.models import build
 from vadray.pasted import PASTES
-from vadray.scoring import SCORE_HOP
+from vadray.scoring import GRID_DEFAULT, SCORE_HOP
 
 MODEL_FILE = "model.pt"
 CARD_FILE = "card.json"
@@ -153,7 +153,7 @@ def model_card(info, settings: dict, model_spec: dict, state_dict: dict, outcome
         "best_synthetic_auc": best_row.get("synthetic_auc"),
         "validation": {
             "on": "validation videos" if val_videos else "training videos (no validation videos)",
-            "videos": len(val_videos or train_videos), "volume_stride": 1, "volume_hop": SCORE_HOP, "grid": 8,
+            "videos": len(val_videos or train_videos), "volume_stride": 1, "volume_hop": SCORE_HOP, "grid": GRID_DEFAULT,
             "frame_error": distribution(errors["recon_error"]),
             "cell_error_max": distribution(errors["cell_error_max"])},
         "versions": library_versions(),

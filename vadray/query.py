@@ -18,7 +18,7 @@ import duckdb
 import pandas as pd
 
 from vadray import storage
-from vadray.evaluate import DOCUMENTED, open_dataset
+from vadray.tables import DOCUMENTED, open_dataset
 from vadray.exits import UsageError
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,8 @@ from matplotlib.figure import Figure
 
 from vadray import listing, metrics, probe, storage
 from vadray.errors import safe_key
-from vadray.evaluate import check_one_camera_per_video, check_one_model, read_labels, read_table, selection
+from vadray.evaluate import read_labels
+from vadray.tables import check_one_camera_per_video, check_one_model, read_table, selection
 from vadray.exits import UsageError
 
 log = logging.getLogger(__name__)

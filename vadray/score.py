@@ -34,7 +34,7 @@ from vadray.exits import UsageError
 from vadray.listing import check_camera, list_videos
 from vadray.manifest import check_same_files, drop_previous, previous_scoring, video_date
 from vadray.score_stages import AssembleVideo, ScoreVolumes, VideoRows, VolumeRows
-from vadray.scoring import SCORE_HOP, calibrate
+from vadray.scoring import GRID_DEFAULT, SCORE_HOP, calibrate
 from vadray.stages import add_decode_options
 
 log = logging.getLogger("vadray.score")
@@ -119,7 +119,7 @@ class _VideoProgress:
 
 def run_score(source: str, output: str, checkpoint: str, *, camera: str = "default", actors: int = 1,
               gpus_per_actor: float = 0.0, batch_size: int = 16, hop: int = SCORE_HOP, segment_seconds: float = 60.0,
-              frame_fps: float = 10.0, grid: int = 8, persistence: float | None = None,
+              frame_fps: float = 10.0, grid: int = GRID_DEFAULT, persistence: float | None = None,
               window: int = WINDOW_DEFAULT, events_from: str = "regularity", force: bool = False,
               actor_threads: int | None = None, gain_correction: bool = False, storage_options: dict[str, Any] | None = None,
               checkpoint_storage_options: dict[str, Any] | None = None,
@@ -260,7 +260,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "each frame is in 2 volumes; 1 = the smoothest, 5× the model work). A last volume "
                              "ending on the final frame is always added, so every frame gets a score")
     add_decode_options(parser)
-    parser.add_argument("--grid", type=int, default=8, help="cells per side of the error grid for cell_error_max")
+    parser.add_argument("--grid", type=int, default=GRID_DEFAULT,
+                        help=f"cells per side of the error grid for cell_error_max (default {GRID_DEFAULT})")
     parser.add_argument("--persistence", type=float, default=None,
                         help="minimum persistence (depth in regularity units) of an event's minimum "
                              f"(default {PERSISTENCE_DEFAULT})")

@@ -14,7 +14,8 @@ from vadray.cli import main
 from vadray.decode import decode_segment
 from vadray.probe import probe
 from vadray.errors import read_errors
-from vadray.ingest import read_stats, run_ingest
+from vadray.clip_shards import read_stats
+from vadray.ingest import run_ingest
 from vadray.preprocess import NormStats, PartialSums
 
 

@@ -267,7 +267,7 @@ def test_volume_starts_cover_every_frame():
 
 
 def test_clip_table_chunks_runs_over_the_decoded_buffer():
-    from vadray.ingest import CHUNK_FRAMES, CLIPS_SCHEMA, clip_table
+    from vadray.clip_shards import CHUNK_FRAMES, CLIPS_SCHEMA, clip_table
 
     seg = {"video_id": "cam/v", "camera": "c", "uri": "s3://b/cam/v.mp4", "fps": 10.0, "width": 4,
            "height": 3, "video_key": "cam%2Fv"}

@@ -18,7 +18,7 @@ from vadray import scoring
 from vadray.cli import main as cli_main
 from vadray.errors import safe_key
 from vadray.exits import UsageError
-from vadray.ingest import clip_table
+from vadray.clip_shards import clip_table
 from vadray.preprocess import NormStats, PartialSums
 from vadray.train import ignored_on_resume, run_training
 from vadray.steps import normalize

@@ -117,6 +117,53 @@ class _VideoProgress:
                 log.info("%d of %d videos written (%.0f s)", self.done, self.total, now - self.started)
 
 
+def _usable_card(checkpoint: str, storage_options: dict[str, Any], hop: int, grid: int) -> dict:
+    """The checkpoint's model card, refused (UsageError, before any work) where these settings
+    cannot use it: everything a video's scores need must hold here, not fail per video."""
+    from vadray.checkpoint import read_card
+
+    try:
+        card = read_card(checkpoint, storage_options)
+    except (FileNotFoundError, OSError, ValueError, KeyError) as exc:
+        raise UsageError(f"cannot read checkpoint {checkpoint!r}: {exc}") from None
+    T, size = int(card["input"]["T"]), int(card["input"]["size"])
+    if hop > T:
+        raise UsageError(f"--hop {hop} > T={T} would leave frames without a score")
+    if not 1 <= grid <= size:
+        raise UsageError(f"--grid must be between 1 and the model's frame size {size}, got {grid}")
+    try:   # every video's anomaly_score divides by it
+        calibrate(np.zeros(1), card.get("validation"))
+    except ValueError as exc:
+        raise UsageError(f"checkpoint {checkpoint!r}: {exc}; it is not a finished training run's "
+                         "checkpoint (`vadray train` writes the calibration into final/card.json)") from None
+    calibrated_at = card["validation"].get("volume_hop")
+    if calibrated_at and calibrated_at != hop:
+        log.warning("anomaly_score's scale was measured at hop %d (the model card); at --hop %d a frame's "
+                    "error averages a different number of volumes, so its thresholds shift a little",
+                    calibrated_at, hop)
+    return card
+
+
+def _write_videos_as_they_complete(scored, assemble: _WriteOrRecord, total: int) -> list[dict[str, Any]]:
+    """Stream the model actors' rows; as soon as all rows of a video are in (`VideoRows`),
+    hand them to a writer thread (table writes overlap the stream). One result per video."""
+    videos, progress, pending = VideoRows(), _VideoProgress(total), []
+    with ThreadPoolExecutor(max_workers=4) as writers:
+
+        def write(rows: list[dict[str, Any]]) -> None:
+            pending.append(writers.submit(assemble, rows))
+            pending[-1].add_done_callback(progress.one_done)
+
+        for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for row in batch.to_pylist():
+                complete = videos.add(row)
+                if complete is not None:
+                    write(complete)
+        for rows in videos.leftovers():
+            write(rows)
+        return [f.result() for f in pending]
+
+
 def run_score(source: str, output: str, checkpoint: str, *, camera: str = "default", actors: int = 1,
               gpus_per_actor: float = 0.0, batch_size: int = 16, hop: int = SCORE_HOP, segment_seconds: float = 60.0,
               frame_fps: float = 10.0, grid: int = GRID_DEFAULT, persistence: float | None = None,
@@ -131,7 +178,6 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     import ray
     from ray.data import ActorPoolStrategy
 
-    from vadray.checkpoint import read_card
     from vadray.errors import clear_errors, read_errors
     from vadray.raylib import ensure_ray
     from vadray.stages import ProbeAndPlan
@@ -149,27 +195,8 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
             or (actor_threads is not None and actor_threads < 1)):
         raise UsageError("--hop, --batch-size, --actors, --actor-threads, --segment-seconds and --frame-fps "
                          "must be positive")
-    try:
-        card = read_card(checkpoint, ckpt_options)
-    except (FileNotFoundError, OSError, ValueError, KeyError) as exc:
-        raise UsageError(f"cannot read checkpoint {checkpoint!r}: {exc}") from None
-    T = int(card["input"]["T"])
-    calibrated_at = (card.get("validation") or {}).get("volume_hop")
-    if calibrated_at and calibrated_at != hop:
-        log.warning("anomaly_score's scale was measured at hop %d (the model card); at --hop %d a frame's "
-                    "error averages a different number of volumes, so its thresholds shift a little",
-                    calibrated_at, hop)
-    if hop > T:
-        raise UsageError(f"--hop {hop} > T={T} would leave frames without a score")
-    size = int(card["input"]["size"])
-    if not 1 <= grid <= size:
-        raise UsageError(f"--grid must be between 1 and the model's frame size {size}, got {grid}")
-    try:   # every video's anomaly_score divides by it: a card without it fails here, not per video
-        calibrate(np.zeros(1), card.get("validation"))
-    except ValueError as exc:
-        raise UsageError(f"checkpoint {checkpoint!r}: {exc}; it is not a finished training run's "
-                         "checkpoint (`vadray train` writes the calibration into final/card.json)") from None
-    model_id = card["model_id"]
+    card = _usable_card(checkpoint, ckpt_options, hop, grid)
+    T, size, model_id = int(card["input"]["T"]), int(card["input"]["size"]), card["model_id"]
     run_id = scoring_run_id(model_id, hop, grid, events, gain_correction)
     started = time.perf_counter()
     refs = list_videos(source, storage_options)
@@ -211,23 +238,7 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
         dates = {r.video_id: video_date(r) for r in todo}
         assemble = _WriteOrRecord(AssembleVideo(output, card, run_id, dates, events, grid, storage_options),
                                   storage.join(output, "errors"), storage_options)
-        videos = VideoRows()
-        progress = _VideoProgress(len(todo))
-        with ThreadPoolExecutor(max_workers=4) as writers:  # table writes overlap the stream
-            pending = []
-
-            def write(rows: list[dict[str, Any]]) -> None:
-                pending.append(writers.submit(assemble, rows))
-                pending[-1].add_done_callback(progress.one_done)
-
-            for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
-                for row in batch.to_pylist():
-                    complete = videos.add(row)
-                    if complete is not None:
-                        write(complete)
-            for rows in videos.leftovers():
-                write(rows)
-            results = [f.result() for f in pending]
+        results = _write_videos_as_they_complete(scored, assemble, len(todo))
         summary.frames = sum(r["frames"] for r in results)
         summary.events = sum(r["events"] for r in results)
     run_ids = {r.video_id for r in todo}

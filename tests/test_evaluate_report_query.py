@@ -278,6 +278,8 @@ def test_report_writes_plots_and_index(scored, tmp_path):
     page = (tmp_path / "rep" / "index.html").read_text()
     assert page.count("<tr>") == 4 and f"href='{by_video['clipB']['png']}'" in page
     assert "0.971" in page   # A's AUC, 198/204
+    for r in rows:           # the last frame's own period counts: n frames at FPS last n / FPS s
+        assert r["duration_s"] == pytest.approx(r["frames"] / FPS)
     error_map.model_id = "convlstm_ae-000000000000"   # as ErrorMaps of another checkpoint says
     with pytest.raises(UsageError, match="scored by"):
         report.build_report(scored["out"], str(tmp_path / "rep2"), error_map_fn=error_map)

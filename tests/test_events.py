@@ -154,3 +154,27 @@ def test_event_settings_check_the_score_and_keep_the_default_run_id_text():
         EventSettings("anomaly_score")
     with pytest.raises(ValueError, match="negative"):
         EventSettings(persistence=-0.1)
+
+
+def test_an_event_never_spans_frames_without_a_score():
+    """Frames 3-999 have no score (they did not decode): the two dips on either side are two
+    events, and a dip's span stops at the gap instead of walking across it."""
+    s = np.array([1, 0.0, 0.4, 0.4, 0.0, 1])
+    frames = np.array([0, 1, 2, 1000, 1001, 1002])
+    spans = [(e["start_frame"], e["end_frame"]) for e in detect_events(s, frame_index=frames, window=50)]
+    assert spans == [(1, 2), (1001, 1001)]   # frame 2 is within the deeper dip's half depth
+    # dips that run into the gap from both sides: each is clipped to its run, and spans that
+    # meet only across the gap (positions 3 and 4) do not touch: frames 3 and 900 are apart
+    s = np.array([1, 0.5, 0.1, 0.2, 0.12, 0.1, 0.5, 1])
+    frames = np.array([0, 1, 2, 3, 900, 901, 902, 903])
+    spans = [(e["start_frame"], e["end_frame"]) for e in detect_events(s, frame_index=frames, window=50,
+                                                                         persistence_threshold=0.05)]
+    assert spans == [(1, 3), (900, 901)]
+
+
+def test_regularity_keeps_a_nan_error_nan():
+    from vadray.scoring import regularity
+
+    np.testing.assert_allclose(regularity(np.array([2.0, np.nan, 4.0])), [1.0, np.nan, 0.5])
+    assert np.isnan(regularity(np.full(3, np.nan))).all()
+    np.testing.assert_array_equal(regularity(np.array([0.0, np.nan])), [1.0, np.nan])

@@ -71,6 +71,12 @@ def test_event_counts():
     assert out["gt_events"] == 3 and out["gt_detected"] == 2 and out["gt_missed"] == 1
     assert out["detected_events"] == 5 and out["false_alarms"] == 3
     assert out["detection_rate"] == pytest.approx(2 / 3)
+    # labels only for frames 0-49 of "a" (and all of b, c): [61, 70] lies in unlabelled frames,
+    # so it is not judged a false alarm; [30, 40] holds labelled frames and stays one
+    labelled = {"a": np.arange(50), "b": np.arange(10), "c": np.arange(10)}
+    out = metrics.event_counts(truth, found, labelled)
+    assert out["detections_outside_labels"] == 1 and out["detected_events"] == 4 and out["false_alarms"] == 2
+    assert out["gt_detected"] == 2
 
 
 def test_frame_auc_equals_sklearns_with_ties():

@@ -125,7 +125,9 @@ def evaluate_output(output: str, labels_csv: str, storage_options: dict | None =
     events = read_table(output, "events", storage_options, columns=["video_id", "start_frame", "end_frame"],
                         filter=where)
     detected = _per_video_intervals(events.to_pandas()) if events is not None else {}
-    result["events"] = {"videos": len(truth), **metrics.event_counts(truth, detected)}
+    labelled = {v: g["frame_index"].to_numpy() for v, g in labels[labels["video_id"].isin(evaluated_videos)]
+                .groupby("video_id")}
+    result["events"] = {"videos": len(truth), **metrics.event_counts(truth, detected, labelled)}
     return result
 
 
@@ -149,7 +151,9 @@ def format_metrics(result: dict) -> str:
     e = result["events"]
     lines += ["", f"events: {e['gt_detected']} of {e['gt_events']} ground-truth events detected, "
                   f"{e['false_alarms']} false alarms among {e['detected_events']} detected events "
-                  f"({e['videos']} labelled videos)"]
+                  f"({e['videos']} labelled videos"
+                  + (f"; {e['detections_outside_labels']} more lie in unlabelled frames, not judged"
+                     if e["detections_outside_labels"] else "") + ")"]
     c = result["coverage"]
     lines += [f"coverage: {c['evaluated_frames']} frames evaluated; {c['frames_without_labels']} scored "
               f"frames without labels; {c['labels_without_frames']} labels without scored frames"]

@@ -181,14 +181,19 @@ def detect_events(regularity: np.ndarray, times: np.ndarray | None = None, *,
     mins, pers = pairs.min_index[keep], pairs.persistence[keep]
     if mins.size == 0:
         return []
-    # spans (positions, inclusive) of each minimum at half its depth
+    # spans (positions, inclusive) of each minimum at half its depth, within its run of
+    # consecutive frames: a span never reaches across frames without a score
     starts = np.array([_run_end(s, m, s[m] + p / 2, -1) for m, p in zip(mins, pers)])
     ends = np.array([_run_end(s, m, s[m] + p / 2, +1) for m, p in zip(mins, pers)])
+    run = np.r_[0, np.cumsum(np.diff(frames) != 1)]
+    starts = np.maximum(starts, np.searchsorted(run, run[mins], "left"))
+    ends = np.minimum(ends, np.searchsorted(run, run[mins], "right") - 1)
     # a new group begins where the next minimum is farther than `window` frames away
-    # and the spans do not touch
+    # and the spans do not touch (in frames)
     running_end = np.maximum.accumulate(ends)
     new_group = np.ones(mins.size, bool)
-    new_group[1:] = (frames[mins[1:]] - frames[mins[:-1]] > window) & (starts[1:] > running_end[:-1] + 1)
+    new_group[1:] = ((frames[mins[1:]] - frames[mins[:-1]] > window)
+                     & (frames[starts[1:]] > frames[running_end[:-1]] + 1))
     group_of = np.cumsum(new_group) - 1
     rows = []
     for g in range(int(group_of[-1]) + 1):

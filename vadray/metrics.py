@@ -110,17 +110,26 @@ def overlaps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a[:, None, 0] <= b[None, :, 1]) & (b[None, :, 0] <= a[:, None, 1])
 
 
-def event_counts(ground_truth: dict[str, np.ndarray], detected: dict[str, np.ndarray]) -> dict:
+def event_counts(ground_truth: dict[str, np.ndarray], detected: dict[str, np.ndarray],
+                 labelled: dict[str, np.ndarray] | None = None) -> dict:
     """Event-level counts over videos (keys = video ids; values = (K, 2) frame intervals).
 
     A ground-truth event is detected if some detected event overlaps it; a detected event
     that overlaps no ground-truth event is a false alarm. Videos missing from `detected`
     have no detections; detections in videos absent from `ground_truth` are not counted
-    (those videos have no labels).
+    (those videos have no labels). With `labelled` (video → its labelled frame indices), a
+    detection that holds no labelled frame is not judged either way: it is counted in
+    `detections_outside_labels`, not as a false alarm.
     """
-    totals = {"gt_events": 0, "gt_detected": 0, "detected_events": 0, "false_alarms": 0}
+    totals = {"gt_events": 0, "gt_detected": 0, "detected_events": 0, "false_alarms": 0,
+              "detections_outside_labels": 0}
     for video, truth in ground_truth.items():
         found = np.asarray(detected.get(video, np.zeros((0, 2))), np.int64).reshape(-1, 2)
+        if labelled is not None:
+            frames = np.sort(np.asarray(labelled[video], np.int64))
+            judged = np.searchsorted(frames, found[:, 1], "right") > np.searchsorted(frames, found[:, 0], "left")
+            totals["detections_outside_labels"] += int((~judged).sum())
+            found = found[judged]
         hit = overlaps(truth, found)                       # (K, M)
         totals["gt_events"] += len(truth)
         totals["gt_detected"] += int(hit.any(axis=1).sum())

@@ -218,11 +218,18 @@ def build_report(output: str, out_dir: str, labels_csv: str | None = None,
         times = video_frames["time_s"].to_numpy(np.float64)
         rows.append({"video_id": str(video_id), "camera": str(camera),
                      "date": str(video_frames["date"].iloc[0]), "frames": len(video_frames),
-                     "duration_s": float(times[-1] - times[0]) if np.isfinite(times).all() else float("nan"),
+                     "duration_s": _duration(times),
                      "min_regularity": float(video_frames["regularity"].min()),
                      "events": len(video_events), "auc": auc, "png": png})
     _write_bytes(storage.join(out_dir, "index.html"), index_html(rows, labels is not None).encode(), storage_options)
     return rows
+
+
+def _duration(times: np.ndarray) -> float:
+    """Seconds the frames span, the last frame's own period included (10 frames at 25 fps: 0.4 s)."""
+    if times.size < 2 or not np.isfinite(times).all():
+        return float("nan")
+    return float(times[-1] - times[0] + np.median(np.diff(times)))
 
 
 def index_html(rows: list[dict[str, Any]], with_auc: bool) -> str:

@@ -317,14 +317,15 @@ def regularity(e: np.ndarray) -> np.ndarray:
 
     Divides by max e, as Chong & Tay write it (most public code uses max − min), so s_r
     lies in [min e / max e, 1]. A constant series gives all ones; when max e = 0 (every error
-    zero, a perfect reconstruction) s_a is taken as 0 and s_r = 1 rather than NaN.
+    zero, a perfect reconstruction) s_a is taken as 0 and s_r = 1 rather than NaN. A NaN error
+    stays NaN (evaluate counts it as a missing score) instead of turning the video into ones.
     """
     e = np.asarray(e, dtype=np.float64)
-    if e.size == 0:
+    if e.size == 0 or np.isnan(e).all():
         return e.copy()
-    lowest, highest = np.min(e), np.max(e)
+    lowest, highest = np.nanmin(e), np.nanmax(e)
     if not highest > 0:
-        return np.ones_like(e)
+        return np.where(np.isnan(e), np.nan, 1.0)
     return 1.0 - (e - lowest) / highest
 
 

@@ -5,7 +5,10 @@ CSV `video,frame_index,label` (`video` joins `video_id`; label 1 = anomalous). S
 frames without a label and labels without a scored frame are counted in "coverage", never
 dropped silently. The `…regularity` columns are evaluated as 1 − s so that every score
 reads "higher = more anomalous"; `eer_threshold` in --json is in those units too (0.18 for a
-regularity column means s = 0.82).
+regularity column means s = 0.82). EER interpolates linearly on the ROC segment where FPR − FNR
+changes sign. Events: a labelled run of anomalous frames is detected when an event overlaps
+it; an event overlapping none is a false alarm, unless it holds no labelled frame at all
+(then it is counted in `detections_outside_labels`, not judged).
 """
 from __future__ import annotations
 

@@ -199,7 +199,7 @@ def test_both_trainers_calibrate_anomaly_score_the_same_way(trained_checkpoint, 
     frames = np.random.default_rng(3).integers(0, 256, (33, stats.size, stats.size), dtype=np.uint8)
     monkeypatch.setattr(calibration, "read_chunks", lambda *a: iter([(0, frames[:14]), (14, frames[14:])]))
     streamed = calibration.ValidationFrameErrors(spec(model), weights_to_bytes(model.state_dict()), stats.to_dict(),
-                                                 "unused", {}, T)({"video_index": [0], "video_id": ["v"], "runs": ["[]"]})
+                                                 "unused", {}, T)({"video_index": [0], "video_id": ["v"], "file_groups": ["[]"]})
     direct = calibration_errors(Trainer(model, stats, torch.device("cpu"), 1e-4, 4, 0), [frames], T)
     assert streamed["recon_error"].size == direct["recon_error"].size == 30   # starts 0, 5, …, 20
     for column in ("recon_error", "cell_error_max"):

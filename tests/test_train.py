@@ -101,7 +101,7 @@ def test_a_video_with_lost_frames_trains_on_its_contiguous_runs(tmp_path):
     a, b = shards.videos
     assert (a.num_frames, a.spans, b.spans) == (42, [20, 22], [30])
     made = sum(len(batch["start"]) for batch in expand_to_volumes(
-        {k: np.array([item[k] for item in video_items(shards.videos)]) for k in ("video_index", "video_id", "runs")},
+        {k: np.array([item[k] for item in video_items(shards.videos)]) for k in ("video_index", "video_id", "file_groups")},
         shards.clips_uri, None, 10, [1, 2, 3], 1))
     assert made == count_volumes(shards.videos, 10, [1, 2, 3], 1) == (11 + 2) + (13 + 4) + (21 + 12 + 3)
 
@@ -151,8 +151,8 @@ def test_discover_accepts_the_clips_folder_and_reports_bad_paths(tmp_path):
     direct = discover(str(tmp_path / "out" / "clips"))
     via_output = discover(str(tmp_path / "out"))
     assert [(v.video_id, v.num_frames) for v in direct.videos] == [("a", 40), ("b", 9)]
-    assert [v.runs for v in direct.videos] == [v.runs for v in via_output.videos]
-    assert len(direct.videos[0].runs) == 2          # two files that do not overlap: two runs
+    assert [v.file_groups for v in direct.videos] == [v.file_groups for v in via_output.videos]
+    assert len(direct.videos[0].file_groups) == 2   # two files that do not overlap: two groups
     assert count_volumes(direct.videos, 10, [1, 2, 3], 1) == (40 - 9) + (40 - 18) + (40 - 27)
     with pytest.raises(UsageError, match="does not exist"):
         discover(str(tmp_path / "nowhere"))
@@ -391,7 +391,7 @@ def test_the_card_describes_the_model_and_reloads(interrupted_then_resumed, inge
     shards = discover(ingested)
     (val_video,) = [v for v in shards.videos if v.video_id in card["training_data"]["val_video_ids"]]
     fs, _ = storage.pyarrow_fs(shards.clips_uri)
-    frames = np.concatenate([f for _, f in read_chunks(fs, val_video.runs, val_video.video_id)])
+    frames = np.concatenate([f for _, f in read_chunks(fs, val_video.file_groups, val_video.video_id)])
     starts = volume_starts(len(frames), 10, 1, scoring.SCORE_HOP, cover_end=False)   # as `vadray score` by default
     x = torch.from_numpy(shards.stats.normalize(gather(frames, starts, 10, 1)))[:, :, None]
     with torch.no_grad():

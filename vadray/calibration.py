@@ -53,8 +53,8 @@ class ValidationFrameErrors:
         from vadray import scoring
 
         out = {"video_index": [], "frame_index": [], "recon_error": [], "cell_error_max": []}
-        for video_index, video_id, runs in zip(batch["video_index"], batch["video_id"], batch["runs"]):
-            chunks = read_chunks(self.pa_fs, json.loads(runs), str(video_id))
+        for video_index, video_id, groups in zip(batch["video_index"], batch["video_id"], batch["file_groups"]):
+            chunks = read_chunks(self.pa_fs, json.loads(groups), str(video_id))
             batches = ((starts[i:i + self.batch_size], volumes[i:i + self.batch_size])
                        for _, starts, volumes in stream_volumes(chunks, self.T, (1,), scoring.SCORE_HOP)
                        for i in range(0, len(starts), self.batch_size))

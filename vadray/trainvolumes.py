@@ -35,11 +35,11 @@ CHUNK_COLUMNS = ["video_id", "start_frame", "num_frames", "size", "frames"]
 
 @dataclass
 class VideoShards:
-    """One video of the clip shards: its frame count and its files grouped into runs."""
+    """One video of the clip shards: its frame count and its files, grouped where their frames overlap."""
 
     video_id: str
     num_frames: int
-    runs: list[list[str]]          # paths inside the filesystem, runs in frame order
+    file_groups: list[list[str]]   # paths inside the filesystem; a group's files share frame ranges (read together)
     spans: list[int] | None = None  # lengths of its contiguous frame runs (a gap: frames lost at ingest); None: one
 
 
@@ -67,17 +67,17 @@ def resolve(shards_uri: str, storage_options: dict | None = None) -> tuple[str, 
                      f"nor a clips/ folder with stats/ beside it: run `vadray ingest` first")
 
 
-def _file_runs(files: list[tuple[str, int, int]]) -> list[list[str]]:
+def _file_groups(files: list[tuple[str, int, int]]) -> list[list[str]]:
     """Group a video's (file, first frame, end frame) whose frame ranges overlap, in frame order."""
-    runs, run_end = [], None
+    groups, group_end = [], None
     for name, first, end in sorted(files, key=lambda f: f[1]):
-        if runs and first < run_end:
-            runs[-1].append(name)
-            run_end = max(run_end, end)
+        if groups and first < group_end:
+            groups[-1].append(name)
+            group_end = max(group_end, end)
         else:
-            runs.append([name])
-            run_end = end
-    return runs
+            groups.append([name])
+            group_end = end
+    return groups
 
 
 def discover(shards_uri: str, storage_options: dict | None = None) -> Shards:
@@ -108,7 +108,7 @@ def discover(shards_uri: str, storage_options: dict | None = None) -> Shards:
         files_of[row["video_id"]].append((row["__filename"], row["start_frame_min"], row["end_max"]))
         frames_of[row["video_id"]] += row["num_frames_sum"]
     spans_of = _contiguous_spans(meta)
-    videos = [VideoShards(v, frames_of[v], _file_runs(files_of[v]), spans_of[v]) for v in sorted(files_of)]
+    videos = [VideoShards(v, frames_of[v], _file_groups(files_of[v]), spans_of[v]) for v in sorted(files_of)]
     cameras = sorted(pc.unique(meta["camera"]).to_pylist())
     return Shards(clips_uri, stats, stats_doc, stats.size, videos, cameras)
 
@@ -149,10 +149,10 @@ def count_volumes(videos: list[VideoShards], T: int, strides, hop: int) -> int:
                for v in videos for n in (v.spans or [v.num_frames]) for s in strides)
 
 
-def read_chunks(pa_fs, runs: list[list[str]], video_id: str):
-    """Yield (start_frame, frames uint8 (n, S, S)) of one video in frame order, run by run."""
-    for run in runs:
-        table = pa.concat_tables([pq.read_table(f, filesystem=pa_fs, columns=CHUNK_COLUMNS) for f in run])
+def read_chunks(pa_fs, file_groups: list[list[str]], video_id: str):
+    """Yield (start_frame, frames uint8 (n, S, S)) of one video in frame order, group by group."""
+    for group in file_groups:
+        table = pa.concat_tables([pq.read_table(f, filesystem=pa_fs, columns=CHUNK_COLUMNS) for f in group])
         table = table.filter(pc.equal(table["video_id"], video_id))
         table = table.sort_by("start_frame")
         for row in table.select(["start_frame", "num_frames", "size", "frames"]).to_pylist():
@@ -162,7 +162,7 @@ def read_chunks(pa_fs, runs: list[list[str]], video_id: str):
 
 def video_items(videos: list[VideoShards]) -> list[dict]:
     """One Ray Data row per video; `video_index` keeps the rows of volumes numeric."""
-    return [{"video_index": i, "video_id": v.video_id, "runs": json.dumps(v.runs)}
+    return [{"video_index": i, "video_id": v.video_id, "file_groups": json.dumps(v.file_groups)}
             for i, v in enumerate(videos)]
 
 
@@ -171,8 +171,8 @@ def expand_to_volumes(batch: dict, clips_uri: str, storage_options: dict | None,
     """Ray Data UDF: video rows → batches of {"volume" (V, T, S, S) uint8, "video_index",
     "start", "stride"}, one batch per chunk and stride (a generator: bounded memory)."""
     pa_fs, _ = storage.pyarrow_fs(clips_uri, storage_options)
-    for video_index, video_id, runs in zip(batch["video_index"], batch["video_id"], batch["runs"]):
-        chunks = read_chunks(pa_fs, json.loads(runs), str(video_id))
+    for video_index, video_id, groups in zip(batch["video_index"], batch["video_id"], batch["file_groups"]):
+        chunks = read_chunks(pa_fs, json.loads(groups), str(video_id))
         for stride, starts, volumes in stream_volumes(chunks, T, strides, hop):
             yield {"volume": volumes, "video_index": np.full(len(starts), video_index, np.int64),
                    "start": starts, "stride": np.full(len(starts), stride, np.int64)}

@@ -80,7 +80,7 @@ def all_volumes(shards: str, strides, hop: int, T: int = 10) -> tuple[np.ndarray
     info = discover(shards)
     fs, _ = storage.pyarrow_fs(info.clips_uri)
     parts = [volumes for v in info.videos
-             for _, _, volumes in stream_volumes(read_chunks(fs, v.runs, v.video_id), T, strides, hop)]
+             for _, _, volumes in stream_volumes(read_chunks(fs, v.file_groups, v.video_id), T, strides, hop)]
     return np.concatenate(parts), info.stats
 
 

@@ -324,6 +324,18 @@ def test_bad_arguments_exit_2(tmp_path, trained_checkpoint, synth_test_archive, 
     assert not (tmp_path / "o").exists()
 
 
+def test_model_actors_this_ray_cannot_hold_are_refused(ray_session, trained_checkpoint, synth_test_archive,
+                                                         tmp_path):
+    """As many CPU actors as CPUs (nothing left to decode) or a GPU this Ray does not have:
+    the job sat at 'Total Progress: 0/?' until Ray Data's 30-minute timeout."""
+    cpus = int(ray_session.cluster_resources()["CPU"])
+    with pytest.raises(UsageError, match=f"--actors {cpus}"):
+        run_score(str(synth_test_archive), str(tmp_path / "o"), str(trained_checkpoint), actors=cpus)
+    with pytest.raises(UsageError, match="1 GPUs, and this Ray has 0"):
+        run_score(str(synth_test_archive), str(tmp_path / "o"), str(trained_checkpoint), gpus_per_actor=1)
+    assert not (tmp_path / "o").exists()
+
+
 def test_events_follow_the_score_asked_for(ray_session, trained_checkpoint, synth_test_archive, tmp_path):
     """--events-from combined_regularity: every event is a dip of that column, and says so."""
     runs = {}

@@ -20,3 +20,29 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         # reach the state API: without it, that actor logs "Failed to query Ray Train
         # Controller actor state" every second of a training run (Ray 2.60, measured).
         ray.init(num_cpus=num_cpus, log_to_driver=True)
+
+
+def require_room(cpus: float, gpus: float, asked: str, hint: str, data_cpus: float = 1.0) -> None:
+    """Refuse (UsageError) settings whose long-lived workers would take more than this Ray has,
+    or leave under `data_cpus` CPUs to the Ray Data tasks that feed them: the job would wait
+    forever for resources (Ray only warns that it "may hang"). On a cluster joined through
+    RAY_ADDRESS the autoscaler may add nodes, so there it is a warning."""
+    import logging
+
+    from vadray.exits import UsageError
+
+    have = ray.cluster_resources()
+    total_cpus, total_gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
+    problems = []
+    if gpus > total_gpus:
+        problems.append(f"{gpus:g} GPUs, and this Ray has {total_gpus:g}")
+    if total_cpus - cpus < data_cpus:
+        problems.append(f"{cpus:g} of its {total_cpus:g} CPUs, which leaves less than {data_cpus:g} to the "
+                        "tasks that decode and feed them")
+    if not problems:
+        return
+    message = f"{asked} would take {'; and '.join(problems)}: the job would wait forever; {hint}"
+    if os.environ.get("RAY_ADDRESS"):
+        logging.getLogger("vadray").warning("%s (unless the cluster adds nodes)", message)
+    else:
+        raise UsageError(message)

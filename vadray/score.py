@@ -179,7 +179,7 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     from ray.data import ActorPoolStrategy
 
     from vadray.errors import clear_errors, read_errors
-    from vadray.raylib import ensure_ray
+    from vadray.raylib import ensure_ray, require_room
     from vadray.stages import ProbeAndPlan
 
     check_camera(camera)
@@ -214,6 +214,10 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     log.info("scoring %d videos (%d already done) with %s", len(todo), len(done), model_id)
     if todo:
         ensure_ray()
+        require_room(0 if gpus_per_actor else actors, actors * gpus_per_actor,
+                     f"--actors {actors}" + (f" with --gpus-per-actor {gpus_per_actor:g}" if gpus_per_actor else
+                                             " (each model actor on CPU holds 1 CPU)"),
+                     "lower --actors" + (" or --gpus-per-actor" if gpus_per_actor else ""))
         if actor_threads is None:
             actor_threads = default_actor_threads(actors)
         clear_errors(storage.join(output, "errors"), camera, [r.video_id for r in todo], storage_options)

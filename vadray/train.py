@@ -25,7 +25,7 @@ from vadray.calibration import validation_frame_errors
 from vadray.checkpoint import FINAL_DIR, model_card, save, weights_from_bytes
 from vadray.exits import UsageError
 from vadray.models import check_size, names, spec
-from vadray.raylib import ensure_ray
+from vadray.raylib import ensure_ray, require_room
 from vadray.steps import SELECTIONS
 from vadray.trainloop import RUN_NAME, run_trainer
 from vadray.trainvolumes import count_volumes, discover, split_by_video
@@ -145,26 +145,6 @@ def check_same_footage(saved: dict | None, now: dict, shards: str) -> None:
                      "continues on the shards it started on: restore them, or train into a new CHECKPOINT_DIR")
 
 
-def _check_room_for_data(workers: int, cpus_per_worker: float) -> None:
-    """Refuse a local Ray whose CPUs the train workers would take all: the Ray Data tasks that
-    make the volumes could never start and training would wait forever. On a cluster
-    (RAY_ADDRESS) the autoscaler may add nodes, so there it is only a warning."""
-    import os
-
-    import ray
-
-    total = ray.cluster_resources().get("CPU", 0.0)
-    if total - workers * cpus_per_worker >= 1.0:
-        return
-    message = (f"{workers} workers × {cpus_per_worker:g} CPUs leave less than 1 of the cluster's "
-               f"{total:g} CPUs to the Ray Data tasks that make volumes: training would wait forever; "
-               f"lower --cpus-per-worker (e.g. {max(0.25, (total - 1) / workers):.2g}) or --workers")
-    if os.environ.get("RAY_ADDRESS"):
-        log.warning(message)
-    else:
-        raise UsageError(message)
-
-
 def _model_spec(settings: dict, size: int) -> dict:
     """The architecture's card entry; a UsageError when it cannot take S×S frames."""
     from vadray.models import build
@@ -222,7 +202,10 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
     if resume:
         check_same_footage(saved.get("footage"), footage, settings["shards"])
     ensure_ray()
-    _check_room_for_data(workers, cpus_per_worker)
+    require_room(workers * cpus_per_worker, workers * gpus_per_worker,
+                 f"--workers {workers} with --cpus-per-worker {cpus_per_worker:g}"
+                 + (f" and --gpus-per-worker {gpus_per_worker:g}" if gpus_per_worker else ""),
+                 "lower --workers, --cpus-per-worker (e.g. 0.5) or --gpus-per-worker")
     run_id = saved["run_id"] if resume else _start_run(checkpoint_dir, settings, footage, storage_options)
     log.info("run %s: training on %d videos (%d volumes/epoch), validating on %d videos",
              run_id, len(train_videos), n_train, len(val_videos))

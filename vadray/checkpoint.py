@@ -91,6 +91,11 @@ def _checkpoint_folder(fs, path: str) -> str:
     for candidate in (f"{path}/{FINAL_DIR}", path):
         if fs.exists(f"{candidate}/{CARD_FILE}") and fs.exists(f"{candidate}/{MODEL_FILE}"):
             return candidate
+    if not fs.exists(path):
+        raise FileNotFoundError(f"{path} does not exist")
+    if not fs.isdir(path):
+        raise FileNotFoundError(f"{path} is a file: give the folder that holds {MODEL_FILE} + {CARD_FILE} "
+                                f"(or the training run's CHECKPOINT_DIR)")
     raise FileNotFoundError(f"{path} holds no {MODEL_FILE} + {CARD_FILE}, nor a {FINAL_DIR}/ with "
                             f"them: is it a finished training run's CHECKPOINT_DIR?")
 

@@ -25,7 +25,7 @@ COMMANDS = {
 }
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """The module docstring as written, and every option's default where its help does not say it."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
@@ -50,14 +50,14 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(
         prog=f"vadray {command}", description=(module.__doc__ or summary).strip(),
-        formatter_class=_HelpFormatter)
+        formatter_class=HelpFormatter)
     module.add_arguments(parser)
     parser.set_defaults(_run=module.run)
     return parser
 
 
 def _top_help() -> str:
-    lines = ["usage: vadray COMMAND [options]   (vadray COMMAND --help for details)", "",
+    lines = ["usage: vadray COMMAND [options]   (vadray COMMAND --help for details; vadray --version)", "",
              "Semi-supervised video anomaly detection over video archives, on Ray.", "", "commands:"]
     lines += [f"  {name:<10} {summary}" for name, (_, summary) in COMMANDS.items()]
     lines += ["", "exit status: 0 all inputs processed, 3 finished but some inputs failed (see errors/),",
@@ -70,6 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_top_help())
         return 0 if argv else EXIT_USAGE
+    if argv[0] == "--version":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"vadray {version('vadray')}")
+        except PackageNotFoundError:   # a bare checkout run with python -m vadray
+            print("vadray (not installed: version unknown)")
+        return 0
     command = argv[0]
     if command not in COMMANDS:
         print(f"vadray: unknown command {command!r}\n\n{_top_help()}", file=sys.stderr)

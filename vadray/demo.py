@@ -60,7 +60,7 @@ def run_demo(folder: str, size: int = 35, epochs: int = 8, videos: int = 4, fram
     print(f"model {card['model_id']}: best epoch {card['best_epoch']} of {card['epochs_run']}, "
           f"validation loss {card['best_val_loss']:.4f}")
     step("score")
-    scored = run_score(paths["archive/test"], paths["tables"], paths["checkpoint"], camera="demo", hop=2,
+    scored = run_score(paths["archive/test"], paths["tables"], paths["checkpoint"], camera="demo",
                        segment_seconds=3.0)
     print(scored.line())
     step("evaluate")

@@ -22,7 +22,7 @@ import pandas as pd
 
 from vadray import metrics, storage
 from vadray.exits import UsageError
-from vadray.tables import check_one_camera_per_video, check_one_model, read_table, selection
+from vadray.tables import check_one_camera_per_video, check_one_model, no_rows_selected, read_table, selection
 
 SCORE_COLUMNS = ("regularity", "anomaly_score", "cell_error_max", "motion_regularity", "motion_error",
                  "combined_regularity")
@@ -87,8 +87,7 @@ def evaluate_output(output: str, labels_csv: str, storage_options: dict | None =
     table = read_table(output, "frames", storage_options,
                        columns=["camera", "model_id", "video_id", "frame_index", *SCORE_COLUMNS], filter=where)
     if table is None or ((cameras or model_ids) and table.num_rows == 0):
-        chosen = " ".join(f"for {name} {values}" for name, values in (("camera", cameras), ("model", model_ids)) if values)
-        raise UsageError(f"no frames table under {output!r}{' ' + chosen if chosen else ''}: run `vadray score` first")
+        raise no_rows_selected(output, storage_options, camera=cameras, model_id=model_ids)
     frames = table.to_pandas()
     check_one_model(frames)
     check_one_camera_per_video(frames)
@@ -151,6 +150,10 @@ def format_metrics(result: dict) -> str:
             continue
         lines.append(f"{column:<21}{_fmt(m['auc']):>9}{_fmt(m['auc_macro']):>11}{_fmt(m['eer']):>9}"
                      f"{m['frames']:>9}{m['videos']:>8}")
+    shown = [result[c] for c in SCORE_COLUMNS if result.get(c, {}).get("available")]
+    if shown and shown[0]["anomalous_frames"] in (0, shown[0]["frames"]):
+        lines.append(f"(AUC and EER need normal and anomalous frames: the evaluated frames hold "
+                     f"{shown[0]['anomalous_frames']} anomalous of {shown[0]['frames']})")
     e = result["events"]
     lines += ["", f"events: {e['gt_detected']} of {e['gt_events']} ground-truth events detected, "
                   f"{e['false_alarms']} false alarms among {e['detected_events']} detected events "
@@ -197,13 +200,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = storage.parse_storage_options(args.storage_options)
+    storage.require_file_to_write(**{"--json": args.json_path})
     result = evaluate_output(args.output, args.labels, options, cameras=args.camera, model_ids=args.model_id)
     print(format_metrics(result))
     if args.json_path:
-        fs, path = storage.url_to_fs(args.json_path, options)
-        parent = path.rsplit("/", 1)[0] if "/" in path else ""
-        if parent:
-            fs.makedirs(parent, exist_ok=True)
-        with fs.open(path, "w") as f:
+        with storage.open_for_writing(args.json_path, options, "w") as f:
             json.dump(_json_safe(result), f, indent=2)
     return 0

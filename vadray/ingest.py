@@ -81,6 +81,18 @@ class DecodeUnits:
         return clip_table(seg, decoded.frame_index, decoded.time_s, decoded.frames, self.size)
 
 
+def _fits_a_model(size: int) -> bool:
+    from vadray.models import check_size, names
+
+    for name in names():
+        try:
+            check_size(name, size)
+            return True
+        except ValueError:
+            pass
+    return False
+
+
 def _check_same_footage(output: str, size: int, camera: str, storage_options: dict[str, Any]) -> None:
     """One OUTPUT holds shards of one frame size (its statistics add frames pixel by pixel) and
     of one camera (a model is trained per camera, and clips are keyed by video id alone, so a
@@ -138,8 +150,10 @@ def run_ingest(source: str, output: str, *, camera: str = "default", size: int =
     check_camera(camera)
     storage_options = storage_options or {}
     storage.require_reachable(storage_options, OUTPUT=output)
-    if size < 8:
-        raise UsageError("--size must be at least 8 pixels")
+    storage.require_folder_to_write(OUTPUT=output)
+    if not _fits_a_model(size):   # else the whole archive is ingested before train refuses it
+        raise UsageError(f"--size {size} fits none of the models: they need S = 11 + 8k, k >= 2 "
+                         "(27, 35, 59, 115, 227, ...)")
     if segment_seconds <= 0 or not frame_fps > 0:
         raise UsageError("--segment-seconds and --frame-fps must be positive")
     _check_same_footage(output, size, camera, storage_options)

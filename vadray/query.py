@@ -86,6 +86,10 @@ def connect(output: str, storage_options: dict | None = None) -> duckdb.DuckDBPy
     fs, root = storage.url_to_fs(output, storage_options)
     if not fs.exists(root):
         raise UsageError(f"OUTPUT {output!r} does not exist or is not reachable")
+    if not any(fs.isdir(f"{root}/{name}") for name in TABLES):
+        held = ", ".join(sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))[:5]) or "nothing"
+        raise UsageError(f"{output!r} holds no frames/, events/ or errors/ (it holds {held}): query reads the "
+                         "OUTPUT of `vadray score` (or the errors of an ingest OUTPUT)")
     use_httpfs = storage.is_remote(output) and output.startswith(("s3://", "s3a://")) \
         and _s3_secret(con, dict(storage_options or {}))
     try:
@@ -135,7 +139,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sql", help="one SQL statement over the views frames, events and errors")
     parser.add_argument("--out", default=None,
                         help="write the result to this .csv or .parquet file (local or s3://) instead of printing")
-    parser.add_argument("--max-rows", type=int, default=50, help="rows to print when --out is not given")
+    parser.add_argument("--max-rows", type=int, default=50,
+                        help="rows to print when --out is not given (default 50; 0 prints them all; "
+                             "a longer result shows its first and last rows)")
     storage.add_storage_options(parser, "OUTPUT")
 
 
@@ -143,20 +149,19 @@ def run(args: argparse.Namespace) -> int:
     options = storage.parse_storage_options(args.storage_options)
     if args.out and not args.out.endswith((".csv", ".parquet")):
         raise UsageError("--out must end in .csv or .parquet")
+    if args.max_rows < 0:
+        raise UsageError("--max-rows must be 0 (all) or more")
+    storage.require_file_to_write(**{"--out": args.out})
     result = query(args.output, args.sql, options)
     if not args.out:
         if len(result) == 0:
             print("  ".join(map(str, result.columns)))
         else:
             with pd.option_context("display.width", 200, "display.max_columns", 50):
-                print(result.to_string(index=False, max_rows=args.max_rows))
+                print(result.to_string(index=False, max_rows=args.max_rows or None))
         print(f"({len(result)} rows)")
         return 0
-    fs, path = storage.url_to_fs(args.out, options)
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    with fs.open(path, "wb") as f:
+    with storage.open_for_writing(args.out, options) as f:
         if args.out.endswith(".csv"):
             result.to_csv(f, index=False)
         else:

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from vadray import listing, metrics, probe, storage
 from vadray.errors import safe_key
 from vadray.evaluate import read_labels
-from vadray.tables import check_one_camera_per_video, check_one_model, read_table, selection
+from vadray.tables import check_one_camera_per_video, check_one_model, no_rows_selected, read_table, selection
 from vadray.exits import UsageError
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,8 @@ def build_report(output: str, out_dir: str, labels_csv: str | None = None,
     where = selection(video_id=videos, camera=cameras, date=dates, model_id=model_ids)
     table = read_table(output, "frames", storage_options, columns=FRAME_COLUMNS, filter=where)
     if table is None or table.num_rows == 0:
-        raise UsageError(f"no scored frames under {output!r} (for the selected videos)")
+        raise no_rows_selected(output, storage_options, video_id=videos, camera=cameras, date=dates,
+                               model_id=model_ids)
     frames = table.to_pandas().sort_values(["camera", "video_id", "frame_index"], kind="stable")
     check_one_model(frames)
     map_model = getattr(error_map_fn, "model_id", None)   # ErrorMaps says which checkpoint it runs
@@ -278,10 +279,14 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--max-thumbnails must be 0 or more")
     error_map_fn = None
     storage.require_reachable(options, CHECKPOINT=args.checkpoint)
+    storage.require_folder_to_write(DIR=args.dir)
     if args.checkpoint:
         from vadray.errormap import ErrorMaps
 
-        error_map_fn = ErrorMaps(args.checkpoint, options)
+        try:
+            error_map_fn = ErrorMaps(args.checkpoint, options)
+        except (FileNotFoundError, OSError, ValueError, KeyError) as exc:
+            raise UsageError(f"cannot read checkpoint {args.checkpoint!r}: {exc}") from None
     rows = build_report(args.output, args.dir, args.labels, options, videos=args.video,
                         cameras=args.camera, dates=args.date, model_ids=args.model_id,
                         max_thumbnails=args.max_thumbnails,

@@ -77,10 +77,63 @@ def require_reachable(storage_options: dict[str, Any] | None, **locations: str |
         try:
             fs, path = url_to_fs(uri, storage_options)
             fs.info(path)     # not exists(): s3fs's answers False for a bare bucket it cannot reach
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):   # absent: each job's own question
             pass
         except Exception as exc:  # noqa: BLE001 — botocore, aiohttp, OS errors alike; no secret is in them
             raise UsageError(f"cannot reach {role} {uri!r}: {type(exc).__name__}: {exc}") from None
+
+
+def _cannot_create(path: str) -> str | None:
+    """Why a local folder or file at `path` could not be created, or None."""
+    above = path
+    while not os.path.exists(above):
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        return f"{above!r} is a file"
+    if not os.access(above, os.W_OK | os.X_OK):
+        return f"no permission to write in {above!r}"
+    return None
+
+
+def require_folder_to_write(**locations: str | None) -> None:
+    """Exit status 2 before any work when a local output cannot be a folder: it is a file, or
+    the nearest existing folder above it is a file or not writable. (Object stores have no
+    folders to check; `require_reachable` covers them.)"""
+    from vadray.exits import UsageError
+
+    for role, uri in locations.items():
+        if not uri or is_remote(uri):
+            continue
+        path = os.path.abspath(uri.removeprefix("file://"))
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise UsageError(f"{role} {uri!r} is a file; give a folder (it is created if missing)")
+        why = _cannot_create(path)
+        if why:
+            raise UsageError(f"{role} {uri!r} cannot be written: {why}")
+
+
+def require_file_to_write(**locations: str | None) -> None:
+    """`require_folder_to_write` for an output file (--json, --out)."""
+    from vadray.exits import UsageError
+
+    for role, uri in locations.items():
+        if not uri or is_remote(uri):
+            continue
+        path = os.path.abspath(uri.removeprefix("file://"))
+        if os.path.isdir(path):
+            raise UsageError(f"{role} {uri!r} is a folder; give a file name")
+        why = _cannot_create(os.path.dirname(path))
+        if why:
+            raise UsageError(f"{role} {uri!r} cannot be written: {why}")
+
+
+def open_for_writing(uri: str, storage_options: dict[str, Any] | None, mode: str = "wb"):
+    """An output file's handle, its local folder made first (an object store has none)."""
+    fs, path = url_to_fs(uri, storage_options)
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent and not is_remote(uri):
+        fs.makedirs(parent, exist_ok=True)
+    return fs.open(path, mode)
 
 
 def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:

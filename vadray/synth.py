@@ -20,6 +20,8 @@ from typing import Sequence
 import av
 import numpy as np
 
+from vadray import storage
+
 ANOMALY_KINDS = ("fast", "against", "size")
 
 
@@ -184,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("synth writes to a local folder; copy it to object storage afterwards "
                          "(e.g. aws s3 sync OUT s3://bucket/prefix)")
     args.output = args.output.removeprefix("file://")
+    storage.require_folder_to_write(OUT=args.output)
     if args.videos < 1 or args.frames < 1 or args.fps < 1:
         raise UsageError("--videos, --frames and --fps must be at least 1")
     labels = make_archive(args.output, args.videos, args.width, args.height, args.frames, args.fps,

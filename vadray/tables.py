@@ -77,3 +77,22 @@ def check_one_camera_per_video(frames: pd.DataFrame) -> None:
         raise UsageError(f"video ids {', '.join(shared[:3])}{' …' if len(shared) > 3 else ''} are scored under "
                          f"several cameras ({', '.join(sorted(map(str, frames['camera'].unique())))}); "
                          "labels name videos only: pass --camera")
+
+
+def no_rows_selected(output: str, storage_options: dict | None, **selected: list[str] | None) -> UsageError:
+    """The error for a selection (camera=[…], model_id=[…], …) that matches no frames: what
+    OUTPUT holds instead, so a typo reads as one rather than as 'run vadray score first'."""
+    chosen = {name: values for name, values in selected.items() if values}
+    table = read_table(output, "frames", storage_options, columns=list(chosen))
+    if table is None or table.num_rows == 0:
+        return UsageError(f"no frames table under {output!r}: run `vadray score` first")
+    held = []
+    for name, values in chosen.items():
+        present = sorted(map(str, pd.unique(table.column(name).to_pandas().dropna())))
+        missing = [v for v in values if v not in present]
+        if missing:
+            shown = ", ".join(present[:8]) + (" …" if len(present) > 8 else "")
+            flag = {"video_id": "--video", "model_id": "--model-id"}.get(name, f"--{name}")
+            held.append(f"{flag} {', '.join(missing)} is not there (it holds {shown})")
+    what = "; ".join(held) or "no frame matches all of " + ", ".join(f"{k} {v}" for k, v in chosen.items())
+    return UsageError(f"no scored frames under {output!r} for that selection: {what}")

@@ -20,8 +20,8 @@ BENCHMARKS = {
     "score": ("vadray.bench.score", "scoring frames/s (Ray Data actor pool) vs bare model inference"),
     "ped2": ("vadray.bench.ped2", "UCSD Ped2 end to end: ingest, train, score, frame AUC/EER"),
     "ped2-direct": ("vadray.bench.ped2_direct",
-                    "train on clip shards in one process without Ray (a GPU machine without Ray); "
-                    "per-epoch test AUC as a diagnostic"),
+                    "decode a folder of videos and train in one process without Ray (for a GPU "
+                    "machine that has torch and PyAV only); per-epoch test AUC as a diagnostic"),
 }
 
 
@@ -52,12 +52,14 @@ class _LazyBenchParser(argparse.ArgumentParser):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from vadray.cli import HelpFormatter   # every option's default in --help, as the jobs' own
+
     subparsers = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True,
                                        parser_class=_LazyBenchParser,
                                        title="benchmarks", help="one of:")
     for name, (module_name, summary) in BENCHMARKS.items():
         sub = subparsers.add_parser(name, help=summary, description=summary,
-                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+                                    formatter_class=HelpFormatter)
         sub.bench_name, sub.bench_module = name, module_name
 
 

@@ -1,7 +1,7 @@
 """vadray bench ped2-direct: decode, train and score in ONE process on one device, without Ray.
 
-Why it exists: a GPU machine that has PyTorch and PyAV but no Ray (our lent GPU cannot
-install it) still has to give the paper's Ped2 settings a run. The pieces are the jobs' own,
+Why it exists: a GPU machine that has PyTorch and PyAV but no Ray (a lent box without
+network access, say) can still give the paper's Ped2 settings a run. The pieces are the jobs' own,
 composed in one process instead of Ray Data tasks and a TorchTrainer:
   decode      every video of TRAIN (and TEST) with `probe.probe` + `decode.decode_segment` at S×S,
               statistics from `preprocess.PartialSums` — what `vadray ingest` stores

@@ -40,7 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--videos", type=int, default=4, help="synthetic videos to ingest")
     parser.add_argument("--frames", type=int, default=150, help="frames per synthetic video")
     parser.add_argument("--size", type=int, default=59, help="frame size S (11 + 8k); 227 is the paper's (use a GPU)")
-    parser.add_argument("--model", default="convlstm_ae", help="architecture, as for vadray train")
+    from vadray.models import names
+
+    parser.add_argument("--model", default="convlstm_ae", choices=names(), help="architecture, as for vadray train")
     parser.add_argument("--model-params", default=None, help="JSON hyper-parameters, as for vadray train")
     parser.add_argument("--epochs", type=int, default=4, help="epochs per side; the first is warm-up")
     parser.add_argument("--batch-size", type=int, default=16, help="global mini-batch")

@@ -340,3 +340,42 @@ def test_ctrl_c_is_a_short_message_and_exit_130(scored, monkeypatch, capsys):
     assert cli.main(["query", scored["out"], "SELECT 1"]) == 130
     err = capsys.readouterr().err
     assert err.startswith("vadray query: interrupted.") and "Traceback" not in err
+
+
+def test_user_mistakes_get_a_reason_and_exit_2(scored, tmp_path, capsys):
+    """What a newcomer got wrong in review, each once: a one-line reason, exit 2, no traceback."""
+    out, labels = scored["out"], scored["labels"]
+    afile = tmp_path / "afile"
+    afile.write_text("")
+
+    def says(argv, text):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert text in err and "Traceback" not in err, err
+
+    says(["evaluate", out, "--labels", labels, "--camera", "Cam1"], "--camera Cam1 is not there (it holds 3, cam1)")
+    says(["evaluate", out, "--labels", labels, "--model-id", "typo"], "--model-id typo is not there")
+    says(["report", out, str(tmp_path / "r"), "--video", "nope"], "--video nope is not there")
+    says(["evaluate", out, "--labels", labels, "--json", str(afile / "m.json")], f"{str(afile)!r} is a file")
+    says(["evaluate", out, "--labels", labels, "--json", str(tmp_path)], "is a folder; give a file name")
+    says(["query", out, "SELECT 1", "--out", str(afile / "x.csv")], f"{str(afile)!r} is a file")
+    says(["report", out, str(afile)], "is a file; give a folder")
+    says(["report", out, str(tmp_path / "r"), "--checkpoint", str(tmp_path)], "cannot read checkpoint")
+    says(["query", str(tmp_path), "SELECT 1"], "holds no frames/, events/ or errors/")
+    says(["synth", str(afile)], "is a file; give a folder")
+    says(["ingest", str(tmp_path), str(afile / "sub")], f"{str(afile)!r} is a file")
+    says(["ingest", str(tmp_path), str(tmp_path / "o"), "--size", "30"], "--size 30 fits none of the models")
+    says(["train", str(tmp_path), str(afile)], "is a file; give a folder")
+    says(["score", str(tmp_path), str(afile), "--checkpoint", str(tmp_path)], "is a file; give a folder")
+    says(["score", str(tmp_path), str(tmp_path / "o"), "--checkpoint", str(tmp_path / "nowhere")], "does not exist")
+
+
+def test_evaluate_says_why_auc_is_undefined_and_query_prints_every_row_with_0(scored, tmp_path, capsys):
+    normal_only = tmp_path / "normal.csv"
+    normal_only.write_text("video,frame_index,label\n" + "".join(f"clipB,{i},0\n" for i in range(30)))
+    assert cli.main(["evaluate", scored["out"], "--labels", str(normal_only), "--camera", "3"]) == 0
+    assert "AUC and EER need normal and anomalous frames: the evaluated frames hold 0 anomalous of 30" \
+        in capsys.readouterr().out
+    assert cli.main(["query", scored["out"], "SELECT frame_index FROM frames ORDER BY 1", "--max-rows", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "(80 rows)" in printed and "..." not in printed

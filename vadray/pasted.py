@@ -1,9 +1,10 @@
 """Synthetic anomalies pasted into normal validation volumes, for choosing the epoch.
 
 An autoencoder that keeps lowering its validation loss also learns to reconstruct anomalies
-(DESIGN.md: on Ped2 at 115 px the test AUC went 0.83, 0.86, 0.84, 0.80 over epochs 1-4; our
-227-px run peaked at 0.82 and fell to 0.79 by epoch 50 while both losses fell), so the lowest
-validation loss is not the best detector. Test labels may never choose the model; normal footage with anomalies made up from it may. Each validation volume gets a
+(the design brief, ../shared/DESIGN.md: on Ped2 at 115 px the test AUC went 0.83, 0.86, 0.84,
+0.80 over epochs 1-4; our 227-px run peaked at 0.82 and fell to 0.79 by epoch 50 while both
+losses fell), so the lowest validation loss is not the best detector. Test labels may never
+choose the model; normal footage with anomalies made up from it may. Each validation volume gets a
 twin in which a patch of the scene's own texture crosses the frame far faster than anything
 normal moves (half the frame over the volume's T frames). The selection score is how well
 the model's per-volume reconstruction error tells the twins from the originals (ROC AUC):

@@ -1,11 +1,10 @@
 """Plots of regularity over time (Chong & Tay, Figure 4), one PNG per video, and an index.html.
 
 Each PNG shows s_r(t) on 0..1 against seconds (frame index when times are unknown), the
-ground-truth anomalous frames shaded when labels are given, and the detected events with
+ground-truth anomalous frames shaded when --labels are given, and the detected events with
 their lowest frame marked. Below the curve: for the deepest events, the source frame at the
-event's peak (decoded with PyAV) next to its reconstruction-error map when an
-`error_map_fn(source_uri, frame_index) -> (S, S) array | None` is supplied (the scoring
-module owns the model; this module only draws).
+event's peak (read again from the source video) and, with --checkpoint (the model that
+scored OUTPUT), where in that frame the model failed: its reconstruction-error map.
 """
 from __future__ import annotations
 
@@ -25,8 +24,8 @@ from matplotlib.figure import Figure
 from vadray import listing, metrics, probe, storage
 from vadray.errors import safe_key
 from vadray.evaluate import read_labels
-from vadray.tables import check_one_camera_per_video, check_one_model, no_rows_selected, read_table, selection
 from vadray.exits import UsageError
+from vadray.tables import check_one_camera_per_video, check_one_model, no_rows_selected, read_table, selection
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +157,8 @@ def build_report(output: str, out_dir: str, labels_csv: str | None = None,
     """Write <out_dir>/<safe_key>.png per video and index.html; return the summary rows.
 
     frame_fn(source_uri, frame_index) defaults to `decode_thumbnail`; max_thumbnails=0 skips
-    thumbnails. The deepest events get the thumbnails.
+    thumbnails. The deepest events get the thumbnails. error_map_fn(source_uri, frame_index)
+    -> (S, S) array or None (`errormap.ErrorMaps`, which owns the model) adds the error maps.
     """
     storage.require_reachable(storage_options, OUTPUT=output, DIR=out_dir, LABELS=labels_csv)
     where = selection(video_id=videos, camera=cameras, date=dates, model_id=model_ids)

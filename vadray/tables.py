@@ -16,6 +16,7 @@ from vadray.exits import UsageError
 from vadray.scoring import FRAMES_SCHEMA
 
 PARTITIONING = ds.partitioning(pa.schema([("camera", pa.string()), ("date", pa.string())]), flavor="hive")
+PARTITIONING_OF = {"errors": ds.partitioning(pa.schema([("camera", pa.string())]), flavor="hive")}  # no date=
 DOCUMENTED = {"frames": FRAMES_SCHEMA, "events": EVENTS_SCHEMA, "errors": ERRORS_SCHEMA}
 
 
@@ -30,10 +31,11 @@ def open_dataset(output: str, name: str, storage_options: dict | None = None) ->
     try:
         if fs.get_file_info(path).type != pa.fs.FileType.Directory:
             return None
-        found = ds.dataset(path, filesystem=fs, format="parquet", partitioning=PARTITIONING)
+        partitioning = PARTITIONING_OF.get(name, PARTITIONING)
+        found = ds.dataset(path, filesystem=fs, format="parquet", partitioning=partitioning)
         if name in DOCUMENTED:
             schema = pa.unify_schemas([DOCUMENTED[name], found.schema], promote_options="permissive")
-            found = ds.dataset(path, filesystem=fs, format="parquet", partitioning=PARTITIONING, schema=schema)
+            found = ds.dataset(path, filesystem=fs, format="parquet", partitioning=partitioning, schema=schema)
     except (OSError, pa.ArrowInvalid) as exc:
         raise UsageError(f"cannot read {storage.join(output, name)}: {exc}") from None
     return found

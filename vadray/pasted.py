@@ -77,7 +77,7 @@ def gliding_twins(volumes: torch.Tensor, seed: int, twins, height_fraction: floa
     without changing pose; twins differ only in the path. Background, object and alpha are
     found once for all twins. Deterministic per (seed, twin, volume content).
     """
-    b, t, s = volumes.shape[0], volumes.shape[1], volumes.shape[-1]
+    t, s = volumes.shape[1], volumes.shape[-1]
     h, w = max(2, round(s * height_fraction)), max(2, round(s * width_fraction))
     if h >= s or w >= s:
         raise ValueError(f"frames of {s} px are too small for a {h}×{w}-px object")

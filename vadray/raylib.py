@@ -10,6 +10,11 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     """Connect once. RAY_ADDRESS (set inside `ray job submit`) joins that cluster."""
     if ray.is_initialized():
         return
+    # Progress in a terminal: Ray Data 2.60's default there renders through tqdm_ray and showed
+    # nothing (measured, with and without tqdm); its rich display does. Logs and files (not a
+    # terminal) keep Ray Data's periodic progress lines, as before.
+    context = ray.data.DataContext.get_current()
+    context.enable_rich_progress_bars, context.use_ray_tqdm = True, False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = os.environ.get("RAY_ADDRESS")
     if address:

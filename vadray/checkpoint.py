@@ -158,7 +158,8 @@ def model_card(info, settings: dict, model_spec: dict, state_dict: dict, outcome
         "best_synthetic_auc": best_row.get("synthetic_auc"),
         "validation": {
             "on": "validation videos" if val_videos else "training videos (no validation videos)",
-            "videos": len(val_videos or train_videos), "volume_stride": 1, "volume_hop": SCORE_HOP, "grid": GRID_DEFAULT,
+            "videos": len(val_videos or train_videos), "volume_stride": 1, "volume_hop": SCORE_HOP,
+            "grid": GRID_DEFAULT,
             "frame_error": distribution(errors["recon_error"]),
             "cell_error_max": distribution(errors["cell_error_max"])},
         "versions": library_versions(),

@@ -100,7 +100,8 @@ def plot_video(frames: pd.DataFrame, events: pd.DataFrame, truth: np.ndarray | N
                 label="motion regularity")
     dipping = {getattr(e, "score", None) for e in events.itertuples()} - {"regularity", "motion_regularity", None}
     for name in sorted(n for n in dipping if isinstance(n, str) and n in frames):   # events sit on their own curve
-        ax.plot(x_of(frames["frame_index"]), frames[name], color="#9467bd", lw=0.9, ls="--", label=name.replace("_", " "))
+        ax.plot(x_of(frames["frame_index"]), frames[name], color="#9467bd", lw=0.9, ls="--",
+                label=name.replace("_", " "))
     gain = frames["brightness_gain"].to_numpy(np.float64) if "brightness_gain" in frames else np.array([np.nan])
     if np.isfinite(gain).all() and gain.max() > (1 + GAIN_SHOWN) * gain.min():
         # A light or the weather, not an intruder, when a dip follows this line (every score does).

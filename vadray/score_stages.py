@@ -56,10 +56,10 @@ class VolumeRows:
     """Decode a planned segment; emit rows of ≤ ROW_VOLUMES stride-1 volumes it owns.
 
     Volume starts are planned over the whole video (so the hop and the final volume do not
-    depend on segmentation); a segment owns the starts inside [first, last) and decoded
-    T frames beyond `last`: T−1 for them, one to see whether a run ends there. Volumes touching an undecodable frame are dropped
-    (the decode error is already in errors/); beside such a gap, `gap_edge_starts` adds the
-    volumes that keep the decoded frames there scored.
+    depend on segmentation); a segment owns the starts inside [first, last) and decodes T
+    frames beyond `last`: T−1 for them, one to see whether a run ends there. Volumes touching
+    an undecodable frame are dropped (the decode error is already in errors/); beside such a
+    gap, `gap_edge_starts` adds the volumes that keep the decoded frames there scored.
     """
 
     def __init__(self, output: str, size: int, T: int, hop: int, storage_options: dict[str, Any]):
@@ -70,8 +70,8 @@ class VolumeRows:
         decoded = decode_planned(seg, self.size, self.errors_uri, self.storage_options)
         starts = volume_starts(seg["num_frames"], self.T, 1, self.hop)
         owned = starts[(starts >= seg["first"]) & (starts < seg["last"])]
-        extra = (gap_edge_starts(decoded.frame_index, owned, seg["first"], seg["last"], seg["decode_last"], self.T)
-                 if decoded.missing else np.zeros(0, np.int64))
+        extra = (gap_edge_starts(decoded.frame_index, owned, seg["first"], seg["last"], seg["decode_last"],
+                                 self.T) if decoded.missing else np.zeros(0, np.int64))
         starts = np.union1d(owned, extra)
         whole = np.isin(frame_offsets(starts, self.T), decoded.frame_index).all(axis=1)
         starts = starts[whole]

@@ -323,7 +323,10 @@ def test_plot_says_which_score_the_events_follow():
 
     assert "detected event" in legend(None) and "detected event" in legend("regularity")  # older tables, default
     assert "detected event (combined_regularity)" in legend("combined_regularity")
-    # the events' own column is drawn, so each marker sits on the curve it is a dip of
+    # the events' own column is drawn, so each marker sits on the curve it is a dip of; the
+    # report reads every column that events can follow
+    from vadray.events import EVENT_SCORES
+    assert set(EVENT_SCORES) <= set(report.FRAME_COLUMNS)
     frames["combined_regularity"] = np.linspace(0.9, 0.1, 20)
     events = pd.DataFrame([event | {"score": "combined_regularity", "min_regularity": 0.45}])
     lines = {line.get_label(): line for line in report.plot_video(frames, events).axes[0].get_lines()}

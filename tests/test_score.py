@@ -353,6 +353,7 @@ def test_events_follow_the_score_asked_for(ray_session, trained_checkpoint, synt
     assert not runs["regularity"][1][["video_id", "peak_frame"]].equals(
         runs["combined_regularity"][1][["video_id", "peak_frame"]])
 
+
 def test_dates_come_from_paths():
     assert video_date(VideoRef("cam3/2024-05-01/0900", "x")) == "2024-05-01"
     assert video_date(VideoRef("cam3/20240501_0900", "x")) == "2024-05-01"

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 ImageFn = Callable[[str, int], "np.ndarray | None"]
 FRAME_COLUMNS = ["camera", "date", "video_id", "source_uri", "frame_index", "time_s", "regularity",
-                 "motion_regularity", "brightness_gain", "model_id"]
+                 "motion_regularity", "combined_regularity", "brightness_gain", "model_id"]
 PROGRESS_SECONDS = 10.0   # a report of thousands of videos says how far it is this often
 GAIN_SHOWN = 0.05   # draw the brightness gain when it moves by more than 5 % within the video
 

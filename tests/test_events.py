@@ -170,6 +170,13 @@ def test_an_event_never_spans_frames_without_a_score():
     spans = [(e["start_frame"], e["end_frame"]) for e in detect_events(s, frame_index=frames, window=50,
                                                                          persistence_threshold=0.05)]
     assert spans == [(1, 3), (900, 901)]
+    # two dips 16 frames apart (inside the 50-frame window) with unscored frames 10-19 between
+    # them: two events, not one spanning the frames without a score
+    frames = np.r_[0:10, 20:30]
+    s = np.ones(20)
+    s[[4, 5, 6]] = s[[12, 13, 14]] = [0.3, 0.0, 0.3]
+    spans = [(e["start_frame"], e["end_frame"]) for e in detect_events(s, frame_index=frames, window=50)]
+    assert spans == [(4, 6), (22, 24)]
 
 
 def test_regularity_keeps_a_nan_error_nan():

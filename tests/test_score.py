@@ -329,10 +329,12 @@ def test_model_actors_this_ray_cannot_hold_are_refused(ray_session, trained_chec
     """As many CPU actors as CPUs (nothing left to decode) or a GPU this Ray does not have:
     the job sat at 'Total Progress: 0/?' until Ray Data's 30-minute timeout."""
     cpus = int(ray_session.cluster_resources()["CPU"])
+    gpus = int(ray_session.cluster_resources().get("GPU", 0))
     with pytest.raises(UsageError, match=f"--actors {cpus}"):
         run_score(str(synth_test_archive), str(tmp_path / "o"), str(trained_checkpoint), actors=cpus)
-    with pytest.raises(UsageError, match="1 GPUs, and this Ray has 0"):
-        run_score(str(synth_test_archive), str(tmp_path / "o"), str(trained_checkpoint), gpus_per_actor=1)
+    with pytest.raises(UsageError, match=f"and this Ray has {gpus}"):   # one more GPU than there is
+        run_score(str(synth_test_archive), str(tmp_path / "o"), str(trained_checkpoint), actors=gpus + 1,
+                  gpus_per_actor=1)
     assert not (tmp_path / "o").exists()
 
 

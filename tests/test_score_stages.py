@@ -12,7 +12,7 @@ import vadray.score_stages as score_stages
 from vadray.decode import DecodedFrames, index_runs
 from vadray.errors import read_errors
 from vadray.preprocess import NormStats, PartialSums
-from vadray.score_stages import ScoreVolumes, VolumeRows, gap_edge_starts, video_means
+from vadray.score_stages import ScoreVolumes, VolumeRows, gap_edge_starts, score_segment_plan, video_means
 from vadray.segments import plan_segments
 
 S, GRID, FPS = 8, 2, 10.0
@@ -47,7 +47,7 @@ def _score(monkeypatch, num_frames: int, lost: set[int], T: int, hop: int, segme
         return DecodedFrames(idx, idx / FPS, frames, index_runs(gone), "lost" if gone.size else "")
 
     monkeypatch.setattr(score_stages, "decode_planned", decode_planned)
-    segments = plan_segments(num_frames, FPS, segment_frames / FPS, overlap=T, multiple_of=hop)
+    segments = plan_segments(num_frames, FPS, segment_frames / FPS, **score_segment_plan(T, hop))   # score's own
     volume_rows, model, scored = VolumeRows("unused", S, T, hop, {}), _Model(T), []
     for s in segments:
         seg = {"video_id": "v", "video_key": "v", "camera": "c", "uri": "u", "identity": "i",
@@ -204,3 +204,28 @@ def test_both_trainers_calibrate_anomaly_score_the_same_way(trained_checkpoint, 
     assert streamed["recon_error"].size == direct["recon_error"].size == 30   # starts 0, 5, …, 20
     for column in ("recon_error", "cell_error_max"):
         np.testing.assert_allclose(streamed[column], direct[column].astype(np.float32), rtol=1e-5)
+
+
+def test_require_room_counts_whole_gpus_for_fractional_actors(monkeypatch):
+    """Fractions of a GPU do not add up across GPUs: three 0.6-GPU actors need three GPUs."""
+    import ray
+
+    from vadray.exits import UsageError
+    from vadray.raylib import require_room
+
+    def with_resources(**have):
+        monkeypatch.setattr(ray, "cluster_resources", lambda: have)
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with_resources(CPU=16, GPU=2)
+    require_room(2, 0, 0.6, "two")                       # one per GPU
+    require_room(4, 0, 0.5, "four")                      # two per GPU
+    with pytest.raises(UsageError, match="3 GPUs, and this Ray has 2"):
+        require_room(3, 0, 0.6, "three")
+    with pytest.raises(UsageError, match="ask for fewer, or fewer CPUs each"):
+        require_room(16, 1, 0, "sixteen")                # no CPU left to decode
+    with_resources(CPU=2)
+    with pytest.raises(UsageError, match="1 GPU, and this Ray has 0: .*run on CPU"):
+        require_room(1, 0, 1, "one")
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")   # a cluster may grow: only a warning
+    require_room(1, 0, 1, "one")

@@ -188,12 +188,13 @@ def detect_events(regularity: np.ndarray, times: np.ndarray | None = None, *,
     run = np.r_[0, np.cumsum(np.diff(frames) != 1)]
     starts = np.maximum(starts, np.searchsorted(run, run[mins], "left"))
     ends = np.minimum(ends, np.searchsorted(run, run[mins], "right") - 1)
-    # a new group begins where the next minimum is farther than `window` frames away
-    # and the spans do not touch (in frames)
+    # a new group begins where the next minimum is farther than `window` frames away and the
+    # spans do not touch (in frames), and always across frames without a score
     running_end = np.maximum.accumulate(ends)
     new_group = np.ones(mins.size, bool)
-    new_group[1:] = ((frames[mins[1:]] - frames[mins[:-1]] > window)
-                     & (frames[starts[1:]] > frames[running_end[:-1]] + 1))
+    new_group[1:] = (((frames[mins[1:]] - frames[mins[:-1]] > window)
+                      & (frames[starts[1:]] > frames[running_end[:-1]] + 1))
+                     | (run[mins[1:]] != run[mins[:-1]]))
     group_of = np.cumsum(new_group) - 1
     rows = []
     for g in range(int(group_of[-1]) + 1):

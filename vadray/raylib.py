@@ -1,7 +1,9 @@
 """Thin Ray plumbing: join a cluster when there is one, else start a local Ray."""
 from __future__ import annotations
 
+import math
 import os
+import sys
 
 import ray
 
@@ -12,9 +14,10 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         return
     # Progress in a terminal: Ray Data 2.60's default there renders through tqdm_ray and showed
     # nothing (measured, with and without tqdm); its rich display does. Logs and files (not a
-    # terminal) keep Ray Data's periodic progress lines, as before.
-    context = ray.data.DataContext.get_current()
-    context.enable_rich_progress_bars, context.use_ray_tqdm = True, False
+    # terminal) keep Ray Data's periodic progress lines: nothing changes for them.
+    if sys.stdout.isatty():
+        context = ray.data.DataContext.get_current()
+        context.enable_rich_progress_bars, context.use_ray_tqdm = True, False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = os.environ.get("RAY_ADDRESS")
     if address:
@@ -27,26 +30,32 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, log_to_driver=True)
 
 
-def require_room(cpus: float, gpus: float, asked: str, hint: str, data_cpus: float = 1.0) -> None:
-    """Refuse (UsageError) settings whose long-lived workers would take more than this Ray has,
-    or leave under `data_cpus` CPUs to the Ray Data tasks that feed them: the job would wait
-    forever for resources (Ray only warns that it "may hang"). On a cluster joined through
-    RAY_ADDRESS the autoscaler may add nodes, so there it is a warning."""
+def require_room(count: int, cpus_each: float, gpus_each: float, asked: str, data_cpus: float = 1.0) -> None:
+    """Refuse (UsageError) `count` long-lived workers or actors of `cpus_each` CPUs and
+    `gpus_each` GPUs that this Ray cannot all place, or that leave under `data_cpus` CPUs to
+    the Ray Data tasks feeding them: the job would wait forever (Ray only warns that it "may
+    hang"). Fractions of a GPU do not add up across GPUs: two 0.6-GPU actors need two GPUs.
+    On a cluster joined through RAY_ADDRESS the autoscaler may add nodes: a warning there."""
     import logging
 
     from vadray.exits import UsageError
 
     have = ray.cluster_resources()
     total_cpus, total_gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
-    problems = []
-    if gpus > total_gpus:
-        problems.append(f"{gpus:g} GPUs, and this Ray has {total_gpus:g}")
-    if total_cpus - cpus < data_cpus:
-        problems.append(f"{cpus:g} of its {total_cpus:g} CPUs, which leaves less than {data_cpus:g} to the "
-                        "tasks that decode and feed them")
+    problems, hints = [], []
+    if gpus_each > 0:
+        per_gpu = math.floor(1 / gpus_each) if gpus_each < 1 else 1
+        needed = math.ceil(count / per_gpu) * (1 if gpus_each < 1 else gpus_each)
+        if needed > total_gpus:
+            problems.append(f"{needed:g} GPU{'s' * (needed != 1)}, and this Ray has {total_gpus:g}")
+            hints.append("run on CPU (no GPU option)" if total_gpus == 0 else "ask for fewer, or fewer GPUs each")
+    if total_cpus - count * cpus_each < data_cpus:
+        problems.append(f"{count * cpus_each:g} of its {total_cpus:g} CPUs, which leaves less than {data_cpus:g} "
+                        "to the tasks that decode and feed them")
+        hints.append("ask for fewer, or fewer CPUs each")
     if not problems:
         return
-    message = f"{asked} would take {'; and '.join(problems)}: the job would wait forever; {hint}"
+    message = f"{asked} would take {'; and '.join(problems)}: the job would wait forever; {'; '.join(hints)}"
     if os.environ.get("RAY_ADDRESS"):
         logging.getLogger("vadray").warning("%s (unless the cluster adds nodes)", message)
     else:

@@ -33,7 +33,7 @@ from vadray.events import EVENT_SCORES, PERSISTENCE_DEFAULT, WINDOW_DEFAULT, Eve
 from vadray.exits import UsageError
 from vadray.listing import check_camera, list_videos
 from vadray.manifest import check_same_files, drop_previous, previous_scoring, video_date
-from vadray.score_stages import AssembleVideo, ScoreVolumes, VideoRows, VolumeRows
+from vadray.score_stages import AssembleVideo, ScoreVolumes, VideoRows, VolumeRows, score_segment_plan
 from vadray.scoring import GRID_DEFAULT, SCORE_HOP, calibrate
 from vadray.stages import add_decode_options
 
@@ -215,16 +215,14 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     log.info("scoring %d videos (%d already done) with %s", len(todo), len(done), model_id)
     if todo:
         ensure_ray()
-        require_room(0 if gpus_per_actor else actors, actors * gpus_per_actor,
+        require_room(actors, 0 if gpus_per_actor else 1, gpus_per_actor,
                      f"--actors {actors}" + (f" with --gpus-per-actor {gpus_per_actor:g}" if gpus_per_actor else
-                                             " (each model actor on CPU holds 1 CPU)"),
-                     "lower --actors" + (" or --gpus-per-actor" if gpus_per_actor else ""))
+                                             " (each model actor on CPU holds 1 CPU)"))
         if actor_threads is None:
             actor_threads = default_actor_threads(actors)
         clear_errors(storage.join(output, "errors"), camera, [r.video_id for r in todo], storage_options)
-        # Segments start on the hop grid and decode T frames past their end (`gap_edge_starts`).
-        plan = ProbeAndPlan(output, camera, segment_seconds, frame_fps, storage_options, overlap=T,
-                            multiple_of=hop)
+        plan = ProbeAndPlan(output, camera, segment_seconds, frame_fps, storage_options,
+                            **score_segment_plan(T, hop))
         # One streaming pipeline, as ingest's: probe → one block per segment → decode into volume
         # rows (CPU tasks) → model actors. The driver assembles each video as soon as all of its
         # rows are in (`VideoRows`): per-frame errors are small, so no shuffle barrier.

@@ -26,6 +26,14 @@ from vadray.volumes import frame_offsets, gather, volume_starts
 ROW_VOLUMES = 64  # volumes per row sent to a model actor: bounds a row's memory
 
 
+def score_segment_plan(T: int, hop: int) -> dict[str, int]:
+    """How score cuts videos into segments (`plan_segments` / `ProbeAndPlan` keywords): each a
+    multiple of the hop long, so that it starts on the hop grid, and decoding T frames past its
+    end: T−1 for its volumes, one to see whether a run of decoded frames ends there.
+    `gap_edge_starts` and `ScoreVolumes`' hold rule rely on both."""
+    return {"overlap": T, "multiple_of": hop}
+
+
 def gap_edge_starts(decoded_index: np.ndarray, owned: np.ndarray, first: int, last: int,
                     decode_last: int, T: int) -> np.ndarray:
     """Extra volume starts beside the decode gaps a segment saw: one volume starting right

@@ -58,7 +58,7 @@ def add_decode_options(parser) -> None:
 
 class ProbeAndPlan:
     """One input → its segments (rows), or an errors file. `overlap` extra frames are decoded
-    after each segment's owned range (scoring needs T−1 for the volumes at a seam).
+    after each segment's owned range (score: `score_stages.score_segment_plan`).
     `units` packs segments up to `unit_pixels` source pixels and `unit_frames` frames per unit
     (the defaults, 1, leave every segment alone). Segments are `multiple_of` frames long
     (but the last)."""

@@ -203,10 +203,9 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
     if resume:
         check_same_footage(saved.get("footage"), footage, settings["shards"])
     ensure_ray()
-    require_room(workers * cpus_per_worker, workers * gpus_per_worker,
+    require_room(workers, cpus_per_worker, gpus_per_worker,
                  f"--workers {workers} with --cpus-per-worker {cpus_per_worker:g}"
-                 + (f" and --gpus-per-worker {gpus_per_worker:g}" if gpus_per_worker else ""),
-                 "lower --workers, --cpus-per-worker (e.g. 0.5) or --gpus-per-worker")
+                 + (f" and --gpus-per-worker {gpus_per_worker:g}" if gpus_per_worker else ""))
     run_id = saved["run_id"] if resume else _start_run(checkpoint_dir, settings, footage, storage_options)
     log.info("run %s: training on %d videos (%d volumes/epoch), validating on %d videos",
              run_id, len(train_videos), n_train, len(val_videos))

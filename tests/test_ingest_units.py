@@ -82,10 +82,10 @@ def test_probe_units_hold_every_segment_once(tmp_path):
     for name, n in (("a", 30), ("b", 12), ("c", 45)):
         write_video(str(tmp_path / f"{name}.mp4"), videos.frames(n))
     listing = pa.Table.from_pylist([r.to_dict() for r in list_videos(str(tmp_path))])
-    one_by_one = ProbeAndPlan(str(tmp_path / "out"), "cam", 1.3, 10, {}).table(listing).to_pylist()
+    one_by_one = ProbeAndPlan(str(tmp_path / "out"), "cam", 1.3, 10, {}).segment_rows(listing).to_pylist()
     budget = 64 * 48 * 26  # two 13-frame segments of 64×48 per unit
     units = ProbeAndPlan(str(tmp_path / "out"), "cam", 1.3, 10, {}, unit_pixels=budget,
-                         unit_frames=1000).units(listing).to_pylist()
+                         unit_frames=1000).unit_rows(listing).to_pylist()
     assert [seg for unit in units for seg in unit["segments"]] == one_by_one
     assert all(sum((s["decode_last"] - s["first"]) * 64 * 48 for s in u["segments"]) <= budget for u in units)
     assert max(len(u["segments"]) for u in units) == 2 and len(units) < len(one_by_one)

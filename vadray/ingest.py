@@ -189,7 +189,7 @@ def run_ingest(source: str, output: str, *, camera: str = "default", size: int =
     # own copy of the DataContext, not the global one.
     listing.context.op_resource_reservation_enabled = False
     (listing
-     .map_batches(probe_stage.units, batch_size=inputs_per_probe, batch_format="pyarrow")
+     .map_batches(probe_stage.unit_rows, batch_size=inputs_per_probe, batch_format="pyarrow")
      .repartition(target_num_rows_per_block=1)
      .map_batches(DecodeUnits(output, size, storage_options), batch_size=1, batch_format="pyarrow")
      .write_parquet(clips_path, filesystem=fs, partition_cols=["video_key"], compression="zstd",

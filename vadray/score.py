@@ -227,7 +227,7 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
         # rows (CPU tasks) → model actors. The driver assembles each video as soon as all of its
         # rows are in (`VideoRows`): per-frame errors are small, so no shuffle barrier.
         scored = (ray.data.from_items([r.to_dict() for r in todo], override_num_blocks=min(len(todo), 512))
-                  .map_batches(plan.table, batch_size=1, batch_format="pyarrow")
+                  .map_batches(plan.segment_rows, batch_size=1, batch_format="pyarrow")
                   .repartition(target_num_rows_per_block=1)
                   .flat_map(VolumeRows(output, size, T, hop, storage_options))
                   .map_batches(model_actor,

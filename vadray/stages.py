@@ -59,7 +59,7 @@ def add_decode_options(parser) -> None:
 class ProbeAndPlan:
     """One input → its segments (rows), or an errors file. `overlap` extra frames are decoded
     after each segment's owned range (score: `score_stages.score_segment_plan`).
-    `units` packs segments up to `unit_pixels` source pixels and `unit_frames` frames per unit
+    `unit_rows` packs segments up to `unit_pixels` source pixels and `unit_frames` frames per unit
     (the defaults, 1, leave every segment alone). Segments are `multiple_of` frames long
     (but the last)."""
 
@@ -99,14 +99,14 @@ class ProbeAndPlan:
             "frame_uris": ref.frame_uris[seg.first:seg.decode_last],
         } for seg in segments]
 
-    def table(self, batch: pa.Table) -> pa.Table:
+    def segment_rows(self, batch: pa.Table) -> pa.Table:
         """`map_batches` form: listing rows → segment rows. Ray Data fuses a map_batches with
         the streaming repartition after it (a flat_map it does not), so probing and cutting
         into one-segment blocks is one task per input instead of two."""
         return pa.Table.from_pylist(self._plan(batch), schema=SEGMENT_SCHEMA)
 
-    def units(self, batch: pa.Table) -> pa.Table:
-        """Like `table`, but the batch's segments packed into work units (`pack_units`, with
+    def unit_rows(self, batch: pa.Table) -> pa.Table:
+        """Like `segment_rows`, but the batch's segments packed into work units (`pack_units`, with
         the constructor's `unit_pixels` and `unit_frames`): short clips share a decode task
         instead of each paying a task's turnaround. A segment stays the most of a video that
         one decode holds: a unit decodes its segments one after another."""

@@ -149,8 +149,16 @@ def _check_cluster_spec(where: str, spec: dict) -> dict[str, bool]:
     assert spec["rayVersion"] == ray.__version__, f"{where}: rayVersion {spec['rayVersion']} != {ray.__version__}"
     assert "rayStartParams" in spec["headGroupSpec"], where
     gpu = {}
+    accounts = {d["metadata"]["name"] for d in yaml.safe_load_all((CLUSTER / "kuberay" / "service-account.yaml")
+                                                               .read_text()) if d and d["kind"] == "ServiceAccount"}
     for name, pod in _pod_specs(spec):
-        assert pod.get("serviceAccountName") == "vadray", f"{where}/{name}: not the IRSA service account"
+        # KubeRay binds the autoscaler's Role (patch pods and RayClusters) to the head's account
+        # only: workers run job code, so they get an account with the S3 role and nothing else
+        want = "vadray" if name == "head" else "vadray-worker"
+        assert pod.get("serviceAccountName") == want and want in accounts, f"{where}/{name}: runs as " \
+            f"{pod.get('serviceAccountName')!r}, not the IRSA service account {want!r}"
+        assert not any(v.get("name") == "shm" for v in pod.get("volumes", [])), \
+            f"{where}/{name}: KubeRay mounts /dev/shm sized to the memory limit itself; a smaller one shrinks Ray's object store"
         for container in pod["containers"]:
             assert container["image"].endswith("vadray:0.1.0"), f"{where}/{name}: image {container['image']}"
             resources = container.get("resources", {})

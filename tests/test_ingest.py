@@ -135,10 +135,16 @@ def test_unreachable_source_and_bad_options_exit_2(synth_archive, tmp_path, caps
 
 
 def test_secrets_are_never_printed(s3_bucket, tmp_path, capsys, caplog):
-    """Credentials reach s3fs through --storage-options; no error path prints or logs them."""
+    """Credentials reach s3fs through --storage-options @FILE; no error path prints or logs
+    them. Written on the command line they are refused (`ps` and Ray's job records show it)."""
     bucket, options = s3_bucket
     secret = "vadray-test-secret-Zq8"
-    given = json.dumps({**options, "secret": secret, "key": "AKIAVADRAYTESTKEY"})
+    inline = json.dumps({**options, "secret": secret, "key": "AKIAVADRAYTESTKEY"})
+    assert main(["ingest", f"s3://{bucket}/src", f"s3://{bucket}/out", "--storage-options", inline]) == 2
+    said = capsys.readouterr()
+    assert "--storage-options @FILE" in said.err and secret not in said.out + said.err + caplog.text
+    (tmp_path / "s3.json").write_text(inline)
+    given = f"@{tmp_path / 's3.json'}"
     for argv in (["ingest", f"s3://{bucket}/missing", f"s3://{bucket}/out"],
                  ["score", f"s3://{bucket}/missing", f"s3://{bucket}/out", "--checkpoint", f"s3://{bucket}/none"],
                  ["train", f"s3://{bucket}/missing", f"s3://{bucket}/ckpt"]):
@@ -156,8 +162,9 @@ def test_an_unreachable_store_is_exit_2_before_any_work_for_every_command(synth_
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     secret = "vadray-unreachable-secret"
-    options = json.dumps({"key": "k", "secret": secret, "endpoint_url": f"http://127.0.0.1:{port}",
-                          "config_kwargs": {"retries": {"max_attempts": 1}}})
+    (tmp_path / "s3.json").write_text(json.dumps({"key": "k", "secret": secret, "endpoint_url": f"http://127.0.0.1:{port}",
+                                                  "config_kwargs": {"retries": {"max_attempts": 1}}}))
+    options = f"@{tmp_path / 's3.json'}"
     labels = tmp_path / "labels.csv"
     labels.write_text("video,frame_index,label\n")
     for argv in (["ingest", str(synth_archive), "s3://b/out"],

@@ -417,17 +417,18 @@ def test_the_card_describes_the_model_and_reloads(interrupted_then_resumed, inge
 
 
 @pytest.mark.slow
-def test_the_cli_trains_from_and_into_s3(ingested, s3_bucket, capsys):
+def test_the_cli_trains_from_and_into_s3(ingested, s3_bucket, capsys, tmp_path):
     """`vadray train s3://… s3://…` (moto's S3 server): shards read and checkpoints written
     through the storage options, the final checkpoint loadable from the bucket."""
     import s3fs
 
     bucket, options = s3_bucket
     s3fs.S3FileSystem(**options).put(ingested, f"{bucket}/out", recursive=True)
+    (tmp_path / "s3.json").write_text(json.dumps(options))   # credentials never on the command line
     checkpoint_dir = f"s3://{bucket}/models/cam"
     status = cli_main(["train", f"s3://{bucket}/out", checkpoint_dir, "--epochs", "1", "--workers", "1",
                        "--cpus-per-worker", "0.5", "--batch-size", "8", "--hop", "4", "--val-fraction", "0.34",
-                       "--model-params", json.dumps(TINY), "--storage-options", json.dumps(options)])
+                       "--model-params", json.dumps(TINY), "--storage-options", f"@{tmp_path / 's3.json'}"])
     assert status == 0
     out = capsys.readouterr().out
     printed = json.loads(out[out.index("{"):])

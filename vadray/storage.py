@@ -14,18 +14,45 @@ import fsspec
 import pyarrow.fs as pafs
 
 
+# Option names that carry credentials (s3fs's own and botocore's, at any depth).
+SECRET_OPTIONS = {"key", "secret", "token", "password", "session_token", "aws_access_key_id",
+                  "aws_secret_access_key", "aws_session_token"}
+
+
+def _secret_names(value: Any) -> set[str]:
+    if isinstance(value, dict):
+        return {k for k in value if k in SECRET_OPTIONS} | set().union(*map(_secret_names, value.values()))
+    return set()
+
+
 def parse_storage_options(text: str | None) -> dict[str, Any]:
-    """`--storage-options` JSON → dict; bad JSON is a UsageError (exit status 2)."""
+    """`--storage-options` JSON, or @FILE holding it → dict; a UsageError (exit status 2) for
+    bad JSON, and for credentials written on the command line: a command line is visible in
+    `ps` and stored in Ray's job records (`ray job list`, the job's log), which vadray cannot
+    keep secret. A file, or the AWS_* environment variables, keep them off it."""
     from vadray.exits import UsageError
 
     if not text:
         return {}
+    where = "--storage-options"
+    if text.startswith("@"):
+        where = f"--storage-options file {text[1:]!r}"
+        try:
+            with open(text[1:], encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise UsageError(f"cannot read {where}: {exc.strerror}") from None
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UsageError(f"--storage-options is not valid JSON: {exc.msg} at position {exc.pos}") from None
+        raise UsageError(f"{where} is not valid JSON: {exc.msg} at position {exc.pos}") from None
     if not isinstance(value, dict):
-        raise UsageError("--storage-options must be a JSON object, e.g. '{\"anon\": false}'")
+        raise UsageError(f"{where} must be a JSON object, e.g. '{{\"anon\": false}}'")
+    secrets = _secret_names(value)
+    if secrets and where == "--storage-options":
+        raise UsageError(f"--storage-options holds credentials ({', '.join(sorted(secrets))}) on the command line, "
+                         "where `ps` and Ray's job records show them: put the JSON in a file and pass "
+                         "--storage-options @FILE, or use the AWS_* environment variables")
     return value
 
 
@@ -33,8 +60,9 @@ def add_storage_options(parser, applies_to: str) -> None:
     """The one `--storage-options` of every command."""
     parser.add_argument("--storage-options", default=None,
                         help=f"JSON object of fsspec/s3fs options for {applies_to}, e.g. "
-                             "'{\"endpoint_url\": \"http://minio:9000\"}'; the endpoint and credentials also come "
-                             "from the standard AWS_* environment variables; secrets are never printed")
+                             "'{\"endpoint_url\": \"http://minio:9000\"}', or @FILE holding it. Credentials "
+                             "(key, secret, token) only from a file or the standard AWS_* environment variables: "
+                             "a command line is visible in ps and in Ray's job records. Secrets are never printed")
 
 
 def _s3_defaults(options: dict[str, Any]) -> dict[str, Any]:

@@ -59,11 +59,30 @@ def test_a_folder_without_a_checkpoint_is_a_clear_error(tmp_path):
         vadray.load_model(str(tmp_path))
 
 
+def test_a_card_whose_model_id_is_not_its_weights_is_refused(tmp_path):
+    """The model id names every scored video's files: a crafted one wrote outside OUTPUT
+    (security review), and one that is not the weights' own would mislabel the tables."""
+    import json
+
+    model = build("conv_ae", channels=[8, 4, 4])
+    good = checkpoint.model_id("conv_ae", model.state_dict())
+    for bad, says in (("conv_ae-x/" + "../" * 6 + "tmp/escaped", "is not <model>-<12 hex digits>"),
+                      ("conv_ae-0123456789ab", "is not the id of the weights")):
+        checkpoint.save(str(tmp_path / "final"), model.state_dict(), {"model": spec(model), "model_id": bad})
+        with pytest.raises(ValueError, match=says):
+            vadray.load_model(str(tmp_path))
+    checkpoint.save(str(tmp_path / "final"), model.state_dict(), {"model": spec(model), "model_id": good})
+    assert vadray.load_model(str(tmp_path))[1]["model_id"] == good
+    card = json.loads((tmp_path / "final" / "card.json").read_text())
+    assert checkpoint.read_card(str(tmp_path)) == card
+
+
 def test_round_trip_on_s3(s3_bucket):
     bucket, options = s3_bucket
     model = build("conv_ae", channels=[8, 4, 4])
     uri = f"s3://{bucket}/models/cam1"
-    checkpoint.save(f"{uri}/final", model.state_dict(), {"model": spec(model)}, options)
+    card = {"model": spec(model), "model_id": checkpoint.model_id("conv_ae", model.state_dict())}
+    checkpoint.save(f"{uri}/final", model.state_dict(), card, options)
     loaded, card = vadray.load_model(uri, storage_options=options)
     assert card["model"]["name"] == "conv_ae"
     for key, value in model.state_dict().items():

@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import platform
+import re
 from datetime import datetime, timezone
 
 import numpy as np
@@ -100,18 +101,33 @@ def _checkpoint_folder(fs, path: str) -> str:
                             f"them: is it a finished training run's CHECKPOINT_DIR?")
 
 
+MODEL_ID = re.compile(r"[a-z0-9_]+-[0-9a-f]{12}")
+
+
+def _checked_card(card: dict) -> dict:
+    """The model id names the output files of every video scored: it must be `<model>-<12 hex>`,
+    never a path (a crafted card wrote outside OUTPUT)."""
+    if not isinstance(card.get("model_id"), str) or not MODEL_ID.fullmatch(card["model_id"]):
+        raise ValueError(f"card.json's model_id {str(card.get('model_id'))[:80]!r} is not <model>-<12 hex digits>")
+    return card
+
+
 def read_card(path: str, storage_options: dict | None = None) -> dict:
     fs, fs_path = storage.url_to_fs(path, storage_options)
-    return json.loads(fs.cat_file(f"{_checkpoint_folder(fs, fs_path)}/{CARD_FILE}"))
+    return _checked_card(json.loads(fs.cat_file(f"{_checkpoint_folder(fs, fs_path)}/{CARD_FILE}")))
 
 
 def load_model(path: str, storage_options: dict | None = None) -> tuple[nn.Module, dict]:
-    """(model in eval mode on the CPU, card) from CHECKPOINT_DIR or a checkpoint folder."""
+    """(model in eval mode on the CPU, card) from CHECKPOINT_DIR or a checkpoint folder. The
+    card's model_id must be the weights' own (`model_id`): the id that names the tables is
+    the model that made them."""
     fs, fs_path = storage.url_to_fs(path, storage_options)
     folder = _checkpoint_folder(fs, fs_path)
-    card = json.loads(fs.cat_file(f"{folder}/{CARD_FILE}"))
+    card = _checked_card(json.loads(fs.cat_file(f"{folder}/{CARD_FILE}")))
     model = build(card["model"]["name"], **card["model"]["params"])
     model.load_state_dict(weights_from_bytes(fs.cat_file(f"{folder}/{MODEL_FILE}")))
+    if model_id(card["model"]["name"], model.state_dict()) != card["model_id"]:
+        raise ValueError(f"card.json's model_id {card['model_id']} is not the id of the weights in {MODEL_FILE}")
     return model.eval(), card
 
 

@@ -382,3 +382,16 @@ def test_evaluate_says_why_auc_is_undefined_and_query_prints_every_row_with_0(sc
     assert cli.main(["query", scored["out"], "SELECT frame_index FROM frames ORDER BY 1", "--max-rows", "0"]) == 0
     printed = capsys.readouterr().out
     assert "(80 rows)" in printed and "..." not in printed
+
+
+def test_query_reads_the_output_and_nothing_else(scored, tmp_path):
+    """`vadray query` runs with the caller's files and credentials: its SQL reaches the OUTPUT's
+    tables only, not other files, URLs or settings (security review)."""
+    secret = tmp_path / "secret.csv"
+    secret.write_text("key,value\nAWS_SECRET_ACCESS_KEY,hunter2\n")
+    assert len(query.query(scored["out"], "SELECT * FROM frames")) == 80
+    for sql in (f"SELECT * FROM read_csv('{secret}')", f"SELECT * FROM read_text('{secret}')",
+                f"SELECT * FROM glob('{tmp_path}/*')", "SELECT * FROM read_text('/proc/self/environ')",
+                "SELECT * FROM read_parquet('https://example.com/x.parquet')"):
+        with pytest.raises(UsageError, match="SQL failed"):
+            query.query(scored["out"], sql)

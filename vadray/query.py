@@ -54,8 +54,9 @@ def _parquet_view(con: duckdb.DuckDBPyConnection, name: str, glob: str) -> None:
                 "hive_types_autocast=false, union_by_name=true)")
 
 
-def _s3_secret(con: duckdb.DuckDBPyConnection, storage_options: dict) -> bool:
-    """Load httpfs and point it at the store; False when httpfs is not available."""
+def _s3_secret(con: duckdb.DuckDBPyConnection, storage_options: dict, scope: str) -> bool:
+    """Load httpfs and point it at the store, its credentials for `scope` (the OUTPUT) only;
+    False when httpfs is not available."""
     try:
         con.execute("LOAD httpfs")
     except duckdb.Error:
@@ -74,6 +75,7 @@ def _s3_secret(con: duckdb.DuckDBPyConnection, storage_options: dict) -> bool:
         settings["ENDPOINT"] = endpoint.split("://", 1)[-1]
         settings["USE_SSL"] = not endpoint.startswith("http://")
         settings["URL_STYLE"] = "path"
+    settings["SCOPE"] = scope
     parts = [f"{k} {_quote(v) if isinstance(v, str) else str(v).lower()}" for k, v in settings.items() if v]
     con.execute("CREATE OR REPLACE SECRET vadray_s3 (TYPE s3" + "".join(f", {p}" for p in parts) + ")")
     return True
@@ -82,7 +84,8 @@ def _s3_secret(con: duckdb.DuckDBPyConnection, storage_options: dict) -> bool:
 def connect(output: str, storage_options: dict | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the OUTPUT's tables as views (frames, events and errors always exist)."""
     storage.require_reachable(storage_options, OUTPUT=output)
-    con = duckdb.connect()
+    # A query never downloads or loads extensions on its own (read_parquet('https://…') did).
+    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     fs, root = storage.url_to_fs(output, storage_options)
     if not fs.exists(root):
         raise UsageError(f"OUTPUT {output!r} does not exist or is not reachable")
@@ -91,9 +94,16 @@ def connect(output: str, storage_options: dict | None = None) -> duckdb.DuckDBPy
         raise UsageError(f"{output!r} holds no frames/, events/ or errors/ (it holds {held}): query reads the "
                          "OUTPUT of `vadray score` (or the errors of an ingest OUTPUT)")
     use_httpfs = storage.is_remote(output) and output.startswith(("s3://", "s3a://")) \
-        and _s3_secret(con, dict(storage_options or {}))
+        and _s3_secret(con, dict(storage_options or {}), "s3://" + root.rstrip("/") + "/")
     try:
         _views(con, output, fs, root, use_httpfs, storage_options)
+        if not use_httpfs:
+            # The SQL reads the OUTPUT's tables and nothing else: no other local file (read_text,
+            # read_csv, glob of any path), no URL; and it cannot SET this back.
+            if not storage.is_remote(output):   # local views read these files; Arrow's need none
+                con.execute(f"SET allowed_directories = [{_quote(os.path.abspath(root) + '/')}]")
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
     except duckdb.Error as exc:   # a table DuckDB cannot read: say which, not a traceback
         con.close()
         raise UsageError(f"cannot open the tables of {output!r}: {exc}") from None

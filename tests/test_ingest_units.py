@@ -363,3 +363,14 @@ def test_an_unexpected_failure_is_an_errors_row_with_its_traceback_in_the_log(tm
     with caplog.at_level(logging.ERROR, logger="vadray.stages"):
         ProbeAndPlan(str(tmp_path / "out2"), "cam", 60, 10, {})(ref.to_dict())
     assert not caplog.records, "bad input is the errors row's business, not a traceback's"
+
+
+def test_file_keys_never_hide_from_arrow():
+    """Arrow's dataset discovery skips files starting with '.' or '_': a video `.cam1.mp4` (or
+    an S3 key `../x.mp4`) was scored, then missing from evaluate and report (security review)."""
+    from vadray.errors import safe_key
+
+    for video_id in (".cam1", "../x", "_private", "..", "a/.hidden/b", "ok"):
+        key = safe_key(video_id)
+        assert not key.startswith((".", "_")) and "/" not in key, (video_id, key)
+    assert safe_key(".cam1") != safe_key("cam1")          # the hash keeps them apart

@@ -29,8 +29,10 @@ def error_row(video_id: str, source_uri: str, stage: str, error_type: str, messa
 
 
 def safe_key(video_id: str) -> str:
-    """A file/partition-safe, readable, collision-free key for a video id."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", video_id).strip("_")[:80] or "video"
+    """A file/partition-safe, readable, collision-free key for a video id. It never starts with
+    "." or "_": Arrow's dataset discovery skips such files, so evaluate and report would not
+    see the video (`.cam1.mp4`, or `../x.mp4` from an S3 key)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", video_id).strip("._")[:80] or "video"
     return f"{slug}-{hashlib.sha1(video_id.encode()).hexdigest()[:8]}"
 
 

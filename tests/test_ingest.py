@@ -154,6 +154,36 @@ def test_secrets_are_never_printed(s3_bucket, tmp_path, capsys, caplog):
         assert secret not in said.out + said.err + caplog.text and "AKIAVADRAYTESTKEY" not in said.err
 
 
+def test_an_output_the_credentials_may_not_write_is_exit_2_before_any_work(s3_bucket, tmp_path, capsys,
+                                                                         monkeypatch):
+    """A read-only role: reading works, so the store is reachable, but writes are denied. Ingest
+    and train ended in an 88- and a 49-line traceback half-way (security review); each output
+    is now tried with a small object first."""
+    import s3fs
+
+    bucket, options = s3_bucket
+    (tmp_path / "s3.json").write_text(json.dumps(options))
+
+    async def denied(self, path, data, **kwargs):
+        raise PermissionError("Access Denied")
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_pipe_file", denied)
+    s3fs.S3FileSystem.clear_instance_cache()   # cached instances bound the real method at creation
+    labels = tmp_path / "labels.csv"
+    labels.write_text("video,frame_index,label\n")
+    try:
+        for argv in (["ingest", str(tmp_path), f"s3://{bucket}/out"],
+                     ["train", str(tmp_path), f"s3://{bucket}/ckpt"],
+                     ["score", str(tmp_path), f"s3://{bucket}/scores", "--checkpoint", str(tmp_path)],
+                     ["evaluate", str(tmp_path), "--labels", str(labels), "--json", f"s3://{bucket}/m/metrics.json"],
+                     ["query", str(tmp_path), "SELECT 1", "--out", f"s3://{bucket}/q/x.csv"]):
+            assert main([*argv, "--storage-options", f"@{tmp_path / 's3.json'}"]) == 2, argv
+            err = capsys.readouterr().err
+            assert "cannot write to" in err and "PermissionError: Access Denied" in err and "Traceback" not in err, err
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()   # no later test may get an instance bound to `denied`
+
+
 def test_an_unreachable_store_is_exit_2_before_any_work_for_every_command(synth_archive, tmp_path, capsys):
     """Schedulers retry on 1 and not on 2: an endpoint that is down is a bad argument, not a crash."""
     import socket

@@ -200,7 +200,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = storage.parse_storage_options(args.storage_options)
-    storage.require_file_to_write(**{"--json": args.json_path})
+    storage.require_file_to_write(options, **{"--json": args.json_path})
     result = evaluate_output(args.output, args.labels, options, cameras=args.camera, model_ids=args.model_id)
     print(format_metrics(result))
     if args.json_path:

@@ -110,14 +110,15 @@ def _folder_etag(files: list[tuple[str, dict]], metas: list[tuple[int, str, str]
     return f"frames-{len(files)}-{digest.hexdigest()[:16]}"
 
 
-CAMERA_NAME = re.compile(r"[A-Za-z0-9._-]+")
+CAMERA_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")   # a folder name; 255 bytes is the usual limit
 
 
 def check_camera(camera: str) -> str:
     """--camera becomes the camera= partition folder and a manifest folder: refuse a name that a
     path could not carry unchanged, instead of rewriting it (filters use the name as typed)."""
     if not CAMERA_NAME.fullmatch(camera or "") or camera in (".", ".."):
-        raise UsageError(f"--camera {camera!r}: use letters, digits, '.', '_' and '-' only (e.g. lobby-2)")
+        raise UsageError(f"--camera {camera[:120]!r}: use up to 100 letters, digits, '.', '_' and '-' "
+                         "(e.g. lobby-2)")
     return camera
 
 

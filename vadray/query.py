@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--out must end in .csv or .parquet")
     if args.max_rows < 0:
         raise UsageError("--max-rows must be 0 (all) or more")
-    storage.require_file_to_write(**{"--out": args.out})
+    storage.require_file_to_write(options, **{"--out": args.out})
     result = query(args.output, args.sql, options)
     if not args.out:
         if len(result) == 0:

@@ -280,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--max-thumbnails must be 0 or more")
     error_map_fn = None
     storage.require_reachable(options, CHECKPOINT=args.checkpoint)
-    storage.require_folder_to_write(DIR=args.dir)
+    storage.require_folder_to_write(options, DIR=args.dir)
     if args.checkpoint:
         from vadray.errormap import ErrorMaps
 

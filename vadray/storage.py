@@ -123,14 +123,36 @@ def _cannot_create(path: str) -> str | None:
     return None
 
 
-def require_folder_to_write(**locations: str | None) -> None:
-    """Exit status 2 before any work when a local output cannot be a folder: it is a file, or
-    the nearest existing folder above it is a file or not writable. (Object stores have no
-    folders to check; `require_reachable` covers them.)"""
+def _require_remote_write(role: str, uri: str, storage_options: dict[str, Any] | None) -> None:
+    """Write and delete a small object under `uri`: credentials that may read but not write
+    (a read-only role) are found before any work, not as a traceback half-way."""
+    import uuid
+
+    from vadray.exits import UsageError
+
+    fs, path = url_to_fs(uri, storage_options)
+    probe = f"{path.rstrip('/')}/.vadray-write-check-{uuid.uuid4().hex[:12]}"
+    try:
+        fs.pipe_file(probe, b"")
+    except Exception as exc:  # noqa: BLE001 — botocore, aiohttp, OS errors alike; no secret is in them
+        raise UsageError(f"cannot write to {role} {uri!r}: {type(exc).__name__}: {exc}") from None
+    try:
+        fs.rm(probe)
+    except Exception:  # noqa: BLE001 — may write but not delete: the job's own deletes will say so
+        pass
+
+
+def require_folder_to_write(storage_options: dict[str, Any] | None = None, **locations: str | None) -> None:
+    """Exit status 2 before any work when an output cannot be written: a local one that is a
+    file, or whose nearest existing folder is a file or not writable; an object store prefix
+    where a test object cannot be written."""
     from vadray.exits import UsageError
 
     for role, uri in locations.items():
-        if not uri or is_remote(uri):
+        if not uri:
+            continue
+        if is_remote(uri):
+            _require_remote_write(role, uri, storage_options)
             continue
         path = os.path.abspath(uri.removeprefix("file://"))
         if os.path.exists(path) and not os.path.isdir(path):
@@ -140,12 +162,15 @@ def require_folder_to_write(**locations: str | None) -> None:
             raise UsageError(f"{role} {uri!r} cannot be written: {why}")
 
 
-def require_file_to_write(**locations: str | None) -> None:
+def require_file_to_write(storage_options: dict[str, Any] | None = None, **locations: str | None) -> None:
     """`require_folder_to_write` for an output file (--json, --out)."""
     from vadray.exits import UsageError
 
     for role, uri in locations.items():
-        if not uri or is_remote(uri):
+        if not uri:
+            continue
+        if is_remote(uri):
+            _require_remote_write(role, uri.rsplit("/", 1)[0], storage_options)
             continue
         path = os.path.abspath(uri.removeprefix("file://"))
         if os.path.isdir(path):

@@ -158,7 +158,8 @@ def _check_cluster_spec(where: str, spec: dict) -> dict[str, bool]:
         assert pod.get("serviceAccountName") == want and want in accounts, f"{where}/{name}: runs as " \
             f"{pod.get('serviceAccountName')!r}, not the IRSA service account {want!r}"
         assert not any(v.get("name") == "shm" for v in pod.get("volumes", [])), \
-            f"{where}/{name}: KubeRay mounts /dev/shm sized to the memory limit itself; a smaller one shrinks Ray's object store"
+            f"{where}/{name}: KubeRay mounts /dev/shm sized to the memory limit itself; a smaller one " \
+            "shrinks Ray's object store"
         for container in pod["containers"]:
             assert container["image"].endswith("vadray:0.1.0"), f"{where}/{name}: image {container['image']}"
             resources = container.get("resources", {})

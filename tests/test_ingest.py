@@ -192,7 +192,8 @@ def test_an_unreachable_store_is_exit_2_before_any_work_for_every_command(synth_
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     secret = "vadray-unreachable-secret"
-    (tmp_path / "s3.json").write_text(json.dumps({"key": "k", "secret": secret, "endpoint_url": f"http://127.0.0.1:{port}",
+    (tmp_path / "s3.json").write_text(json.dumps({"key": "k", "secret": secret,
+                                                  "endpoint_url": f"http://127.0.0.1:{port}",
                                                   "config_kwargs": {"retries": {"max_attempts": 1}}}))
     options = f"@{tmp_path / 's3.json'}"
     labels = tmp_path / "labels.csv"

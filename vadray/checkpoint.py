@@ -131,6 +131,20 @@ def load_model(path: str, storage_options: dict | None = None) -> tuple[nn.Modul
     return model.eval(), card
 
 
+def load_for_job(path: str, storage_options: dict | None = None) -> tuple[nn.Module, dict]:
+    """`load_model` for a job's --checkpoint: whatever makes it unloadable (missing, not a
+    checkpoint, a pickle in model.pt, bad params, an id that is not its weights') is a
+    UsageError (exit status 2) that says so, before any work."""
+    import pickle
+
+    from vadray.exits import UsageError
+
+    try:
+        return load_model(path, storage_options)
+    except (FileNotFoundError, OSError, ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise UsageError(f"cannot read checkpoint {path!r}: {type(exc).__name__}: {exc}") from None
+
+
 def model_card(info, settings: dict, model_spec: dict, state_dict: dict, outcome: dict, errors: dict,
                 train_videos: list, val_videos: list, n_train: int, run_id: str, **execution) -> dict:
     """The JSON card of docs/ARCHITECTURE.md "Checkpoints" (plus a few extras for people).

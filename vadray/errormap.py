@@ -20,10 +20,10 @@ class ErrorMaps:
     def __init__(self, checkpoint: str, storage_options: dict[str, Any] | None = None):
         import torch
 
-        from vadray.checkpoint import load_model
+        from vadray.checkpoint import load_for_job
         from vadray.preprocess import NormStats
 
-        self.model, card = load_model(checkpoint, storage_options)
+        self.model, card = load_for_job(checkpoint, storage_options)
         self.model_id = card["model_id"]   # report checks it against the scores' model
         self.stats = NormStats.from_dict(card["norm_stats"])
         self.mean_image = torch.from_numpy(self.stats.mean_image)

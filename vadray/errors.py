@@ -41,8 +41,7 @@ def write_errors(rows: list[dict[str, Any]], errors_uri: str, camera: str, name:
     """Write rows to errors_uri/camera=<camera>/name.parquet (deterministic name: a rerun
     overwrites). Two cameras whose archives share file names keep their own rows."""
     fs, path = storage.pyarrow_fs(storage.join(errors_uri, f"camera={camera}", f"{name}.parquet"), storage_options)
-    if not storage.is_remote(errors_uri):   # an object store has no folders to make
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    storage.make_parent(fs, path, errors_uri)
     pq.write_table(pa.Table.from_pylist(rows, schema=FILE_SCHEMA), path, filesystem=fs)
     return path
 

@@ -122,13 +122,13 @@ def evaluate_output(output: str, labels_csv: str, storage_options: dict | None =
                                          matched[column].to_numpy(np.float64))
                           if column in matched else {"available": False})
     evaluated_videos = sorted(frame_videos & label_videos)
+    labelled_videos = dict(tuple(labels[labels["video_id"].isin(evaluated_videos)].groupby("video_id")))
     truth = {v: metrics.label_runs(g["frame_index"].to_numpy(), g["label"].to_numpy())
-             for v, g in labels[labels["video_id"].isin(evaluated_videos)].groupby("video_id")}
+             for v, g in labelled_videos.items()}
     events = read_table(output, "events", storage_options, columns=["video_id", "start_frame", "end_frame"],
                         filter=where)
     detected = _per_video_intervals(events.to_pandas()) if events is not None else {}
-    labelled = {v: g["frame_index"].to_numpy() for v, g in labels[labels["video_id"].isin(evaluated_videos)]
-                .groupby("video_id")}
+    labelled = {v: g["frame_index"].to_numpy() for v, g in labelled_videos.items()}
     result["events"] = {"videos": len(truth), **metrics.event_counts(truth, detected, labelled)}
     return result
 

@@ -55,8 +55,7 @@ def mark_done(output: str, camera: str, video_id: str, identity: str, model_id: 
     began (`drop_previous`), so nothing is listed here: one write per video at any scale."""
     fs, root = storage.url_to_fs(storage.join(output, "manifest"), storage_options)
     marker = manifest_marker(camera, video_id, identity, model_id)
-    if not storage.is_remote(output):   # an object store has no folders (s3fs would HEAD the bucket)
-        fs.makedirs(f"{root}/{marker.rsplit('/', 1)[0]}", exist_ok=True)
+    storage.make_parent(fs, f"{root}/{marker}", output)
     fs.pipe_file(f"{root}/{marker}", uri.encode())
 
 

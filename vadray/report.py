@@ -284,10 +284,7 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint:
         from vadray.errormap import ErrorMaps
 
-        try:
-            error_map_fn = ErrorMaps(args.checkpoint, options)
-        except (FileNotFoundError, OSError, ValueError, KeyError) as exc:
-            raise UsageError(f"cannot read checkpoint {args.checkpoint!r}: {exc}") from None
+        error_map_fn = ErrorMaps(args.checkpoint, options)
     rows = build_report(args.output, args.dir, args.labels, options, videos=args.video,
                         cameras=args.camera, dates=args.date, model_ids=args.model_id,
                         max_thumbnails=args.max_thumbnails,

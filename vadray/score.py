@@ -120,14 +120,9 @@ class _VideoProgress:
 def _usable_card(checkpoint: str, storage_options: dict[str, Any], hop: int, grid: int) -> dict:
     """The checkpoint's model card, refused (UsageError, before any work) where these settings
     cannot use it: everything a video's scores need must hold here, not fail per video."""
-    import pickle
+    from vadray.checkpoint import load_for_job
 
-    from vadray.checkpoint import load_model
-
-    try:   # the model actors load it too: a checkpoint they cannot load fails here, once
-        _, card = load_model(checkpoint, storage_options)
-    except (FileNotFoundError, OSError, ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as exc:
-        raise UsageError(f"cannot read checkpoint {checkpoint!r}: {type(exc).__name__}: {exc}") from None
+    _, card = load_for_job(checkpoint, storage_options)   # fails here, once, not in every model actor
     T, size = int(card["input"]["T"]), int(card["input"]["size"])
     if hop > T:
         raise UsageError(f"--hop {hop} > T={T} would leave frames without a score")

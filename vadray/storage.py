@@ -111,16 +111,18 @@ def require_reachable(storage_options: dict[str, Any] | None, **locations: str |
             raise UsageError(f"cannot reach {role} {uri!r}: {type(exc).__name__}: {exc}") from None
 
 
-def _cannot_create(path: str) -> str | None:
-    """Why a local folder or file at `path` could not be created, or None."""
+def _require_local_folder(role: str, uri: str, path: str) -> None:
+    """UsageError unless a folder at `path` exists or could be made: the nearest existing path
+    at or above it must be a writable folder."""
+    from vadray.exits import UsageError
+
     above = path
     while not os.path.exists(above):
         above = os.path.dirname(above)
     if not os.path.isdir(above):
-        return f"{above!r} is a file"
+        raise UsageError(f"{role} {uri!r} cannot be written: {above!r} is a file")
     if not os.access(above, os.W_OK | os.X_OK):
-        return f"no permission to write in {above!r}"
-    return None
+        raise UsageError(f"{role} {uri!r} cannot be written: no permission to write in {above!r}")
 
 
 def _require_remote_write(role: str, uri: str, storage_options: dict[str, Any] | None) -> None:
@@ -154,16 +156,14 @@ def require_folder_to_write(storage_options: dict[str, Any] | None = None, **loc
         if is_remote(uri):
             _require_remote_write(role, uri, storage_options)
             continue
-        path = os.path.abspath(uri.removeprefix("file://"))
+        path = absolute(uri)
         if os.path.exists(path) and not os.path.isdir(path):
             raise UsageError(f"{role} {uri!r} is a file; give a folder (it is created if missing)")
-        why = _cannot_create(path)
-        if why:
-            raise UsageError(f"{role} {uri!r} cannot be written: {why}")
+        _require_local_folder(role, uri, path)
 
 
 def require_file_to_write(storage_options: dict[str, Any] | None = None, **locations: str | None) -> None:
-    """`require_folder_to_write` for an output file (--json, --out)."""
+    """`require_folder_to_write` for an output file (--json, --out): its folder must be one."""
     from vadray.exits import UsageError
 
     for role, uri in locations.items():
@@ -172,20 +172,28 @@ def require_file_to_write(storage_options: dict[str, Any] | None = None, **locat
         if is_remote(uri):
             _require_remote_write(role, uri.rsplit("/", 1)[0], storage_options)
             continue
-        path = os.path.abspath(uri.removeprefix("file://"))
+        path = absolute(uri)
         if os.path.isdir(path):
             raise UsageError(f"{role} {uri!r} is a folder; give a file name")
-        why = _cannot_create(os.path.dirname(path))
-        if why:
-            raise UsageError(f"{role} {uri!r} cannot be written: {why}")
+        _require_local_folder(role, uri, os.path.dirname(path))
+
+
+def make_parent(fs: fsspec.AbstractFileSystem | pafs.FileSystem, path: str, uri: str) -> None:
+    """Make the local folder the file at `path` (inside `fs`, fsspec's or pyarrow's) goes in.
+    Nothing on an object store: it has no folders, and s3fs would HEAD the bucket per call."""
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if not parent or is_remote(uri):
+        return
+    if isinstance(fs, pafs.FileSystem):
+        fs.create_dir(parent, recursive=True)
+    else:
+        fs.makedirs(parent, exist_ok=True)
 
 
 def open_for_writing(uri: str, storage_options: dict[str, Any] | None, mode: str = "wb"):
-    """An output file's handle, its local folder made first (an object store has none)."""
+    """An output file's handle, its local folder made first."""
     fs, path = url_to_fs(uri, storage_options)
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    if parent and not is_remote(uri):
-        fs.makedirs(parent, exist_ok=True)
+    make_parent(fs, path, uri)
     return fs.open(path, mode)
 
 

@@ -4,18 +4,20 @@ from __future__ import annotations
 import json
 import os
 
+import av
 import numpy as np
 import pyarrow as pa
 import pytest
 
 import videos
-from vadray.decode import GreyScaler, decode_segment
-from vadray.probe import InputError, probe
+from vadray.decode import GreyScaler, decode_frame_files, decode_segment
+from vadray.errors import read_errors
+from vadray.probe import InputError, frame_folder_timeline, probe
 from vadray.exits import UsageError
 from vadray.listing import list_videos
 from vadray.preprocess import NormStats, PartialSums
 from vadray.segments import MAX_VOLUME_OVERLAP, pack_units, plan_segments
-from vadray.stages import ProbeAndPlan
+from vadray.stages import ProbeAndPlan, decode_planned
 from vadray.synth import write_video
 from vadray.volumes import gather, volume_starts
 
@@ -27,18 +29,56 @@ def test_listing_ids_extensions_and_frame_folders(tmp_path):
     (tmp_path / "labels.csv").write_text("ignored")
     clip = tmp_path / "Train001"
     clip.mkdir()
-    for i in (10, 2, 1):  # natural order: 1, 2, 10
+    for i in (10, 2, 1):  # by number: 1, 2, then 10 at index 9
         (clip / f"{i:d}.tif").write_bytes(b"x")
     refs = list_videos(str(tmp_path))
     assert [r.video_id for r in refs] == ["Train001", "cam3/2024-05-01/0900", "top"]
     folder = refs[0]
-    assert folder.is_frame_folder and [os.path.basename(u) for u in folder.frame_uris] == ["1.tif", "2.tif", "10.tif"]
+    assert folder.is_frame_folder and [os.path.basename(u) for u in folder.frame_uris] == ["1.tif", "2.tif"] + [""] * 7 + ["10.tif"]
     assert refs[1].size > 0 and refs[1].mtime and refs[1].uri.endswith("0900.MP4")
     single = list_videos(f"file://{tmp_path}/top.mkv")
     assert [r.video_id for r in single] == ["top"]
     # a frame re-rendered with the same byte size is a new input for resume (its mtime moved)
     os.utime(clip / "2.tif", (1_000_000_000, 1_000_000_000))
     assert list_videos(str(tmp_path))[0].identity() != folder.identity()
+
+
+def _still(path, value: int) -> None:
+    image = np.full((48, 64), value, np.uint8)
+    with av.open(str(path), "w", format="image2", options={"update": "1"}) as container:
+        stream = container.add_stream("png", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "gray"
+        for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="gray")):
+            container.mux(packet)
+
+
+def test_a_frame_folders_indices_come_from_the_frame_numbers(tmp_path):
+    """UCSD-style labels count frames by file number: a missing `006.tif` must leave a hole
+    that decode reports, not move every later frame one index early; a thumbnail is no frame;
+    a name FFmpeg would read as a pattern (`%03d`) is still that one file."""
+    clip = tmp_path / "Test001"
+    clip.mkdir()
+    for n in range(1, 16):
+        if n != 6:
+            _still(clip / f"{n:03d}.png", 10 * n)
+    _still(clip / "thumbnail.png", 255)
+    _still(tmp_path / "Test001" / "%03d.png", 1)   # no number after the pattern: not a frame
+    [ref] = list_videos(str(tmp_path))
+    names = [os.path.basename(u) if u else "" for u in ref.frame_uris]
+    assert names == [f"{n:03d}.png" if n != 6 else "" for n in range(1, 16)]
+    assert sorted(os.path.basename(u) for u in ref.stray) == ["%03d.png", "thumbnail.png"]
+    timeline = frame_folder_timeline(ref.frame_uris, 10.0)
+    decoded = decode_frame_files(ref.frame_uris, timeline, 0, timeline.num_frames, 27)
+    np.testing.assert_array_equal(decoded.frame_index, [i for i in range(15) if i != 5])
+    assert decoded.missing == [(5, 6)] and "numbering skips it" in decoded.error
+    np.testing.assert_array_equal(decoded.frames[:, 13, 13], [10 * (i + 1) for i in range(15) if i != 5])
+    rows = ProbeAndPlan(str(tmp_path / "out"), "cam", 60, 10, {})(ref.to_dict())
+    assert rows and rows[0]["num_frames"] == 15
+    problems = read_errors(str(tmp_path / "out" / "errors")).to_pylist()
+    assert [(p["error_type"], "thumbnail.png" in p["message"]) for p in problems] == [("ignored_files", True)]
+    pattern = [str(clip / "%03d.png")] * 10   # FFmpeg's own I/O would open 001.png (value 10)
+    decoded = decode_frame_files(pattern, frame_folder_timeline(pattern, 10.0), 0, 10, 27)
+    assert not decoded.error and (decoded.frames == 1).all()
 
 
 def test_listing_keeps_colliding_ids_apart(tmp_path):
@@ -217,6 +257,25 @@ def test_bad_inputs_get_a_reason(tmp_path):
             probe(path)
         assert info.value.error_type == error_type, (stem, str(info.value))
         assert str(info.value)
+
+
+def test_a_cover_picture_is_not_the_video(tmp_path):
+    videos.audio_only_mp4(str(tmp_path / "song.mp4"), cover=True)
+    with pytest.raises(InputError, match="only a cover picture") as info:
+        probe(str(tmp_path / "song.mp4"))
+    assert info.value.error_type == "no_video_stream"
+
+
+def test_a_recording_cut_mid_gop_says_so(tmp_path):
+    (tmp_path / "src").mkdir()
+    before_keyframe = videos.mid_gop_ts(str(tmp_path / "src" / "cut.ts"))
+    [ref] = list_videos(str(tmp_path / "src"))
+    errors_uri = str(tmp_path / "out" / "errors")
+    [seg] = ProbeAndPlan(str(tmp_path / "out"), "cam", 60, 10, {})(ref.to_dict())
+    decoded = decode_planned(seg, 27, errors_uri, {})
+    assert decoded.frame_index[0] == before_keyframe and decoded.frame_index[-1] == seg["num_frames"] - 1
+    [row] = read_errors(errors_uri).to_pylist()
+    assert row["error_type"] == "starts_mid_gop" and f"starts {before_keyframe} frames before" in row["message"]
 
 
 @pytest.mark.parametrize("n", [1, 17, 256, 257, 600])

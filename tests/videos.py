@@ -88,9 +88,17 @@ def resolution_change_ts(path: str, n1: int = 10, n2: int = 10) -> None:
             os.remove(piece)
 
 
-def audio_only_mp4(path: str) -> None:
+def audio_only_mp4(path: str, cover: bool = False) -> None:
+    """An audio file; `cover`: with a cover picture, which FFmpeg lists as a video stream."""
     with av.open(path, "w") as container:
         stream = container.add_stream("aac", rate=8000)
+        if cover:
+            picture = container.add_stream("mjpeg")
+            picture.width, picture.height, picture.pix_fmt = 64, 48, "yuvj420p"
+            picture.disposition = av.stream.Disposition.attached_pic
+            image = av.VideoFrame.from_ndarray(frames(1)[0], format="gray").reformat(format="yuvj420p")
+            for packet in [*picture.encode(image), *picture.encode()]:
+                container.mux(packet)
         samples = (np.sin(np.arange(8000) / 5.0) * 0.2).astype(np.float32)[None, :]
         frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
         frame.sample_rate = 8000
@@ -99,6 +107,20 @@ def audio_only_mp4(path: str) -> None:
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+def mid_gop_ts(path: str, n: int = 30, cut: int = 4) -> int:
+    """An MPEG-TS recording cut mid-GOP: its first `cut` packets (the keyframe among them) are
+    gone. Returns how many frames precede the first keyframe it holds."""
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"bf": "0", "g": "10"}
+        packets = [p for image in frames(n) for p in stream.encode(
+            av.VideoFrame.from_ndarray(image, format="gray").reformat(format="yuv420p"))]
+        for packet in (packets + list(stream.encode()))[cut:]:
+            container.mux(packet)
+    return 10 - cut
 
 
 def bad_inputs(folder: str) -> dict[str, str]:

@@ -16,7 +16,7 @@ import pyarrow as pa
 from av.video.reformatter import Interpolation, VideoReformatter
 
 from vadray import storage
-from vadray.probe import Timeline, open_input
+from vadray.probe import Timeline, open_input, video_stream
 
 
 @dataclass
@@ -115,7 +115,7 @@ def _decode_pass(uri: str, want: np.ndarray, out: "_FrameBuffer", size: int,
     step = int(want[1] - want[0]) if len(want) > 1 else 1
     try:
         with _av_open(uri, storage_options) as container:
-            stream = container.streams.video[0]
+            stream = video_stream(container)
             stream.thread_count = DECODER_THREADS
             previous, pos, anchored_after = None, None, 0
             started = False      # the first frame out anchors the placement, whatever it is
@@ -159,14 +159,21 @@ def decode_frame_files(uris: list[str], timeline: Timeline, first: int, last: in
     out = _FrameBuffer(last - first, size)
     errors = []
     for index in range(first, last):
-        try:
-            with _av_open(uris[index], storage_options) as container:
+        if not uris[index]:
+            errors.append("no file for this frame (the folder's numbering skips it)")
+            continue
+        try:   # through a file object: FFmpeg's own I/O would read `img%03d.png` as a pattern
+            with open_input(uris[index], storage_options) as handle, av.open(handle, mode="r") as container:
                 frame = next(container.decode(video=0))
                 out.put(index - first, scaler(frame))
         except (av.error.FFmpegError, StopIteration, OSError) as exc:
             errors.append(f"{uris[index]}: {str(exc) or ('no image' if isinstance(exc, StopIteration) else type(exc).__name__)}")
+    errors = list(dict.fromkeys(errors))   # holes repeat one message: once is enough
     error = "; ".join(errors[:3]) + (f" (+{len(errors) - 3} more)" if len(errors) > 3 else "")
     return _collect(out, timeline, first, last, size, error)
+
+
+NOT_DECODED = "frames could not be decoded"   # frames the decoder never output, with no error
 
 
 class _FrameBuffer:
@@ -196,7 +203,7 @@ def _collect(out: _FrameBuffer, timeline: Timeline, first: int, last: int, size:
     expected = np.arange(first, last, dtype=np.int64)
     missing = index_runs(expected[~out.filled])
     if missing and not error:
-        error = "frames could not be decoded"
+        error = NOT_DECODED
     return DecodedFrames(index, timeline.time_s(index), frames, missing, error)
 
 

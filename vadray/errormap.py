@@ -41,7 +41,7 @@ class ErrorMaps:
         try:
             clip = frame_folder(source_uri, self.storage_options)
             if clip is not None:   # a UCSD-style folder of stills; its fps does not matter here
-                timeline = frame_folder_timeline(len(clip.frame_uris), 10.0, self.T)
+                timeline = frame_folder_timeline(clip.frame_uris, 10.0, self.T)
             else:
                 timeline = probe(source_uri, self.T, self.storage_options)
         except (InputError, OSError, UsageError):   # unreadable or unlistable: no map, the report goes on

@@ -1,8 +1,8 @@
 """vadray ingest SOURCE OUTPUT: decode a video archive into Parquet clip shards + statistics.
 
-SOURCE is a folder or prefix (local path, file://, s3://) of videos (.mp4 .avi .mkv .mov .webm
-.m4v .ts, recursive), one video file, or folders of still frames (.tif .jpg .png, one folder
-per clip, as UCSD distributes its data). Writes, under OUTPUT:
+SOURCE is a folder or prefix (local path, file://, s3://) of videos (`listing.VIDEO_EXTENSIONS`,
+recursive), one video file, or folders of still frames (.tif .jpg .png .bmp, one folder per
+clip, as UCSD distributes its data). Writes, under OUTPUT:
   clips/   Parquet shards, one row per contiguous chunk of grey SIZE×SIZE frames of a video
   stats/   normalisation statistics of the ingested footage (mean image, global std; parts/
            holds the exact integer sums of each segment they are added from)

@@ -9,6 +9,7 @@ the files keep their extension in it (`a.mp4`, `a.mkv`).
 from __future__ import annotations
 
 import hashlib
+import logging
 import posixpath
 import re
 from dataclasses import asdict, dataclass, field
@@ -17,8 +18,11 @@ from typing import Any
 from vadray import storage
 from vadray.exits import UsageError
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".ts")
-FRAME_EXTENSIONS = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg",
+                    ".3gp", ".flv", ".wmv", ".asf")
+FRAME_EXTENSIONS = (".tif", ".tiff", ".jpg", ".jpeg", ".png", ".bmp")
+
+log = logging.getLogger("vadray.listing")
 
 
 @dataclass
@@ -30,7 +34,8 @@ class VideoRef:
     size: int = 0                 # bytes (sum of frames for a frame folder)
     etag: str = ""                # object-store ETag where there is one
     mtime: str = ""               # modification time as text
-    frame_uris: list[str] = field(default_factory=list)
+    frame_uris: list[str] = field(default_factory=list)   # by frame index; "" where the numbering skips one
+    stray: list[str] = field(default_factory=list)        # files in a frame folder that are not its frames
 
     @property
     def is_frame_folder(self) -> bool:
@@ -77,6 +82,7 @@ def list_videos(source: str, storage_options: dict[str, Any] | None = None) -> l
     root = root.rstrip("/")
     videos: list[VideoRef] = []
     frame_folders: dict[str, list[tuple[str, dict]]] = {}
+    ignored: dict[str, int] = {}
     for path, info in found.items():
         if info.get("type") == "directory":
             continue
@@ -87,19 +93,53 @@ def list_videos(source: str, storage_options: dict[str, Any] | None = None) -> l
             videos.append(VideoRef(rel[: -len(ext)], storage.to_uri(fs, path), size, etag, mtime))
         elif ext in FRAME_EXTENSIONS:
             frame_folders.setdefault(posixpath.dirname(rel), []).append((path, info))
+        else:
+            ignored[ext or "(none)"] = ignored.get(ext or "(none)", 0) + 1
+    if ignored:   # a camera's .dav or .h264 files must not vanish without a word
+        log.info("SOURCE %s: %d files are neither videos nor frames and are not read (%s)", source,
+                 sum(ignored.values()), ", ".join(f"{e} {n}" for e, n in sorted(ignored.items())))
     for folder, files in frame_folders.items():
-        files.sort(key=lambda item: _natural_key(posixpath.basename(item[0])))
-        metas = [_meta(info) for _, info in files]
+        slots, stray = _numbered_frames(files)
+        present = [item for item in slots if item is not None]
+        metas = [_meta(info) for _, info in present]
         folder_uri = storage.to_uri(fs, posixpath.join(root, folder) if folder else root)
         videos.append(VideoRef(
             video_id=folder or posixpath.basename(root),
             uri=folder_uri,
             size=sum(m[0] for m in metas),
-            etag=_folder_etag(files, metas),   # any frame re-rendered, added or removed changes it
+            etag=_folder_etag(present, metas),   # any frame re-rendered, added or removed changes it
             mtime=max((m[2] for m in metas), default=""),
-            frame_uris=[storage.to_uri(fs, p) for p, _ in files],
+            frame_uris=[storage.to_uri(fs, item[0]) if item else "" for item in slots],
+            stray=[storage.to_uri(fs, p) for p, _ in stray],
         ))
     return sorted(_unique_ids(videos), key=lambda v: v.video_id)
+
+
+_NUMBERED = re.compile(r"^(.*?)(\d+)(\D*)$")
+
+
+def _numbered_frames(files: list[tuple[str, Any]]) -> tuple[list[Any], list[Any]]:
+    """A frame folder's files → (its frames by index, the files that are not frames).
+
+    A frame's index is its number in the name minus the first frame's (`001.tif` is frame 0,
+    `frame_12.png` is 12 past `frame_0.png`), not its position in the listing: a missing file
+    leaves a hole (None) that decode reports, instead of moving every later frame one index
+    earlier than its labels. The frames are the files of the commonest numbered name pattern
+    (prefix, suffix); a `thumbnail.png` beside them is stray, not a frame. Names without a
+    number keep the natural order, as before."""
+    patterns: dict[tuple[str, str], dict[int, Any]] = {}
+    for item in sorted(files, key=lambda item: _natural_key(posixpath.basename(item[0]))):
+        match = _NUMBERED.match(posixpath.basename(item[0]))
+        if match:
+            prefix, number, suffix = match.groups()
+            patterns.setdefault((prefix, suffix.lower()), {}).setdefault(int(number), item)
+    if not patterns:
+        return sorted(files, key=lambda item: _natural_key(posixpath.basename(item[0]))), []
+    numbered = max(patterns.values(), key=len)
+    first = min(numbered)
+    slots = [numbered.get(n) for n in range(first, max(numbered) + 1)]
+    kept = {id(item) for item in numbered.values()}
+    return slots, [item for item in files if id(item) not in kept]
 
 
 def _folder_etag(files: list[tuple[str, dict]], metas: list[tuple[int, str, str]]) -> str:

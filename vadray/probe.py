@@ -63,11 +63,17 @@ def _looks_like_text(head: bytes) -> bool:
     return printable / len(head) > 0.95
 
 
-def _video_stream(container) -> Any:
-    if not container.streams.video:
+def video_stream(container) -> Any:
+    """The first video stream that is not a cover picture (an audio file's `attached_pic`):
+    probe, decode and thumbnails must all read the same one."""
+    pictures = av.stream.Disposition.attached_pic
+    videos = [s for s in container.streams.video if not (s.disposition & pictures)]
+    if not videos:
         kinds = sorted({s.type for s in container.streams}) or ["no"]
-        raise InputError("no_video_stream", f"the file has {'/'.join(kinds)} streams but no video stream")
-    return container.streams.video[0]
+        what = ("only a cover picture as video" if container.streams.video
+                else f"{'/'.join(kinds)} streams but no video stream")
+        raise InputError("no_video_stream", f"the file has {what}")
+    return videos[0]
 
 
 def _open_container(handle, uri: str):
@@ -94,7 +100,7 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
     """
     with open_input(uri, storage_options) as handle:
         with _open_container(handle, uri) as container:
-            stream = _video_stream(container)
+            stream = video_stream(container)
             ticks: list[int] = []
             last_ts, last_duration = None, 0  # the latest frame's timestamp and stated duration
             discarded = 0                     # decoded for reference only: an MP4 edit list cuts them
@@ -197,8 +203,10 @@ def _shortfall(declared: _Declared, pts: np.ndarray, packets: int, time_base: fl
     return ""
 
 
-def frame_folder_timeline(num_frames: int, fps: float, min_frames: int = 10) -> Timeline:
-    """A folder of still frames has no timestamps: frame i is at i / fps."""
-    if num_frames < min_frames:
-        raise InputError("too_short", f"only {num_frames} frames; a volume needs {min_frames}")
-    return Timeline(np.arange(num_frames, dtype=np.int64), 1.0 / fps, 0, fps, 0, 0, "frames")
+def frame_folder_timeline(frame_uris: list[str], fps: float, min_frames: int = 10) -> Timeline:
+    """A folder of still frames has no timestamps: frame i is at i / fps. `frame_uris` is by
+    index, "" where the folder's numbering skips a frame (decode reports those)."""
+    present = sum(bool(u) for u in frame_uris)
+    if present < min_frames:
+        raise InputError("too_short", f"only {present} frames; a volume needs {min_frames}")
+    return Timeline(np.arange(len(frame_uris), dtype=np.int64), 1.0 / fps, 0, fps, 0, 0, "frames")

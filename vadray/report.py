@@ -40,7 +40,7 @@ def decode_thumbnail(source_uri: str, frame_index: int, storage_options: dict | 
                      max_side: int = 240) -> np.ndarray | None:
     """Frame `frame_index` of a video file or frame folder as grey (h, w) uint8, or None.
 
-    Indices follow `vadray.probe` (presentation order; natural sort of a frame folder), so
+    Indices follow `vadray.probe` (presentation order; a frame folder's numbering), so
     the thumbnail shows the frame the score belongs to. Unreachable sources give None.
     """
     try:
@@ -48,11 +48,13 @@ def decode_thumbnail(source_uri: str, frame_index: int, storage_options: dict | 
         clip = listing.frame_folder(source_uri, storage_options)
         if clip is not None:
             uri = clip.frame_uris[frame_index]
+            if not uri:
+                return None   # the folder's numbering skips this frame
             with fs.open(storage.url_to_fs(uri, storage_options)[1], "rb") as f, av.open(f) as container:
                 return _grey(next(container.decode(video=0)), max_side)
         target = int(probe.probe(source_uri, min_frames=1, storage_options=storage_options).pts[frame_index])
         with fs.open(path, "rb") as f, av.open(f) as container:
-            stream = container.streams.video[0]
+            stream = probe.video_stream(container)
             container.seek(target, stream=stream, backward=True, any_frame=False)
             for frame in container.decode(stream):
                 if frame.pts is not None and frame.pts >= target:

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from vadray import storage
-from vadray.decode import DecodedFrames, decode_frame_files, decode_segment
+from vadray.decode import NOT_DECODED, DecodedFrames, decode_frame_files, decode_segment
 from vadray.probe import InputError, Timeline, frame_folder_timeline, probe
 from vadray.errors import error_row, safe_key, write_errors
 from vadray.listing import VideoRef
@@ -76,7 +76,7 @@ class ProbeAndPlan:
         key = safe_key(ref.video_id)
         try:
             if ref.is_frame_folder:
-                timeline = frame_folder_timeline(len(ref.frame_uris), self.frame_fps, T_MIN_FRAMES)
+                timeline = frame_folder_timeline(ref.frame_uris, self.frame_fps, T_MIN_FRAMES)
             else:
                 timeline = probe(ref.uri, T_MIN_FRAMES, self.storage_options)
         except Exception as exc:  # an unexpected failure is still one input's failure
@@ -84,6 +84,10 @@ class ProbeAndPlan:
             kind = exc.error_type if isinstance(exc, InputError) else type(exc).__name__
             self._error(ref, key, [(kind, str(exc))])
             return []
+        if ref.stray:
+            names = ", ".join(u.rsplit("/", 1)[-1] for u in ref.stray[:5]) + (" …" if len(ref.stray) > 5 else "")
+            timeline.warnings.append(("ignored_files", f"{len(ref.stray)} files do not follow the numbering of "
+                                                       f"the folder's frames and are not used as frames: {names}"))
         if timeline.warnings:
             self._error(ref, key, timeline.warnings)
         segments = plan_segments(timeline.num_frames, timeline.fps, self.segment_seconds, self.overlap,
@@ -150,8 +154,13 @@ def decode_planned(seg: dict[str, Any], size: int, errors_uri: str,
         return DecodedFrames(np.zeros(0, np.int64), np.zeros(0), np.zeros((0, size, size), np.uint8))
     if decoded.error:
         lost = ", ".join(f"{a + first}-{b + first - 1}" for a, b in decoded.missing) or "none"
-        _segment_error(seg, errors_uri, "decode_failed", f"{decoded.error}; frames not decoded: {lost}",
-                       storage_options)
+        kind, why = "decode_failed", decoded.error
+        if first == 0 and decoded.missing[:1] == [(0, decoded.missing[0][1])] and len(decoded.missing) == 1 \
+                and why == NOT_DECODED and not seg["frame_uris"]:
+            # A recording cut mid-GOP: its first frames refer to a keyframe the file does not hold.
+            kind, why = "starts_mid_gop", (f"the video starts {decoded.missing[0][1]} frames before its "
+                                           "first keyframe (cut mid-GOP); those frames cannot be decoded")
+        _segment_error(seg, errors_uri, kind, f"{why}; frames not decoded: {lost}", storage_options)
     decoded.frame_index = decoded.frame_index + first
     decoded.missing = [(a + first, b + first) for a, b in decoded.missing]
     return decoded

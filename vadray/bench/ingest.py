@@ -41,6 +41,7 @@ import av
 
 from vadray import storage
 from vadray.decode import DECODER_THREADS, GreyScaler
+from vadray.probe import video_stream
 from vadray.exits import EXIT_OK, EXIT_PARTIAL, UsageError
 
 PHASES = ("list", "probe+decode+write", "stats", "rest")
@@ -49,10 +50,11 @@ PHASES = ("list", "probe+decode+write", "stats", "rest")
 # ---------------------------------------------------------------------------- baseline
 
 @contextlib.contextmanager
-def _open_input(uri: str) -> Iterator[Any]:
-    """A local path goes to FFmpeg's own file I/O; anything else through fsspec."""
+def _open_input(uri: str, still: bool = False) -> Iterator[Any]:
+    """A local video goes to FFmpeg's own file I/O; anything else through fsspec (as
+    `vadray.decode` opens them)."""
     fs, path = storage.url_to_fs(uri)
-    if not storage.is_remote(uri):
+    if not storage.is_remote(uri) and not still:
         with av.open(path, mode="r") as container:
             yield container
     else:
@@ -66,13 +68,13 @@ def bare_decode(task: tuple[str, list[str], int]) -> int:
     scaler = GreyScaler(size)
     count = 0
     if frame_uris:
-        for frame_uri in frame_uris:
-            with _open_input(frame_uri) as container:
+        for frame_uri in filter(None, frame_uris):
+            with _open_input(frame_uri, still=True) as container:
                 scaler(next(container.decode(video=0)))
                 count += 1
         return count
     with _open_input(uri) as container:
-        stream = container.streams.video[0]
+        stream = video_stream(container)
         stream.thread_count = DECODER_THREADS  # as vadray.decode.decode_segment
         for frame in container.decode(stream):
             scaler(frame)

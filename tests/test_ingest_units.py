@@ -204,6 +204,34 @@ def test_h264_with_b_frames_in_avi_keeps_the_decoders_frame_order(tmp_path):
         np.testing.assert_array_equal(hit.frames, plain[hit.frame_index])
 
 
+def test_an_avi_cut_before_its_index_keeps_every_frame_in_segments(tmp_path):
+    """A recorder that died before writing the AVI's index: seeks land past their target, so
+    segments decode from the start; with B-frames the labels there are in decode order, which
+    must still be noticed. The header's count shows the cut (~6 of 60 frames), even though AVI
+    counts dropped frames too."""
+    import av
+
+    path = str(tmp_path / "dvr.avi")
+    videos.h264_bframes_avi(path, n=60, gop=10)
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) * 9 // 10])
+    plain = []
+    with av.open(path) as container:
+        for packet in container.demux(video=0):
+            try:
+                plain += [GreyScaler(27)(f) for f in packet.decode()]
+            except av.error.FFmpegError:
+                pass   # the cut last packet
+    timeline = probe(path)
+    assert [kind for kind, _ in timeline.warnings] == ["truncated"]
+    parts = [decode_segment(path, timeline, s.first, s.last, 27) for s in plan_segments(timeline.num_frames, 10, 1.0)]
+    index = np.concatenate([p.frame_index for p in parts])
+    np.testing.assert_array_equal(index, np.arange(len(plain)))
+    # (the last frame is the cut packet's: the decoder conceals what is missing differently
+    # with and without an error from the same bytes)
+    np.testing.assert_array_equal(np.concatenate([p.frames for p in parts])[:-1], np.stack(plain)[:-1])
+
+
 def test_grey_content_is_preserved_across_pixel_formats(tmp_path):
     reference = str(tmp_path / "ref.mkv")
     rgb = str(tmp_path / "rgb.mkv")

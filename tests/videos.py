@@ -243,7 +243,7 @@ def copy_cut_mp4(path: str, n: int = 30) -> None:
     os.remove(source)
 
 
-def h264_bframes_avi(path: str, n: int = 30) -> None:
+def h264_bframes_avi(path: str, n: int = 30, gop: int = 12) -> None:
     """H.264 with B-frames in AVI, which stores no presentation times: FFmpeg labels packets in
     decode order, so the frames come out of the decoder with their labels out of order."""
-    _encode(path, frames(n), "libx264", "yuv420p", "gray", options={"bf": "2", "g": "12"})
+    _encode(path, frames(n), "libx264", "yuv420p", "gray", options={"bf": "2", "g": str(gop)})

@@ -99,7 +99,9 @@ def decode_segment(uri: str, timeline: Timeline, first: int, last: int, size: in
     if by_order:
         error, _ = _decode_pass(uri, want, out, size, storage_options, seek, by_order=True)
     if seek and not out.filled[0] and not error:   # the seek landed after `first`: from the start
-        error, _ = _decode_pass(uri, want, out, size, storage_options, False, by_order)
+        error, backwards = _decode_pass(uri, want, out, size, storage_options, False, by_order)
+        if backwards and not by_order:   # the bad seek hid the decode-order labels (an AVI without index)
+            error, _ = _decode_pass(uri, want, out, size, storage_options, False, True)
     return _collect(out, timeline, first, last, size, error)
 
 

@@ -135,7 +135,7 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
         fps = (pts.shape[0] - 1) / max((pts[-1] - pts[0]) * time_base, 1e-9)
     if not ended:
         last_seconds = last_duration * time_base if last_duration > 0 else (1.0 / fps if fps > 0 else 0.0)
-        short = _shortfall(declared, pts, ticks_all.shape[0], time_base, last_seconds)
+        short = _shortfall(declared, pts, ticks_all.shape[0], time_base, last_seconds, fps)
         if short:
             warnings.append(("truncated", short))
     if pts.shape[0] < ticks_all.shape[0]:
@@ -174,12 +174,8 @@ def _declared_seconds(container, stream, time_base: float) -> float | None:
     return None
 
 
-# AVI's header counts dropped frames (empty index entries), which FFmpeg's demuxer never
-# returns: a capture with a few drops must not read as truncated, a half-copied file must.
-AVI_COUNT_SLACK = 0.25
-
-
-def _shortfall(declared: _Declared, pts: np.ndarray, packets: int, time_base: float, last_seconds: float) -> str:
+def _shortfall(declared: _Declared, pts: np.ndarray, packets: int, time_base: float, last_seconds: float,
+               fps: float) -> str:
     """Why the frames found fall short of what the container declares, or "".
 
     A frame count is compared where the container states one; a duration only where it does
@@ -189,8 +185,13 @@ def _shortfall(declared: _Declared, pts: np.ndarray, packets: int, time_base: fl
     duration (a variable-rate camera may hold its last frame for seconds)."""
     found = pts.shape[0]
     if declared.frames:
-        slack = int(AVI_COUNT_SLACK * declared.frames) if "avi" in declared.format.split(",") else 0
-        if declared.frames - packets > slack:
+        held = packets
+        if "avi" in declared.format.split(",") and fps > 0:
+            # AVI's header counts dropped frames (empty index entries), which the demuxer never
+            # returns but which leave their place in the frame labels: a capture with drops
+            # still reaches its count, a half-copied file stops short of it.
+            held = max(packets, int(round(float(pts[-1]) * time_base * fps)) + 1)
+        if declared.frames - held > 0:
             return (f"the container lists {declared.frames} frames but the file holds {packets} "
                     f"(truncated, or an edit list that trims the video); the {found} found are kept")
         return ""

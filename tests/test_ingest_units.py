@@ -287,6 +287,26 @@ def test_bad_inputs_get_a_reason(tmp_path):
         assert str(info.value)
 
 
+@pytest.mark.parametrize("start_a,start_b,b_frames", [(10.0, 0.0, 0), (0.0, 0.05, 0), (0.0, 0.0, 2)])
+def test_timestamps_that_reset_keep_every_frame_in_file_order(tmp_path, start_a, start_b, b_frames):
+    """`cat a.ts b.ts`: the second recording's timestamps start below where the first's end
+    (at 0 again, half a frame later, or at exactly the same times). Every frame is kept, in
+    file order, whole or in segments, and times run on; a warning row says what was found."""
+    path = str(tmp_path / "joined.ts")
+    videos.concatenated_ts(path, start_a, start_b, b_frames)
+    with av.open(path) as container:
+        plain = np.stack([GreyScaler(27)(f) for f in container.decode(video=0)])
+    timeline = probe(path)
+    assert timeline.num_frames == len(plain) == 40 and len(timeline.piece_offsets) == 2
+    assert [kind for kind, _ in timeline.warnings] == ["timestamps"] and "frame 20" in timeline.warnings[0][1]
+    for seconds in (60, 0.7):
+        parts = [decode_segment(path, timeline, s.first, s.last, 27) for s in plan_segments(40, 10, seconds)]
+        assert not any(p.error for p in parts)
+        np.testing.assert_array_equal(np.concatenate([p.frame_index for p in parts]), np.arange(40))
+        np.testing.assert_array_equal(np.concatenate([p.frames for p in parts]), plain)
+        np.testing.assert_allclose(np.concatenate([p.time_s for p in parts]), np.arange(40) / 10, atol=1e-6)
+
+
 def test_a_cover_picture_is_not_the_video(tmp_path):
     videos.audio_only_mp4(str(tmp_path / "song.mp4"), cover=True)
     with pytest.raises(InputError, match="only a cover picture") as info:

@@ -109,6 +109,20 @@ def audio_only_mp4(path: str, cover: bool = False) -> None:
             container.mux(packet)
 
 
+def concatenated_ts(path: str, start_a: float, start_b: float, b_frames: int = 0, n: int = 20) -> None:
+    """Two MPEG-TS recordings joined byte for byte (`cat a.ts b.ts`, or a camera whose clock
+    reset): the second's timestamps start at `start_b` s, below where the first's end."""
+    tb = fractions.Fraction(1, 90000)
+    pieces = []
+    for k, start in enumerate((start_a, start_b)):
+        piece = f"{path}.{k}.ts"
+        _encode(piece, frames(n, seed=k), "libx264", "yuv420p", "gray", options={"bf": str(b_frames), "g": "10"},
+                pts=[round(start * 90000) + 9000 * i for i in range(n)], time_base=tb)
+        pieces.append(open(piece, "rb").read())
+        os.remove(piece)
+    open(path, "wb").write(b"".join(pieces))
+
+
 def mid_gop_ts(path: str, n: int = 30, cut: int = 4) -> int:
     """An MPEG-TS recording cut mid-GOP: its first `cut` packets (the keyframe among them) are
     gone. Returns how many frames precede the first keyframe it holds."""

@@ -92,9 +92,12 @@ def decode_segment(uri: str, timeline: Timeline, first: int, last: int, size: in
     with B-frames in AVI), and the segment is decoded again placing frames in output order.
     """
     want = timeline.pts[first:last]
-    seek = int(want[0]) > timeline.start_pts   # positions are relative to `timeline`, which may
-    out = _FrameBuffer(last - first, size)      # hold only this segment's frames
-    error, backwards = _decode_pass(uri, want, out, size, storage_options, seek, by_order=False)
+    # Positions are relative to `timeline`, which may hold only this segment's frames. A file
+    # whose timestamps reset has the same timestamps in several places: no seek can tell which.
+    seek = int(want[0]) > timeline.start_pts and not timeline.piece_offsets
+    out = _FrameBuffer(last - first, size)
+    error, backwards = _decode_pass(uri, want, out, size, storage_options, seek, by_order=False,
+                                    piece_offsets=timeline.piece_offsets)
     by_order = backwards
     if by_order:
         error, _ = _decode_pass(uri, want, out, size, storage_options, seek, by_order=True)
@@ -106,10 +109,13 @@ def decode_segment(uri: str, timeline: Timeline, first: int, last: int, size: in
 
 
 def _decode_pass(uri: str, want: np.ndarray, out: "_FrameBuffer", size: int,
-                 storage_options: dict[str, Any] | None, seek: bool, by_order: bool) -> tuple[str, bool]:
+                 storage_options: dict[str, Any] | None, seek: bool, by_order: bool,
+                 piece_offsets: list[int] | None = None) -> tuple[str, bool]:
     """One decode of the frames `want` (timestamps) into `out`: (error, whether the decoder's
     timestamps went backwards). `by_order`: the first frame out is placed by its timestamp,
-    each later one at the next position (timestamps on a uniform grid, as AVI's are)."""
+    each later one at the next position (timestamps on a uniform grid, as AVI's are).
+    `piece_offsets` (`Timeline.piece_offsets`): where the timestamps go back, the decoder's
+    output starts the next piece, whose timestamps are shifted as the probe shifted them."""
     scaler = GreyScaler(size)
     out.clear()
     failures: list[str] = []
@@ -121,10 +127,16 @@ def _decode_pass(uri: str, want: np.ndarray, out: "_FrameBuffer", size: int,
             stream.thread_count = DECODER_THREADS
             previous, pos, anchored_after = None, None, 0
             started = False      # the first frame out anchors the placement, whatever it is
+            piece, raw_previous = 0, None
             for frame in _decode_frames(container, stream, want[0] if seek else None, failures):
                 ts = frame.pts if frame.pts is not None else frame.dts
                 if ts is None:
                     continue
+                if piece_offsets:
+                    if raw_previous is not None and ts < raw_previous:
+                        piece = min(piece + 1, len(piece_offsets) - 1)
+                    raw_previous = ts
+                    ts += piece_offsets[piece]
                 if by_order:
                     if len(failures) != anchored_after:   # a corrupt packet: what the decoder still
                         pos, anchored_after = None, len(failures)  # holds may be damaged; go on

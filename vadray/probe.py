@@ -39,6 +39,9 @@ class Timeline:
     # (error_type, message) of what the probe found wrong but survivable: a truncated file,
     # repeated timestamps. Each becomes an errors row; the frames found are still processed.
     warnings: list[tuple[str, str]] = field(default_factory=list)
+    # Where the stream's timestamps go back (concatenated recordings, a camera's clock reset):
+    # the ticks added to each piece's own, in file order, so that `pts` runs on. Empty: none.
+    piece_offsets: list[int] = field(default_factory=list)
 
     @property
     def num_frames(self) -> int:
@@ -102,7 +105,9 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
         with _open_container(handle, uri) as container:
             stream = video_stream(container)
             ticks: list[int] = []
-            last_ts, last_duration = None, 0  # the latest frame's timestamp and stated duration
+            pieces: list[int] = []            # per packet: how many times the dts went back before it
+            piece, last_dts = 0, None
+            last_duration = 0                 # the last packet's stated duration
             discarded = 0                     # decoded for reference only: an MP4 edit list cuts them
             ended = ""
             try:
@@ -113,9 +118,12 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
                     if packet.is_discard:     # before an edit list's start (a `-ss … -c copy` cut)
                         discarded += 1
                         continue
+                    if packet.dts is not None:   # decode order runs forward, except at a reset
+                        piece += last_dts is not None and packet.dts < last_dts
+                        last_dts = packet.dts
                     ticks.append(int(ts))
-                    if last_ts is None or ts > last_ts:
-                        last_ts, last_duration = int(ts), int(packet.duration or 0)
+                    pieces.append(piece)
+                    last_duration = int(packet.duration or 0)
             except av.error.FFmpegError as exc:
                 ended = f"the stream ended early after {len(ticks)} frames: {exc}"
             ctx = stream.codec_context
@@ -126,8 +134,18 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
             declared = _Declared(max(0, int(stream.frames or 0) - discarded),
                                  _declared_seconds(container, stream, time_base), container.format.name)
     ticks_all = np.asarray(ticks, dtype=np.int64)
-    pts = np.unique(ticks_all)  # presentation order
+    offsets = _piece_offsets(ticks_all, np.asarray(pieces, np.int64), fps, time_base)
     warnings = [("truncated", ended)] if ended else []
+    if offsets:
+        ticks_all = ticks_all + np.asarray(offsets, np.int64)[np.asarray(pieces, np.int64)]
+    pts = np.unique(ticks_all)  # presentation order
+    if offsets:
+        first_reset = int(np.searchsorted(pts, ticks_all[np.asarray(pieces) == 1].min()))
+        warnings.append(("timestamps", f"the timestamps go back {len(offsets) - 1} time(s), first at frame "
+                                       f"{first_reset} (concatenated recordings, or a camera clock reset): "
+                                       "the frames are kept in file order, each reset's times continuing from "
+                                       "the frame before it; such a file is decoded from its start for each "
+                                       "segment"))
     if pts.shape[0] < min_frames:
         raise InputError("too_short", f"only {pts.shape[0]} frames; a volume needs {min_frames}"
                          + (f" ({ended})" if ended else ""))
@@ -143,7 +161,21 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
         warnings.append(("timestamps", f"{repeated} of {ticks_all.shape[0]} frames repeat another "
                                        f"frame's timestamp (a timestamp reset, or duplicated pts); "
                                        f"one frame per timestamp is kept ({repeated} dropped)"))
-    return Timeline(pts, time_base, int(pts[0]), fps, width, height, codec, warnings)
+    return Timeline(pts, time_base, int(pts[0]), fps, width, height, codec, warnings, offsets)
+
+
+def _piece_offsets(ticks: np.ndarray, pieces: np.ndarray, fps: float, time_base: float) -> list[int]:
+    """Ticks to add to each piece (a run of packets between two backward jumps of the decode
+    timestamps) so that each starts one frame after the piece before it ends; [] for one piece."""
+    if ticks.size == 0 or pieces[-1] == 0:
+        return []
+    offsets = [0]
+    for k in range(1, int(pieces[-1]) + 1):
+        before = np.unique(ticks[pieces == k - 1] + offsets[-1])
+        gaps = np.diff(before)
+        step = int(np.median(gaps)) if gaps.size else (max(1, round(1 / (fps * time_base))) if fps > 0 else 1)
+        offsets.append(int(before[-1] + step - ticks[pieces == k].min()))   # a packet starts each piece
+    return offsets
 
 
 @dataclass

@@ -52,7 +52,11 @@ def decode_thumbnail(source_uri: str, frame_index: int, storage_options: dict | 
                 return None   # the folder's numbering skips this frame
             with fs.open(storage.url_to_fs(uri, storage_options)[1], "rb") as f, av.open(f) as container:
                 return _grey(next(container.decode(video=0)), max_side)
-        target = int(probe.probe(source_uri, min_frames=1, storage_options=storage_options).pts[frame_index])
+        timeline = probe.probe(source_uri, min_frames=1, storage_options=storage_options)
+        if timeline.piece_offsets:   # the frame's timestamp is not unique in the file: no seek finds it
+            log.info("no thumbnail for %s frame %d: its timestamps reset", source_uri, frame_index)
+            return None
+        target = int(timeline.pts[frame_index])
         with fs.open(path, "rb") as f, av.open(f) as container:
             stream = probe.video_stream(container)
             container.seek(target, stream=stream, backward=True, any_frame=False)

@@ -41,6 +41,7 @@ SEGMENT_SCHEMA = pa.schema([
     ("first", pa.int64()), ("last", pa.int64()), ("decode_last", pa.int64()), ("pts", pa.list_(pa.int64())),
     ("time_base", pa.float64()), ("start_pts", pa.int64()), ("fps", pa.float64()), ("width", pa.int64()),
     ("height", pa.int64()), ("codec", pa.string()), ("frame_uris", pa.list_(pa.string())),
+    ("piece_offsets", pa.list_(pa.int64())),
 ])
 
 # A work unit: consecutive planned segments that one decode task takes in turn.
@@ -100,7 +101,7 @@ class ProbeAndPlan:
             "pts": timeline.pts[seg.first:seg.decode_last].tolist(), "time_base": timeline.time_base,
             "start_pts": timeline.start_pts, "fps": timeline.fps,
             "width": timeline.width, "height": timeline.height, "codec": timeline.codec,
-            "frame_uris": ref.frame_uris[seg.first:seg.decode_last],
+            "frame_uris": ref.frame_uris[seg.first:seg.decode_last], "piece_offsets": timeline.piece_offsets,
         } for seg in segments]
 
     def segment_rows(self, batch: pa.Table) -> pa.Table:
@@ -141,7 +142,8 @@ def decode_planned(seg: dict[str, Any], size: int, errors_uri: str,
     first, last = seg["first"], seg["decode_last"]
     # A timeline holding only this segment's frames; positions shift back by `first`.
     timeline = Timeline(np.asarray(seg["pts"], np.int64), seg["time_base"], seg["start_pts"],
-                        seg["fps"], seg["width"], seg["height"], seg["codec"])
+                        seg["fps"], seg["width"], seg["height"], seg["codec"],
+                        piece_offsets=list(seg["piece_offsets"] or []))
     try:
         if seg["frame_uris"]:
             decoded = decode_frame_files(seg["frame_uris"], timeline, 0, last - first, size, storage_options)

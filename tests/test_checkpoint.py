@@ -10,13 +10,19 @@ import torch
 import vadray
 from vadray import checkpoint
 from vadray.models import build, spec
+from vadray.preprocess import NormStats
 
 TINY = {"encoder_channels": [8, 4], "lstm_channels": [4, 4, 4]}
 
 
-def _card(model) -> dict:
+def _stats(size: int = 27) -> dict:
+    return NormStats(size=size, num_frames=10, mean_image=np.full((size, size), 0.5, np.float32), std=0.2,
+                     pixel_mean=0.5, pixel_std=0.2).to_dict()
+
+
+def _card(model, model_id: str | None = None) -> dict:
     return {"model": spec(model), "input": {"size": 27, "T": 10, "strides": [1, 2, 3], "hop": 1},
-            "model_id": checkpoint.model_id("convlstm_ae", model.state_dict())}
+            "norm_stats": _stats(), "model_id": model_id or checkpoint.model_id(model.name, model.state_dict())}
 
 
 def test_final_folder_round_trip_through_load_model(tmp_path):
@@ -68,21 +74,80 @@ def test_a_card_whose_model_id_is_not_its_weights_is_refused(tmp_path):
     good = checkpoint.model_id("conv_ae", model.state_dict())
     for bad, says in (("conv_ae-x/" + "../" * 6 + "tmp/escaped", "is not <model>-<12 hex digits>"),
                       ("conv_ae-0123456789ab", "is not the id of the weights")):
-        checkpoint.save(str(tmp_path / "final"), model.state_dict(), {"model": spec(model), "model_id": bad})
+        checkpoint.save(str(tmp_path / "final"), model.state_dict(), _card(model, bad))
         with pytest.raises(ValueError, match=says):
             vadray.load_model(str(tmp_path))
-    checkpoint.save(str(tmp_path / "final"), model.state_dict(), {"model": spec(model), "model_id": good})
+    checkpoint.save(str(tmp_path / "final"), model.state_dict(), _card(model, good))
     assert vadray.load_model(str(tmp_path))[1]["model_id"] == good
     card = json.loads((tmp_path / "final" / "card.json").read_text())
     assert checkpoint.read_card(str(tmp_path)) == card
+
+
+@pytest.mark.parametrize("edit,says", [
+    (lambda c: c.pop("norm_stats"), "norm_stats cannot be read"),
+    (lambda c: c["norm_stats"].update(mean_image_f32_b64="!!"), "norm_stats cannot be read"),
+    (lambda c: c["norm_stats"].update(std=float("nan")), "norm_stats cannot be read"),
+    (lambda c: c["input"].update(size=35), "norm_stats are for 27×27 frames"),
+    (lambda c: c["input"].update(size=28), "S = 11 \\+ 8k"),
+    (lambda c: c["input"].update(T=0), "T >= 1"),
+    (lambda c: c["input"].update(T="ten"), "integer size and T"),
+    (lambda c: c.pop("input"), "integer size and T"),
+    (lambda c: c.update(model=["convlstm_ae"]), "is not {name, params}"),
+])
+def test_a_hand_edited_card_is_one_clear_error_before_any_work(tmp_path, edit, says):
+    """Score's model actors and the report read these fields: a damaged card was a traceback
+    inside an actor, long after the job started (training review)."""
+    from vadray.exits import UsageError
+
+    model = build("convlstm_ae", **TINY)
+    card = _card(model)
+    edit(card)
+    checkpoint.save(str(tmp_path / "final"), model.state_dict(), card)
+    with pytest.raises(UsageError, match=says):
+        checkpoint.load_for_job(str(tmp_path))
+
+
+def test_a_card_that_is_not_an_object_and_nan_weights_are_refused(tmp_path):
+    from vadray.exits import UsageError
+
+    model = build("convlstm_ae", **TINY)
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "card.json").write_text("[1, 2]")
+    (tmp_path / "final" / "model.pt").write_bytes(checkpoint.weights_to_bytes(model.state_dict()))
+    with pytest.raises(UsageError, match="not a JSON object"):
+        checkpoint.load_for_job(str(tmp_path))
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("nan")
+    checkpoint.save(str(tmp_path / "final"), model.state_dict(), _card(model))   # its own id: only NaN is wrong
+    with pytest.raises(UsageError, match="NaN or infinite weights"):
+        checkpoint.load_for_job(str(tmp_path))
+
+
+def test_a_card_is_strict_json_even_after_a_diverged_epoch(tmp_path):
+    model = build("convlstm_ae", **TINY)
+    card = dict(_card(model), history=[{"epoch": 1, "val_loss": 0.5}, {"epoch": 2, "val_loss": float("nan")}])
+    checkpoint.save(str(tmp_path / "final"), model.state_dict(), card)
+    text = (tmp_path / "final" / "card.json").read_text()
+    assert "NaN" not in text and json.loads(text)["history"][1]["val_loss"] is None
+
+
+def test_a_non_finite_loss_ends_training_at_once_and_never_counts_as_best():
+    from vadray.steps import end_of_epoch, fresh_state
+
+    state = fresh_state()
+    end_of_epoch(state, 1, 0.5, patience=10)
+    end_of_epoch(state, 2, float("nan"), patience=10)
+    assert (state["best_epoch"], state["stopped"]) == (1, "diverged")
+    state = fresh_state()
+    end_of_epoch(state, 1, float("inf"), patience=10)
+    assert (state["best_epoch"], state["stopped"]) == (0, "diverged")
 
 
 def test_round_trip_on_s3(s3_bucket):
     bucket, options = s3_bucket
     model = build("conv_ae", channels=[8, 4, 4])
     uri = f"s3://{bucket}/models/cam1"
-    card = {"model": spec(model), "model_id": checkpoint.model_id("conv_ae", model.state_dict())}
-    checkpoint.save(f"{uri}/final", model.state_dict(), card, options)
+    checkpoint.save(f"{uri}/final", model.state_dict(), _card(model), options)
     loaded, card = vadray.load_model(uri, storage_options=options)
     assert card["model"]["name"] == "conv_ae"
     for key, value in model.state_dict().items():

@@ -85,7 +85,19 @@ def save(folder_uri: str, state_dict: dict, card: dict, storage_options: dict | 
     fs, path = storage.url_to_fs(folder_uri, storage_options)
     fs.makedirs(path, exist_ok=True)
     fs.pipe_file(f"{path}/{MODEL_FILE}", weights_to_bytes(state_dict))
-    fs.pipe_file(f"{path}/{CARD_FILE}", json.dumps(card, indent=2, sort_keys=False).encode())
+    # Strict JSON: a diverged epoch's NaN loss is written as null, never as a bare NaN
+    fs.pipe_file(f"{path}/{CARD_FILE}", json.dumps(finite_or_none(card), indent=2, allow_nan=False).encode())
+
+
+def finite_or_none(value):
+    """`value` with every NaN or infinite float replaced by None (JSON's null)."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
 
 
 def _checkpoint_folder(fs, path: str) -> str:
@@ -105,10 +117,30 @@ MODEL_ID = re.compile(r"[a-z0-9_]+-[0-9a-f]{12}")
 
 
 def _checked_card(card: dict) -> dict:
-    """The model id names the output files of every video scored: it must be `<model>-<12 hex>`,
-    never a path (a crafted card wrote outside OUTPUT)."""
+    """What every job reads from a card, checked once where it is loaded, so that a hand-edited
+    or damaged card is one clear error and not a traceback inside a model actor. The model id
+    names the output files of every video scored: it must be `<model>-<12 hex>`, never a path
+    (a crafted card wrote outside OUTPUT)."""
+    from vadray.models import check_size
+    from vadray.preprocess import NormStats
+
+    if not isinstance(card, dict):
+        raise ValueError("card.json is not a JSON object")
     if not isinstance(card.get("model_id"), str) or not MODEL_ID.fullmatch(card["model_id"]):
         raise ValueError(f"card.json's model_id {str(card.get('model_id'))[:80]!r} is not <model>-<12 hex digits>")
+    model, given = card.get("model"), card.get("input")
+    if not isinstance(model, dict) or not isinstance(model.get("params"), dict):
+        raise ValueError("card.json's model is not {name, params}")
+    if not isinstance(given, dict) or not all(type(given.get(k)) is int for k in ("size", "T")) or given["T"] < 1:
+        raise ValueError(f"card.json's input {str(given)[:80]} needs an integer size and T >= 1")
+    check_size(str(model.get("name")), given["size"])
+    try:
+        stats = NormStats.from_dict(card["norm_stats"])
+    except (KeyError, TypeError, ValueError) as exc:   # missing, bad base64, a wrong shape
+        raise ValueError(f"card.json's norm_stats cannot be read: {type(exc).__name__}: {exc}") from None
+    if stats.size != given["size"]:
+        raise ValueError(f"card.json's norm_stats are for {stats.size}×{stats.size} frames, its input for "
+                         f"{given['size']}×{given['size']}")
     return card
 
 
@@ -126,6 +158,8 @@ def load_model(path: str, storage_options: dict | None = None) -> tuple[nn.Modul
     card = _checked_card(json.loads(fs.cat_file(f"{folder}/{CARD_FILE}")))
     model = build(card["model"]["name"], **card["model"]["params"])
     model.load_state_dict(weights_from_bytes(fs.cat_file(f"{folder}/{MODEL_FILE}")))
+    if not all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()):
+        raise ValueError(f"{MODEL_FILE} holds NaN or infinite weights (a training run that diverged)")
     if model_id(card["model"]["name"], model.state_dict()) != card["model_id"]:
         raise ValueError(f"card.json's model_id {card['model_id']} is not the id of the weights in {MODEL_FILE}")
     return model.eval(), card
@@ -141,7 +175,8 @@ def load_for_job(path: str, storage_options: dict | None = None) -> tuple[nn.Mod
 
     try:
         return load_model(path, storage_options)
-    except (FileNotFoundError, OSError, ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as exc:
+    except (FileNotFoundError, OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError,
+            pickle.UnpicklingError) as exc:
         raise UsageError(f"cannot read checkpoint {path!r}: {type(exc).__name__}: {exc}") from None
 
 

@@ -10,7 +10,7 @@ import importlib
 import logging
 import sys
 
-from vadray.exits import EXIT_INTERRUPTED, EXIT_USAGE, UsageError
+from vadray.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, JobFailed, UsageError
 
 COMMANDS = {
     "synth": ("vadray.synth", "generate a synthetic fixed-camera archive (H.264 MP4 + frame labels)"),
@@ -61,7 +61,8 @@ def _top_help() -> str:
              "Semi-supervised video anomaly detection over video archives, on Ray.", "", "commands:"]
     lines += [f"  {name:<10} {summary}" for name, (_, summary) in COMMANDS.items()]
     lines += ["", "exit status: 0 all inputs processed, 3 finished but some inputs failed (see errors/),",
-              "             2 bad arguments or unreachable input, 130 interrupted (Ctrl-C)"]
+              "             2 bad arguments or unreachable input, 1 the job failed (e.g. training diverged),",
+              "             130 interrupted (Ctrl-C)"]
     return "\n".join(lines)
 
 
@@ -90,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"vadray {command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except JobFailed as exc:
+        print(f"vadray {command}: failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:   # Ctrl-C: a short line, not Ray's traceback; finished work is kept
         print(f"vadray {command}: interrupted. {RESUME_HINT.get(command, 'Run it again.')}", file=sys.stderr)
         return EXIT_INTERRUPTED

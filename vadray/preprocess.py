@@ -148,8 +148,14 @@ class NormStats:
 
     @classmethod
     def from_dict(cls, d: dict) -> "NormStats":
+        """Raises ValueError (KeyError, TypeError) for statistics no model could use: every
+        input is divided by `std`, so a NaN there makes every loss and score NaN. (A zero std,
+        footage that never changes, is floored where it divides: `steps.normalize`.)"""
         size = int(d["size"])
         mean = np.frombuffer(base64.b64decode(d["mean_image_f32_b64"]), dtype="<f4").reshape(size, size)
-        return cls(size=size, num_frames=int(d["num_frames"]), mean_image=mean.astype(np.float32),
-                   std=float(d["std"]), pixel_mean=float(d["pixel_mean"]), pixel_std=float(d["pixel_std"]))
+        stats = cls(size=size, num_frames=int(d["num_frames"]), mean_image=mean.astype(np.float32),
+                    std=float(d["std"]), pixel_mean=float(d["pixel_mean"]), pixel_std=float(d["pixel_std"]))
+        if not (np.isfinite(stats.std) and stats.std >= 0 and np.isfinite(stats.mean_image).all()):
+            raise ValueError(f"normalisation statistics with std {stats.std} or a non-finite mean image")
+        return stats
 

@@ -48,13 +48,16 @@ def frame_sums(batches, reconstruct, T: int, grid: int | None = None, motion: bo
 
 def end_of_epoch(state: dict, epoch: int, selection_loss: float, patience: int) -> None:
     """Early stopping: remember the best epoch; stop after `patience` epochs without a better
-    selection (validation) loss. A tie is no improvement; a NaN loss never improves."""
+    selection (validation) loss. A tie is no improvement; a NaN loss never improves, and stops
+    the run at once ("diverged": no later epoch can recover from NaN weights)."""
     if selection_loss < state["best_loss"]:
         state.update(best_loss=selection_loss, best_epoch=epoch, bad_epochs=0)
     else:
         state["bad_epochs"] += 1
     state["epoch"] = epoch
-    if state["bad_epochs"] >= patience:
+    if not math.isfinite(selection_loss):
+        state["stopped"] = "diverged"
+    elif state["bad_epochs"] >= patience:
         state["stopped"] = "early_stop"
 
 

@@ -171,6 +171,9 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
     """
     if workers < 1 or epochs < 1 or batch_size < 1 or patience < 1 or hop < 1 or lr <= 0:
         raise UsageError("--workers, --epochs, --batch-size, --patience, --hop and --lr must be positive")
+    if batch_size % workers:   # each worker takes batch_size // workers: the card must say what was trained
+        raise UsageError(f"--batch-size {batch_size} does not split evenly over {workers} workers: use a "
+                         f"multiple of {workers} (e.g. {batch_size - batch_size % workers or workers})")
     settings = {"shards": storage.absolute(shards), "model": model, "model_params": model_params or {},
                 "epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience, "strides": list(strides),
                 "hop": hop, "val_fraction": val_fraction, "seed": seed, "T": T_DEFAULT, "select": select}

@@ -11,6 +11,7 @@ synthetic) and the latest, which is what a restarted worker group
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -23,8 +24,11 @@ import torch
 
 from vadray import storage
 from vadray.checkpoint import MODEL_FILE, unwrap
+from vadray.exits import JobFailed
 from vadray.pasted import PASTES
 from vadray.steps import end_of_epoch, fresh_state, reconstruct, selection_value, validation_pass
+
+log = logging.getLogger("vadray.train")
 
 RUN_NAME = "run"
 STATE_FILE = "state.json"
@@ -188,7 +192,9 @@ def train_loop_per_worker(config: dict) -> None:
         end_of_epoch(state, epoch, selection, settings["patience"])
         metrics = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                    "synthetic_auc": synthetic_auc,
-                   "selection_loss": selection, "best_epoch": state["best_epoch"],
+                   # Ray ranks checkpoints by it: a NaN would upset the ranking, +inf ranks last
+                   "selection_loss": selection if math.isfinite(selection) else math.inf,
+                   "best_epoch": state["best_epoch"],
                    "train_volumes": n_train, "epoch_seconds": seconds,
                    "volumes_per_s": n_train / seconds if seconds > 0 else None, "step": state["step"]}
         if rank == 0:
@@ -198,7 +204,8 @@ def train_loop_per_worker(config: dict) -> None:
             _say(f"[vadray train] epoch {epoch}/{settings['epochs']} train_loss {train_loss:.5f} "
                  f"val_loss {val_text} best epoch {state['best_epoch']} "
                  f"{n_train} volumes in {seconds:.1f} s ({metrics['volumes_per_s']:.1f}/s)"
-                 + (" early stop" if state["stopped"] else ""))
+                 + {"early_stop": " early stop", "diverged": " diverged (the loss is not finite)"}.get(
+                     state["stopped"] or "", ""))
         _report(metrics, state, model, optimizer, rank)
 
 
@@ -270,5 +277,11 @@ def run_trainer(info, train_videos, val_videos, *, model_spec: dict, settings: d
     state = json.loads(_read_checkpoint(result.checkpoint, STATE_FILE))
     if not finished(state, settings["epochs"]):
         raise KeyboardInterrupt
+    if state["best_epoch"] == 0:
+        raise JobFailed(f"training diverged: the loss was not finite from epoch 1 on ({state['history'][-1]}); "
+                        "check the statistics of the shards (stats/stats.json) or lower --lr. Nothing was saved")
+    if state["stopped"] == "diverged":
+        log.warning("the loss stopped being finite at epoch %d: training ended there and keeps epoch %d",
+                    state["epoch"], state["best_epoch"])
     return {"state": state, "best_metrics": best_metrics,
             "best_weights": _read_checkpoint(best_checkpoint, MODEL_FILE)}

@@ -87,7 +87,10 @@ def discover(shards_uri: str, storage_options: dict | None = None) -> Shards:
     if not fs.exists(stats_path):
         raise UsageError(f"no normalisation statistics at {stats_uri}: run `vadray ingest` first")
     stats_doc = json.loads(fs.cat_file(stats_path))
-    stats = NormStats.from_dict(stats_doc)
+    try:
+        stats = NormStats.from_dict(stats_doc)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"{stats_uri} cannot be used: {type(exc).__name__}: {exc} (ingest again)") from None
     pa_fs, clips_path = storage.pyarrow_fs(clips_uri, storage_options)
     try:
         dataset = pads.dataset(clips_path, filesystem=pa_fs, format="parquet", partitioning="hive")

@@ -86,4 +86,4 @@ def parse_strides(text: str) -> list[int]:
         raise UsageError(f"--strides must be comma-separated integers, got {text!r}") from None
     if not values or min(values) < 1:
         raise UsageError(f"--strides must be positive integers, got {text!r}")
-    return values
+    return sorted(set(values))   # "1,1" is stride 1 once: each volume is trained on once per epoch

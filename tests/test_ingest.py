@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pyarrow.dataset as pads
@@ -60,6 +61,16 @@ def test_ingest_local_archive_tiles_videos_and_reruns_idempotently(ray_session, 
     assert len(read_clips(out).pipe(lambda c: c[c.video_id == "video001"]).pipe(
         lambda c: np.concatenate([np.arange(s, s + n) for s, n in zip(c.start_frame, c.num_frames)]))) == 30
     assert read_stats(out).num_frames == 60  # replaced, not duplicated
+
+    # a same-named sibling makes video001.mp4 keep its extension: its shards under the old id go
+    # (backfill review: the footage was in the shards and the statistics twice)
+    src = tmp_path / "src"
+    shutil.copytree(synth_archive, src)
+    shutil.copy(src / "video002.mp4", src / "video001.mkv")
+    renamed = run_ingest(str(src), out, camera="lobby", size=TEST_SIZE)
+    assert renamed.frames == 90 and read_stats(out).num_frames == 90
+    assert read_clips(out).groupby("video_id").num_frames.sum().to_dict() == {
+        "video001.mp4": 30, "video001.mkv": 30, "video002": 30}
 
 
 def test_stats_cover_every_video_in_output_across_runs(ray_session, synth_archive, synth_test_archive,

@@ -302,6 +302,51 @@ def test_a_file_replaced_by_a_broken_one_loses_its_old_rows_and_its_restoration_
     assert read_table(out, "frames").groupby("video_id").size().to_dict() == {f"test00{i}": 30 for i in (1, 2, 3)}
 
 
+def test_partly_scored_and_renamed_videos_never_leave_rows_of_gone_footage(ray_session, trained_checkpoint,
+                                                                            synth_test_archive, tmp_path, capsys,
+                                                                            caplog):
+    """Backfill review: a video with a decode gap (no 'done' marker) kept its rows when its file
+    changed, even into one that fails, and another file with its id was not refused; a new
+    `a.mkv` beside `a.mp4` made the same footage appear under two ids; a rerun forgot the
+    failures of the videos it skipped and exited 0."""
+    import videos
+    from vadray.synth import write_video
+
+    day = tmp_path / "src" / "2024-05-01"
+    day.mkdir(parents=True)
+    videos.corrupt_packet_mp4(str(day / "hit.mp4"), n=40, bad=15)      # frames 15-19 do not decode
+    shutil.copy(synth_test_archive / "test001.mp4", day / "a.mp4")
+    videos.truncated(str(day / "cut.mkv"))                              # scored whole, with a warning row
+    out = str(tmp_path / "out")
+    ckpt = ["--checkpoint", str(trained_checkpoint)]
+    assert main(["score", str(tmp_path / "src"), out, *ckpt]) == 3
+    first = capsys.readouterr().out
+    assert "2 failed" in first and set(read_table(out, "frames").video_id) == {f"2024-05-01/{v}" for v in
+                                                                              ("hit", "a", "cut")}
+    assert main(["score", str(tmp_path / "src"), out, *ckpt]) == 3       # the same failures, the same status
+    assert "(2 already done, 2 failed)" in capsys.readouterr().out
+
+    (day / "hit.mp4").write_text("not a video any more")
+    assert main(["score", str(tmp_path / "src"), out, *ckpt]) == 3
+    assert "2024-05-01/hit" not in set(read_table(out, "frames").video_id)   # no rows of footage that is gone
+
+    write_video(str(day / "a.mkv"), videos.frames(20, seed=5), codec="libx264")
+    assert main(["score", str(tmp_path / "src"), out, *ckpt]) == 3
+    assert "now keep their extension" in caplog.text and "'2024-05-01/a' is now '2024-05-01/a.mkv'" in caplog.text
+    counts = read_table(out, "frames").groupby("video_id").size().to_dict()
+    assert {k: v for k, v in counts.items() if "/a" in k} == {"2024-05-01/a.mp4": 30, "2024-05-01/a.mkv": 20}
+
+    # a partly scored day-folder video and another day's file with its id: refused, not replaced
+    for name in ("d1", "d2"):
+        (tmp_path / name).mkdir()
+    videos.corrupt_packet_mp4(str(tmp_path / "d1" / "0900.mp4"), n=40, bad=15)
+    shutil.copy(synth_test_archive / "test002.mp4", tmp_path / "d2" / "0900.mp4")
+    days = str(tmp_path / "days")
+    assert main(["score", str(tmp_path / "d1"), days, *ckpt]) == 3
+    assert main(["score", str(tmp_path / "d2"), days, *ckpt]) == 2
+    assert "scored from other files: '0900'" in capsys.readouterr().err
+
+
 def test_bad_arguments_exit_2(tmp_path, trained_checkpoint, synth_test_archive, capsys):
     assert main(["score", str(synth_test_archive), str(tmp_path / "o"), "--checkpoint", str(tmp_path)]) == 2
     assert "cannot read checkpoint" in capsys.readouterr().err
@@ -447,14 +492,14 @@ def test_a_months_rerun_lists_only_that_months_markers(s3_bucket, monkeypatch):
     import s3fs
 
     from vadray.listing import VideoRef
-    from vadray.manifest import mark_done, previous_scoring
+    from vadray.manifest import mark_scored, previous_scoring
 
     bucket, options = s3_bucket
     out = f"s3://{bucket}/scores"
     refs = {month: [VideoRef(f"cam/2024-{month}-0{d}/0900", f"s3://{bucket}/a/{month}{d}.mp4", 10)
                     for d in (1, 2)] for month in ("04", "05")}
     for ref in refs["04"] + refs["05"][:1]:
-        mark_done(out, "lobby", ref.video_id, ref.identity(), "m1", ref.uri, options)
+        mark_scored(out, "lobby", ref.video_id, ref.identity(), "m1", ref.uri, True, options)
     fs = s3fs.S3FileSystem(**options)
     fs.invalidate_cache()
     listed = []

@@ -125,14 +125,21 @@ def _clip_cameras(output: str, storage_options: dict[str, Any]) -> list[str]:
 
 
 def _clear_previous(output: str, camera: str, refs: list[VideoRef], storage_options: dict[str, Any]) -> None:
-    """Idempotent reruns: an input's old shards and error rows go before its new ones arrive."""
+    """Idempotent reruns: an input's old shards and error rows go before its new ones arrive.
+    So do those of an id a file had before a same-named sibling made it keep its extension
+    (`a` before `a.mkv` came beside `a.mp4`): the same footage must not be in the shards twice."""
     fs, root = storage.url_to_fs(output, storage_options)
-    for ref in refs:
+    ids = {r.video_id for r in refs}
+    renamed = sorted({r.stem_id for r in refs if r.stem_id and r.stem_id not in ids})
+    for video_id in [*ids, *renamed]:
         for folder in ("clips", "stats/parts"):
-            previous = f"{root}/{folder}/video_key={safe_key(ref.video_id)}"
+            previous = f"{root}/{folder}/video_key={safe_key(video_id)}"
             if fs.exists(previous):
                 fs.rm(previous, recursive=True)
-    clear_errors(storage.join(output, "errors"), camera, [r.video_id for r in refs], storage_options)
+                if video_id in renamed and folder == "clips":
+                    log.warning("the shards of video %r were removed: its file is now ingested under an id "
+                                "with its extension, since a file of the same name sits beside it", video_id)
+    clear_errors(storage.join(output, "errors"), camera, [*ids, *renamed], storage_options)
 
 
 def run_ingest(source: str, output: str, *, camera: str = "default", size: int = 227,

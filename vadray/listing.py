@@ -36,6 +36,7 @@ class VideoRef:
     mtime: str = ""               # modification time as text
     frame_uris: list[str] = field(default_factory=list)   # by frame index; "" where the numbering skips one
     stray: list[str] = field(default_factory=list)        # files in a frame folder that are not its frames
+    stem_id: str = ""     # the id it would have alone, where a same-named sibling made it keep its extension
 
     @property
     def is_frame_folder(self) -> bool:
@@ -180,5 +181,6 @@ def _unique_ids(videos: list[VideoRef]) -> list[VideoRef]:
         counts[v.video_id] = counts.get(v.video_id, 0) + 1
     for v in videos:
         if counts[v.video_id] > 1 and not v.is_frame_folder:
+            v.stem_id = v.video_id
             v.video_id += posixpath.splitext(v.uri)[1]      # the extension as the file spells it
     return videos

@@ -1,10 +1,12 @@
 """What a rerun of `vadray score` skips, replaces or refuses.
 
-A finished video leaves a marker under OUTPUT/manifest/camera=<camera>/, named by its video
+A scored video leaves a marker under OUTPUT/manifest/camera=<camera>/, named by its video
 key, the model, and a digest of its content identity (URI, size, ETag or mtime) and of the
-frames table's version; the marker holds the source URI. One listing of a camera's markers
-then tells, for every video of a run, whether it is done, whether its file changed (its old
-rows go before it is scored again), or whether another file claims its id (refused).
+frames table's version, ending `.done` when every frame got a score and `.partial` when some
+did not (a decode gap); the marker holds the source URI. One listing of a camera's markers
+then tells, for every video of a run, whether it is done, whether its file changed, or
+whether another file claims its id (refused). Before a video is scored its old rows go, so a
+failure never leaves rows of footage that is gone.
 """
 from __future__ import annotations
 
@@ -35,12 +37,13 @@ def video_date(ref: VideoRef) -> str:
 FRAMES_VERSION = 4
 
 
-def manifest_marker(camera: str, video_id: str, identity: str, model_id: str) -> str:
-    """A finished video's marker path under manifest/: keyed by the camera (two cameras' archives may
-    hold the same file names), the video's content identity, the model and the frames-table
-    version, not by task rank."""
+def manifest_marker(camera: str, video_id: str, identity: str, model_id: str, complete: bool = True) -> str:
+    """A scored video's marker path under manifest/: keyed by the camera (two cameras' archives
+    may hold the same file names), the video's content identity, the model and the frames-table
+    version, not by task rank. Only a `.done` marker makes a rerun skip the video; a `.partial`
+    one keeps its URI known (a file that changed, or another file with its id)."""
     digest = hashlib.sha1(f"{identity}|frames={FRAMES_VERSION}".encode()).hexdigest()[:12]
-    return f"camera={camera}/{safe_key(video_id)}.{model_id}.{digest}.done"
+    return f"camera={camera}/{safe_key(video_id)}.{model_id}.{digest}.{'done' if complete else 'partial'}"
 
 
 def scores_file(camera: str, date: str, video_key: str, model_id: str) -> str:
@@ -48,13 +51,13 @@ def scores_file(camera: str, date: str, video_key: str, model_id: str) -> str:
     return f"camera={camera}/date={date}/{video_key}.{model_id}.parquet"
 
 
-def mark_done(output: str, camera: str, video_id: str, identity: str, model_id: str, uri: str,
-              storage_options: dict[str, Any]) -> None:
+def mark_scored(output: str, camera: str, video_id: str, identity: str, model_id: str, uri: str,
+                complete: bool, storage_options: dict[str, Any]) -> None:
     """The marker holds the source URI: a later run can tell a changed file from another
-    file that maps to the same video id. A marker of older content was removed when the run
+    file that maps to the same video id. The video's older markers were removed when the run
     began (`drop_previous`), so nothing is listed here: one write per video at any scale."""
     fs, root = storage.url_to_fs(storage.join(output, "manifest"), storage_options)
-    marker = manifest_marker(camera, video_id, identity, model_id)
+    marker = manifest_marker(camera, video_id, identity, model_id, complete)
     storage.make_parent(fs, f"{root}/{marker}", output)
     fs.pipe_file(f"{root}/{marker}", uri.encode())
 
@@ -64,9 +67,10 @@ class Previous:
     """What this camera's markers say about a run's videos, for one model."""
 
     done: set[str] = field(default_factory=set)                  # finished with this content
-    uris: dict[str, str] = field(default_factory=dict)           # finished before with other content: its URI
+    uris: dict[str, str] = field(default_factory=dict)           # scored before, not done now: its URI
     markers: dict[str, list[str]] = field(default_factory=dict)  # … and those markers' paths
     stale: list[str] = field(default_factory=list)               # older markers beside a current one
+    done_markers: dict[str, str] = field(default_factory=dict)   # the done videos' own markers (--force)
 
 
 def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: str,
@@ -88,7 +92,7 @@ def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: s
         return Previous()
     present = [name for name in present if name.startswith(prefix)]
     by_video: dict[str, list[str]] = {}
-    for name in present:                      # <key>.<model_id>.<digest>.done
+    for name in present:                      # <key>.<model_id>.<digest>.done|partial
         by_video.setdefault(name.rsplit(".", 2)[0], []).append(name)
     found = Previous()
     for ref in refs:
@@ -96,6 +100,7 @@ def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: s
         older = by_video.get(marker.rsplit(".", 2)[0], [])
         if marker in older:
             found.done.add(ref.video_id)
+            found.done_markers[ref.video_id] = f"{root}/{marker}"
             found.stale += [f"{root}/{name}" for name in older if name != marker]
         elif older:
             found.markers[ref.video_id] = [f"{root}/{name}" for name in older]
@@ -128,14 +133,17 @@ def check_same_files(camera: str, refs: list[VideoRef], previous: dict[str, str]
 
 def drop_previous(output: str, camera: str, refs: list[VideoRef], model_id: str, previous: Previous,
                   storage_options: dict[str, Any]) -> None:
-    """Rows and markers of videos whose file changed go before they are scored again: if the
-    new content fails, the tables must not keep scores of footage that is gone. One bulk
-    delete (an object store ignores keys that are not there)."""
+    """Rows and markers of the videos about to be scored go first: if the new content fails
+    (a file that changed, or a partial one that now fails earlier), the tables must not keep
+    scores of footage that is gone. One bulk delete (an object store ignores keys that are not
+    there)."""
     fs, root = storage.url_to_fs(output, storage_options)
     paths = list(previous.stale)
     for ref in refs:
         name = scores_file(camera, video_date(ref), safe_key(ref.video_id), model_id)
         paths += [f"{root}/frames/{name}", f"{root}/events/{name}", *previous.markers.get(ref.video_id, [])]
+        if ref.video_id in previous.done_markers:   # --force: a rescore that fails must not stay "done"
+            paths.append(previous.done_markers[ref.video_id])
     if not storage.is_remote(output):
         paths = [p for p in paths if fs.exists(p)]
     try:
@@ -145,3 +153,21 @@ def drop_previous(output: str, camera: str, refs: list[VideoRef], model_id: str,
         existing = [p for p in paths if fs.exists(p)]
         if existing:
             fs.rm(existing)
+
+
+def drop_renamed(output: str, camera: str, refs: list[VideoRef], model_id: str,
+                 storage_options: dict[str, Any]) -> list[str]:
+    """Ids this model scored that are now another id of the same file: a new `a.mkv` beside
+    `a.mp4` makes both keep their extension (`listing._unique_ids`), so the rows of `a` (from
+    a.mp4, or from a file that is gone) would stay beside `a.mp4`'s, the same footage twice.
+    Their rows and markers go; the ids are returned for the log."""
+    ids = {r.video_id for r in refs}   # a frame folder `a/` keeps the id `a`: its rows stay
+    olds = {r.stem_id: VideoRef(r.stem_id, r.uri) for r in refs if r.stem_id and r.stem_id not in ids}
+    if not olds:
+        return []
+    fs, root = storage.url_to_fs(storage.join(output, "manifest", f"camera={camera}"), storage_options)
+    markers = {vid: fs.glob(f"{root.rstrip('/')}/{safe_key(vid)}.{model_id}.*") for vid in olds}
+    markers = {vid: paths for vid, paths in markers.items() if paths}
+    drop_previous(output, camera, [olds[vid] for vid in markers], model_id, Previous(markers=markers),
+                  storage_options)
+    return sorted(markers)

@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 
 from vadray import storage
-from vadray.errors import JobSummary, error_row, safe_key, write_errors
+from vadray.errors import JobSummary, clear_errors, error_row, read_errors, safe_key, write_errors
 from vadray.events import EVENT_SCORES, PERSISTENCE_DEFAULT, WINDOW_DEFAULT, EventSettings
 from vadray.exits import UsageError
 from vadray.listing import check_camera, list_videos
-from vadray.manifest import check_same_files, drop_previous, previous_scoring, video_date
+from vadray.manifest import check_same_files, drop_previous, drop_renamed, previous_scoring, video_date
 from vadray.score_stages import AssembleVideo, ScoreVolumes, VideoRows, VolumeRows, score_segment_plan
 from vadray.scoring import GRID_DEFAULT, SCORE_HOP, calibrate
 from vadray.stages import add_decode_options
@@ -175,7 +175,6 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     import ray
     from ray.data import ActorPoolStrategy
 
-    from vadray.errors import clear_errors, read_errors
     from vadray.raylib import ensure_ray, require_room
     from vadray.stages import ProbeAndPlan
 
@@ -205,8 +204,14 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
         check_same_files(camera, refs, previous.uris)
     done = set() if force else previous.done
     todo = [r for r in refs if r.video_id not in done]
-    drop_previous(output, camera, [r for r in todo if r.video_id in previous.markers], model_id, previous,
-                  storage_options)
+    drop_previous(output, camera, todo, model_id, previous, storage_options)
+    renamed = drop_renamed(output, camera, refs, model_id, storage_options)
+    if renamed:
+        clear_errors(storage.join(output, "errors"), camera, renamed, storage_options)
+        log.warning("%d video id(s) now keep their extension, because a file of the same name with another "
+                    "extension sits beside them (e.g. %r is now %r): their rows under the old id were removed, "
+                    "and labels must use the new id", len(renamed), renamed[0],
+                    next(r.video_id for r in refs if r.stem_id == renamed[0]))
     summary = ScoreSummary(videos=len(refs), skipped=len(done))
     results: list[dict[str, Any]] = []
     log.info("scoring %d videos (%d already done) with %s", len(todo), len(done), model_id)
@@ -246,9 +251,11 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
         results = _write_videos_as_they_complete(scored, assemble, len(todo))
         summary.frames = sum(r["frames"] for r in results)
         summary.events = sum(r["events"] for r in results)
-    run_ids = {r.video_id for r in todo}
+    # Every listed video's rows, the skipped ones' too: a rerun of the same archive reports the
+    # same failures and exit status as the first run (a truncated file stays truncated).
+    listed = {r.video_id for r in refs}
     summary.errors = [e for e in read_errors(storage.join(output, "errors"), storage_options, camera).to_pylist()
-                      if e["video_id"] in run_ids]
+                      if e["video_id"] in listed]
     summary.errors += [r["unrecorded_error"] for r in results if r.get("unrecorded_error")]
     summary.videos_failed = len({e["video_id"] for e in summary.errors})
     summary.seconds = time.perf_counter() - started

@@ -19,7 +19,7 @@ from vadray import storage
 from vadray.decode import contiguous_runs, index_runs
 from vadray.errors import error_row, write_errors
 from vadray.events import EVENTS_SCHEMA, EventSettings, detect_events
-from vadray.manifest import mark_done, scores_file
+from vadray.manifest import mark_scored, scores_file
 from vadray.stages import decode_planned
 from vadray.volumes import frame_offsets, gather, volume_starts
 
@@ -313,9 +313,8 @@ class AssembleVideo:
         complete = n == int(head["num_frames"])
         if not complete:
             self._unscored(head, means.frame_index)
-        if complete:
-            mark_done(self.output, head["camera"], head["video_id"], head["identity"], model_id, head["uri"],
-                      self.storage_options)
+        mark_scored(self.output, head["camera"], head["video_id"], head["identity"], model_id, head["uri"],
+                    complete, self.storage_options)
         return {"video_id": head["video_id"], "frames": n, "events": events.num_rows, "complete": complete}
 
     def _unscored(self, head: dict[str, Any], scored: np.ndarray) -> None:

@@ -17,7 +17,7 @@ def test_demo_runs_the_whole_pipeline_at_a_tiny_size(ray_session, tmp_path, caps
     assert metrics["coverage"]["evaluated_frames"] == 90 and result["failures"] == 0
     for column in ("regularity", "anomaly_score", "cell_error_max", "motion_regularity", "motion_error",
                    "combined_regularity"):
-        assert 0.0 <= metrics[column]["auc"] <= 1.0 and not math.isnan(metrics[column]["eer"])
+        assert 0.5 < metrics[column]["auc"] <= 1.0 and not math.isnan(metrics[column]["eer"])   # better than chance
     # Even at 27 px after one epoch the synthetic anomalies stand out (measured here: regularity
     # 0.875, combined 0.976, 3 of 3 events detected); chance would be 0.5.
     assert metrics["regularity"]["auc"] > 0.7 and metrics["combined_regularity"]["auc"] > 0.8

@@ -389,8 +389,12 @@ def test_query_reads_the_output_and_nothing_else(scored, tmp_path):
     tables only, not other files, URLs or settings (security review)."""
     secret = tmp_path / "secret.csv"
     secret.write_text("key,value\nAWS_SECRET_ACCESS_KEY,hunter2\n")
+    beside = os.path.join(os.path.dirname(scored["out"]), "beside.csv")   # next to OUTPUT, as labels are
+    with open(beside, "w") as f:
+        f.write("video,frame_index,label\nx,0,1\n")
     assert len(query.query(scored["out"], "SELECT * FROM frames")) == 80
     for sql in (f"SELECT * FROM read_csv('{secret}')", f"SELECT * FROM read_text('{secret}')",
+                f"SELECT * FROM read_csv('{beside}')", f"SELECT * FROM read_csv('{scored['out']}/../beside.csv')",
                 f"SELECT * FROM glob('{tmp_path}/*')", "SELECT * FROM read_text('/proc/self/environ')",
                 "SELECT * FROM read_parquet('https://example.com/x.parquet')"):
         with pytest.raises(UsageError, match="SQL failed"):

@@ -185,3 +185,24 @@ def test_regularity_keeps_a_nan_error_nan():
     np.testing.assert_allclose(regularity(np.array([2.0, np.nan, 4.0])), [1.0, np.nan, 0.5])
     assert np.isnan(regularity(np.full(3, np.nan))).all()
     np.testing.assert_array_equal(regularity(np.array([0.0, np.nan])), [1.0, np.nan])
+
+
+def test_the_boundaries_of_window_persistence_duration_and_span():
+    """Each setting's exact edge (mutation review: `>` for `>=` survived at all four): minima
+    exactly `window` frames apart are one event, one frame more are two; a dip exactly as deep
+    as the threshold counts; an event exactly `min_duration_s` long is kept; the event's last
+    frame counts for its max_anomaly_score."""
+    s = np.ones(300)
+    _dip(s, 100, 0.5, 10)
+    _dip(s, 150, 0.5, 10)
+    assert len(detect_events(s, persistence_threshold=0.2, window=50)) == 1
+    assert len(detect_events(s, persistence_threshold=0.2, window=49)) == 2
+    assert len(detect_events(np.array([1.0, 0.5, 1.0]), persistence_threshold=0.5)) == 1
+    s = np.ones(20)
+    s[5:10] = [0.5, 0.4, 0.3, 0.4, 0.5]
+    score = np.zeros(20)
+    score[9] = 7.0
+    [event] = detect_events(s, np.arange(20) / 10, anomaly_score=score, persistence_threshold=0.2,
+                            min_duration_s=0.4)
+    assert (event["start_frame"], event["end_frame"], event["max_anomaly_score"]) == (5, 9, 7.0)
+    assert detect_events(s, np.arange(20) / 10, persistence_threshold=0.2, min_duration_s=0.41) == []

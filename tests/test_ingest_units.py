@@ -445,6 +445,29 @@ def test_camera_names_that_a_path_cannot_carry_unchanged_are_refused(tmp_path, c
     assert "letters, digits" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
+def test_what_probe_finds_wrong_but_survivable_becomes_rows_and_the_frames_go_on(tmp_path):
+    """A truncated file and repeated timestamps are warnings: the segments are planned and one
+    errors row each says what was found (mutation review: dropping the rows went unseen)."""
+    (tmp_path / "src").mkdir()
+    videos.truncated(str(tmp_path / "src" / "cut.mkv"))
+    videos.repeated_pts_mkv(str(tmp_path / "src" / "twice.mkv"))
+    plan = ProbeAndPlan(str(tmp_path / "out"), "cam", 60, 10, {})
+    for ref in list_videos(str(tmp_path / "src")):
+        assert plan(ref.to_dict())
+    rows = read_errors(str(tmp_path / "out" / "errors")).to_pylist()
+    assert sorted((r["video_id"], r["stage"], r["error_type"]) for r in rows) == [
+        ("cut", "probe", "truncated"), ("twice", "probe", "timestamps")]
+
+
+def test_credentials_are_refused_at_any_depth_of_storage_options():
+    from vadray.storage import parse_storage_options
+
+    with pytest.raises(UsageError, match="@FILE"):
+        parse_storage_options('{"client_kwargs": {"aws_secret_access_key": "x"}}')
+    assert parse_storage_options('{"client_kwargs": {"region_name": "eu-west-1"}}') == {
+        "client_kwargs": {"region_name": "eu-west-1"}}
+
+
 def test_an_unexpected_failure_is_an_errors_row_with_its_traceback_in_the_log(tmp_path, monkeypatch, caplog):
     """A bug (here a TypeError in probing) must not pass for a bad video: the input still gets
     its errors row, and the task's log keeps the traceback a bad video would not have."""

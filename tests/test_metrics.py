@@ -88,3 +88,21 @@ def test_frame_auc_equals_sklearns_with_ties():
         labels[0], labels[-1] = 0, 1
         scores = np.round(rng.normal(size=n), 1)          # many ties
         assert metrics.frame_auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+
+
+def test_macro_auc_is_the_mean_over_videos_with_both_classes():
+    """Two videos of AUC 1 and 0 made mean, median and 0.5 coincide (mutation review)."""
+    ids = np.repeat(["a", "b", "c", "d"], 4)
+    labels = np.array([0, 0, 1, 1] * 3 + [0, 0, 0, 0])
+    scores = np.array([0, 1, 2, 3, 0, 1, 2, 3, 3, 2, 1, 0, 5, 6, 7, 8], float)   # a, b: AUC 1; c: 0; d: normal only
+    result = metrics.frame_metrics(ids, labels, scores)
+    assert result["auc_macro"] == pytest.approx(2 / 3) and result["videos_in_macro"] == 3
+    assert np.isnan(result["auc_per_video"]["d"])
+
+
+def test_a_detection_touching_the_first_labelled_frame_is_judged():
+    counts = metrics.event_counts({"a": np.array([[40, 50]])}, {"a": np.array([[45, 50], [55, 56], [60, 70]])},
+                                  {"a": np.arange(50, 60)})
+    # [45, 50] holds labelled frame 50 and overlaps the event; [55, 56] is labelled, a false alarm;
+    # [60, 70] holds no labelled frame
+    assert (counts["gt_detected"], counts["false_alarms"], counts["detections_outside_labels"]) == (1, 1, 1)

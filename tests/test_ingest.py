@@ -64,12 +64,21 @@ def test_ingest_local_archive_tiles_videos_and_reruns_idempotently(ray_session, 
 
     # a same-named sibling makes video001.mp4 keep its extension: its shards under the old id go
     # (backfill review: the footage was in the shards and the statistics twice)
+    # (a `video001` ingested from another folder is another file, and stays)
     src = tmp_path / "src"
     shutil.copytree(synth_archive, src)
     shutil.copy(src / "video002.mp4", src / "video001.mkv")
-    renamed = run_ingest(str(src), out, camera="lobby", size=TEST_SIZE)
-    assert renamed.frames == 90 and read_stats(out).num_frames == 90
+    beside = run_ingest(str(src), out, camera="lobby", size=TEST_SIZE)
+    assert beside.frames == 90 and read_stats(out).num_frames == 120   # video002 is replaced: one id
     assert read_clips(out).groupby("video_id").num_frames.sum().to_dict() == {
+        "video001": 30, "video001.mp4": 30, "video001.mkv": 30, "video002": 30}
+    renamed_out = str(tmp_path / "renamed")
+    (src / "video001.mkv").rename(tmp_path / "later.mkv")
+    assert run_ingest(str(src), renamed_out, camera="lobby", size=TEST_SIZE).frames == 60
+    (tmp_path / "later.mkv").rename(src / "video001.mkv")
+    assert run_ingest(str(src), renamed_out, camera="lobby", size=TEST_SIZE).frames == 90
+    assert read_stats(renamed_out).num_frames == 90
+    assert read_clips(renamed_out).groupby("video_id").num_frames.sum().to_dict() == {
         "video001.mp4": 30, "video001.mkv": 30, "video002": 30}
 
 

@@ -29,12 +29,12 @@ def test_listing_ids_extensions_and_frame_folders(tmp_path):
     (tmp_path / "labels.csv").write_text("ignored")
     clip = tmp_path / "Train001"
     clip.mkdir()
-    for i in (10, 2, 1):  # by number: 1, 2, then 10 at index 9
+    for i in (10, 2, 1):  # numbers too sparse to be frame counts: natural order 1, 2, 10
         (clip / f"{i:d}.tif").write_bytes(b"x")
     refs = list_videos(str(tmp_path))
     assert [r.video_id for r in refs] == ["Train001", "cam3/2024-05-01/0900", "top"]
     folder = refs[0]
-    assert folder.is_frame_folder and [os.path.basename(u) for u in folder.frame_uris] == ["1.tif", "2.tif"] + [""] * 7 + ["10.tif"]
+    assert folder.is_frame_folder and [os.path.basename(u) for u in folder.frame_uris] == ["1.tif", "2.tif", "10.tif"]
     assert refs[1].size > 0 and refs[1].mtime and refs[1].uri.endswith("0900.MP4")
     single = list_videos(f"file://{tmp_path}/top.mkv")
     assert [r.video_id for r in single] == ["top"]
@@ -76,6 +76,23 @@ def test_a_frame_folders_indices_come_from_the_frame_numbers(tmp_path):
     assert rows and rows[0]["num_frames"] == 15
     problems = read_errors(str(tmp_path / "out" / "errors")).to_pylist()
     assert [(p["error_type"], "thumbnail.png" in p["message"]) for p in problems] == [("ignored_files", True)]
+    # the frame number is the number that varies, wherever it sits; numbers that are not a frame
+    # count (milliseconds, a stray 1000000.png) keep the name order; UCSD's _gt masks are no clip
+    for name, names, expected in (
+            ("cams", [f"frame_{n:03d}_cam2.png" for n in (1, 2, 4)], ["frame_001_cam2.png", "frame_002_cam2.png", "",
+                                                                      "frame_004_cam2.png"]),
+            ("ms", [f"{1714550400000 + 100 * n}.jpg" for n in range(12)], [f"{1714550400000 + 100 * n}.jpg"
+                                                                           for n in range(12)]),
+            ("outlier", ["001.png", "002.png", "1000000.png"], ["001.png", "002.png", "1000000.png"])):
+        folder = tmp_path / "more" / name
+        folder.mkdir(parents=True)
+        for n in names:
+            (folder / n).write_bytes(b"x")
+        [ref] = list_videos(str(folder))
+        assert [os.path.basename(u) for u in ref.frame_uris] == expected and ref.stray == [], name
+    (tmp_path / "more" / "Test001_gt").mkdir()
+    (tmp_path / "more" / "Test001_gt" / "001.bmp").write_bytes(b"x")
+    assert "Test001_gt" not in [r.video_id for r in list_videos(str(tmp_path / "more"))]
     pattern = [str(clip / "%03d.png")] * 10   # FFmpeg's own I/O would open 001.png (value 10)
     decoded = decode_frame_files(pattern, frame_folder_timeline(pattern, 10.0), 0, 10, 27)
     assert not decoded.error and (decoded.frames == 1).all()
@@ -287,11 +304,12 @@ def test_bad_inputs_get_a_reason(tmp_path):
         assert str(info.value)
 
 
-@pytest.mark.parametrize("start_a,start_b,b_frames", [(10.0, 0.0, 0), (0.0, 0.05, 0), (0.0, 0.0, 2)])
+@pytest.mark.parametrize("start_a,start_b,b_frames", [(10.0, 0.0, 0), (0.0, 0.05, 0), (0.0, 0.0, 2), (70.0, 0.0, 0)])
 def test_timestamps_that_reset_keep_every_frame_in_file_order(tmp_path, start_a, start_b, b_frames):
     """`cat a.ts b.ts`: the second recording's timestamps start below where the first's end
-    (at 0 again, half a frame later, or at exactly the same times). Every frame is kept, in
-    file order, whole or in segments, and times run on; a warning row says what was found."""
+    (at 0 again, half a frame later, at exactly the same times, or 70 s back, which FFmpeg
+    would read as a 33-bit wrap). Every frame is kept, in file order, whole or in segments, and
+    times run on; a warning row says what was found."""
     path = str(tmp_path / "joined.ts")
     videos.concatenated_ts(path, start_a, start_b, b_frames)
     with av.open(path) as container:
@@ -305,6 +323,30 @@ def test_timestamps_that_reset_keep_every_frame_in_file_order(tmp_path, start_a,
         np.testing.assert_array_equal(np.concatenate([p.frame_index for p in parts]), np.arange(40))
         np.testing.assert_array_equal(np.concatenate([p.frames for p in parts]), plain)
         np.testing.assert_allclose(np.concatenate([p.time_s for p in parts]), np.arange(40) / 10, atol=1e-6)
+
+
+def test_a_reset_into_a_recording_cut_mid_gop_keeps_what_decodes(tmp_path):
+    """With B-frames the decoder hands out the first piece's last frame after the second
+    piece's first: each frame's piece comes from the demuxer's order, not the output's."""
+    path = str(tmp_path / "joined.ts")
+    videos.concatenated_ts(path, 10.0, 0.0, b_frames=2, cut_b=4)
+    with av.open(path) as container:
+        plain = {GreyScaler(27)(f).tobytes() for f in container.decode(video=0)}
+    timeline = probe(path)
+    whole = decode_segment(path, timeline, 0, timeline.num_frames, 27)
+    assert {f.tobytes() for f in whole.frames} == plain and len(whole.frames) == len(plain) > 30
+    assert whole.frame_index[:20].tolist() == list(range(20))   # the first recording, whole and in place
+    parts = [decode_segment(path, timeline, s.first, s.last, 27) for s in plan_segments(timeline.num_frames, 10, 0.7)]
+    np.testing.assert_array_equal(np.concatenate([p.frame_index for p in parts]), whole.frame_index)
+    np.testing.assert_array_equal(np.concatenate([p.frames for p in parts]), whole.frames)
+
+
+def test_frames_without_timestamps_are_not_lost_silently(tmp_path):
+    """H.264 in MPEG-PS (.mpg): most packets carry neither pts nor dts."""
+    path = str(tmp_path / "h264.mpg")
+    videos._encode(path, videos.frames(60), "libx264", "yuv420p", "gray", options={"bf": "2", "g": "10"})
+    with pytest.raises(InputError, match="carry no timestamp"):
+        probe(path)
 
 
 def test_a_cover_picture_is_not_the_video(tmp_path):

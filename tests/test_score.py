@@ -345,6 +345,16 @@ def test_partly_scored_and_renamed_videos_never_leave_rows_of_gone_footage(ray_s
     assert main(["score", str(tmp_path / "d1"), days, *ckpt]) == 3
     assert main(["score", str(tmp_path / "d2"), days, *ckpt]) == 2
     assert "scored from other files: '0900'" in capsys.readouterr().err
+    # another folder's 0900.mp4 beside a 0900.mkv: ids 0900.mp4 and 0900.mkv, and d1's '0900' is
+    # another file's, which stays (fixes review); a refused --force deletes nothing either
+    (tmp_path / "d3").mkdir()
+    shutil.copy(synth_test_archive / "test003.mp4", tmp_path / "d3" / "0900.mp4")
+    write_video(str(tmp_path / "d3" / "0900.mkv"), videos.frames(20, seed=6), codec="libx264")
+    assert main(["score", str(tmp_path / "d3"), days, *ckpt]) == 0
+    d1_rows = read_table(days, "frames").pipe(lambda f: f[f.video_id == "0900"])
+    assert len(d1_rows) == 35 and set(d1_rows.source_uri) == {str(tmp_path / "d1" / "0900.mp4")}
+    assert main(["score", str(tmp_path / "d3"), days, *ckpt, "--force", "--actors", "50"]) == 2
+    assert len(read_table(days, "frames")) == 35 + 30 + 20
 
 
 def test_bad_arguments_exit_2(tmp_path, trained_checkpoint, synth_test_archive, capsys):

@@ -109,17 +109,28 @@ def audio_only_mp4(path: str, cover: bool = False) -> None:
             container.mux(packet)
 
 
-def concatenated_ts(path: str, start_a: float, start_b: float, b_frames: int = 0, n: int = 20) -> None:
+def concatenated_ts(path: str, start_a: float, start_b: float, b_frames: int = 0, n: int = 20,
+                    cut_b: int = 0) -> None:
     """Two MPEG-TS recordings joined byte for byte (`cat a.ts b.ts`, or a camera whose clock
-    reset): the second's timestamps start at `start_b` s, below where the first's end."""
+    reset): the second's timestamps start at `start_b` s, below where the first's end; `cut_b`:
+    the second starts that many packets late (mid-GOP, its keyframe lost)."""
     tb = fractions.Fraction(1, 90000)
     pieces = []
     for k, start in enumerate((start_a, start_b)):
-        piece = f"{path}.{k}.ts"
-        _encode(piece, frames(n, seed=k), "libx264", "yuv420p", "gray", options={"bf": str(b_frames), "g": "10"},
-                pts=[round(start * 90000) + 9000 * i for i in range(n)], time_base=tb)
-        pieces.append(open(piece, "rb").read())
-        os.remove(piece)
+        with av.open(f"{path}.{k}.ts", "w") as container:
+            stream = container.add_stream("libx264", rate=10)
+            stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+            stream.options = {"bf": str(b_frames), "g": "10"}
+            stream.time_base = stream.codec_context.time_base = tb
+            packets = []
+            for i, image in enumerate(frames(n, seed=k)):
+                frame = av.VideoFrame.from_ndarray(image, format="gray").reformat(format="yuv420p")
+                frame.pts, frame.time_base = round(start * 90000) + 9000 * i, tb
+                packets += stream.encode(frame)
+            for packet in (packets + list(stream.encode()))[cut_b if k else 0:]:
+                container.mux(packet)
+        pieces.append(open(f"{path}.{k}.ts", "rb").read())
+        os.remove(f"{path}.{k}.ts")
     open(path, "wb").write(b"".join(pieces))
 
 

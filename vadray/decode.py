@@ -16,7 +16,7 @@ import pyarrow as pa
 from av.video.reformatter import Interpolation, VideoReformatter
 
 from vadray import storage
-from vadray.probe import Timeline, open_input, video_stream
+from vadray.probe import DEMUX_OPTIONS, Pieces, Timeline, open_input, video_stream
 
 
 @dataclass
@@ -33,13 +33,19 @@ def _av_open(uri: str, storage_options: dict[str, Any] | None) -> Iterator[Any]:
     """A container for decoding: a local file through FFmpeg's own I/O (reads through a Python
     file object cost ~0.1 ms a frame), object storage through an fsspec handle."""
     if storage.is_remote(uri):
-        with open_input(uri, storage_options) as handle, av.open(handle, mode="r") as container:
+        with open_input(uri, storage_options) as handle, \
+                av.open(handle, mode="r", options=DEMUX_OPTIONS) as container:
             yield container
     else:
         _, path = storage.url_to_fs(uri, storage_options)
-        with av.open(path, mode="r") as container:
+        with av.open(path, mode="r", options=DEMUX_OPTIONS) as container:
             yield container
 
+
+# Frames a decoder may hold back before output (H.264's largest picture buffer): past the
+# segment's end, a file whose timestamps reset is decoded this far more, since the last frame of
+# one piece may come out after the first frames of the next.
+REORDER_FRAMES = 16
 
 # FFmpeg decoder threads per decode. Ray gives a decode task one CPU and runs one task per
 # CPU, so the decoder's own threads only compete with the other tasks: measured in a pool of
@@ -61,14 +67,19 @@ class GreyScaler:
         return grey.to_ndarray()
 
 
-def _decode_frames(container, stream, first_pts: int | None, failures: list[str]) -> Iterator[av.VideoFrame]:
+def _decode_frames(container, stream, first_pts: int | None, failures: list[str],
+                   pieces: Pieces | None = None) -> Iterator[av.VideoFrame]:
     """Frames of `stream` from the keyframe before `first_pts`. A packet the decoder refuses
     (corrupt data) is noted in `failures` and decoding resumes at the next keyframe: the frames
-    between would be built on a broken reference, so they are reported missing, not kept."""
+    between would be built on a broken reference, so they are reported missing, not kept.
+    `pieces` is told every packet that probe counted, as probe did."""
     if first_pts is not None:
         container.seek(int(first_pts), stream=stream, backward=True, any_frame=False)
     skipping = False
     for packet in container.demux(stream):
+        ts = packet.pts if packet.pts is not None else packet.dts
+        if pieces is not None and ts is not None and packet.size > 0 and not packet.is_discard:
+            pieces.add(packet, int(ts))
         if skipping and packet.size > 0 and not packet.is_keyframe:
             continue                      # (an empty packet flushes the decoder: never skipped)
         skipping = False
@@ -127,16 +138,20 @@ def _decode_pass(uri: str, want: np.ndarray, out: "_FrameBuffer", size: int,
             stream.thread_count = DECODER_THREADS
             previous, pos, anchored_after = None, None, 0
             started = False      # the first frame out anchors the placement, whatever it is
-            piece, raw_previous = 0, None
-            for frame in _decode_frames(container, stream, want[0] if seek else None, failures):
+            pieces, past_end = (Pieces(remember=True) if piece_offsets else None), 0
+            for frame in _decode_frames(container, stream, want[0] if seek else None, failures, pieces):
                 ts = frame.pts if frame.pts is not None else frame.dts
                 if ts is None:
                     continue
-                if piece_offsets:
-                    if raw_previous is not None and ts < raw_previous:
-                        piece = min(piece + 1, len(piece_offsets) - 1)
-                    raw_previous = ts
-                    ts += piece_offsets[piece]
+                if pieces is not None:   # shifted as probe shifted it; at a reset the output order
+                    ts += piece_offsets[min(pieces.of(int(ts)), len(piece_offsets) - 1)]  # may go back
+                    past_end = past_end + 1 if ts > want[-1] else 0
+                    if past_end > REORDER_FRAMES:
+                        break
+                    pos = int(np.searchsorted(want, ts))
+                    if pos < len(want) and want[pos] == ts:
+                        out.put(pos, scaler(frame))
+                    continue
                 if by_order:
                     if len(failures) != anchored_after:   # a corrupt packet: what the decoder still
                         pos, anchored_after = None, len(failures)  # holds may be damaged; go on

@@ -1,7 +1,7 @@
 """vadray ingest SOURCE OUTPUT: decode a video archive into Parquet clip shards + statistics.
 
 SOURCE is a folder or prefix (local path, file://, s3://) of videos (`listing.VIDEO_EXTENSIONS`,
-recursive), one video file, or folders of still frames (.tif .jpg .png .bmp, one folder per
+recursive), one video file, or folders of still frames (.tif .jpg .png, one folder per
 clip, as UCSD distributes its data). Writes, under OUTPUT:
   clips/   Parquet shards, one row per contiguous chunk of grey SIZE×SIZE frames of a video
   stats/   normalisation statistics of the ingested footage (mean image, global std; parts/
@@ -130,7 +130,8 @@ def _clear_previous(output: str, camera: str, refs: list[VideoRef], storage_opti
     (`a` before `a.mkv` came beside `a.mp4`): the same footage must not be in the shards twice."""
     fs, root = storage.url_to_fs(output, storage_options)
     ids = {r.video_id for r in refs}
-    renamed = sorted({r.stem_id for r in refs if r.stem_id and r.stem_id not in ids})
+    renamed = sorted(stem for stem in {r.stem_id for r in refs if r.stem_id} - ids
+                     if _shards_come_from(output, stem, {r.uri for r in refs if r.stem_id == stem}, storage_options))
     for video_id in [*ids, *renamed]:
         for folder in ("clips", "stats/parts"):
             previous = f"{root}/{folder}/video_key={safe_key(video_id)}"
@@ -140,6 +141,20 @@ def _clear_previous(output: str, camera: str, refs: list[VideoRef], storage_opti
                     log.warning("the shards of video %r were removed: its file is now ingested under an id "
                                 "with its extension, since a file of the same name sits beside it", video_id)
     clear_errors(storage.join(output, "errors"), camera, [*ids, *renamed], storage_options)
+
+
+def _shards_come_from(output: str, video_id: str, uris: set[str], storage_options: dict[str, Any]) -> bool:
+    """Whether the video's shards in OUTPUT were decoded from one of `uris` (an `a` from another
+    folder than the new `a.mp4` and `a.mkv` is another video, and stays)."""
+    import pyarrow.dataset as pads
+
+    pa_fs, path = storage.pyarrow_fs(storage.join(output, "clips", f"video_key={safe_key(video_id)}"),
+                                     storage_options)
+    try:
+        found = pads.dataset(path, filesystem=pa_fs, format="parquet").to_table(columns=["source_uri"])
+    except (FileNotFoundError, pa.ArrowInvalid):
+        return False
+    return bool(set(found["source_uri"].to_pylist()) & uris)
 
 
 def run_ingest(source: str, output: str, *, camera: str = "default", size: int = 227,

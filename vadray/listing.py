@@ -15,12 +15,15 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from vadray import storage
 from vadray.exits import UsageError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg",
                     ".3gp", ".flv", ".wmv", ".asf")
-FRAME_EXTENSIONS = (".tif", ".tiff", ".jpg", ".jpeg", ".png", ".bmp")
+# (not .bmp: UCSD's own layout puts .bmp masks in a TestNNN_gt folder beside each clip)
+FRAME_EXTENSIONS = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
 
 log = logging.getLogger("vadray.listing")
 
@@ -116,31 +119,34 @@ def list_videos(source: str, storage_options: dict[str, Any] | None = None) -> l
     return sorted(_unique_ids(videos), key=lambda v: v.video_id)
 
 
-_NUMBERED = re.compile(r"^(.*?)(\d+)(\D*)$")
-
-
 def _numbered_frames(files: list[tuple[str, Any]]) -> tuple[list[Any], list[Any]]:
     """A frame folder's files → (its frames by index, the files that are not frames).
 
-    A frame's index is its number in the name minus the first frame's (`001.tif` is frame 0,
-    `frame_12.png` is 12 past `frame_0.png`), not its position in the listing: a missing file
-    leaves a hole (None) that decode reports, instead of moving every later frame one index
-    earlier than its labels. The frames are the files of the commonest numbered name pattern
-    (prefix, suffix); a `thumbnail.png` beside them is stray, not a frame. Names without a
-    number keep the natural order, as before."""
-    patterns: dict[tuple[str, str], dict[int, Any]] = {}
-    for item in sorted(files, key=lambda item: _natural_key(posixpath.basename(item[0]))):
-        match = _NUMBERED.match(posixpath.basename(item[0]))
-        if match:
-            prefix, number, suffix = match.groups()
-            patterns.setdefault((prefix, suffix.lower()), {}).setdefault(int(number), item)
-    if not patterns:
-        return sorted(files, key=lambda item: _natural_key(posixpath.basename(item[0]))), []
-    numbered = max(patterns.values(), key=len)
-    first = min(numbered)
-    slots = [numbered.get(n) for n in range(first, max(numbered) + 1)]
-    kept = {id(item) for item in numbered.values()}
-    return slots, [item for item in files if id(item) not in kept]
+    The frames are the files of the commonest name shape (the text between the numbers:
+    `frame_001_cam2.png` is `frame_ _cam .png`); a `thumbnail.png` beside them is stray. Where
+    exactly one number varies between them and the numbers run on with few gaps, a frame's
+    index is that number minus the first one (`001.tif` is frame 0): a missing file leaves a
+    hole (None) that decode reports, instead of moving every later frame one index earlier than
+    its labels. Otherwise (timestamps as names, no numbers) the frames keep their natural order."""
+    ordered = sorted(files, key=lambda item: _natural_key(posixpath.basename(item[0])))
+    shapes: dict[tuple[str, ...], list[tuple[Any, list[int]]]] = {}
+    for item in ordered:
+        parts = re.split(r"(\d+)", posixpath.basename(item[0]))
+        shapes.setdefault(tuple(p.lower() for p in parts[0::2]), []).append((item, [int(p) for p in parts[1::2]]))
+    frames = max(shapes.values(), key=len)   # a tie: the first in name order
+    if len(frames) < 2:                      # no common shape: every file is a frame, by name
+        return ordered, []
+    stray = [item for group in shapes.values() if group is not frames for item, _ in group]
+    numbers = np.array([n for _, n in frames], np.int64).reshape(len(frames), -1)
+    varying = [c for c in range(numbers.shape[1]) if np.unique(numbers[:, c]).size > 1]
+    if len(varying) == 1:
+        column = numbers[:, varying[0]]
+        span = int(column.max() - column.min()) + 1
+        if np.unique(column).size == column.size and span <= column.size + max(2, column.size // 10):
+            by_number = {int(n): item for n, (item, _) in zip(column, frames)}
+            first = int(column.min())
+            return [by_number.get(first + k) for k in range(span)], stray
+    return [item for item, _ in frames], stray
 
 
 def _folder_etag(files: list[tuple[str, dict]], metas: list[tuple[int, str, str]]) -> str:

@@ -71,6 +71,7 @@ class Previous:
     markers: dict[str, list[str]] = field(default_factory=dict)  # … and those markers' paths
     stale: list[str] = field(default_factory=list)               # older markers beside a current one
     done_markers: dict[str, str] = field(default_factory=dict)   # the done videos' own markers (--force)
+    renamed: dict[str, list[str]] = field(default_factory=dict)  # markers of ids a file had before a sibling came
 
 
 def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: str,
@@ -81,7 +82,8 @@ def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: s
     root = root.rstrip("/")
     # Only the markers that can be this run's: their names start with the keys' common prefix
     # (a month's day folders share '2024-05-'), so month 12 of a backfill does not list 1-11.
-    prefix = os.path.commonprefix([safe_key(r.video_id) for r in refs]) if refs else ""
+    stems = {r.stem_id for r in refs if r.stem_id} - {r.video_id for r in refs}
+    prefix = os.path.commonprefix([safe_key(v) for v in [*(r.video_id for r in refs), *stems]]) if refs else ""
     try:
         if prefix and storage.is_remote(output):
             found_paths = fs.find(root, prefix=prefix)        # s3fs lists under root/prefix only
@@ -104,6 +106,10 @@ def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: s
             found.stale += [f"{root}/{name}" for name in older if name != marker]
         elif older:
             found.markers[ref.video_id] = [f"{root}/{name}" for name in older]
+    for stem in stems:
+        older = by_video.get(f"{safe_key(stem)}.{model_id}", [])
+        if older:
+            found.renamed[stem] = [f"{root}/{name}" for name in older]
     if not found.markers:
         return found
 
@@ -155,19 +161,24 @@ def drop_previous(output: str, camera: str, refs: list[VideoRef], model_id: str,
             fs.rm(existing)
 
 
-def drop_renamed(output: str, camera: str, refs: list[VideoRef], model_id: str,
+def drop_renamed(output: str, camera: str, refs: list[VideoRef], model_id: str, previous: Previous,
                  storage_options: dict[str, Any]) -> list[str]:
     """Ids this model scored that are now another id of the same file: a new `a.mkv` beside
     `a.mp4` makes both keep their extension (`listing._unique_ids`), so the rows of `a` (from
-    a.mp4, or from a file that is gone) would stay beside `a.mp4`'s, the same footage twice.
-    Their rows and markers go; the ids are returned for the log."""
-    ids = {r.video_id for r in refs}   # a frame folder `a/` keeps the id `a`: its rows stay
-    olds = {r.stem_id: VideoRef(r.stem_id, r.uri) for r in refs if r.stem_id and r.stem_id not in ids}
-    if not olds:
+    a.mp4) would stay beside `a.mp4`'s, the same footage twice. Their rows and markers go, but
+    only where the marker names one of those files (an `a` scored from another folder stays);
+    the ids are returned for the log."""
+    if not previous.renamed:
         return []
-    fs, root = storage.url_to_fs(storage.join(output, "manifest", f"camera={camera}"), storage_options)
-    markers = {vid: fs.glob(f"{root.rstrip('/')}/{safe_key(vid)}.{model_id}.*") for vid in olds}
-    markers = {vid: paths for vid, paths in markers.items() if paths}
-    drop_previous(output, camera, [olds[vid] for vid in markers], model_id, Previous(markers=markers),
+    fs, _ = storage.url_to_fs(output, storage_options)
+    dropped = {}
+    for stem, paths in previous.renamed.items():
+        try:
+            uri = fs.cat_file(paths[0]).decode()
+        except (FileNotFoundError, UnicodeDecodeError):
+            continue
+        if uri in {r.uri for r in refs if r.stem_id == stem}:
+            dropped[stem] = paths
+    drop_previous(output, camera, [VideoRef(stem, "") for stem in dropped], model_id, Previous(markers=dropped),
                   storage_options)
-    return sorted(markers)
+    return sorted(dropped)

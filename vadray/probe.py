@@ -8,6 +8,7 @@ carries `Timeline.warnings` (rows too; its frames are still processed).
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,12 @@ class Timeline:
         return (self.pts[index] - self.start_pts).astype(np.float64) * self.time_base
 
 
+# FFmpeg reads a timestamp that goes back more than 60 s in an MPEG-TS as a 33-bit wrap and adds
+# 2^33 ticks (26.5 hours) to it, which hides a camera whose clock reset. Without the correction
+# the reset shows as one (and a true wrap as one too), and the timeline runs on across it.
+DEMUX_OPTIONS = {"correct_ts_overflow": "0"}
+
+
 def open_input(uri: str, storage_options: dict[str, Any] | None):
     """A binary file object for a local path, file:// or s3:// URI."""
     fs, path = storage.url_to_fs(uri, storage_options)
@@ -85,7 +92,7 @@ def _open_container(handle, uri: str):
     if not head:
         raise InputError("empty", "the file is empty (0 bytes)")
     try:
-        return av.open(handle, mode="r")
+        return av.open(handle, mode="r", options=DEMUX_OPTIONS)
     except av.error.FFmpegError as exc:
         if _looks_like_text(head):
             raise InputError("not_video", "the file is text, not a video container") from None
@@ -106,23 +113,24 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
             stream = video_stream(container)
             ticks: list[int] = []
             pieces: list[int] = []            # per packet: how many times the dts went back before it
-            piece, last_dts = 0, None
+            counter = Pieces()
             last_duration = 0                 # the last packet's stated duration
             discarded = 0                     # decoded for reference only: an MP4 edit list cuts them
+            untimed = 0                       # packets with neither pts nor dts
             ended = ""
             try:
                 for packet in container.demux(stream):
                     ts = packet.pts if packet.pts is not None else packet.dts
-                    if ts is None or packet.size == 0:
+                    if packet.size == 0:
+                        continue
+                    if ts is None:            # no place on the timeline (H.264 in MPEG-PS): not lost silently
+                        untimed += 1
                         continue
                     if packet.is_discard:     # before an edit list's start (a `-ss … -c copy` cut)
                         discarded += 1
                         continue
-                    if packet.dts is not None:   # decode order runs forward, except at a reset
-                        piece += last_dts is not None and packet.dts < last_dts
-                        last_dts = packet.dts
                     ticks.append(int(ts))
-                    pieces.append(piece)
+                    pieces.append(counter.add(packet, int(ts)))
                     last_duration = int(packet.duration or 0)
             except av.error.FFmpegError as exc:
                 ended = f"the stream ended early after {len(ticks)} frames: {exc}"
@@ -146,9 +154,14 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
                                        "the frames are kept in file order, each reset's times continuing from "
                                        "the frame before it; such a file is decoded from its start for each "
                                        "segment"))
+    if untimed:
+        warnings.append(("timestamps", f"{untimed} of {untimed + ticks_all.shape[0]} frames carry no timestamp "
+                                       "in the container and are left out (remux the file, e.g. to .mp4)"))
     if pts.shape[0] < min_frames:
         raise InputError("too_short", f"only {pts.shape[0]} frames; a volume needs {min_frames}"
-                         + (f" ({ended})" if ended else ""))
+                         + (f" ({ended})" if ended else "")
+                         + (f" ({untimed} more carry no timestamp in the container: remux the file, e.g. "
+                            "to .mp4)" if untimed else ""))
     if fps <= 0 and pts.shape[0] > 1:
         fps = (pts.shape[0] - 1) / max((pts[-1] - pts[0]) * time_base, 1e-9)
     if not ended:
@@ -162,6 +175,37 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
                                        f"frame's timestamp (a timestamp reset, or duplicated pts); "
                                        f"one frame per timestamp is kept ({repeated} dropped)"))
     return Timeline(pts, time_base, int(pts[0]), fps, width, height, codec, warnings, offsets)
+
+
+class Pieces:
+    """Counts, in demux order, the pieces of a stream whose timestamps reset: decode order
+    runs forward except where a new piece starts. Probe and decode count alike. With
+    `remember`, it keeps which piece each timestamp came in, for decode: a raw timestamp alone
+    is ambiguous, and at a reset the decoder may hand out the last frame of one piece after
+    the first of the next."""
+
+    def __init__(self, remember: bool = False):
+        self.current, self._last_dts = 0, None
+        self._waiting: dict[int, deque] | None = {} if remember else None
+
+    def add(self, packet, ts: int) -> int:
+        """A packet with a timestamp (`ts`, its pts or else its dts) → its piece."""
+        if packet.dts is not None:
+            self.current += self._last_dts is not None and packet.dts < self._last_dts
+            self._last_dts = packet.dts
+        if self._waiting is not None:
+            self._waiting.setdefault(ts, deque()).append(self.current)
+        return self.current
+
+    def of(self, ts: int) -> int:
+        """The piece of a decoded frame with timestamp `ts` (each timestamp answered once)."""
+        queue = self._waiting.get(ts) if self._waiting is not None else None
+        if not queue:
+            return self.current
+        piece = queue.popleft()
+        if not queue:
+            del self._waiting[ts]
+        return piece
 
 
 def _piece_offsets(ticks: np.ndarray, pieces: np.ndarray, fps: float, time_base: float) -> list[int]:

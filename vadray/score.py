@@ -204,8 +204,13 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
         check_same_files(camera, refs, previous.uris)
     done = set() if force else previous.done
     todo = [r for r in refs if r.video_id not in done]
+    if todo:   # refused before anything is deleted
+        ensure_ray()
+        require_room(actors, 0 if gpus_per_actor else 1, gpus_per_actor,
+                     f"--actors {actors}" + (f" with --gpus-per-actor {gpus_per_actor:g}" if gpus_per_actor else
+                                             " (each model actor on CPU holds 1 CPU)"))
     drop_previous(output, camera, todo, model_id, previous, storage_options)
-    renamed = drop_renamed(output, camera, refs, model_id, storage_options)
+    renamed = drop_renamed(output, camera, refs, model_id, previous, storage_options)
     if renamed:
         clear_errors(storage.join(output, "errors"), camera, renamed, storage_options)
         log.warning("%d video id(s) now keep their extension, because a file of the same name with another "
@@ -216,10 +221,6 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     results: list[dict[str, Any]] = []
     log.info("scoring %d videos (%d already done) with %s", len(todo), len(done), model_id)
     if todo:
-        ensure_ray()
-        require_room(actors, 0 if gpus_per_actor else 1, gpus_per_actor,
-                     f"--actors {actors}" + (f" with --gpus-per-actor {gpus_per_actor:g}" if gpus_per_actor else
-                                             " (each model actor on CPU holds 1 CPU)"))
         if actor_threads is None:
             actor_threads = default_actor_threads(actors)
         clear_errors(storage.join(output, "errors"), camera, [r.video_id for r in todo], storage_options)

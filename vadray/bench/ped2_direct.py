@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from vadray import scoring, steps
-from vadray.exits import UsageError
+from vadray.exits import JobFailed, UsageError
 from vadray.models import names
 from vadray.pasted import PASTES
 from vadray.steps import SELECTIONS, reconstruct, validation_pass
@@ -326,6 +326,8 @@ def run(args: argparse.Namespace) -> int:
                                   diagnostics_not_used_for_selection=diagnostics, train_seconds=elapsed))
     train_seconds = time.perf_counter() - started
 
+    if best_weights is None:   # the loss was never finite (as `vadray train`: nothing is saved)
+        raise JobFailed(f"training diverged: the loss was not finite from epoch 1 on ({state['history'][-1]})")
     trainer.model.load_state_dict(best_weights)
     errors = calibration_errors(trainer, val_frames or train_frames, T)
     settings = {"shards": args.train, "model": args.model, "model_params": {}, "epochs": args.epochs,

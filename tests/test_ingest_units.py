@@ -325,17 +325,40 @@ def test_timestamps_that_reset_keep_every_frame_in_file_order(tmp_path, start_a,
         np.testing.assert_allclose(np.concatenate([p.time_s for p in parts]), np.arange(40) / 10, atol=1e-6)
 
 
-def test_a_reset_into_a_recording_cut_mid_gop_keeps_what_decodes(tmp_path):
+@pytest.mark.parametrize("b_frames", [0, 2])
+def test_a_true_33_bit_wrap_is_no_reset(tmp_path, b_frames):
+    """An MPEG-TS clock that wraps at 2^33 ticks (26.5 h) runs on: FFmpeg unwraps it."""
+    import fractions
+
+    path = str(tmp_path / "wrap.ts")
+    start, tb = 2**33 - 20 * 9000, fractions.Fraction(1, 90000)
+    videos._encode(path, videos.frames(40), "libx264", "yuv420p", "gray", options={"bf": str(b_frames), "g": "10"},
+                   pts=[start + 9000 * i for i in range(40)], time_base=tb)
+    with av.open(path) as container:
+        plain = np.stack([GreyScaler(27)(f) for f in container.decode(video=0)])
+    timeline = probe(path)
+    assert timeline.piece_offsets == [] and timeline.warnings == []
+    parts = [decode_segment(path, timeline, s.first, s.last, 27) for s in plan_segments(40, 10, 0.7)]
+    np.testing.assert_array_equal(np.concatenate([p.frames for p in parts]), plain)
+    np.testing.assert_allclose(np.concatenate([p.time_s for p in parts]), np.arange(40) / 10, atol=1e-6)
+
+
+@pytest.mark.parametrize("starts,cuts", [([10.0, 0.0], [0, 4]), ([0.0, 0.0, 0.0], [0, 4, 0])])
+def test_a_reset_into_a_recording_cut_mid_gop_keeps_what_decodes(tmp_path, starts, cuts):
     """With B-frames the decoder hands out the first piece's last frame after the second
-    piece's first: each frame's piece comes from the demuxer's order, not the output's."""
+    piece's first: each frame's piece comes from the demuxer's order, not the output's. The
+    frames a cut recording cannot decode are never taken for the next one's (same times)."""
     path = str(tmp_path / "joined.ts")
-    videos.concatenated_ts(path, 10.0, 0.0, b_frames=2, cut_b=4)
+    videos.joined_ts(path, starts, b_frames=2, n=30 if len(starts) == 3 else 20, cuts=cuts)
     with av.open(path) as container:
         plain = {GreyScaler(27)(f).tobytes() for f in container.decode(video=0)}
     timeline = probe(path)
     whole = decode_segment(path, timeline, 0, timeline.num_frames, 27)
     assert {f.tobytes() for f in whole.frames} == plain and len(whole.frames) == len(plain) > 30
-    assert whole.frame_index[:20].tolist() == list(range(20))   # the first recording, whole and in place
+    first = 30 if len(starts) == 3 else 20
+    assert whole.frame_index[:first].tolist() == list(range(first))   # the first recording, whole and in place
+    if not cuts[-1]:   # the last recording, whole and in place
+        assert whole.frame_index[-first:].tolist() == list(range(timeline.num_frames - first, timeline.num_frames))
     parts = [decode_segment(path, timeline, s.first, s.last, 27) for s in plan_segments(timeline.num_frames, 10, 0.7)]
     np.testing.assert_array_equal(np.concatenate([p.frame_index for p in parts]), whole.frame_index)
     np.testing.assert_array_equal(np.concatenate([p.frames for p in parts]), whole.frames)

@@ -114,9 +114,15 @@ def concatenated_ts(path: str, start_a: float, start_b: float, b_frames: int = 0
     """Two MPEG-TS recordings joined byte for byte (`cat a.ts b.ts`, or a camera whose clock
     reset): the second's timestamps start at `start_b` s, below where the first's end; `cut_b`:
     the second starts that many packets late (mid-GOP, its keyframe lost)."""
+    joined_ts(path, [start_a, start_b], b_frames, n, [0, cut_b])
+
+
+def joined_ts(path: str, starts: list[float], b_frames: int = 0, n: int = 20, cuts: list[int] | None = None) -> None:
+    """MPEG-TS recordings of `n` frames starting at `starts` s, joined byte for byte; recording
+    k loses its first `cuts[k]` packets."""
     tb = fractions.Fraction(1, 90000)
     pieces = []
-    for k, start in enumerate((start_a, start_b)):
+    for k, start in enumerate(starts):
         with av.open(f"{path}.{k}.ts", "w") as container:
             stream = container.add_stream("libx264", rate=10)
             stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
@@ -127,7 +133,7 @@ def concatenated_ts(path: str, start_a: float, start_b: float, b_frames: int = 0
                 frame = av.VideoFrame.from_ndarray(image, format="gray").reformat(format="yuv420p")
                 frame.pts, frame.time_base = round(start * 90000) + 9000 * i, tb
                 packets += stream.encode(frame)
-            for packet in (packets + list(stream.encode()))[cut_b if k else 0:]:
+            for packet in (packets + list(stream.encode()))[(cuts or [0] * len(starts))[k]:]:
                 container.mux(packet)
         pieces.append(open(f"{path}.{k}.ts", "rb").read())
         os.remove(f"{path}.{k}.ts")

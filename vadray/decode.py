@@ -16,7 +16,7 @@ import pyarrow as pa
 from av.video.reformatter import Interpolation, VideoReformatter
 
 from vadray import storage
-from vadray.probe import DEMUX_OPTIONS, Pieces, Timeline, open_input, video_stream
+from vadray.probe import Pieces, Timeline, open_input, video_stream
 
 
 @dataclass
@@ -33,12 +33,11 @@ def _av_open(uri: str, storage_options: dict[str, Any] | None) -> Iterator[Any]:
     """A container for decoding: a local file through FFmpeg's own I/O (reads through a Python
     file object cost ~0.1 ms a frame), object storage through an fsspec handle."""
     if storage.is_remote(uri):
-        with open_input(uri, storage_options) as handle, \
-                av.open(handle, mode="r", options=DEMUX_OPTIONS) as container:
+        with open_input(uri, storage_options) as handle, av.open(handle, mode="r") as container:
             yield container
     else:
         _, path = storage.url_to_fs(uri, storage_options)
-        with av.open(path, mode="r", options=DEMUX_OPTIONS) as container:
+        with av.open(path, mode="r") as container:
             yield container
 
 
@@ -78,10 +77,13 @@ def _decode_frames(container, stream, first_pts: int | None, failures: list[str]
     skipping = False
     for packet in container.demux(stream):
         ts = packet.pts if packet.pts is not None else packet.dts
-        if pieces is not None and ts is not None and packet.size > 0 and not packet.is_discard:
-            pieces.add(packet, int(ts))
+        counted = pieces is not None and ts is not None and packet.size > 0 and not packet.is_discard
         if skipping and packet.size > 0 and not packet.is_keyframe:
+            if counted:
+                pieces.add(packet, None)      # counts toward the pieces, never decoded
             continue                      # (an empty packet flushes the decoder: never skipped)
+        if counted:
+            pieces.add(packet, int(ts))
         skipping = False
         try:
             yield from packet.decode()

@@ -53,12 +53,6 @@ class Timeline:
         return (self.pts[index] - self.start_pts).astype(np.float64) * self.time_base
 
 
-# FFmpeg reads a timestamp that goes back more than 60 s in an MPEG-TS as a 33-bit wrap and adds
-# 2^33 ticks (26.5 hours) to it, which hides a camera whose clock reset. Without the correction
-# the reset shows as one (and a true wrap as one too), and the timeline runs on across it.
-DEMUX_OPTIONS = {"correct_ts_overflow": "0"}
-
-
 def open_input(uri: str, storage_options: dict[str, Any] | None):
     """A binary file object for a local path, file:// or s3:// URI."""
     fs, path = storage.url_to_fs(uri, storage_options)
@@ -92,7 +86,7 @@ def _open_container(handle, uri: str):
     if not head:
         raise InputError("empty", "the file is empty (0 bytes)")
     try:
-        return av.open(handle, mode="r", options=DEMUX_OPTIONS)
+        return av.open(handle, mode="r")
     except av.error.FFmpegError as exc:
         if _looks_like_text(head):
             raise InputError("not_video", "the file is text, not a video container") from None
@@ -166,6 +160,8 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
         fps = (pts.shape[0] - 1) / max((pts[-1] - pts[0]) * time_base, 1e-9)
     if not ended:
         last_seconds = last_duration * time_base if last_duration > 0 else (1.0 / fps if fps > 0 else 0.0)
+        if offsets:   # a duration the container derives from timestamps that reset means nothing
+            declared.seconds = None
         short = _shortfall(declared, pts, ticks_all.shape[0], time_base, last_seconds, fps)
         if short:
             warnings.append(("truncated", short))
@@ -177,6 +173,15 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
     return Timeline(pts, time_base, int(pts[0]), fps, width, height, codec, warnings, offsets)
 
 
+# FFmpeg reads an MPEG-TS timestamp that goes back more than 60 s as a 33-bit wrap and adds
+# 2^33 ticks (26.5 hours) to it (a true wrap it handles right). So a camera whose clock reset
+# shows as a forward jump of more than half that, which no recording has between two frames.
+WRAP_CORRECTED_JUMP = 2**32
+# How many packets later a decoder may still output a packet's frame (H.264's largest picture
+# buffer, and a margin): older packets whose frames never came out are forgotten.
+DECODER_DELAY_PACKETS = 20
+
+
 class Pieces:
     """Counts, in demux order, the pieces of a stream whose timestamps reset: decode order
     runs forward except where a new piece starts. Probe and decode count alike. With
@@ -185,24 +190,31 @@ class Pieces:
     the first of the next."""
 
     def __init__(self, remember: bool = False):
-        self.current, self._last_dts = 0, None
+        self.current, self._last_dts, self._sent = 0, None, 0
         self._waiting: dict[int, deque] | None = {} if remember else None
 
-    def add(self, packet, ts: int) -> int:
-        """A packet with a timestamp (`ts`, its pts or else its dts) → its piece."""
+    def add(self, packet, ts: int | None) -> int:
+        """A packet with a timestamp (`ts`, its pts or else its dts; None: not sent to the
+        decoder) → its piece."""
         if packet.dts is not None:
-            self.current += self._last_dts is not None and packet.dts < self._last_dts
+            if self._last_dts is not None and not 0 <= packet.dts - self._last_dts <= WRAP_CORRECTED_JUMP:
+                self.current += 1
             self._last_dts = packet.dts
-        if self._waiting is not None:
-            self._waiting.setdefault(ts, deque()).append(self.current)
+        if self._waiting is not None and ts is not None:
+            self._sent += 1
+            self._waiting.setdefault(ts, deque()).append((self._sent, self.current))
         return self.current
 
     def of(self, ts: int) -> int:
-        """The piece of a decoded frame with timestamp `ts` (each timestamp answered once)."""
+        """The piece of a decoded frame with timestamp `ts` (each timestamp answered once). A
+        packet whose frame never came out (it did not decode) is forgotten once it is older
+        than a decoder can hold, so that it is not taken for a later piece's same timestamp."""
         queue = self._waiting.get(ts) if self._waiting is not None else None
+        while queue and queue[0][0] < self._sent - DECODER_DELAY_PACKETS:
+            queue.popleft()
         if not queue:
             return self.current
-        piece = queue.popleft()
+        piece = queue.popleft()[1]
         if not queue:
             del self._waiting[ts]
         return piece

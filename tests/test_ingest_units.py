@@ -79,17 +79,29 @@ def test_a_frame_folders_indices_come_from_the_frame_numbers(tmp_path):
     # the frame number is the number that varies, wherever it sits; numbers that are not a frame
     # count (milliseconds, a stray 1000000.png) keep the name order; UCSD's _gt masks are no clip
     for name, names, expected in (
-            ("cams", [f"frame_{n:03d}_cam2.png" for n in (1, 2, 4)], ["frame_001_cam2.png", "frame_002_cam2.png", "",
-                                                                      "frame_004_cam2.png"]),
+            ("cams", [f"frame_{n:03d}_cam2.png" for n in range(1, 11) if n != 3],
+             [f"frame_{n:03d}_cam2.png" if n != 3 else "" for n in range(1, 11)]),
+            ("dates", [f"2024050{1 + n // 6}_{n:04d}.jpg" for n in range(12) if n != 8],   # numbering runs on
+             [f"2024050{1 + n // 6}_{n:04d}.jpg" if n != 8 else "" for n in range(12)]),
             ("ms", [f"{1714550400000 + 100 * n}.jpg" for n in range(12)], [f"{1714550400000 + 100 * n}.jpg"
                                                                            for n in range(12)]),
-            ("outlier", ["001.png", "002.png", "1000000.png"], ["001.png", "002.png", "1000000.png"])):
+            ("outlier", [f"{n:03d}.png" for n in range(1, 11)] + ["1000000.png"],
+             [f"{n:03d}.png" for n in range(1, 11)] + ["1000000.png"])):
         folder = tmp_path / "more" / name
         folder.mkdir(parents=True)
         for n in names:
             (folder / n).write_bytes(b"x")
         [ref] = list_videos(str(folder))
         assert [os.path.basename(u) for u in ref.frame_uris] == expected and ref.stray == [], name
+        assert ("start" in ref.frame_note or "gaps" in ref.frame_note) == (name == "outlier"), (name, ref.frame_note)
+    # two cameras (or a day each) restarting the numbering: name order, with a note (a row)
+    folder = tmp_path / "more" / "two"
+    folder.mkdir()
+    for cam in (1, 2):
+        for n in range(1, 6):
+            (folder / f"cam{cam}_{n:04d}.png").write_bytes(b"x")
+    [ref] = list_videos(str(folder))
+    assert len(ref.frame_uris) == 10 and "start again 2 times" in ref.frame_note
     (tmp_path / "more" / "Test001_gt").mkdir()
     (tmp_path / "more" / "Test001_gt" / "001.bmp").write_bytes(b"x")
     assert "Test001_gt" not in [r.video_id for r in list_videos(str(tmp_path / "more"))]

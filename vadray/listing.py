@@ -40,6 +40,7 @@ class VideoRef:
     frame_uris: list[str] = field(default_factory=list)   # by frame index; "" where the numbering skips one
     stray: list[str] = field(default_factory=list)        # files in a frame folder that are not its frames
     stem_id: str = ""     # the id it would have alone, where a same-named sibling made it keep its extension
+    frame_note: str = ""  # how a frame folder's names were read, where they left a doubt
 
     @property
     def is_frame_folder(self) -> bool:
@@ -103,7 +104,7 @@ def list_videos(source: str, storage_options: dict[str, Any] | None = None) -> l
         log.info("SOURCE %s: %d files are neither videos nor frames and are not read (%s)", source,
                  sum(ignored.values()), ", ".join(f"{e} {n}" for e, n in sorted(ignored.items())))
     for folder, files in frame_folders.items():
-        slots, stray = _numbered_frames(files)
+        slots, stray, note = _numbered_frames(files)
         present = [item for item in slots if item is not None]
         metas = [_meta(info) for _, info in present]
         folder_uri = storage.to_uri(fs, posixpath.join(root, folder) if folder else root)
@@ -115,19 +116,23 @@ def list_videos(source: str, storage_options: dict[str, Any] | None = None) -> l
             mtime=max((m[2] for m in metas), default=""),
             frame_uris=[storage.to_uri(fs, item[0]) if item else "" for item in slots],
             stray=[storage.to_uri(fs, p) for p, _ in stray],
+            frame_note=note,
         ))
     return sorted(_unique_ids(videos), key=lambda v: v.video_id)
 
 
-def _numbered_frames(files: list[tuple[str, Any]]) -> tuple[list[Any], list[Any]]:
-    """A frame folder's files → (its frames by index, the files that are not frames).
+def _numbered_frames(files: list[tuple[str, Any]]) -> tuple[list[Any], list[Any], str]:
+    """A frame folder's files → (its frames by index, the files that are not frames, a note on
+    how the frames were ordered where the names left a doubt, else "").
 
     The frames are the files of the commonest name shape (the text between the numbers:
-    `frame_001_cam2.png` is `frame_ _cam .png`); a `thumbnail.png` beside them is stray. Where
-    exactly one number varies between them and the numbers run on with few gaps, a frame's
-    index is that number minus the first one (`001.tif` is frame 0): a missing file leaves a
-    hole (None) that decode reports, instead of moving every later frame one index earlier than
-    its labels. Otherwise (timestamps as names, no numbers) the frames keep their natural order."""
+    `frame_001_cam2.png` is `frame_ _cam .png`); a `thumbnail.png` beside them is stray. The
+    frame number is the number that counts up in steps of one (the one with most values, if
+    several do). Where it runs on with few gaps, a frame's index is that number minus the
+    first one (`001.tif` is frame 0): a missing file leaves a hole (None) that decode reports,
+    instead of moving every later frame one index earlier than its labels. Names whose numbers
+    do not count (timestamps) keep their name order; so do sequences that restart their
+    numbering (two cameras, or a day each) and numbers with many gaps, with a note."""
     ordered = sorted(files, key=lambda item: _natural_key(posixpath.basename(item[0])))
     shapes: dict[tuple[str, ...], list[tuple[Any, list[int]]]] = {}
     for item in ordered:
@@ -135,18 +140,29 @@ def _numbered_frames(files: list[tuple[str, Any]]) -> tuple[list[Any], list[Any]
         shapes.setdefault(tuple(p.lower() for p in parts[0::2]), []).append((item, [int(p) for p in parts[1::2]]))
     frames = max(shapes.values(), key=len)   # a tie: the first in name order
     if len(frames) < 2:                      # no common shape: every file is a frame, by name
-        return ordered, []
+        return ordered, [], ""
     stray = [item for group in shapes.values() if group is not frames for item, _ in group]
+    items = [item for item, _ in frames]
     numbers = np.array([n for _, n in frames], np.int64).reshape(len(frames), -1)
-    varying = [c for c in range(numbers.shape[1]) if np.unique(numbers[:, c]).size > 1]
-    if len(varying) == 1:
-        column = numbers[:, varying[0]]
-        span = int(column.max() - column.min()) + 1
-        if np.unique(column).size == column.size and span <= column.size + max(2, column.size // 10):
-            by_number = {int(n): item for n, (item, _) in zip(column, frames)}
-            first = int(column.min())
-            return [by_number.get(first + k) for k in range(span)], stray
-    return [item for item, _ in frames], stray
+    counting = [c for c in range(numbers.shape[1]) if np.unique(numbers[:, c]).size > 1
+                and np.median(np.diff(np.unique(numbers[:, c]))) == 1]
+    if not counting:
+        return items, stray, ""
+    count = max(counting, key=lambda c: np.unique(numbers[:, c]).size)
+    column = numbers[:, count]
+    others = [c for c in range(numbers.shape[1]) if c != count and np.unique(numbers[:, c]).size > 1]
+    if others:   # e.g. a date: one sequence if the frame numbers run on across its values
+        runs = sorted((column[mask].min(), column[mask].max()) for key in np.unique(numbers[:, others], axis=0)
+                      for mask in [(numbers[:, others] == key).all(axis=1)])
+        if any(b[0] <= a[1] for a, b in zip(runs, runs[1:])):
+            return items, stray, (f"the frame numbers start again {len(runs)} times (two cameras, or one "
+                                  "sequence a day?): the frames are taken in name order, one sequence after the other")
+    first, span = int(column.min()), int(column.max() - column.min()) + 1
+    if np.unique(column).size == column.size and span <= column.size + max(2, column.size // 10):
+        by_number = {int(n): item for n, item in zip(column, items)}
+        return [by_number.get(first + k) for k in range(span)], stray, ""
+    return items, stray, (f"the frame numbers run from {first} to {first + span - 1} over {column.size} files "
+                          "(repeated, or too many gaps for a frame count): the frames are taken in name order")
 
 
 def _folder_etag(files: list[tuple[str, dict]], metas: list[tuple[int, str, str]]) -> str:

@@ -173,12 +173,14 @@ def drop_renamed(output: str, camera: str, refs: list[VideoRef], model_id: str, 
     fs, _ = storage.url_to_fs(output, storage_options)
     dropped = {}
     for stem, paths in previous.renamed.items():
-        try:
-            uri = fs.cat_file(paths[0]).decode()
-        except (FileNotFoundError, UnicodeDecodeError):
-            continue
-        if uri in {r.uri for r in refs if r.stem_id == stem}:
-            dropped[stem] = paths
+        siblings = {r.uri for r in refs if r.stem_id == stem}
+        for path in paths:   # (an older marker may hold no URI)
+            try:
+                if fs.cat_file(path).decode() in siblings:
+                    dropped[stem] = paths
+                    break
+            except (FileNotFoundError, UnicodeDecodeError):
+                continue
     drop_previous(output, camera, [VideoRef(stem, "") for stem in dropped], model_id, Previous(markers=dropped),
                   storage_options)
     return sorted(dropped)

@@ -89,6 +89,8 @@ class ProbeAndPlan:
             names = ", ".join(u.rsplit("/", 1)[-1] for u in ref.stray[:5]) + (" …" if len(ref.stray) > 5 else "")
             timeline.warnings.append(("ignored_files", f"{len(ref.stray)} files do not follow the numbering of "
                                                        f"the folder's frames and are not used as frames: {names}"))
+        if ref.frame_note:
+            timeline.warnings.append(("frame_numbering", ref.frame_note))
         if timeline.warnings:
             self._error(ref, key, timeline.warnings)
         segments = plan_segments(timeline.num_frames, timeline.fps, self.segment_seconds, self.overlap,

@@ -67,23 +67,32 @@ class GreyScaler:
 
 
 def _decode_frames(container, stream, first_pts: int | None, failures: list[str],
-                   pieces: Pieces | None = None) -> Iterator[av.VideoFrame]:
+                   piece_offsets: list[int] | None = None) -> Iterator[av.VideoFrame]:
     """Frames of `stream` from the keyframe before `first_pts`. A packet the decoder refuses
     (corrupt data) is noted in `failures` and decoding resumes at the next keyframe: the frames
     between would be built on a broken reference, so they are reported missing, not kept.
-    `pieces` is told every packet that probe counted, as probe did."""
+
+    `piece_offsets` (`Timeline.piece_offsets`): each packet's timestamps are shifted as probe
+    shifted its piece's before it reaches the decoder, so frames come out with timestamps
+    unique in the file. A piece that starts without a keyframe (a recording cut mid-GOP) is
+    skipped to its first keyframe: decoded on the previous piece's pictures, it would be noise."""
     if first_pts is not None:
         container.seek(int(first_pts), stream=stream, backward=True, any_frame=False)
+    pieces = Pieces(container) if piece_offsets else None
     skipping = False
     for packet in container.demux(stream):
-        ts = packet.pts if packet.pts is not None else packet.dts
-        counted = pieces is not None and ts is not None and packet.size > 0 and not packet.is_discard
+        if pieces is not None and packet.size > 0 and not packet.is_discard \
+                and (packet.pts is not None or packet.dts is not None):
+            before = pieces.current
+            piece = min(pieces.add(packet), len(piece_offsets) - 1)
+            if piece != before and not packet.is_keyframe and not skipping:
+                failures.append(f"a timestamp reset at pts {packet.pts} into a recording that starts without a keyframe")
+                skipping = True
+            if piece_offsets[piece]:
+                packet.pts = None if packet.pts is None else packet.pts + piece_offsets[piece]
+                packet.dts = None if packet.dts is None else packet.dts + piece_offsets[piece]
         if skipping and packet.size > 0 and not packet.is_keyframe:
-            if counted:
-                pieces.add(packet, None)      # counts toward the pieces, never decoded
             continue                      # (an empty packet flushes the decoder: never skipped)
-        if counted:
-            pieces.add(packet, int(ts))
         skipping = False
         try:
             yield from packet.decode()
@@ -140,13 +149,12 @@ def _decode_pass(uri: str, want: np.ndarray, out: "_FrameBuffer", size: int,
             stream.thread_count = DECODER_THREADS
             previous, pos, anchored_after = None, None, 0
             started = False      # the first frame out anchors the placement, whatever it is
-            pieces, past_end = (Pieces(remember=True) if piece_offsets else None), 0
-            for frame in _decode_frames(container, stream, want[0] if seek else None, failures, pieces):
+            past_end = 0
+            for frame in _decode_frames(container, stream, want[0] if seek else None, failures, piece_offsets):
                 ts = frame.pts if frame.pts is not None else frame.dts
                 if ts is None:
                     continue
-                if pieces is not None:   # shifted as probe shifted it; at a reset the output order
-                    ts += piece_offsets[min(pieces.of(int(ts)), len(piece_offsets) - 1)]  # may go back
+                if piece_offsets:   # already shifted; at a reset the output order may go back
                     past_end = past_end + 1 if ts > want[-1] else 0
                     if past_end > REORDER_FRAMES:
                         break

@@ -144,10 +144,13 @@ def _numbered_frames(files: list[tuple[str, Any]]) -> tuple[list[Any], list[Any]
     stray = [item for group in shapes.values() if group is not frames for item, _ in group]
     items = [item for item, _ in frames]
     numbers = np.array([n for _, n in frames], np.int64).reshape(len(frames), -1)
-    counting = [c for c in range(numbers.shape[1]) if np.unique(numbers[:, c]).size > 1
-                and np.median(np.diff(np.unique(numbers[:, c]))) == 1]
-    if not counting:
-        return items, stray, ""
+    steps = {c: float(np.median(np.diff(np.unique(numbers[:, c])))) for c in range(numbers.shape[1])
+             if np.unique(numbers[:, c]).size > 1}
+    counting = [c for c, step in steps.items() if step == 1]
+    if not counting:   # timestamps as names; small steps may be a count with every other frame kept
+        small = [step for step in steps.values() if step <= 10]
+        return items, stray, (f"the frame numbers step by {small[0]:g}, not 1: the frames are taken in name "
+                              "order" if small else "")
     count = max(counting, key=lambda c: np.unique(numbers[:, c]).size)
     column = numbers[:, count]
     others = [c for c in range(numbers.shape[1]) if c != count and np.unique(numbers[:, c]).size > 1]
@@ -157,10 +160,15 @@ def _numbered_frames(files: list[tuple[str, Any]]) -> tuple[list[Any], list[Any]
         if any(b[0] <= a[1] for a, b in zip(runs, runs[1:])):
             return items, stray, (f"the frame numbers start again {len(runs)} times (two cameras, or one "
                                   "sequence a day?): the frames are taken in name order, one sequence after the other")
-    first, span = int(column.min()), int(column.max() - column.min()) + 1
-    if np.unique(column).size == column.size and span <= column.size + max(2, column.size // 10):
+    few = max(2, column.size // 10)   # missing files a count may have
+    # Numbering starts at 0 or 1: a folder starting a few above 1 lost its first files (holes),
+    # one starting far above is a clip cut from a longer sequence (said in the note).
+    first = 1 if 2 <= column.min() <= 1 + few else int(column.min())
+    span = int(column.max()) - first + 1
+    if np.unique(column).size == column.size and span <= column.size + few:
         by_number = {int(n): item for n, item in zip(column, items)}
-        return [by_number.get(first + k) for k in range(span)], stray, ""
+        return [by_number.get(first + k) for k in range(span)], stray, (
+            f"the frame numbers start at {first}: that frame is index 0" if first > 1 else "")
     return items, stray, (f"the frame numbers run from {first} to {first + span - 1} over {column.size} files "
                           "(repeated, or too many gaps for a frame count): the frames are taken in name order")
 

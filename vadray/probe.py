@@ -8,7 +8,6 @@ carries `Timeline.warnings` (rows too; its frames are still processed).
 """
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,7 +106,7 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
             stream = video_stream(container)
             ticks: list[int] = []
             pieces: list[int] = []            # per packet: how many times the dts went back before it
-            counter = Pieces()
+            counter = Pieces(container)
             last_duration = 0                 # the last packet's stated duration
             discarded = 0                     # decoded for reference only: an MP4 edit list cuts them
             untimed = 0                       # packets with neither pts nor dts
@@ -124,7 +123,7 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
                         discarded += 1
                         continue
                     ticks.append(int(ts))
-                    pieces.append(counter.add(packet, int(ts)))
+                    pieces.append(counter.add(packet))
                     last_duration = int(packet.duration or 0)
             except av.error.FFmpegError as exc:
                 ended = f"the stream ended early after {len(ticks)} frames: {exc}"
@@ -173,51 +172,31 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
     return Timeline(pts, time_base, int(pts[0]), fps, width, height, codec, warnings, offsets)
 
 
-# FFmpeg reads an MPEG-TS timestamp that goes back more than 60 s as a 33-bit wrap and adds
-# 2^33 ticks (26.5 hours) to it (a true wrap it handles right). So a camera whose clock reset
-# shows as a forward jump of more than half that, which no recording has between two frames.
-WRAP_CORRECTED_JUMP = 2**32
-# How many packets later a decoder may still output a packet's frame (H.264's largest picture
-# buffer, and a margin): older packets whose frames never came out are forgotten.
-DECODER_DELAY_PACKETS = 20
+# FFmpeg unwraps MPEG-TS's 33-bit clock: a timestamp more than 60 s below the stream's start
+# reads as wrapped and is moved by 2^33 ticks (26.5 h), so a camera clock that reset shows as a
+# jump across 0 or 2^33 (a true wrap crosses it by one frame). MPEG-TS counts 90 kHz ticks.
+TS_WRAP_POINTS = (0, 2**33)
+TS_RESET_JUMP = 60 * 90_000
 
 
 class Pieces:
     """Counts, in demux order, the pieces of a stream whose timestamps reset: decode order
-    runs forward except where a new piece starts. Probe and decode count alike. With
-    `remember`, it keeps which piece each timestamp came in, for decode: a raw timestamp alone
-    is ambiguous, and at a reset the decoder may hand out the last frame of one piece after
-    the first of the next."""
+    runs forward except where a new piece starts (in MPEG-TS also where FFmpeg's wrap
+    correction moved a reset across its wrap point). Probe and decode count alike."""
 
-    def __init__(self, remember: bool = False):
-        self.current, self._last_dts, self._sent = 0, None, 0
-        self._waiting: dict[int, deque] | None = {} if remember else None
+    def __init__(self, container):
+        self.current, self._last_dts = 0, None
+        self._mpegts = "mpegts" in container.format.name.split(",")
 
-    def add(self, packet, ts: int | None) -> int:
-        """A packet with a timestamp (`ts`, its pts or else its dts; None: not sent to the
-        decoder) → its piece."""
-        if packet.dts is not None:
-            if self._last_dts is not None and not 0 <= packet.dts - self._last_dts <= WRAP_CORRECTED_JUMP:
+    def add(self, packet) -> int:
+        """A packet that has a timestamp → its piece."""
+        dts, last = packet.dts, self._last_dts
+        if dts is not None:
+            if last is not None and (dts < last or (self._mpegts and dts - last > TS_RESET_JUMP
+                                                    and any(last < w <= dts for w in TS_WRAP_POINTS))):
                 self.current += 1
-            self._last_dts = packet.dts
-        if self._waiting is not None and ts is not None:
-            self._sent += 1
-            self._waiting.setdefault(ts, deque()).append((self._sent, self.current))
+            self._last_dts = dts
         return self.current
-
-    def of(self, ts: int) -> int:
-        """The piece of a decoded frame with timestamp `ts` (each timestamp answered once). A
-        packet whose frame never came out (it did not decode) is forgotten once it is older
-        than a decoder can hold, so that it is not taken for a later piece's same timestamp."""
-        queue = self._waiting.get(ts) if self._waiting is not None else None
-        while queue and queue[0][0] < self._sent - DECODER_DELAY_PACKETS:
-            queue.popleft()
-        if not queue:
-            return self.current
-        piece = queue.popleft()[1]
-        if not queue:
-            del self._waiting[ts]
-        return piece
 
 
 def _piece_offsets(ticks: np.ndarray, pieces: np.ndarray, fps: float, time_base: float) -> list[int]:

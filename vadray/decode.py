@@ -136,8 +136,8 @@ def _decode_pass(uri: str, want: np.ndarray, out: "_FrameBuffer", size: int,
     """One decode of the frames `want` (timestamps) into `out`: (error, whether the decoder's
     timestamps went backwards). `by_order`: the first frame out is placed by its timestamp,
     each later one at the next position (timestamps on a uniform grid, as AVI's are).
-    `piece_offsets` (`Timeline.piece_offsets`): where the timestamps go back, the decoder's
-    output starts the next piece, whose timestamps are shifted as the probe shifted them."""
+    `piece_offsets` (`Timeline.piece_offsets`): a file whose timestamps reset; its frames come
+    out already shifted (`_decode_frames`) and are placed by timestamp, reordering included."""
     scaler = GreyScaler(size)
     out.clear()
     failures: list[str] = []

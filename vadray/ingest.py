@@ -31,7 +31,7 @@ from vadray.clip_shards import (CHUNK_FRAMES, CLIPS_SCHEMA, SMALL_COLUMNS, clip_
                                 write_sums)
 from vadray.errors import JobSummary, clear_errors, read_errors, safe_key
 from vadray.exits import UsageError
-from vadray.listing import VIDEO_EXTENSIONS, VideoRef, check_camera, list_videos
+from vadray.listing import VIDEO_EXTENSIONS, VideoRef, check_camera, former_ids, list_videos
 from vadray.preprocess import PartialSums
 from vadray.stages import ProbeAndPlan, add_decode_options, decode_planned
 
@@ -130,8 +130,8 @@ def _clear_previous(output: str, camera: str, refs: list[VideoRef], storage_opti
     (`a` before `a.mkv` came beside `a.mp4`): the same footage must not be in the shards twice."""
     fs, root = storage.url_to_fs(output, storage_options)
     ids = {r.video_id for r in refs}
-    renamed = sorted(stem for stem in {r.stem_id for r in refs if r.stem_id} - ids
-                     if _shards_come_from(output, stem, {r.uri for r in refs if r.stem_id == stem}, storage_options))
+    renamed = sorted(stem for stem, uris in former_ids(refs).items()
+                     if _shards_come_from(output, stem, uris, storage_options))
     for video_id in [*ids, *renamed]:
         for folder in ("clips", "stats/parts"):
             previous = f"{root}/{folder}/video_key={safe_key(video_id)}"

@@ -144,16 +144,16 @@ def _numbered_frames(files: list[tuple[str, Any]]) -> tuple[list[Any], list[Any]
     stray = [item for group in shapes.values() if group is not frames for item, _ in group]
     items = [item for item, _ in frames]
     numbers = np.array([n for _, n in frames], np.int64).reshape(len(frames), -1)
-    steps = {c: float(np.median(np.diff(np.unique(numbers[:, c])))) for c in range(numbers.shape[1])
-             if np.unique(numbers[:, c]).size > 1}
+    values = {c: np.unique(numbers[:, c]) for c in range(numbers.shape[1])}
+    steps = {c: float(np.median(np.diff(v))) for c, v in values.items() if v.size > 1}   # the varying ones
     counting = [c for c, step in steps.items() if step == 1]
     if not counting:   # timestamps as names; small steps may be a count with every other frame kept
         small = [step for step in steps.values() if step <= 10]
         return items, stray, (f"the frame numbers step by {small[0]:g}, not 1: the frames are taken in name "
                               "order" if small else "")
-    count = max(counting, key=lambda c: np.unique(numbers[:, c]).size)
+    count = max(counting, key=lambda c: values[c].size)
     column = numbers[:, count]
-    others = [c for c in range(numbers.shape[1]) if c != count and np.unique(numbers[:, c]).size > 1]
+    others = [c for c in steps if c != count]
     if others:   # e.g. a date: one sequence if the frame numbers run on across its values
         runs = sorted((column[mask].min(), column[mask].max()) for key in np.unique(numbers[:, others], axis=0)
                       for mask in [(numbers[:, others] == key).all(axis=1)])
@@ -165,7 +165,7 @@ def _numbered_frames(files: list[tuple[str, Any]]) -> tuple[list[Any], list[Any]
     # one starting far above is a clip cut from a longer sequence (said in the note).
     first = 1 if 2 <= column.min() <= 1 + few else int(column.min())
     span = int(column.max()) - first + 1
-    if np.unique(column).size == column.size and span <= column.size + few:
+    if values[count].size == column.size and span <= column.size + few:
         by_number = {int(n): item for n, item in zip(column, items)}
         return [by_number.get(first + k) for k in range(span)], stray, (
             f"the frame numbers start at {first}: that frame is index 0" if first > 1 else "")
@@ -201,6 +201,18 @@ def frame_folder(uri: str, storage_options: dict[str, Any] | None = None) -> Vid
     folder_uri = storage.to_uri(fs, path)
     clips = [v for v in list_videos(uri, storage_options) if v.uri == folder_uri]
     return clips[0] if clips else None
+
+
+def former_ids(refs: list[VideoRef]) -> dict[str, set[str]]:
+    """Ids that files had before a same-named sibling made them keep their extension (`a`,
+    now `a.mp4` beside `a.mkv`), each with the URIs of the files that share it; an id that a
+    listed input still has (a frame folder `a/`) is not former."""
+    ids = {r.video_id for r in refs}
+    former: dict[str, set[str]] = {}
+    for ref in refs:
+        if ref.stem_id and ref.stem_id not in ids:
+            former.setdefault(ref.stem_id, set()).add(ref.uri)
+    return former
 
 
 def _unique_ids(videos: list[VideoRef]) -> list[VideoRef]:

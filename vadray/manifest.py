@@ -20,7 +20,7 @@ from typing import Any
 from vadray import storage
 from vadray.errors import safe_key
 from vadray.exits import UsageError
-from vadray.listing import VideoRef
+from vadray.listing import VideoRef, former_ids
 
 _DATE = re.compile(r"(?<!\d)(20\d{2}|19\d{2})-?(0[1-9]|1[0-2])-?(0[1-9]|[12]\d|3[01])(?!\d)")
 
@@ -66,12 +66,15 @@ def mark_scored(output: str, camera: str, video_id: str, identity: str, model_id
 class Previous:
     """What this camera's markers say about a run's videos, for one model."""
 
-    done: set[str] = field(default_factory=set)                  # finished with this content
+    done_markers: dict[str, str] = field(default_factory=dict)   # finished with this content: the marker
     uris: dict[str, str] = field(default_factory=dict)           # scored before, not done now: its URI
     markers: dict[str, list[str]] = field(default_factory=dict)  # … and those markers' paths
     stale: list[str] = field(default_factory=list)               # older markers beside a current one
-    done_markers: dict[str, str] = field(default_factory=dict)   # the done videos' own markers (--force)
     renamed: dict[str, list[str]] = field(default_factory=dict)  # markers of ids a file had before a sibling came
+
+    @property
+    def done(self) -> set[str]:
+        return set(self.done_markers)
 
 
 def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: str,
@@ -82,7 +85,7 @@ def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: s
     root = root.rstrip("/")
     # Only the markers that can be this run's: their names start with the keys' common prefix
     # (a month's day folders share '2024-05-'), so month 12 of a backfill does not list 1-11.
-    stems = {r.stem_id for r in refs if r.stem_id} - {r.video_id for r in refs}
+    stems = former_ids(refs)
     prefix = os.path.commonprefix([safe_key(v) for v in [*(r.video_id for r in refs), *stems]]) if refs else ""
     try:
         if prefix and storage.is_remote(output):
@@ -101,7 +104,6 @@ def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: s
         marker = manifest_marker(camera, ref.video_id, ref.identity(), model_id).split("/", 1)[1]
         older = by_video.get(marker.rsplit(".", 2)[0], [])
         if marker in older:
-            found.done.add(ref.video_id)
             found.done_markers[ref.video_id] = f"{root}/{marker}"
             found.stale += [f"{root}/{name}" for name in older if name != marker]
         elif older:
@@ -171,9 +173,9 @@ def drop_renamed(output: str, camera: str, refs: list[VideoRef], model_id: str, 
     if not previous.renamed:
         return []
     fs, _ = storage.url_to_fs(output, storage_options)
-    dropped = {}
+    siblings_of, dropped = former_ids(refs), {}
     for stem, paths in previous.renamed.items():
-        siblings = {r.uri for r in refs if r.stem_id == stem}
+        siblings = siblings_of[stem]
         for path in paths:   # (an older marker may hold no URI)
             try:
                 if fs.cat_file(path).decode() in siblings:

@@ -134,14 +134,14 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
             width, height, codec = int(ctx.width or 0), int(ctx.height or 0), ctx.name
             declared = _Declared(max(0, int(stream.frames or 0) - discarded),
                                  _declared_seconds(container, stream, time_base), container.format.name)
-    ticks_all = np.asarray(ticks, dtype=np.int64)
-    offsets = _piece_offsets(ticks_all, np.asarray(pieces, np.int64), fps, time_base)
+    ticks_all, piece_of = np.asarray(ticks, dtype=np.int64), np.asarray(pieces, dtype=np.int64)
+    offsets = _piece_offsets(ticks_all, piece_of, fps, time_base)
     warnings = [("truncated", ended)] if ended else []
     if offsets:
-        ticks_all = ticks_all + np.asarray(offsets, np.int64)[np.asarray(pieces, np.int64)]
+        ticks_all = ticks_all + np.asarray(offsets, np.int64)[piece_of]
     pts = np.unique(ticks_all)  # presentation order
     if offsets:
-        first_reset = int(np.searchsorted(pts, ticks_all[np.asarray(pieces) == 1].min()))
+        first_reset = int(np.searchsorted(pts, ticks_all[piece_of == 1].min()))
         warnings.append(("timestamps", f"the timestamps go back {len(offsets) - 1} time(s), first at frame "
                                        f"{first_reset} (concatenated recordings, or a camera clock reset): "
                                        "the frames are kept in file order, each reset's times continuing from "

@@ -159,8 +159,8 @@ def decode_planned(seg: dict[str, Any], size: int, errors_uri: str,
     if decoded.error:
         lost = ", ".join(f"{a + first}-{b + first - 1}" for a, b in decoded.missing) or "none"
         kind, why = "decode_failed", decoded.error
-        if first == 0 and decoded.missing[:1] == [(0, decoded.missing[0][1])] and len(decoded.missing) == 1 \
-                and why == NOT_DECODED and not seg["frame_uris"]:
+        if (first == 0 and len(decoded.missing) == 1 and decoded.missing[0][0] == 0 and why == NOT_DECODED
+                and not seg["frame_uris"]):
             # A recording cut mid-GOP: its first frames refer to a keyframe the file does not hold.
             kind, why = "starts_mid_gop", (f"the video starts {decoded.missing[0][1]} frames before its "
                                            "first keyframe (cut mid-GOP); those frames cannot be decoded")

@@ -8,6 +8,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import videos
 
 from vadray import cli, evaluate, query, report
 from vadray.errors import error_row, safe_key, write_errors
@@ -256,6 +257,12 @@ def test_decode_thumbnail_video_and_frame_folder(scored, tmp_path):
         image = np.full((16, 16, 3), 20 * i, np.uint8)
         av.VideoFrame.from_ndarray(image, format="rgb24").save(str(folder / f"{i}.png"))
     assert report.decode_thumbnail(str(folder), 10).mean() == pytest.approx(200, abs=2)
+    joined = str(tmp_path / "joined.ts")   # timestamps that reset: frame 95 is the third recording's 15th
+    videos.joined_ts(joined, [10.0, 0.0, 2.0], b_frames=2, n=40)
+    with av.open(joined) as container:
+        plain = [f.to_ndarray(format="gray") for f in container.decode(video=0)]
+    np.testing.assert_array_equal(report.decode_thumbnail(joined, 95), plain[95])
+    np.testing.assert_array_equal(report.decode_thumbnail(joined, 15), plain[15])
 
 
 def test_report_writes_plots_and_index(scored, tmp_path):

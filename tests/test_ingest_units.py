@@ -396,6 +396,44 @@ def test_a_reset_into_a_recording_cut_mid_gop_keeps_what_decodes(tmp_path, start
     np.testing.assert_array_equal(np.concatenate([p.frames for p in parts]), whole.frames)
 
 
+def test_a_file_whose_timestamps_reset_is_sought_by_bytes_not_decoded_from_its_start(tmp_path, monkeypatch):
+    """Each segment of such a file starts at the keyframe before it (probe records keyframes'
+    byte positions), so a long file costs one decode, not one per segment from its start. A
+    seek that lands elsewhere falls back to decoding from the start, with the same frames."""
+    import vadray.decode as decode
+
+    path = str(tmp_path / "joined.ts")
+    videos.joined_ts(path, [10.0, 0.0, 2.0], b_frames=2, n=40)
+    with av.open(path) as container:
+        plain = np.stack([GreyScaler(27)(f) for f in container.decode(video=0)])
+    timeline = probe(path)
+    assert timeline.num_frames == 120 and len(timeline.piece_offsets) == 3 and len(timeline.keyframes) == 12
+    out_of_decoder = []
+    original = decode._decode_frames
+
+    def counted(*args, **kwargs):
+        for frame in original(*args, **kwargs):
+            out_of_decoder.append(frame)
+            yield frame
+
+    monkeypatch.setattr(decode, "_decode_frames", counted)
+    late = decode_segment(path, timeline, 95, 105, 27)   # in the third recording
+    np.testing.assert_array_equal(late.frames, plain[95:105])
+    assert len(out_of_decoder) <= 10 + 10 + decode.REORDER_FRAMES + 2   # its GOP, then past its end
+    out_of_decoder.clear()
+    timeline.keyframes[:, 2] += 1                                       # positions that are no packet's
+    missed = decode_segment(path, timeline, 95, 105, 27)
+    np.testing.assert_array_equal(missed.frames, plain[95:105])
+    assert len(out_of_decoder) >= 105                                   # from the start
+    timeline = probe(path)
+    rows = ProbeAndPlan(str(tmp_path / "out"), "cam", 0.7, 10, {})(
+        {**list_videos(path)[0].to_dict()})
+    assert len(rows) > 10 and all(row["keyframe"] for row in rows)
+    parts = [decode_planned(row, 27, str(tmp_path / "out" / "errors"), {}) for row in rows]
+    np.testing.assert_array_equal(np.concatenate([p.frame_index for p in parts]), np.arange(120))
+    np.testing.assert_array_equal(np.concatenate([p.frames for p in parts]), plain)
+
+
 def test_frames_without_timestamps_are_not_lost_silently(tmp_path):
     """H.264 in MPEG-PS (.mpg): most packets carry neither pts nor dts."""
     path = str(tmp_path / "h264.mpg")

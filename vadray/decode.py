@@ -66,8 +66,13 @@ class GreyScaler:
         return grey.to_ndarray()
 
 
+class SeekMissed(Exception):
+    """A byte seek that did not land on the keyframe probe recorded there."""
+
+
 def _decode_frames(container, stream, first_pts: int | None, failures: list[str],
-                   piece_offsets: list[int] | None = None) -> Iterator[av.VideoFrame]:
+                   piece_offsets: list[int] | None = None,
+                   at_byte: tuple[int, int] | None = None) -> Iterator[av.VideoFrame]:
     """Frames of `stream` from the keyframe before `first_pts`. A packet the decoder refuses
     (corrupt data) is noted in `failures` and decoding resumes at the next keyframe: the frames
     between would be built on a broken reference, so they are reported missing, not kept.
@@ -75,12 +80,24 @@ def _decode_frames(container, stream, first_pts: int | None, failures: list[str]
     `piece_offsets` (`Timeline.piece_offsets`): each packet's timestamps are shifted as probe
     shifted its piece's before it reaches the decoder, so frames come out with timestamps
     unique in the file. A piece that starts without a keyframe (a recording cut mid-GOP) is
-    skipped to its first keyframe: decoded on the previous piece's pictures, it would be noise."""
-    if first_pts is not None:
+    skipped to its first keyframe: decoded on the previous piece's pictures, it would be noise.
+    Such a file's timestamps repeat, so it is sought by bytes: `at_byte` is (piece, byte
+    position) of a keyframe (`Timeline.seek_point`); landing anywhere else raises SeekMissed."""
+    if at_byte is not None:
+        try:
+            container.seek(at_byte[1], unsupported_byte_offset=True)   # FFmpeg's AVSEEK_FLAG_BYTE
+        except av.error.FFmpegError as exc:   # a demuxer that cannot seek by bytes
+            raise SeekMissed(str(exc)) from None
+    elif first_pts is not None:
         container.seek(int(first_pts), stream=stream, backward=True, any_frame=False)
-    pieces = Pieces(container) if piece_offsets else None
+    pieces = Pieces(container, at_byte[0] if at_byte else 0) if piece_offsets else None
+    landing = at_byte[1] if at_byte else None
     skipping = False
     for packet in container.demux(stream):
+        if landing is not None and packet.size > 0:
+            if packet.pos != landing:
+                raise SeekMissed(f"a byte seek to {landing} landed at {packet.pos}")
+            landing = None
         if pieces is not None and packet.size > 0 and not packet.is_discard \
                 and (packet.pts is not None or packet.dts is not None):
             before = pieces.current
@@ -101,6 +118,14 @@ def _decode_frames(container, stream, first_pts: int | None, failures: list[str]
             skipping = True
 
 
+def frames_from(container, stream, timeline: Timeline, pts: int) -> Iterator[av.VideoFrame]:
+    """Decoded frames from the keyframe before the frame at `pts` (one of `timeline.pts`), their
+    timestamps shifted as the timeline's are: a one-off read, such as a report's thumbnail."""
+    if timeline.piece_offsets:
+        return _decode_frames(container, stream, None, [], timeline.piece_offsets, timeline.seek_point(pts))
+    return _decode_frames(container, stream, pts, [])
+
+
 def decode_segment(uri: str, timeline: Timeline, first: int, last: int, size: int,
                    storage_options: dict[str, Any] | None = None) -> DecodedFrames:
     """Decode frames [first, last) of a video file to (n, S, S) uint8 grey.
@@ -115,16 +140,22 @@ def decode_segment(uri: str, timeline: Timeline, first: int, last: int, size: in
     """
     want = timeline.pts[first:last]
     # Positions are relative to `timeline`, which may hold only this segment's frames. A file
-    # whose timestamps reset has the same timestamps in several places: no seek can tell which.
-    seek = int(want[0]) > timeline.start_pts and not timeline.piece_offsets
+    # whose timestamps reset has the same timestamps in several places: it is sought by bytes.
+    pieces = timeline.piece_offsets
+    at_byte = timeline.seek_point(int(want[0])) if pieces else None
+    seek = at_byte is not None if pieces else int(want[0]) > timeline.start_pts
     out = _FrameBuffer(last - first, size)
-    error, backwards = _decode_pass(uri, want, out, size, storage_options, seek, by_order=False,
-                                    piece_offsets=timeline.piece_offsets)
+    try:
+        error, backwards = _decode_pass(uri, want, out, size, storage_options, seek, by_order=False,
+                                        piece_offsets=pieces, at_byte=at_byte)
+    except SeekMissed:
+        seek = False
+        error, backwards = _decode_pass(uri, want, out, size, storage_options, False, False, pieces)
     by_order = backwards
     if by_order:
         error, _ = _decode_pass(uri, want, out, size, storage_options, seek, by_order=True)
     if seek and not out.filled[0] and not error:   # the seek landed after `first`: from the start
-        error, backwards = _decode_pass(uri, want, out, size, storage_options, False, by_order)
+        error, backwards = _decode_pass(uri, want, out, size, storage_options, False, by_order, pieces)
         if backwards and not by_order:   # the bad seek hid the decode-order labels (an AVI without index)
             error, _ = _decode_pass(uri, want, out, size, storage_options, False, True)
     return _collect(out, timeline, first, last, size, error)
@@ -132,12 +163,14 @@ def decode_segment(uri: str, timeline: Timeline, first: int, last: int, size: in
 
 def _decode_pass(uri: str, want: np.ndarray, out: "_FrameBuffer", size: int,
                  storage_options: dict[str, Any] | None, seek: bool, by_order: bool,
-                 piece_offsets: list[int] | None = None) -> tuple[str, bool]:
+                 piece_offsets: list[int] | None = None,
+                 at_byte: tuple[int, int] | None = None) -> tuple[str, bool]:
     """One decode of the frames `want` (timestamps) into `out`: (error, whether the decoder's
     timestamps went backwards). `by_order`: the first frame out is placed by its timestamp,
     each later one at the next position (timestamps on a uniform grid, as AVI's are).
     `piece_offsets` (`Timeline.piece_offsets`): a file whose timestamps reset; its frames come
-    out already shifted (`_decode_frames`) and are placed by timestamp, reordering included."""
+    out already shifted (`_decode_frames`) and are placed by timestamp, reordering included.
+    Such a file seeks to `at_byte` (`Timeline.seek_point`) where `seek` is set."""
     scaler = GreyScaler(size)
     out.clear()
     failures: list[str] = []
@@ -150,7 +183,8 @@ def _decode_pass(uri: str, want: np.ndarray, out: "_FrameBuffer", size: int,
             previous, pos, anchored_after = None, None, 0
             started = False      # the first frame out anchors the placement, whatever it is
             past_end = 0
-            for frame in _decode_frames(container, stream, want[0] if seek else None, failures, piece_offsets):
+            for frame in _decode_frames(container, stream, want[0] if seek else None, failures, piece_offsets,
+                                        at_byte if seek else None):
                 ts = frame.pts if frame.pts is not None else frame.dts
                 if ts is None:
                     continue

@@ -42,6 +42,9 @@ class Timeline:
     # Where the stream's timestamps go back (concatenated recordings, a camera's clock reset):
     # the ticks added to each piece's own, in file order, so that `pts` runs on. Empty: none.
     piece_offsets: list[int] = field(default_factory=list)
+    # Such a file's keyframes, in file order: (shifted pts, piece, byte position). Its timestamps
+    # repeat, so a segment seeks to a keyframe's bytes instead of a time (`seek_point`).
+    keyframes: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
 
     @property
     def num_frames(self) -> int:
@@ -50,6 +53,17 @@ class Timeline:
     def time_s(self, index: np.ndarray) -> np.ndarray:
         """Seconds from the stream's start of the frames at positions `index`."""
         return (self.pts[index] - self.start_pts).astype(np.float64) * self.time_base
+
+    def keyframe_before(self, pts: int) -> list[int]:
+        """[shifted pts, piece, byte position] of the last keyframe at or before the (shifted)
+        `pts` in a file whose timestamps reset; []: none (decode from the start)."""
+        before = np.flatnonzero(self.keyframes[:, 0] <= pts)
+        return [int(v) for v in self.keyframes[before[-1]]] if before.size else []
+
+    def seek_point(self, pts: int) -> tuple[int, int] | None:
+        """(piece, byte position) to decode the frame at `pts` from; None: from the start."""
+        keyframe = self.keyframe_before(pts)
+        return (keyframe[1], keyframe[2]) if keyframe else None
 
 
 def open_input(uri: str, storage_options: dict[str, Any] | None):
@@ -106,6 +120,7 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
             stream = video_stream(container)
             ticks: list[int] = []
             pieces: list[int] = []            # per packet: how many times the dts went back before it
+            keyframes: list[tuple[int, int]] = []   # (packet number, byte position)
             counter = Pieces(container)
             last_duration = 0                 # the last packet's stated duration
             discarded = 0                     # decoded for reference only: an MP4 edit list cuts them
@@ -122,6 +137,8 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
                     if packet.is_discard:     # before an edit list's start (a `-ss … -c copy` cut)
                         discarded += 1
                         continue
+                    if packet.is_keyframe and packet.pos is not None and packet.pos >= 0:
+                        keyframes.append((len(ticks), int(packet.pos)))
                     ticks.append(int(ts))
                     pieces.append(counter.add(packet))
                     last_duration = int(packet.duration or 0)
@@ -137,16 +154,19 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
     ticks_all, piece_of = np.asarray(ticks, dtype=np.int64), np.asarray(pieces, dtype=np.int64)
     offsets = _piece_offsets(ticks_all, piece_of, fps, time_base)
     warnings = [("truncated", ended)] if ended else []
+    seek_points = np.zeros((0, 3), np.int64)
     if offsets:
         ticks_all = ticks_all + np.asarray(offsets, np.int64)[piece_of]
+        numbers = np.asarray([k for k, _ in keyframes], np.int64)
+        seek_points = np.stack([ticks_all[numbers], piece_of[numbers],
+                                np.asarray([pos for _, pos in keyframes], np.int64)], axis=1).reshape(-1, 3)
     pts = np.unique(ticks_all)  # presentation order
     if offsets:
         first_reset = int(np.searchsorted(pts, ticks_all[piece_of == 1].min()))
         warnings.append(("timestamps", f"the timestamps go back {len(offsets) - 1} time(s), first at frame "
                                        f"{first_reset} (concatenated recordings, or a camera clock reset): "
                                        "the frames are kept in file order, each reset's times continuing from "
-                                       "the frame before it; such a file is decoded from its start for each "
-                                       "segment"))
+                                       "the frame before it"))
     if untimed:
         warnings.append(("timestamps", f"{untimed} of {untimed + ticks_all.shape[0]} frames carry no timestamp "
                                        "in the container and are left out (remux the file, e.g. to .mp4)"))
@@ -169,7 +189,7 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
         warnings.append(("timestamps", f"{repeated} of {ticks_all.shape[0]} frames repeat another "
                                        f"frame's timestamp (a timestamp reset, or duplicated pts); "
                                        f"one frame per timestamp is kept ({repeated} dropped)"))
-    return Timeline(pts, time_base, int(pts[0]), fps, width, height, codec, warnings, offsets)
+    return Timeline(pts, time_base, int(pts[0]), fps, width, height, codec, warnings, offsets, seek_points)
 
 
 # FFmpeg unwraps MPEG-TS's 33-bit clock: a timestamp more than 60 s below the stream's start
@@ -184,8 +204,8 @@ class Pieces:
     runs forward except where a new piece starts (in MPEG-TS also where FFmpeg's wrap
     correction moved a reset across its wrap point). Probe and decode count alike."""
 
-    def __init__(self, container):
-        self.current, self._last_dts = 0, None
+    def __init__(self, container, current: int = 0):
+        self.current, self._last_dts = current, None
         self._mpegts = "mpegts" in container.format.name.split(",")
 
     def add(self, packet) -> int:

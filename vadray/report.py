@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from vadray import listing, metrics, probe, storage
+from vadray import decode, listing, metrics, probe, storage
 from vadray.errors import safe_key
 from vadray.evaluate import read_labels
 from vadray.exits import UsageError
@@ -53,17 +53,16 @@ def decode_thumbnail(source_uri: str, frame_index: int, storage_options: dict | 
             with fs.open(storage.url_to_fs(uri, storage_options)[1], "rb") as f, av.open(f) as container:
                 return _grey(next(container.decode(video=0)), max_side)
         timeline = probe.probe(source_uri, min_frames=1, storage_options=storage_options)
-        if timeline.piece_offsets:   # the frame's timestamp is not unique in the file: no seek finds it
-            log.info("no thumbnail for %s frame %d: its timestamps reset", source_uri, frame_index)
-            return None
-        target = int(timeline.pts[frame_index])
+        target, past = int(timeline.pts[frame_index]), 0
         with fs.open(path, "rb") as f, av.open(f) as container:
-            stream = probe.video_stream(container)
-            container.seek(target, stream=stream, backward=True, any_frame=False)
-            for frame in container.decode(stream):
-                if frame.pts is not None and frame.pts >= target:
-                    return _grey(frame, max_side) if frame.pts == target else None
-    except (probe.InputError, av.error.FFmpegError, OSError, IndexError, StopIteration, UsageError) as exc:
+            for frame in decode.frames_from(container, probe.video_stream(container), timeline, target):
+                if frame.pts == target:
+                    return _grey(frame, max_side)
+                past += frame.pts is not None and frame.pts > target   # where timestamps reset, the
+                if past > decode.REORDER_FRAMES:                          # decoder's order may go back
+                    return None
+    except (probe.InputError, av.error.FFmpegError, OSError, IndexError, StopIteration, UsageError,
+            decode.SeekMissed) as exc:
         log.warning("no thumbnail for %s frame %d: %s", source_uri, frame_index, exc)
     return None
 

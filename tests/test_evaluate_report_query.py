@@ -240,6 +240,10 @@ def test_s3_outputs_give_the_same_answers(scored, s3_bucket):
     assert remote["coverage"] == local["coverage"] and remote["events"] == local["events"]
     sql = "SELECT camera, date, video_id, count(*) AS n FROM frames GROUP BY ALL ORDER BY video_id"
     assert query.query(f"s3://{bucket}/run/out", sql, options).equals(query.query(scored["out"], sql))
+    for elsewhere in ("SELECT * FROM read_text('/proc/self/environ')",   # an s3 OUTPUT is as locked as a local one
+                      f"SELECT * FROM read_csv('s3://{bucket}/run/labels.csv')", "SET enable_external_access = true"):
+        with pytest.raises(UsageError):
+            query.query(f"s3://{bucket}/run/out", elsewhere, options)
 
 
 def test_decode_thumbnail_video_and_frame_folder(scored, tmp_path):

@@ -416,6 +416,28 @@ def test_dates_come_from_paths():
     assert video_date(VideoRef("cam3/20240501_0900", "x")) == "2024-05-01"
     assert video_date(VideoRef("Test001", "x")) == "unknown"
     assert video_date(VideoRef("cam3/20241341", "x")) == "unknown"
+    assert video_date(VideoRef("cam3/2024/05/01/0900", "x")) == "2024-05-01"   # a folder per year, month, day
+    assert video_date(VideoRef("cam3/2024_05_01-0900", "x")) == "2024-05-01"
+    assert video_date(VideoRef("cam3/2024-05/01/0900", "x")) == "unknown"      # separators that differ
+    assert video_date(VideoRef("05/01/0900", "x")) == "unknown"                # no year below SOURCE
+
+
+def test_a_rescore_removes_the_rows_an_older_vadray_filed_under_date_unknown(tmp_path):
+    """Before 2024/05/01 folders were read as dates, such a video's rows went to date=unknown:
+    rescored (--force, or a changed file), they must not stay beside the new date's."""
+    from vadray.errors import safe_key
+    from vadray.manifest import Previous, drop_previous, scores_file
+
+    ref = VideoRef("2024/05/01/0900", "x")
+    kept = VideoRef("0800", "y")
+    for table in ("frames", "events"):
+        for date, video in (("unknown", ref), ("2024-05-01", ref), ("unknown", kept)):
+            path = tmp_path / table / scores_file("cam", date, safe_key(video.video_id), "m1")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"rows")
+    drop_previous(str(tmp_path), "cam", [ref], "m1", Previous(), {})
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.parquet"))
+    assert left == [f"{t}/{scores_file('cam', 'unknown', safe_key('0800'), 'm1')}" for t in ("events", "frames")]
 
 
 def test_s3_to_s3(ray_session, trained_checkpoint, synth_test_archive, s3_bucket):

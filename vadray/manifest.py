@@ -22,13 +22,15 @@ from vadray.errors import safe_key
 from vadray.exits import UsageError
 from vadray.listing import VideoRef, former_ids
 
-_DATE = re.compile(r"(?<!\d)(20\d{2}|19\d{2})-?(0[1-9]|1[0-2])-?(0[1-9]|[12]\d|3[01])(?!\d)")
+# 2024-05-01, 20240501, 2024/05/01 (a folder per year, month and day), 2024_05_01: one separator.
+_DATE = re.compile(r"(?<!\d)(20\d{2}|19\d{2})([-/_]?)(0[1-9]|1[0-2])\2(0[1-9]|[12]\d|3[01])(?!\d)")
 
 
 def video_date(ref: VideoRef) -> str:
-    """YYYY-MM-DD from the video's path (cam3/2024-05-01/0900, 20240501_0900.mp4), else 'unknown'."""
+    """YYYY-MM-DD from the video's path (cam3/2024-05-01/0900, 20240501_0900.mp4,
+    cam3/2024/05/01/0900), else 'unknown'."""
     match = _DATE.search(ref.video_id)
-    return f"{match.group(1)}-{match.group(2)}-{match.group(3)}" if match else "unknown"
+    return f"{match.group(1)}-{match.group(3)}-{match.group(4)}" if match else "unknown"
 
 
 # Bumped when the frames table gains columns: a resumed backfill then rescores the videos an
@@ -148,8 +150,10 @@ def drop_previous(output: str, camera: str, refs: list[VideoRef], model_id: str,
     fs, root = storage.url_to_fs(output, storage_options)
     paths = list(previous.stale)
     for ref in refs:
-        name = scores_file(camera, video_date(ref), safe_key(ref.video_id), model_id)
-        paths += [f"{root}/frames/{name}", f"{root}/events/{name}", *previous.markers.get(ref.video_id, [])]
+        dates = {video_date(ref), "unknown"}   # 'unknown': before 2024/05/01 folders were read as dates
+        for name in (scores_file(camera, date, safe_key(ref.video_id), model_id) for date in dates):
+            paths += [f"{root}/frames/{name}", f"{root}/events/{name}"]
+        paths += previous.markers.get(ref.video_id, [])
         if ref.video_id in previous.done_markers:   # --force: a rescore that fails must not stay "done"
             paths.append(previous.done_markers[ref.video_id])
     if not storage.is_remote(output):

@@ -1,10 +1,11 @@
 """SQL over a scoring OUTPUT with DuckDB: views `frames`, `events` and `errors` (if present).
 
 Local outputs are read by DuckDB's own Parquet reader (read_parquet, hive_partitioning,
-partition values kept as strings). s3:// outputs use DuckDB's httpfs extension when it is
-installed, configured from --storage-options or the AWS environment; otherwise (offline
-machines: httpfs is a download) the tables are Arrow datasets over s3fs that DuckDB scans
-with filter and projection pushdown. The SQL and its results are the same either way.
+partition values kept as strings). s3:// outputs are Arrow datasets over s3fs (the same
+credentials as every job) that DuckDB scans with filter and projection pushdown. Not DuckDB's
+httpfs: its views read s3:// URLs while the query runs, so the query could not be locked to
+the OUTPUT's tables, and on offline machines it is a download. The SQL and its results are
+the same either way.
 
 Example: vadray query out "SELECT video_id, count(*) FROM events GROUP BY 1 ORDER BY 2 DESC"
 """
@@ -54,33 +55,6 @@ def _parquet_view(con: duckdb.DuckDBPyConnection, name: str, glob: str) -> None:
                 "hive_types_autocast=false, union_by_name=true)")
 
 
-def _s3_secret(con: duckdb.DuckDBPyConnection, storage_options: dict, scope: str) -> bool:
-    """Load httpfs and point it at the store, its credentials for `scope` (the OUTPUT) only;
-    False when httpfs is not available."""
-    try:
-        con.execute("LOAD httpfs")
-    except duckdb.Error:
-        return False
-    options = dict(storage_options)
-    client = options.get("client_kwargs", {})
-    endpoint = (options.get("endpoint_url") or client.get("endpoint_url")
-                or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
-    settings = {
-        "KEY_ID": options.get("key") or os.environ.get("AWS_ACCESS_KEY_ID"),
-        "SECRET": options.get("secret") or os.environ.get("AWS_SECRET_ACCESS_KEY"),
-        "SESSION_TOKEN": options.get("token") or os.environ.get("AWS_SESSION_TOKEN"),
-        "REGION": client.get("region_name") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
-    }
-    if endpoint:  # an S3-compatible store (MinIO, Ceph, moto): path-style URLs
-        settings["ENDPOINT"] = endpoint.split("://", 1)[-1]
-        settings["USE_SSL"] = not endpoint.startswith("http://")
-        settings["URL_STYLE"] = "path"
-    settings["SCOPE"] = scope
-    parts = [f"{k} {_quote(v) if isinstance(v, str) else str(v).lower()}" for k, v in settings.items() if v]
-    con.execute("CREATE OR REPLACE SECRET vadray_s3 (TYPE s3" + "".join(f", {p}" for p in parts) + ")")
-    return True
-
-
 def connect(output: str, storage_options: dict | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the OUTPUT's tables as views (frames, events and errors always exist)."""
     storage.require_reachable(storage_options, OUTPUT=output)
@@ -93,24 +67,21 @@ def connect(output: str, storage_options: dict | None = None) -> duckdb.DuckDBPy
         held = ", ".join(sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))[:5]) or "nothing"
         raise UsageError(f"{output!r} holds no frames/, events/ or errors/ (it holds {held}): query reads the "
                          "OUTPUT of `vadray score` (or the errors of an ingest OUTPUT)")
-    use_httpfs = storage.is_remote(output) and output.startswith(("s3://", "s3a://")) \
-        and _s3_secret(con, dict(storage_options or {}), "s3://" + root.rstrip("/") + "/")
     try:
-        _views(con, output, fs, root, use_httpfs, storage_options)
-        if not use_httpfs:
-            # The SQL reads the OUTPUT's tables and nothing else: no other local file (read_text,
-            # read_csv, glob of any path), no URL; and it cannot SET this back.
-            if not storage.is_remote(output):   # local views read these files; Arrow's need none
-                con.execute(f"SET allowed_directories = [{_quote(os.path.abspath(root) + '/')}]")
-            con.execute("SET enable_external_access = false")
-            con.execute("SET lock_configuration = true")
+        _views(con, output, fs, root, storage_options)
+        # The SQL reads the OUTPUT's tables and nothing else: no other local file (read_text,
+        # read_csv, glob of any path), no URL; and it cannot SET this back.
+        if not storage.is_remote(output):   # local views read these files; Arrow's need none
+            con.execute(f"SET allowed_directories = [{_quote(os.path.abspath(root) + '/')}]")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
     except duckdb.Error as exc:   # a table DuckDB cannot read: say which, not a traceback
         con.close()
         raise UsageError(f"cannot open the tables of {output!r}: {exc}") from None
     return con
 
 
-def _views(con, output: str, fs, root: str, use_httpfs: bool, storage_options: dict | None) -> None:
+def _views(con, output: str, fs, root: str, storage_options: dict | None) -> None:
     for name in TABLES:
         files = fs.glob(f"{root}/{name}/**/*.parquet") if fs.isdir(f"{root}/{name}") else []
         if name == "errors" and files:
@@ -119,8 +90,6 @@ def _views(con, output: str, fs, root: str, use_httpfs: bool, storage_options: d
             con.register(name, open_dataset(output, name, storage_options))
         elif not storage.is_remote(output) and files:
             _parquet_view(con, name, os.path.join(os.path.abspath(root), name, "**", "*.parquet"))
-        elif use_httpfs and files:
-            _parquet_view(con, name, f"s3://{root}/{name}/**/*.parquet")
         elif files:
             con.register(name, open_dataset(output, name, storage_options))
         else:  # an empty table still answers "SELECT count(*) FROM errors"

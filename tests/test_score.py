@@ -25,7 +25,7 @@ def read_table(output: str, name: str, storage_options=None):
 
 
 def test_every_frame_scored_once_rerun_skips_and_force_is_identical(ray_session, trained_checkpoint,
-                                                                     synth_test_archive, tmp_path):
+                                                                     synth_test_archive, tmp_path, caplog):
     out = str(tmp_path / "out")
     first = run_score(str(synth_test_archive), out, str(trained_checkpoint), camera="lobby", segment_seconds=1.3)
     assert (first.videos, first.skipped, first.failures, first.frames) == (3, 0, 0, 90)
@@ -48,6 +48,10 @@ def test_every_frame_scored_once_rerun_skips_and_force_is_identical(ray_session,
 
     again = run_score(str(synth_test_archive), out, str(trained_checkpoint), camera="lobby", segment_seconds=1.3)
     assert (again.skipped, again.frames) == (3, 0)  # resumable: finished videos are not redone
+    assert "other settings" not in caplog.text
+    other = run_score(str(synth_test_archive), out, str(trained_checkpoint), camera="lobby", persistence=0.3)
+    assert (other.skipped, other.frames) == (3, 0)  # a rerun with other settings says the tables would mix
+    assert f"other settings (run_id {frames.run_id.iloc[0]};" in caplog.text
     forced = run_score(str(synth_test_archive), out, str(trained_checkpoint), camera="lobby",
                        segment_seconds=100, force=True)  # one segment per video this time
     assert forced.frames == 90

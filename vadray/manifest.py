@@ -190,3 +190,26 @@ def drop_renamed(output: str, camera: str, refs: list[VideoRef], model_id: str, 
     drop_previous(output, camera, [VideoRef(stem, "") for stem in dropped], model_id, Previous(markers=dropped),
                   storage_options)
     return sorted(dropped)
+
+
+def settings_of_done(output: str, camera: str, refs: list[VideoRef], model_id: str,
+                     storage_options: dict[str, Any], sample: int = 16) -> set[str]:
+    """The `run_id`s (model and scoring settings) of a sample of the videos a rerun skips: a
+    rerun with other settings would otherwise leave one table in two settings without a word.
+    At most `sample` files are read, one row each, so a year's backfill does not read a year."""
+    import pyarrow.parquet as pq
+
+    fs, root = storage.url_to_fs(output, storage_options)
+
+    def run_id(ref: VideoRef) -> str | None:
+        path = f"{root}/frames/{scores_file(camera, video_date(ref), safe_key(ref.video_id), model_id)}"
+        try:
+            with fs.open(path, "rb") as handle:
+                ids = pq.ParquetFile(handle).read_row_group(0, columns=["run_id"]).column("run_id")
+            return ids[0].as_py() if len(ids) else None
+        except (OSError, ValueError, IndexError):   # rows gone or unreadable: nothing to compare
+            return None
+
+    picked = refs[:: max(1, len(refs) // sample)][:sample]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return {found for found in pool.map(run_id, picked) if found}

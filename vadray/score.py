@@ -32,7 +32,8 @@ from vadray.errors import JobSummary, clear_errors, error_row, read_errors, safe
 from vadray.events import EVENT_SCORES, PERSISTENCE_DEFAULT, WINDOW_DEFAULT, EventSettings
 from vadray.exits import UsageError
 from vadray.listing import check_camera, list_videos
-from vadray.manifest import check_same_files, drop_previous, drop_renamed, previous_scoring, video_date
+from vadray.manifest import (check_same_files, drop_previous, drop_renamed, previous_scoring, settings_of_done,
+                             video_date)
 from vadray.score_stages import AssembleVideo, ScoreVolumes, VideoRows, VolumeRows, score_segment_plan
 from vadray.scoring import GRID_DEFAULT, SCORE_HOP, calibrate
 from vadray.stages import add_decode_options
@@ -204,6 +205,13 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
         check_same_files(camera, refs, previous.uris)
     done = set() if force else previous.done
     todo = [r for r in refs if r.video_id not in done]
+    other = settings_of_done(output, camera, [r for r in refs if r.video_id in done], model_id,
+                             storage_options) - {run_id}
+    if other:
+        log.warning("videos already scored by this model with other settings (run_id %s; this run is %s) keep "
+                    "their rows: only the %d new or changed videos get this run's settings, so the tables mix "
+                    "the two (--force rescores every video with this run's)", ", ".join(sorted(other)), run_id,
+                    len(todo))
     if todo:   # refused before anything is deleted
         ensure_ray()
         require_room(actors, 0 if gpus_per_actor else 1, gpus_per_actor,

@@ -199,6 +199,15 @@ def test_query_local_views(scored, tmp_path, capsys):
     assert pq.read_table(out_pq).column("low").to_pylist() == pytest.approx([0.35, 0.5, 0.7])
     assert cli.main(["query", scored["out"], "SELECT count(*) AS n FROM events"]) == 0
     assert "(1 rows)" in capsys.readouterr().out
+    # An empty result keeps its SQL types (a file to append to others); a sum of integers is one.
+    none = "SELECT camera, video_id, frame_index, regularity FROM frames WHERE regularity < 0"
+    assert cli.main(["query", scored["out"], none, "--out", str(out_pq)]) == 0
+    assert [str(t) for t in pq.read_schema(out_pq).types] == ["string", "string", "int64", "float"]
+    assert cli.main(["query", scored["out"], "SELECT sum(frame_index) AS s FROM frames", "--out", str(out_pq)]) == 0
+    assert pq.read_table(out_pq).column("s").type == pa.int64()
+    capsys.readouterr()
+    assert cli.main(["query", scored["out"], "SELECT sum(frame_index) AS s FROM frames"]) == 0
+    assert capsys.readouterr().out.split()[:2] == ["s", str(sum(range(40)) + sum(range(30)) + sum(range(10)))]
 
 
 def test_query_reads_an_output_with_error_files_of_both_layouts(scored, tmp_path):
@@ -350,7 +359,7 @@ def test_ctrl_c_is_a_short_message_and_exit_130(scored, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(query, "query", interrupted)
+    monkeypatch.setattr(query, "query_table", interrupted)
     assert cli.main(["query", scored["out"], "SELECT 1"]) == 130
     err = capsys.readouterr().err
     assert err.startswith("vadray query: interrupted.") and "Traceback" not in err

@@ -424,6 +424,11 @@ def test_dates_come_from_paths():
     assert video_date(VideoRef("cam3/2024_05_01-0900", "x")) == "2024-05-01"
     assert video_date(VideoRef("cam3/2024-05/01/0900", "x")) == "unknown"      # separators that differ
     assert video_date(VideoRef("05/01/0900", "x")) == "unknown"                # no year below SOURCE
+    assert video_date(VideoRef("ch01_20240501120000", "x")) == "2024-05-01"     # recorders' date and time
+    assert video_date(VideoRef("20240501090000-20240501100000", "x")) == "2024-05-01"
+    assert video_date(VideoRef("cam_202405011200", "x")) == "2024-05-01"
+    assert video_date(VideoRef("2024050112000", "x")) == "unknown"             # 13 digits: not a date and time
+    assert video_date(VideoRef("1714550400000", "x")) == "unknown"             # epoch milliseconds
 
 
 def test_a_rescore_removes_the_rows_an_older_vadray_filed_under_date_unknown(tmp_path):

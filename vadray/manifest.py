@@ -22,8 +22,10 @@ from vadray.errors import safe_key
 from vadray.exits import UsageError
 from vadray.listing import VideoRef, former_ids
 
-# 2024-05-01, 20240501, 2024/05/01 (a folder per year, month and day), 2024_05_01: one separator.
-_DATE = re.compile(r"(?<!\d)(20\d{2}|19\d{2})([-/_]?)(0[1-9]|1[0-2])\2(0[1-9]|[12]\d|3[01])(?!\d)")
+# 2024-05-01, 20240501, 2024/05/01 (a folder per year, month and day), 2024_05_01: one separator;
+# 20240501 may run on into HHMM or HHMMSS (recorders' ch01_20240501120000.mp4).
+_DATE = re.compile(r"(?<!\d)(20\d{2}|19\d{2})([-/_]?)(0[1-9]|1[0-2])\2(0[1-9]|[12]\d|3[01])"
+                   r"(?:(?<=\d{8})(?:[01]\d|2[0-3])[0-5]\d(?:[0-5]\d)?)?(?!\d)")
 
 
 def video_date(ref: VideoRef) -> str:

@@ -17,6 +17,8 @@ import os
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from vadray import storage
 from vadray.tables import DOCUMENTED, open_dataset
@@ -98,6 +100,13 @@ def _views(con, output: str, fs, root: str, storage_options: dict | None) -> Non
 
 def query(output: str, sql: str, storage_options: dict | None = None) -> pd.DataFrame:
     """Run one SQL statement over the OUTPUT's tables; bad SQL raises UsageError."""
+    return query_table(output, sql, storage_options).to_pandas()
+
+
+def query_table(output: str, sql: str, storage_options: dict | None = None) -> pa.Table:
+    """`query` as Arrow: the result keeps its SQL types even with no rows (pandas makes an
+    empty string column a null one), and a sum of integers that fits is an int64, not the
+    128-bit integer DuckDB computes (a float in pandas, a decimal in Arrow)."""
     con = connect(output, storage_options)
     try:
         statements = con.extract_statements(sql)
@@ -106,11 +115,22 @@ def query(output: str, sql: str, storage_options: dict | None = None) -> pd.Data
         if len(statements) != 1 or not read_only(statements[0]):
             kinds = ", ".join(st.type.name for st in statements) or "nothing"
             raise UsageError(f"query runs one SELECT statement (got {kinds}); write results with --out")
-        return con.sql(sql).df()
+        result = con.sql(sql).arrow()
+        return _int64_where_whole(result.read_all() if isinstance(result, pa.RecordBatchReader) else result)
     except duckdb.Error as exc:
         raise UsageError(f"SQL failed: {exc}") from None
     finally:
         con.close()
+
+
+def _int64_where_whole(table: pa.Table) -> pa.Table:
+    for i, field in enumerate(table.schema):
+        if pa.types.is_decimal(field.type) and field.type.scale == 0:
+            try:
+                table = table.set_column(i, field.name, table.column(i).cast(pa.int64()))
+            except pa.ArrowInvalid:   # beyond int64: stays exact
+                pass
+    return table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -131,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
     if args.max_rows < 0:
         raise UsageError("--max-rows must be 0 (all) or more")
     storage.require_file_to_write(options, **{"--out": args.out})
-    result = query(args.output, args.sql, options)
+    table = query_table(args.output, args.sql, options)
+    result = table.to_pandas()
     if not args.out:
         if len(result) == 0:
             print("  ".join(map(str, result.columns)))
@@ -144,6 +165,6 @@ def run(args: argparse.Namespace) -> int:
         if args.out.endswith(".csv"):
             result.to_csv(f, index=False)
         else:
-            result.to_parquet(f, index=False)
+            pq.write_table(table, f)
     print(f"wrote {len(result)} rows to {args.out}")
     return 0

@@ -296,7 +296,7 @@ def test_report_writes_plots_and_index(scored, tmp_path):
         png = tmp_path / "rep" / r["png"]
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (tmp_path / "rep" / "index.html").read_text()
-    assert page.count("<tr>") == 4 and f"href='{by_video['clipB']['png']}'" in page
+    assert page.count("<tr>") == 4 + 2 and f"href='{by_video['clipB']['png']}'" in page
     assert "0.971" in page   # A's AUC, 198/204
     for r in rows:           # the last frame's own period counts: n frames at FPS last n / FPS s
         assert r["duration_s"] == pytest.approx(r["frames"] / FPS)
@@ -308,7 +308,12 @@ def test_report_writes_plots_and_index(scored, tmp_path):
 def test_report_cli_filters_and_no_thumbnails(scored, tmp_path):
     assert cli.main(["report", scored["out"], str(tmp_path / "r"), "--camera", "3", "--max-thumbnails", "0"]) == 0
     written = sorted(os.listdir(tmp_path / "r"))
-    assert written == sorted(["index.html", f"{safe_key('clipB')}.png", f"{safe_key('clipC')}.png"])
+    # the camera is in every name, one camera selected or not: two reports into one DIR never collide
+    assert written == sorted(["index.html", f"{safe_key('3/clipB')}.png", f"{safe_key('3/clipC')}.png"])
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert "1 videos with errors" in page and "<td>broken</td>" in page and "bad header" in page   # failed: no plot
+    assert cli.main(["report", scored["out"], str(tmp_path / "r3"), "--camera", "cam1", "--max-thumbnails", "0"]) == 0
+    assert "broken" not in (tmp_path / "r3" / "index.html").read_text()       # another camera's failure
     assert cli.main(["report", scored["out"], str(tmp_path / "r2"), "--video", "nope"]) == 2
 
 
@@ -329,6 +334,22 @@ def test_plot_draws_motion_regularity_only_where_the_table_has_it():
     frames["brightness_gain"] = np.where(np.arange(20) < 10, 1.0, 1.3)  # a light comes on
     axes = report.plot_video(frames, events).axes
     assert len(axes) == 2 and [line.get_label() for line in axes[1].get_lines()] == ["brightness gain"]
+
+
+def test_a_decode_gap_is_a_break_in_every_curve_not_a_line_across_it():
+    index = np.r_[0:10, 15:20]   # frames 10-14 did not decode: no rows
+    frames = pd.DataFrame({"camera": "c", "date": "unknown", "video_id": "v", "model_id": "m",
+                           "frame_index": index, "time_s": index / FPS, "regularity": np.linspace(1, 0.5, 15),
+                           "motion_regularity": np.linspace(0.9, 0.4, 15)})
+    events = pd.DataFrame(columns=["event_id", "start_frame", "end_frame", "peak_frame", "min_regularity"])
+    ax = report.plot_video(frames, events).axes[0]
+    for line in ax.get_lines():
+        y = np.asarray(line.get_ydata(), float)
+        assert np.isnan(y).sum() == 1 and np.isnan(y[10]) and np.isfinite(np.delete(y, 10)).all()
+    assert "not scored" in [t.get_text() for t in ax.get_legend().get_texts()]
+    page = report.index_html([{"video_id": "v", "camera": "c", "date": "unknown", "frames": 15, "not_scored": 5,
+                               "duration_s": 2.0, "min_regularity": 0.5, "events": 0, "png": "c_v.png"}], False)
+    assert "<th>not scored</th>" in page and "<td>5</td>" in page
 
 
 def test_plot_says_which_score_the_events_follow():

@@ -25,6 +25,8 @@ from vadray import decode, listing, metrics, probe, storage
 from vadray.errors import safe_key
 from vadray.evaluate import read_labels
 from vadray.exits import UsageError
+from vadray.listing import VideoRef
+from vadray.manifest import video_date
 from vadray.tables import check_one_camera_per_video, check_one_model, no_rows_selected, read_table, selection
 
 log = logging.getLogger(__name__)
@@ -99,19 +101,29 @@ def plot_video(frames: pd.DataFrame, events: pd.DataFrame, truth: np.ndarray | N
     fig = Figure(figsize=(11, 6.2 if panels else 3.6), layout="constrained")
     grid = fig.add_gridspec(2 if panels else 1, max(panels, 1), height_ratios=[1.3, 1] if panels else [1])
     ax = fig.add_subplot(grid[0, :])
-    ax.plot(x_of(frames["frame_index"]), frames["regularity"], color="#1f4e9c", lw=1.2, label="regularity $s_r$")
+    index = frames["frame_index"].to_numpy(np.int64)
+    x, breaks = x_of(index), np.flatnonzero(np.diff(index) > 1) + 1
+
+    def curve(column: str) -> tuple[np.ndarray, np.ndarray]:
+        """x and y with a break at each run of frames that have no score (a decode gap):
+        a straight line across it would look like scores."""
+        return (np.insert(x.astype(np.float64), breaks, np.nan),
+                np.insert(frames[column].to_numpy(np.float64), breaks, np.nan))
+
+    ax.plot(*curve("regularity"), color="#1f4e9c", lw=1.2, label="regularity $s_r$")
     if "motion_regularity" in frames and frames["motion_regularity"].notna().any():  # absent in older tables
-        ax.plot(x_of(frames["frame_index"]), frames["motion_regularity"], color="#2ca02c", lw=0.9, alpha=0.85,
-                label="motion regularity")
+        ax.plot(*curve("motion_regularity"), color="#2ca02c", lw=0.9, alpha=0.85, label="motion regularity")
     dipping = {getattr(e, "score", None) for e in events.itertuples()} - {"regularity", "motion_regularity", None}
     for name in sorted(n for n in dipping if isinstance(n, str) and n in frames):   # events sit on their own curve
-        ax.plot(x_of(frames["frame_index"]), frames[name], color="#9467bd", lw=0.9, ls="--",
-                label=name.replace("_", " "))
+        ax.plot(*curve(name), color="#9467bd", lw=0.9, ls="--", label=name.replace("_", " "))
+    for k, at in enumerate(breaks):
+        ax.axvspan(x_of(index[at - 1] + 1), x_of(index[at]), fc="0.94", hatch="//", ec="0.65", lw=0.5,
+                   label="not scored" if k == 0 else None)
     gain = frames["brightness_gain"].to_numpy(np.float64) if "brightness_gain" in frames else np.array([np.nan])
     if np.isfinite(gain).all() and gain.max() > (1 + GAIN_SHOWN) * gain.min():
         # A light or the weather, not an intruder, when a dip follows this line (every score does).
         gain_ax = ax.twinx()
-        gain_ax.plot(x_of(frames["frame_index"]), gain, color="0.35", lw=0.8, ls=":", label="brightness gain")
+        gain_ax.plot(*curve("brightness_gain"), color="0.35", lw=0.8, ls=":", label="brightness gain")
         gain_ax.set_ylabel("brightness gain", fontsize=8)
         gain_ax.legend(loc="lower right", fontsize=8)
     for k, (first, last) in enumerate(truth if truth is not None else []):
@@ -185,7 +197,6 @@ def build_report(output: str, out_dir: str, labels_csv: str | None = None,
     labels = read_labels(labels_csv, storage_options) if labels_csv else None
     if labels is not None:
         check_one_camera_per_video(frames)
-    several_cameras = frames["camera"].nunique() > 1
     if frame_fn is None:
         frame_fn = lambda uri, index: decode_thumbnail(uri, index, storage_options)  # noqa: E731
     out_fs, out_path = storage.url_to_fs(out_dir, storage_options)
@@ -220,16 +231,34 @@ def build_report(output: str, out_dir: str, labels_csv: str | None = None,
         figure = plot_video(video_frames, video_events, truth, thumbnails)
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=100)
-        png = f"{safe_key(f'{camera}/{video_id}' if several_cameras else str(video_id))}.png"
+        # The camera is always in the name: a report of one camera and one of another into the
+        # same DIR must not overwrite each other's same-named videos.
+        png = f"{safe_key(f'{camera}/{video_id}')}.png"
         _write_bytes(storage.join(out_dir, png), buffer.getvalue(), storage_options)
         times = video_frames["time_s"].to_numpy(np.float64)
+        index = video_frames["frame_index"].to_numpy(np.int64)
         rows.append({"video_id": str(video_id), "camera": str(camera),
                      "date": str(video_frames["date"].iloc[0]), "frames": len(video_frames),
+                     "not_scored": int(index[-1] - index[0] + 1 - len(index)),
                      "duration_s": _duration(times),
                      "min_regularity": float(video_frames["regularity"].min()),
                      "events": len(video_events), "auc": auc, "png": png})
-    _write_bytes(storage.join(out_dir, "index.html"), index_html(rows, labels is not None).encode(), storage_options)
+    failures = _failures(output, storage_options, videos, cameras, dates)
+    _write_bytes(storage.join(out_dir, "index.html"), index_html(rows, labels is not None, failures).encode(),
+                 storage_options)
     return rows
+
+
+def _failures(output: str, storage_options: dict | None, videos: list[str] | None, cameras: list[str] | None,
+              dates: list[str] | None) -> list[dict[str, Any]]:
+    """The errors rows of the selected videos, drawn or not: a video that failed outright has
+    no frames to plot, and one that failed in part has holes; the report must not hide either."""
+    table = read_table(output, "errors", storage_options,
+                       columns=["camera", "video_id", "stage", "error_type", "message"],
+                       filter=selection(video_id=videos, camera=cameras))
+    if table is None:
+        return []
+    return [r for r in table.to_pylist() if not dates or video_date(VideoRef(str(r["video_id"]), "")) in dates]
 
 
 def _duration(times: np.ndarray) -> float:
@@ -239,26 +268,40 @@ def _duration(times: np.ndarray) -> float:
     return float(times[-1] - times[0] + np.median(np.diff(times)))
 
 
-def index_html(rows: list[dict[str, Any]], with_auc: bool) -> str:
-    """A summary table linking every video's PNG."""
+def index_html(rows: list[dict[str, Any]], with_auc: bool, failures: list[dict[str, Any]] = ()) -> str:
+    """A summary table linking every video's PNG, then the inputs that failed (errors rows)."""
     def cell(value: Any) -> str:
         if isinstance(value, float):
             return "–" if math.isnan(value) else f"{value:.3f}"
         return html.escape(str(value))
 
-    head = ["video", "camera", "date", "frames", "duration (s)", "min regularity", "events"]
+    failed = sorted({(str(f["camera"]), str(f["video_id"])) for f in failures})
+    head = ["video", "camera", "date", "frames", "not scored", "duration (s)", "min regularity", "events"]
     head += ["AUC (1 − s_r)"] if with_auc else []
     lines = ["<!doctype html><meta charset='utf-8'><title>vadray report</title>",
              "<style>body{font-family:sans-serif} td,th{padding:3px 10px;border-bottom:1px solid #ddd}"
-             " td{text-align:right} td:first-child{text-align:left}</style>",
-             f"<h1>vadray report</h1><p>{len(rows)} videos, {sum(r['events'] for r in rows)} events</p>",
+             " td{text-align:right} td:first-child{text-align:left} td.why{text-align:left}</style>",
+             f"<h1>vadray report</h1><p>{len(rows)} videos, {sum(r['events'] for r in rows)} events"
+             + (f"; {len(failed)} videos with errors (below)" if failed else "") + "</p>",
              "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     for r in rows:
-        values = [r["camera"], r["date"], r["frames"], r["duration_s"], r["min_regularity"], r["events"]]
+        values = [r["camera"], r["date"], r["frames"], r.get("not_scored", 0), r["duration_s"], r["min_regularity"],
+                  r["events"]]
         values += [r["auc"]] if with_auc else []
         link = f"<a href='{html.escape(r['png'])}'>{html.escape(r['video_id'])}</a>"
         lines.append(f"<tr><td>{link}</td>" + "".join(f"<td>{cell(v)}</td>" for v in values) + "</tr>")
     lines.append("</table>")
+    if failures:
+        lines.append("<h2>Errors</h2><p>Inputs that failed, in whole or in part (the <code>errors</code> table); "
+                     "a video without a plot above has no scored frame.</p>")
+        lines.append("<table><tr>" + "".join(f"<th>{h}</th>" for h in ("video", "camera", "stage", "error", "why"))
+                     + "</tr>")
+        for f in sorted(failures, key=lambda f: (str(f["camera"]), str(f["video_id"]), str(f["stage"]))):
+            values = [f["camera"] or "", f["stage"], f["error_type"]]
+            lines.append(f"<tr><td>{html.escape(str(f['video_id']))}</td>"
+                         + "".join(f"<td>{cell(v)}</td>" for v in values)
+                         + f"<td class='why'>{html.escape(str(f['message'])[:300])}</td></tr>")
+        lines.append("</table>")
     return "\n".join(lines) + "\n"
 
 

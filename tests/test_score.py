@@ -61,6 +61,23 @@ def test_every_frame_scored_once_rerun_skips_and_force_is_identical(ray_session,
     assert read_table(out, "events").equals(events)
 
 
+def test_a_file_scored_under_another_id_is_refused_not_scored_twice(ray_session, trained_checkpoint,
+                                                                     synth_test_archive, tmp_path):
+    """A day folder scored after its camera's folder gives its files new ids (`0900` beside
+    `2024-05-03/0900`): the same footage would stand twice in the tables (analyst review)."""
+    day = tmp_path / "camA" / "2024-05-03"
+    day.mkdir(parents=True)
+    shutil.copy(next(synth_test_archive.glob("*.mp4")), day / "0900.mp4")
+    out = str(tmp_path / "out")
+    assert run_score(str(tmp_path / "camA"), out, str(trained_checkpoint)).frames == 30
+    for force in (False, True):   # --force would leave the other id's rows too
+        with pytest.raises(UsageError, match="scored before under another video id") as info:
+            run_score(str(day), out, str(trained_checkpoint), force=force)
+        assert "2024-05-03_0900" in str(info.value)
+    assert run_score(str(tmp_path / "camA"), out, str(trained_checkpoint)).skipped == 1   # the same SOURCE still runs
+    assert len(pads.dataset(os.path.join(out, "frames")).to_table()) == 30
+
+
 def test_two_cameras_with_the_same_file_names_share_one_output(ray_session, trained_checkpoint,
                                                                synth_test_archive, tmp_path, capsys):
     """A video in OUTPUT is (camera, video_id): scoring camera b neither un-finishes camera a's

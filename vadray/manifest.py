@@ -75,6 +75,7 @@ class Previous:
     markers: dict[str, list[str]] = field(default_factory=dict)  # … and those markers' paths
     stale: list[str] = field(default_factory=list)               # older markers beside a current one
     renamed: dict[str, list[str]] = field(default_factory=dict)  # markers of ids a file had before a sibling came
+    other_ids: dict[str, str] = field(default_factory=dict)      # this very file scored as another id: its key
 
     @property
     def done(self) -> set[str]:
@@ -99,6 +100,10 @@ def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: s
         present = [p[len(root) + 1:] for p in found_paths]
     except FileNotFoundError:
         return Previous()
+    # A marker's digest is of the file's identity, its key of the id: this model's markers of
+    # this very file under another key (the whole listing where one was made: a local OUTPUT).
+    key_of_file = {name.rsplit(".", 3)[2]: name.rsplit(".", 3)[0] for name in present
+                   if name.count(".") >= 3 and name.rsplit(".", 3)[1] == model_id}
     present = [name for name in present if name.startswith(prefix)]
     by_video: dict[str, list[str]] = {}
     for name in present:                      # <key>.<model_id>.<digest>.done|partial
@@ -112,6 +117,9 @@ def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: s
             found.stale += [f"{root}/{name}" for name in older if name != marker]
         elif older:
             found.markers[ref.video_id] = [f"{root}/{name}" for name in older]
+        elsewhere = key_of_file.get(marker.rsplit(".", 2)[1])
+        if elsewhere not in (None, safe_key(ref.video_id), ref.stem_id and safe_key(ref.stem_id)):
+            found.other_ids[ref.video_id] = elsewhere   # (not a former id: drop_renamed's case)
     for stem in stems:
         older = by_video.get(f"{safe_key(stem)}.{model_id}", [])
         if older:
@@ -128,6 +136,19 @@ def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: s
     with ThreadPoolExecutor(max_workers=16) as pool:   # cat_file: paths are not glob patterns here
         found.uris = dict(zip(found.markers, pool.map(uri_in, [paths[0] for paths in found.markers.values()])))
     return found
+
+
+def check_one_id_per_file(camera: str, refs: list[VideoRef], other_ids: dict[str, str]) -> None:
+    """The same file scored before under another id (a day folder scored after its camera's
+    folder: `0900` beside `2024-05-03/0900`) would stand twice in the tables."""
+    if other_ids:
+        video_id, key = next(iter(other_ids.items()))
+        uri = next(r.uri for r in refs if r.video_id == video_id)
+        raise UsageError(
+            f"{len(other_ids)} file(s) of camera {camera!r} were scored before under another video id: {uri} is "
+            f"{video_id!r} now and was scored as key {key!r} (an id is the path below SOURCE, so a sub-folder of "
+            "a SOURCE scored before gives its files new ids): score the SOURCE used before, or remove that "
+            "key's files under frames/, events/ and manifest/ first")
 
 
 def check_same_files(camera: str, refs: list[VideoRef], previous: dict[str, str]) -> None:

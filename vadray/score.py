@@ -32,8 +32,8 @@ from vadray.errors import JobSummary, clear_errors, error_row, read_errors, safe
 from vadray.events import EVENT_SCORES, PERSISTENCE_DEFAULT, WINDOW_DEFAULT, EventSettings
 from vadray.exits import UsageError
 from vadray.listing import check_camera, list_videos
-from vadray.manifest import (check_same_files, drop_previous, drop_renamed, previous_scoring, settings_of_done,
-                             video_date)
+from vadray.manifest import (check_one_id_per_file, check_same_files, drop_previous, drop_renamed,
+                             previous_scoring, settings_of_done, video_date)
 from vadray.score_stages import AssembleVideo, ScoreVolumes, VideoRows, VolumeRows, score_segment_plan
 from vadray.scoring import GRID_DEFAULT, SCORE_HOP, calibrate
 from vadray.stages import add_decode_options
@@ -203,6 +203,7 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     previous = previous_scoring(output, camera, refs, model_id, storage_options)
     if not force:
         check_same_files(camera, refs, previous.uris)
+    check_one_id_per_file(camera, refs, previous.other_ids)   # --force would not remove the other id's rows
     done = set() if force else previous.done
     todo = [r for r in refs if r.video_id not in done]
     other = settings_of_done(output, camera, [r for r in refs if r.video_id in done], model_id,

@@ -128,7 +128,7 @@ def test_a_segment_that_decoded_nothing_still_reaches_the_driver(trained_checkpo
     seg = {"video_id": "gone", "video_key": "gone", "camera": "c", "uri": missing, "identity": "x",
            "num_frames": 30, "segment": 1, "segments": 3, "first": 13, "last": 26, "decode_last": 30,
            "pts": list(range(13, 30)), "time_base": 0.1, "start_pts": 0, "fps": 10.0, "width": 64,
-           "height": 48, "codec": "h264", "frame_uris": [], "piece_offsets": [], "keyframe": []}
+           "height": 48, "codec": "h264", "frame_uris": [], "piece_offsets": [], "keyframes": []}
     rows = VolumeRows(str(tmp_path / "out"), size, T, 5, {})(seg)
     assert len(rows) == 1 and rows[0]["starts"] == [] and (rows[0]["part"], rows[0]["parts"]) == (0, 1)
     out = ScoreVolumes(str(trained_checkpoint), {}, 16, 8)(pa.Table.from_pylist(rows)).to_pylist()

@@ -72,7 +72,7 @@ class SeekMissed(Exception):
 
 def _decode_frames(container, stream, first_pts: int | None, failures: list[str],
                    piece_offsets: list[int] | None = None,
-                   at_byte: tuple[int, int] | None = None) -> Iterator[av.VideoFrame]:
+                   at_byte: list[int] | None = None) -> Iterator[av.VideoFrame]:
     """Frames of `stream` from the keyframe before `first_pts`. A packet the decoder refuses
     (corrupt data) is noted in `failures` and decoding resumes at the next keyframe: the frames
     between would be built on a broken reference, so they are reported missing, not kept.
@@ -81,22 +81,27 @@ def _decode_frames(container, stream, first_pts: int | None, failures: list[str]
     shifted its piece's before it reaches the decoder, so frames come out with timestamps
     unique in the file. A piece that starts without a keyframe (a recording cut mid-GOP) is
     skipped to its first keyframe: decoded on the previous piece's pictures, it would be noise.
-    Such a file's timestamps repeat, so it is sought by bytes: `at_byte` is (piece, byte
-    position) of a keyframe (`Timeline.seek_point`); landing anywhere else raises SeekMissed."""
+    Such a file's timestamps repeat, so it is sought by bytes: `at_byte` is a keyframe's
+    (shifted pts, piece, byte position), `Timeline.keyframe_before`; landing anywhere but on
+    that keyframe raises SeekMissed."""
     if at_byte is not None:
         try:
-            container.seek(at_byte[1], unsupported_byte_offset=True)   # FFmpeg's AVSEEK_FLAG_BYTE
+            container.seek(at_byte[2], unsupported_byte_offset=True)   # FFmpeg's AVSEEK_FLAG_BYTE
         except av.error.FFmpegError as exc:   # a demuxer that cannot seek by bytes
             raise SeekMissed(str(exc)) from None
     elif first_pts is not None:
         container.seek(int(first_pts), stream=stream, backward=True, any_frame=False)
-    pieces = Pieces(container, at_byte[0] if at_byte else 0) if piece_offsets else None
-    landing = at_byte[1] if at_byte else None
+    pieces = Pieces(container, at_byte[1] if at_byte else 0) if piece_offsets else None
+    landing = at_byte
     skipping = False
     for packet in container.demux(stream):
         if landing is not None and packet.size > 0:
-            if packet.pos != landing:
-                raise SeekMissed(f"a byte seek to {landing} landed at {packet.pos}")
+            # The very keyframe: MPEG-PS hands out the tail of the picture before it at its
+            # position first, with a timestamp that belongs to neither.
+            ts = packet.pts if packet.pts is not None else packet.dts
+            if (packet.pos != landing[2] or not packet.is_keyframe or ts is None
+                    or ts + piece_offsets[landing[1]] != landing[0]):
+                raise SeekMissed(f"a byte seek to {landing[2]} landed at {packet.pos} (pts {ts})")
             landing = None
         if pieces is not None and packet.size > 0 and not packet.is_discard \
                 and (packet.pts is not None or packet.dts is not None):
@@ -118,12 +123,15 @@ def _decode_frames(container, stream, first_pts: int | None, failures: list[str]
             skipping = True
 
 
-def frames_from(container, stream, timeline: Timeline, pts: int) -> Iterator[av.VideoFrame]:
-    """Decoded frames from the keyframe before the frame at `pts` (one of `timeline.pts`), their
-    timestamps shifted as the timeline's are: a one-off read, such as a report's thumbnail."""
+def frames_from(container, stream, timeline: Timeline, pts: int, seek: bool = True) -> Iterator[av.VideoFrame]:
+    """Decoded frames from a keyframe before the frame at `pts` (one of `timeline.pts`), their
+    timestamps shifted as the timeline's are: a one-off read, such as a report's thumbnail.
+    Raises SeekMissed where a file whose timestamps reset cannot be sought: read it again
+    with `seek=False`, from its start."""
     if timeline.piece_offsets:
-        return _decode_frames(container, stream, None, [], timeline.piece_offsets, timeline.seek_point(pts))
-    return _decode_frames(container, stream, pts, [])
+        at_byte = (timeline.keyframe_before(pts) or None) if seek else None
+        return _decode_frames(container, stream, None, [], timeline.piece_offsets, at_byte)
+    return _decode_frames(container, stream, pts if seek else None, [])
 
 
 def decode_segment(uri: str, timeline: Timeline, first: int, last: int, size: int,
@@ -142,7 +150,7 @@ def decode_segment(uri: str, timeline: Timeline, first: int, last: int, size: in
     # Positions are relative to `timeline`, which may hold only this segment's frames. A file
     # whose timestamps reset has the same timestamps in several places: it is sought by bytes.
     pieces = timeline.piece_offsets
-    at_byte = timeline.seek_point(int(want[0])) if pieces else None
+    at_byte = (timeline.keyframe_before(int(want[0])) or None) if pieces else None
     seek = at_byte is not None if pieces else int(want[0]) > timeline.start_pts
     out = _FrameBuffer(last - first, size)
     try:
@@ -164,13 +172,13 @@ def decode_segment(uri: str, timeline: Timeline, first: int, last: int, size: in
 def _decode_pass(uri: str, want: np.ndarray, out: "_FrameBuffer", size: int,
                  storage_options: dict[str, Any] | None, seek: bool, by_order: bool,
                  piece_offsets: list[int] | None = None,
-                 at_byte: tuple[int, int] | None = None) -> tuple[str, bool]:
+                 at_byte: list[int] | None = None) -> tuple[str, bool]:
     """One decode of the frames `want` (timestamps) into `out`: (error, whether the decoder's
     timestamps went backwards). `by_order`: the first frame out is placed by its timestamp,
     each later one at the next position (timestamps on a uniform grid, as AVI's are).
     `piece_offsets` (`Timeline.piece_offsets`): a file whose timestamps reset; its frames come
     out already shifted (`_decode_frames`) and are placed by timestamp, reordering included.
-    Such a file seeks to `at_byte` (`Timeline.seek_point`) where `seek` is set."""
+    Such a file seeks to `at_byte` (`Timeline.keyframe_before`) where `seek` is set."""
     scaler = GreyScaler(size)
     out.clear()
     failures: list[str] = []

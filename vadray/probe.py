@@ -43,7 +43,7 @@ class Timeline:
     # the ticks added to each piece's own, in file order, so that `pts` runs on. Empty: none.
     piece_offsets: list[int] = field(default_factory=list)
     # Such a file's keyframes, in file order: (shifted pts, piece, byte position). Its timestamps
-    # repeat, so a segment seeks to a keyframe's bytes instead of a time (`seek_point`).
+    # repeat, so a segment seeks to a keyframe's bytes instead of a time (`keyframe_before`).
     keyframes: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
 
     @property
@@ -54,16 +54,18 @@ class Timeline:
         """Seconds from the stream's start of the frames at positions `index`."""
         return (self.pts[index] - self.start_pts).astype(np.float64) * self.time_base
 
-    def keyframe_before(self, pts: int) -> list[int]:
-        """[shifted pts, piece, byte position] of the last keyframe at or before the (shifted)
-        `pts` in a file whose timestamps reset; []: none (decode from the start)."""
-        before = np.flatnonzero(self.keyframes[:, 0] <= pts)
-        return [int(v) for v in self.keyframes[before[-1]]] if before.size else []
+    def seek_keyframes(self, pts: int) -> np.ndarray:
+        """The keyframes a decode from the frame at `pts` chooses among (`keyframe_before`): the
+        last two at or before it. A segment carries these rows, not the whole file's."""
+        return self.keyframes[np.flatnonzero(self.keyframes[:, 0] <= pts)[-2:]]
 
-    def seek_point(self, pts: int) -> tuple[int, int] | None:
-        """(piece, byte position) to decode the frame at `pts` from; None: from the start."""
-        keyframe = self.keyframe_before(pts)
-        return (keyframe[1], keyframe[2]) if keyframe else None
+    def keyframe_before(self, pts: int) -> list[int]:
+        """[shifted pts, piece, byte position] of the keyframe BEFORE the last one at or before
+        the (shifted) `pts` in a file whose timestamps reset; []: none (decode from the start).
+        One keyframe further back: where keyframes are recovery points (x264's intra refresh),
+        the decoder outputs nothing for a few frames after one."""
+        rows = self.seek_keyframes(pts)
+        return [int(v) for v in rows[0]] if len(rows) == 2 else []
 
 
 def open_input(uri: str, storage_options: dict[str, Any] | None):

@@ -55,17 +55,25 @@ def decode_thumbnail(source_uri: str, frame_index: int, storage_options: dict | 
             with fs.open(storage.url_to_fs(uri, storage_options)[1], "rb") as f, av.open(f) as container:
                 return _grey(next(container.decode(video=0)), max_side)
         timeline = probe.probe(source_uri, min_frames=1, storage_options=storage_options)
-        target, past = int(timeline.pts[frame_index]), 0
-        with fs.open(path, "rb") as f, av.open(f) as container:
-            for frame in decode.frames_from(container, probe.video_stream(container), timeline, target):
-                if frame.pts == target:
-                    return _grey(frame, max_side)
-                past += frame.pts is not None and frame.pts > target   # where timestamps reset, the
-                if past > decode.REORDER_FRAMES:                          # decoder's order may go back
-                    return None
-    except (probe.InputError, av.error.FFmpegError, OSError, IndexError, StopIteration, UsageError,
-            decode.SeekMissed) as exc:
+        target = int(timeline.pts[frame_index])
+        try:
+            return _thumbnail_at(fs, path, timeline, target, max_side, seek=True)
+        except decode.SeekMissed:   # a file whose timestamps reset that cannot be sought: from its start
+            return _thumbnail_at(fs, path, timeline, target, max_side, seek=False)
+    except (probe.InputError, av.error.FFmpegError, OSError, IndexError, StopIteration, UsageError) as exc:
         log.warning("no thumbnail for %s frame %d: %s", source_uri, frame_index, exc)
+    return None
+
+
+def _thumbnail_at(fs, path: str, timeline: probe.Timeline, target: int, max_side: int, seek: bool) -> np.ndarray | None:
+    past = 0
+    with fs.open(path, "rb") as f, av.open(f) as container:
+        for frame in decode.frames_from(container, probe.video_stream(container), timeline, target, seek):
+            if frame.pts == target:
+                return _grey(frame, max_side)
+            past += frame.pts is not None and frame.pts > target   # where timestamps reset, the
+            if past > decode.REORDER_FRAMES:                          # decoder's order may go back
+                return None
     return None
 
 

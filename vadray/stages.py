@@ -42,7 +42,7 @@ SEGMENT_SCHEMA = pa.schema([
     ("time_base", pa.float64()), ("start_pts", pa.int64()), ("fps", pa.float64()), ("width", pa.int64()),
     ("height", pa.int64()), ("codec", pa.string()), ("frame_uris", pa.list_(pa.string())),
     ("piece_offsets", pa.list_(pa.int64())),
-    ("keyframe", pa.list_(pa.int64())),   # Timeline.keyframe_before the segment's first frame
+    ("keyframes", pa.list_(pa.int64())),   # Timeline.seek_keyframes of the segment's first frame
 ])
 
 # A work unit: consecutive planned segments that one decode task takes in turn.
@@ -105,7 +105,7 @@ class ProbeAndPlan:
             "start_pts": timeline.start_pts, "fps": timeline.fps,
             "width": timeline.width, "height": timeline.height, "codec": timeline.codec,
             "frame_uris": ref.frame_uris[seg.first:seg.decode_last], "piece_offsets": timeline.piece_offsets,
-            "keyframe": timeline.keyframe_before(int(timeline.pts[seg.first])),
+            "keyframes": timeline.seek_keyframes(int(timeline.pts[seg.first])).ravel().tolist(),
         } for seg in segments]
 
     def segment_rows(self, batch: pa.Table) -> pa.Table:
@@ -148,7 +148,7 @@ def decode_planned(seg: dict[str, Any], size: int, errors_uri: str,
     timeline = Timeline(np.asarray(seg["pts"], np.int64), seg["time_base"], seg["start_pts"],
                         seg["fps"], seg["width"], seg["height"], seg["codec"],
                         piece_offsets=list(seg["piece_offsets"] or []),
-                        keyframes=np.asarray(seg["keyframe"] or [], np.int64).reshape(-1, 3))
+                        keyframes=np.asarray(seg["keyframes"] or [], np.int64).reshape(-1, 3))
     try:
         if seg["frame_uris"]:
             decoded = decode_frame_files(seg["frame_uris"], timeline, 0, last - first, size, storage_options)

@@ -337,7 +337,7 @@ def test_plot_draws_motion_regularity_only_where_the_table_has_it():
 
 
 def test_a_decode_gap_is_a_break_in_every_curve_not_a_line_across_it():
-    index = np.r_[0:10, 15:20]   # frames 10-14 did not decode: no rows
+    index = np.r_[2:10, 15:22]   # frames 0-1 and 10-14 have no score: no rows
     frames = pd.DataFrame({"camera": "c", "date": "unknown", "video_id": "v", "model_id": "m",
                            "frame_index": index, "time_s": index / FPS, "regularity": np.linspace(1, 0.5, 15),
                            "motion_regularity": np.linspace(0.9, 0.4, 15)})
@@ -345,8 +345,11 @@ def test_a_decode_gap_is_a_break_in_every_curve_not_a_line_across_it():
     ax = report.plot_video(frames, events).axes[0]
     for line in ax.get_lines():
         y = np.asarray(line.get_ydata(), float)
-        assert np.isnan(y).sum() == 1 and np.isnan(y[10]) and np.isfinite(np.delete(y, 10)).all()
+        assert np.isnan(y).sum() == 1 and np.isnan(y[8]) and np.isfinite(np.delete(y, 8)).all()
     assert "not scored" in [t.get_text() for t in ax.get_legend().get_texts()]
+    hatched = sorted((round(float(p.get_x()), 3), round(float(p.get_x() + p.get_width()), 3))
+                     for p in ax.patches if p.get_hatch())
+    assert hatched == [(0.0, 0.2), (1.0, 1.5)] and ax.get_xlim()[0] == 0
     page = report.index_html([{"video_id": "v", "camera": "c", "date": "unknown", "frames": 15, "not_scored": 5,
                                "duration_s": 2.0, "min_regularity": 0.5, "events": 0, "png": "c_v.png"}], False)
     assert "<th>not scored</th>" in page and "<td>5</td>" in page

@@ -61,21 +61,66 @@ def test_every_frame_scored_once_rerun_skips_and_force_is_identical(ray_session,
     assert read_table(out, "events").equals(events)
 
 
-def test_a_file_scored_under_another_id_is_refused_not_scored_twice(ray_session, trained_checkpoint,
-                                                                     synth_test_archive, tmp_path):
-    """A day folder scored after its camera's folder gives its files new ids (`0900` beside
-    `2024-05-03/0900`): the same footage would stand twice in the tables (analyst review)."""
+def test_a_file_scored_under_another_id_keeps_only_its_new_rows(ray_session, trained_checkpoint,
+                                                                synth_test_archive, tmp_path, caplog):
+    """A file's id is its path below SOURCE, and it changes when a day folder is scored after its
+    camera's folder (`0900`, scored as `2024-05-03/0900`) or when a same-named sibling goes
+    (`a.mp4` becomes `a`): the same footage must not stand twice (analyst and fixes reviews)."""
     day = tmp_path / "camA" / "2024-05-03"
     day.mkdir(parents=True)
-    shutil.copy(next(synth_test_archive.glob("*.mp4")), day / "0900.mp4")
+    clip = next(synth_test_archive.glob("*.mp4"))
+    shutil.copy(clip, day / "0900.mp4")
+    shutil.copy(clip, day / "0900.mkv")          # a sibling: ids 0900.mp4 and 0900.mkv
     out = str(tmp_path / "out")
+
+    def ids() -> list[tuple[str, str, int]]:
+        frames = pads.dataset(os.path.join(out, "frames"), partitioning="hive").to_table().to_pandas()
+        return sorted((v, str(d), len(g)) for (v, d), g in frames.groupby(["video_id", "date"]))
+
+    assert run_score(str(tmp_path / "camA"), out, str(trained_checkpoint)).frames == 60
+    os.remove(day / "0900.mkv")                  # 0900.mp4 is 2024-05-03/0900 now
     assert run_score(str(tmp_path / "camA"), out, str(trained_checkpoint)).frames == 30
-    for force in (False, True):   # --force would leave the other id's rows too
-        with pytest.raises(UsageError, match="scored before under another video id") as info:
-            run_score(str(day), out, str(trained_checkpoint), force=force)
-        assert "2024-05-03_0900" in str(info.value)
-    assert run_score(str(tmp_path / "camA"), out, str(trained_checkpoint)).skipped == 1   # the same SOURCE still runs
-    assert len(pads.dataset(os.path.join(out, "frames")).to_table()) == 30
+    assert ids() == [("2024-05-03/0900", "2024-05-03", 30), ("2024-05-03/0900.mkv", "2024-05-03", 30)]
+    assert "scored before under another video id" in caplog.text
+    assert run_score(str(day), out, str(trained_checkpoint)).frames == 30   # the day folder: 0900
+    assert ids() == [("0900", "unknown", 30), ("2024-05-03/0900.mkv", "2024-05-03", 30)]
+    assert run_score(str(tmp_path / "camA"), out, str(trained_checkpoint)).frames == 30   # and back
+    assert ids() == [("2024-05-03/0900", "2024-05-03", 30), ("2024-05-03/0900.mkv", "2024-05-03", 30)]
+    assert run_score(str(tmp_path / "camA"), out, str(trained_checkpoint)).skipped == 1
+
+
+def test_every_key_a_file_was_scored_under_goes_and_rows_under_an_older_date_too(tmp_path):
+    """Markers of one file under two other keys (an OUTPUT that already held the duplicate) are
+    both found, whichever sorts first, with their rows in any date= folder; a rescore also
+    removes rows that an older vadray filed under another date (fixes review)."""
+    from vadray.errors import safe_key
+    from vadray.manifest import drop_other_ids, drop_previous, manifest_marker, previous_scoring, scores_file
+
+    ref = VideoRef("2024-05-03/zz-0900", "/archive/camA/2024-05-03/zz-0900.mp4", size=10, mtime="1")
+    for old_id, date in (("zz-0900", "unknown"), ("03/zz-0900", "unknown"), ("2024-05-03/zz-0900", "2024-05-03")):
+        marker = tmp_path / "manifest" / manifest_marker("cam", old_id, ref.identity(), "m1")
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(ref.uri)
+        for table in ("frames", "events"):
+            path = tmp_path / table / scores_file("cam", date, safe_key(old_id), "m1")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"rows")
+    previous = previous_scoring(str(tmp_path), "cam", [ref], "m1", {})
+    assert ref.video_id in previous.done
+    assert previous.other_ids == {ref.video_id: sorted([safe_key("zz-0900"), safe_key("03/zz-0900")])}
+    assert drop_other_ids(str(tmp_path), "cam", "m1", previous, {}) == sorted(previous.other_ids[ref.video_id])
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert left == sorted([f"{t}/{scores_file('cam', '2024-05-03', safe_key(ref.video_id), 'm1')}"
+                           for t in ("events", "frames")]
+                          + [f"manifest/{manifest_marker('cam', ref.video_id, ref.identity(), 'm1')}"])
+    # vadray before 2026-12-01 read 2024-0501 as a date; today's rule does not: a rescore finds both
+    mixed = VideoRef("cam_2024-0501_0900", "x")
+    for date in ("2024-05-01", "unknown"):
+        path = tmp_path / "frames" / scores_file("cam", date, safe_key(mixed.video_id), "m1")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"rows")
+    drop_previous(str(tmp_path), "cam", [mixed], "m1", previous_scoring(str(tmp_path), "cam", [mixed], "m1", {}), {})
+    assert not [p for p in (tmp_path / "frames").rglob("*") if safe_key(mixed.video_id) in p.name]
 
 
 def test_two_cameras_with_the_same_file_names_share_one_output(ray_session, trained_checkpoint,

@@ -28,6 +28,17 @@ _DATE = re.compile(r"(?<!\d)(20\d{2}|19\d{2})([-/_]?)(0[1-9]|1[0-2])\2(0[1-9]|[1
                    r"(?:(?<=\d{8})(?:[01]\d|2[0-3])[0-5]\d(?:[0-5]\d)?)?(?!\d)")
 
 
+# vadray before 2026-12-01 read dates with this narrower pattern: where its rows may still sit.
+_DATE_BEFORE_2026_12 = re.compile(r"(?<!\d)(20\d{2}|19\d{2})-?(0[1-9]|1[0-2])-?(0[1-9]|[12]\d|3[01])(?!\d)")
+
+
+def dates_filed_under(ref: VideoRef) -> list[str]:
+    """Every date= partition a video's rows may sit in, today's first: the older pattern's
+    date, and 'unknown'. A rescore removes all of them, so no row stays under an old date."""
+    older = _DATE_BEFORE_2026_12.search(ref.video_id)
+    return list(dict.fromkeys([video_date(ref), "-".join(older.groups()) if older else "unknown", "unknown"]))
+
+
 def video_date(ref: VideoRef) -> str:
     """YYYY-MM-DD from the video's path (cam3/2024-05-01/0900, 20240501_0900.mp4,
     cam3/2024/05/01/0900), else 'unknown'."""
@@ -75,7 +86,8 @@ class Previous:
     markers: dict[str, list[str]] = field(default_factory=dict)  # … and those markers' paths
     stale: list[str] = field(default_factory=list)               # older markers beside a current one
     renamed: dict[str, list[str]] = field(default_factory=dict)  # markers of ids a file had before a sibling came
-    other_ids: dict[str, str] = field(default_factory=dict)      # this very file scored as another id: its key
+    other_ids: dict[str, list[str]] = field(default_factory=dict)  # this very file scored under other keys
+    other_markers: dict[str, list[str]] = field(default_factory=dict)  # … and those keys' markers
 
     @property
     def done(self) -> set[str]:
@@ -101,9 +113,12 @@ def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: s
     except FileNotFoundError:
         return Previous()
     # A marker's digest is of the file's identity, its key of the id: this model's markers of
-    # this very file under another key (the whole listing where one was made: a local OUTPUT).
-    key_of_file = {name.rsplit(".", 3)[2]: name.rsplit(".", 3)[0] for name in present
-                   if name.count(".") >= 3 and name.rsplit(".", 3)[1] == model_id}
+    # this very file under other keys (within the listing: all of a local OUTPUT's markers).
+    keys_of_file: dict[str, dict[str, list[str]]] = {}   # digest → key → marker names
+    for name in present:
+        parts = name.rsplit(".", 3)
+        if len(parts) == 4 and parts[1] == model_id:
+            keys_of_file.setdefault(parts[2], {}).setdefault(parts[0], []).append(name)
     present = [name for name in present if name.startswith(prefix)]
     by_video: dict[str, list[str]] = {}
     for name in present:                      # <key>.<model_id>.<digest>.done|partial
@@ -117,9 +132,11 @@ def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: s
             found.stale += [f"{root}/{name}" for name in older if name != marker]
         elif older:
             found.markers[ref.video_id] = [f"{root}/{name}" for name in older]
-        elsewhere = key_of_file.get(marker.rsplit(".", 2)[1])
-        if elsewhere not in (None, safe_key(ref.video_id), ref.stem_id and safe_key(ref.stem_id)):
-            found.other_ids[ref.video_id] = elsewhere   # (not a former id: drop_renamed's case)
+        own = {safe_key(ref.video_id), ref.stem_id and safe_key(ref.stem_id)}   # a stem: drop_renamed's case
+        others = {k: names for k, names in keys_of_file.get(marker.rsplit(".", 2)[1], {}).items() if k not in own}
+        if others:
+            found.other_ids[ref.video_id] = sorted(others)
+            found.other_markers.update({k: [f"{root}/{n}" for n in names] for k, names in others.items()})
     for stem in stems:
         older = by_video.get(f"{safe_key(stem)}.{model_id}", [])
         if older:
@@ -136,19 +153,6 @@ def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: s
     with ThreadPoolExecutor(max_workers=16) as pool:   # cat_file: paths are not glob patterns here
         found.uris = dict(zip(found.markers, pool.map(uri_in, [paths[0] for paths in found.markers.values()])))
     return found
-
-
-def check_one_id_per_file(camera: str, refs: list[VideoRef], other_ids: dict[str, str]) -> None:
-    """The same file scored before under another id (a day folder scored after its camera's
-    folder: `0900` beside `2024-05-03/0900`) would stand twice in the tables."""
-    if other_ids:
-        video_id, key = next(iter(other_ids.items()))
-        uri = next(r.uri for r in refs if r.video_id == video_id)
-        raise UsageError(
-            f"{len(other_ids)} file(s) of camera {camera!r} were scored before under another video id: {uri} is "
-            f"{video_id!r} now and was scored as key {key!r} (an id is the path below SOURCE, so a sub-folder of "
-            "a SOURCE scored before gives its files new ids): score the SOURCE used before, or remove that "
-            "key's files under frames/, events/ and manifest/ first")
 
 
 def check_same_files(camera: str, refs: list[VideoRef], previous: dict[str, str]) -> None:
@@ -173,8 +177,7 @@ def drop_previous(output: str, camera: str, refs: list[VideoRef], model_id: str,
     fs, root = storage.url_to_fs(output, storage_options)
     paths = list(previous.stale)
     for ref in refs:
-        dates = {video_date(ref), "unknown"}   # 'unknown': before 2024/05/01 folders were read as dates
-        for name in (scores_file(camera, date, safe_key(ref.video_id), model_id) for date in dates):
+        for name in (scores_file(camera, date, safe_key(ref.video_id), model_id) for date in dates_filed_under(ref)):
             paths += [f"{root}/frames/{name}", f"{root}/events/{name}"]
         paths += previous.markers.get(ref.video_id, [])
         if ref.video_id in previous.done_markers:   # --force: a rescore that fails must not stay "done"
@@ -215,6 +218,27 @@ def drop_renamed(output: str, camera: str, refs: list[VideoRef], model_id: str, 
     return sorted(dropped)
 
 
+def drop_other_ids(output: str, camera: str, model_id: str, previous: Previous,
+                   storage_options: dict[str, Any]) -> list[str]:
+    """Rows, markers and errors of keys under which this model scored the very files of this
+    run before (their ids changed: scored from another SOURCE, or a same-named sibling came or
+    went): the same footage would otherwise stand twice. The keys are returned for the log.
+    Their ids are unknown, so their rows are found by name in every date= folder (a listing,
+    made only when such a file turns up)."""
+    keys = sorted({key for found in previous.other_ids.values() for key in found})
+    if not keys:
+        return []
+    fs, root = storage.url_to_fs(output, storage_options)
+    paths = []
+    for key in keys:
+        for table in ("frames", "events"):
+            paths += fs.glob(f"{root}/{table}/camera={camera}/date=*/{key}.{model_id}.parquet")
+        paths += fs.glob(f"{root}/errors/camera={camera}/{key}-*.parquet") + previous.other_markers.get(key, [])
+    if paths:
+        fs.rm(sorted(set(paths)))
+    return keys
+
+
 def settings_of_done(output: str, camera: str, refs: list[VideoRef], model_id: str,
                      storage_options: dict[str, Any], sample: int = 16) -> set[str]:
     """The `run_id`s (model and scoring settings) of a sample of the videos a rerun skips: a
@@ -225,13 +249,17 @@ def settings_of_done(output: str, camera: str, refs: list[VideoRef], model_id: s
     fs, root = storage.url_to_fs(output, storage_options)
 
     def run_id(ref: VideoRef) -> str | None:
-        path = f"{root}/frames/{scores_file(camera, video_date(ref), safe_key(ref.video_id), model_id)}"
-        try:
-            with fs.open(path, "rb") as handle:
-                ids = pq.ParquetFile(handle).read_row_group(0, columns=["run_id"]).column("run_id")
-            return ids[0].as_py() if len(ids) else None
-        except (OSError, ValueError, IndexError):   # rows gone or unreadable: nothing to compare
-            return None
+        for date in dates_filed_under(ref):   # an older vadray's rows may sit under another date
+            path = f"{root}/frames/{scores_file(camera, date, safe_key(ref.video_id), model_id)}"
+            try:
+                with fs.open(path, "rb") as handle:
+                    ids = pq.ParquetFile(handle).read_row_group(0, columns=["run_id"]).column("run_id")
+                return ids[0].as_py() if len(ids) else None
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, IndexError):   # unreadable: nothing to compare
+                return None
+        return None
 
     picked = refs[:: max(1, len(refs) // sample)][:sample]
     with ThreadPoolExecutor(max_workers=8) as pool:

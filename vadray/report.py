@@ -124,8 +124,10 @@ def plot_video(frames: pd.DataFrame, events: pd.DataFrame, truth: np.ndarray | N
     dipping = {getattr(e, "score", None) for e in events.itertuples()} - {"regularity", "motion_regularity", None}
     for name in sorted(n for n in dipping if isinstance(n, str) and n in frames):   # events sit on their own curve
         ax.plot(*curve(name), color="#9467bd", lw=0.9, ls="--", label=name.replace("_", " "))
-    for k, at in enumerate(breaks):
-        ax.axvspan(x_of(index[at - 1] + 1), x_of(index[at]), fc="0.94", hatch="//", ec="0.65", lw=0.5,
+    unscored = [(0, index[0])] if index[0] > 0 else []   # frames before the first score, then the gaps
+    unscored += [(index[at - 1] + 1, index[at]) for at in breaks]
+    for k, (first, end) in enumerate(unscored):
+        ax.axvspan(x_of(first), x_of(end), fc="0.94", hatch="//", ec="0.65", lw=0.5,
                    label="not scored" if k == 0 else None)
     gain = frames["brightness_gain"].to_numpy(np.float64) if "brightness_gain" in frames else np.array([np.nan])
     if np.isfinite(gain).all() and gain.max() > (1 + GAIN_SHOWN) * gain.min():
@@ -148,7 +150,7 @@ def plot_video(frames: pd.DataFrame, events: pd.DataFrame, truth: np.ndarray | N
                     textcoords="offset points", xytext=(0, -14), ha="center", fontsize=8)
     ax.set_ylim(0, 1.05)
     if len(frames) > 1:
-        ax.set_xlim(x_of(frames["frame_index"].iloc[0]), x_of(frames["frame_index"].iloc[-1]))
+        ax.set_xlim(x_of(0), x_of(frames["frame_index"].iloc[-1]))
     ax.set_xlabel("time (s)" if use_time else "frame")
     ax.set_ylabel("regularity score")
     first = frames.iloc[0]
@@ -247,7 +249,7 @@ def build_report(output: str, out_dir: str, labels_csv: str | None = None,
         index = video_frames["frame_index"].to_numpy(np.int64)
         rows.append({"video_id": str(video_id), "camera": str(camera),
                      "date": str(video_frames["date"].iloc[0]), "frames": len(video_frames),
-                     "not_scored": int(index[-1] - index[0] + 1 - len(index)),
+                     "not_scored": int(index[-1] + 1 - len(index)),   # from frame 0; after the last: unknown
                      "duration_s": _duration(times),
                      "min_regularity": float(video_frames["regularity"].min()),
                      "events": len(video_events), "auc": auc, "png": png})

@@ -32,8 +32,8 @@ from vadray.errors import JobSummary, clear_errors, error_row, read_errors, safe
 from vadray.events import EVENT_SCORES, PERSISTENCE_DEFAULT, WINDOW_DEFAULT, EventSettings
 from vadray.exits import UsageError
 from vadray.listing import check_camera, list_videos
-from vadray.manifest import (check_one_id_per_file, check_same_files, drop_previous, drop_renamed,
-                             previous_scoring, settings_of_done, video_date)
+from vadray.manifest import (check_same_files, drop_other_ids, drop_previous, drop_renamed, previous_scoring,
+                             settings_of_done, video_date)
 from vadray.score_stages import AssembleVideo, ScoreVolumes, VideoRows, VolumeRows, score_segment_plan
 from vadray.scoring import GRID_DEFAULT, SCORE_HOP, calibrate
 from vadray.stages import add_decode_options
@@ -203,7 +203,6 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     previous = previous_scoring(output, camera, refs, model_id, storage_options)
     if not force:
         check_same_files(camera, refs, previous.uris)
-    check_one_id_per_file(camera, refs, previous.other_ids)   # --force would not remove the other id's rows
     done = set() if force else previous.done
     todo = [r for r in refs if r.video_id not in done]
     other = settings_of_done(output, camera, [r for r in refs if r.video_id in done], model_id,
@@ -220,6 +219,13 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
                                              " (each model actor on CPU holds 1 CPU)"))
     drop_previous(output, camera, todo, model_id, previous, storage_options)
     renamed = drop_renamed(output, camera, refs, model_id, previous, storage_options)
+    moved = drop_other_ids(output, camera, model_id, previous, storage_options)
+    if moved:
+        video_id, keys = next(iter(previous.other_ids.items()))
+        log.warning("%d file(s) were scored before under another video id (e.g. %r, now %r): an id is the path "
+                    "below SOURCE, and these files' ids changed (another SOURCE, or a same-named sibling came or "
+                    "went); their rows under the old ids were removed and they are scored under the new ones, so "
+                    "labels must use the new ids", len(previous.other_ids), keys[0], video_id)
     if renamed:
         clear_errors(storage.join(output, "errors"), camera, renamed, storage_options)
         log.warning("%d video id(s) now keep their extension, because a file of the same name with another "
@@ -253,7 +259,7 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
         dates = {r.video_id: video_date(r) for r in todo}
         undated = sum(d == "unknown" for d in dates.values())
         if undated:
-            log.warning("%d of %d videos have no YYYY-MM-DD (or YYYYMMDD, YYYY/MM/DD) in their path below SOURCE: their "
+            log.warning("%d of %d videos have no date (YYYY-MM-DD, YYYY/MM/DD, YYYYMMDD…) in their path below SOURCE: their "
                         "date= partition is 'unknown' (score the camera's folder, not a day folder, to keep "
                         "the dates)", undated, len(dates))
         assemble = _WriteOrRecord(AssembleVideo(output, card, run_id, dates, events, grid, storage_options),

@@ -428,6 +428,14 @@ def test_evaluate_says_why_auc_is_undefined_and_query_prints_every_row_with_0(sc
     assert "(80 rows)" in printed and "..." not in printed
 
 
+def test_a_querys_connection_cannot_be_unlocked(scored):
+    con = query.connect(scored["out"])
+    for statement in ("SET enable_external_access = true", "SET allowed_directories = ['/']"):
+        with pytest.raises(Exception, match="locked"):
+            con.execute(statement)
+    con.close()
+
+
 def test_query_reads_the_output_and_nothing_else(scored, tmp_path):
     """`vadray query` runs with the caller's files and credentials: its SQL reaches the OUTPUT's
     tables only, not other files, URLs or settings (security review)."""

@@ -43,6 +43,27 @@ def test_listing_ids_extensions_and_frame_folders(tmp_path):
     assert list_videos(str(tmp_path))[0].identity() != folder.identity()
 
 
+def test_colliding_names_keep_every_file(tmp_path):
+    """`1.png` beside `001.png` is one frame number twice: both files stay frames, in name order;
+    a frame folder `a.b/` keeps its name beside `a.b.mp4`, and its id is no file's former id."""
+    from vadray.listing import former_ids
+
+    folder = tmp_path / "twice"
+    folder.mkdir()
+    for name in ["1.png"] + [f"{n:03d}.png" for n in range(1, 11)]:
+        (folder / name).write_bytes(b"x")
+    [ref] = list_videos(str(folder))
+    assert sorted(os.path.basename(u) for u in ref.frame_uris) == sorted(os.listdir(folder))
+    assert "repeated" in ref.frame_note
+    archive = tmp_path / "archive"
+    (archive / "a.b").mkdir(parents=True)
+    for n in range(1, 4):
+        (archive / "a.b" / f"{n}.png").write_bytes(b"x")
+    write_video(str(archive / "a.b.mp4"), videos.frames(12))
+    refs = list_videos(str(archive))
+    assert sorted(r.video_id for r in refs) == ["a.b", "a.b.mp4"] and former_ids(refs) == {}
+
+
 def _still(path, value: int) -> None:
     image = np.full((48, 64), value, np.uint8)
     with av.open(str(path), "w", format="image2", options={"update": "1"}) as container:
@@ -89,14 +110,18 @@ def test_a_frame_folders_indices_come_from_the_frame_numbers(tmp_path):
              [f"{n:03d}.png" for n in range(1, 11)] + ["1000000.png"]),
             ("nofirst", [f"{n:03d}.tif" for n in range(2, 16)], [""] + [f"{n:03d}.tif" for n in range(2, 16)]),
             ("late", [f"{n:04d}.png" for n in range(500, 512)], [f"{n:04d}.png" for n in range(500, 512)]),
-            ("halves", [f"f{n:04d}.png" for n in range(0, 40, 2)], [f"f{n:04d}.png" for n in range(0, 40, 2)])):
+            ("halves", [f"f{n:04d}.png" for n in range(0, 40, 2)], [f"f{n:04d}.png" for n in range(0, 40, 2)]),
+            ("lost2", [f"{n:03d}.png" for n in range(3, 15)], ["", ""] + [f"{n:03d}.png" for n in range(3, 15)]),
+            ("restart", [f"d1_{n:03d}.png" for n in range(1, 51)] + [f"d2_{n:03d}.png" for n in range(50, 100)],
+             [f"d1_{n:03d}.png" for n in range(1, 51)] + [f"d2_{n:03d}.png" for n in range(50, 100)])):
         folder = tmp_path / "more" / name
         folder.mkdir(parents=True)
         for n in names:
             (folder / n).write_bytes(b"x")
         [ref] = list_videos(str(folder))
         assert [os.path.basename(u) for u in ref.frame_uris] == expected and ref.stray == [], name
-        said = {"outlier": "too many gaps", "late": "start at 500", "halves": "step by 2"}.get(name)
+        said = {"outlier": "too many gaps", "late": "start at 500", "halves": "step by 2",
+                "restart": "start again"}.get(name)
         assert (said in ref.frame_note) if said else ref.frame_note == "", (name, ref.frame_note)
     # two cameras (or a day each) restarting the numbering: name order, with a note (a row)
     folder = tmp_path / "more" / "two"
@@ -321,7 +346,7 @@ def test_bad_inputs_get_a_reason(tmp_path):
 
 
 @pytest.mark.parametrize("start_a,start_b,b_frames", [(10.0, 0.0, 0), (0.0, 0.05, 0), (0.0, 0.0, 2), (70.0, 0.0, 0),
-                                                      (72100.0, 102.0, 2)])
+                                                      (72100.0, 102.0, 2), (0.0, 0.0, 8)])
 def test_timestamps_that_reset_keep_every_frame_in_file_order(tmp_path, start_a, start_b, b_frames):
     """`cat a.ts b.ts`: the second recording's timestamps start below where the first's end
     (at 0 again, half a frame later, at exactly the same times, or 70 s back, which FFmpeg
@@ -491,6 +516,17 @@ def test_a_byte_seek_that_cannot_land_on_a_usable_keyframe_costs_no_frames(tmp_p
         if kind == "intra_refresh" and first >= 20:   # one pass from two keyframes back
             assert len(yielded) == 1 and yielded[0] <= 10 + 10 + 5 + decode.REORDER_FRAMES + 2, (first, yielded)
         yielded.clear()
+
+
+def test_a_segment_seeks_from_the_keyframe_before_the_last_one_at_or_before_it():
+    from vadray.probe import Timeline
+
+    timeline = Timeline(np.arange(0, 400, 10), 0.01, 0, 10.0, 64, 48, "h264", piece_offsets=[0, 200],
+                        keyframes=np.array([[100, 0, 10], [200, 1, 20], [300, 1, 30]]))
+    assert timeline.keyframe_before(300) == [200, 1, 20]       # a frame that is a keyframe counts as one
+    assert timeline.keyframe_before(299) == [100, 0, 10]
+    assert timeline.keyframe_before(199) == [] and timeline.seek_keyframes(199).tolist() == [[100, 0, 10]]
+    assert timeline.seek_keyframes(350).tolist() == [[200, 1, 20], [300, 1, 30]]
 
 
 def test_frames_without_timestamps_are_not_lost_silently(tmp_path):

@@ -97,22 +97,24 @@ def test_every_key_a_file_was_scored_under_goes_and_rows_under_an_older_date_too
     from vadray.manifest import drop_other_ids, drop_previous, manifest_marker, previous_scoring, scores_file
 
     ref = VideoRef("2024-05-03/zz-0900", "/archive/camA/2024-05-03/zz-0900.mp4", size=10, mtime="1")
-    for old_id, date in (("zz-0900", "unknown"), ("03/zz-0900", "unknown"), ("2024-05-03/zz-0900", "2024-05-03")):
-        marker = tmp_path / "manifest" / manifest_marker("cam", old_id, ref.identity(), "m1")
+    for old_id, date, model in (("zz-0900", "unknown", "m1"), ("03/zz-0900", "unknown", "m1"),
+                                ("2024-05-03/zz-0900", "2024-05-03", "m1"), ("x/zz-0900", "unknown", "m2")):
+        marker = tmp_path / "manifest" / manifest_marker("cam", old_id, ref.identity(), model)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(ref.uri)
         for table in ("frames", "events"):
-            path = tmp_path / table / scores_file("cam", date, safe_key(old_id), "m1")
+            path = tmp_path / table / scores_file("cam", date, safe_key(old_id), model)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(b"rows")
-    previous = previous_scoring(str(tmp_path), "cam", [ref], "m1", {})
+    previous = previous_scoring(str(tmp_path), "cam", [ref], "m1", {})   # another model's keys are its own
     assert ref.video_id in previous.done
     assert previous.other_ids == {ref.video_id: sorted([safe_key("zz-0900"), safe_key("03/zz-0900")])}
     assert drop_other_ids(str(tmp_path), "cam", "m1", previous, {}) == sorted(previous.other_ids[ref.video_id])
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
-    assert left == sorted([f"{t}/{scores_file('cam', '2024-05-03', safe_key(ref.video_id), 'm1')}"
-                           for t in ("events", "frames")]
-                          + [f"manifest/{manifest_marker('cam', ref.video_id, ref.identity(), 'm1')}"])
+    assert left == sorted([f"{t}/{scores_file('cam', d, safe_key(v), m)}" for t in ("events", "frames")
+                           for v, d, m in ((ref.video_id, "2024-05-03", "m1"), ("x/zz-0900", "unknown", "m2"))]
+                          + [f"manifest/{manifest_marker('cam', v, ref.identity(), m)}"
+                             for v, m in ((ref.video_id, "m1"), ("x/zz-0900", "m2"))])
     # vadray before 2026-12-01 read 2024-0501 as a date; today's rule does not: a rescore finds both
     mixed = VideoRef("cam_2024-0501_0900", "x")
     for date in ("2024-05-01", "unknown"):
@@ -491,6 +493,7 @@ def test_dates_come_from_paths():
     assert video_date(VideoRef("cam_202405011200", "x")) == "2024-05-01"
     assert video_date(VideoRef("2024050112000", "x")) == "unknown"             # 13 digits: not a date and time
     assert video_date(VideoRef("1714550400000", "x")) == "unknown"             # epoch milliseconds
+    assert video_date(VideoRef("cam/20241239_0900", "x")) == "unknown"         # no 39th day
 
 
 def test_a_rescore_removes_the_rows_an_older_vadray_filed_under_date_unknown(tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -80,6 +81,11 @@ def test_ingest_local_archive_tiles_videos_and_reruns_idempotently(ray_session, 
     assert read_stats(renamed_out).num_frames == 90
     assert read_clips(renamed_out).groupby("video_id").num_frames.sum().to_dict() == {
         "video001.mp4": 30, "video001.mkv": 30, "video002": 30}
+    os.remove(src / "video001.mkv")   # the sibling goes: video001.mp4 is video001 again, its shards once
+    assert run_ingest(str(src), renamed_out, camera="lobby", size=TEST_SIZE).frames == 60
+    assert read_clips(renamed_out).groupby("video_id").num_frames.sum().to_dict() == {
+        "video001": 30, "video001.mkv": 30, "video002": 30}   # (a deleted file keeps its shards)
+    assert read_stats(renamed_out).num_frames == 90
 
 
 def test_stats_cover_every_video_in_output_across_runs(ray_session, synth_archive, synth_test_archive,

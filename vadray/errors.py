@@ -47,12 +47,12 @@ def write_errors(rows: list[dict[str, Any]], errors_uri: str, camera: str, name:
 
 
 def clear_errors(errors_uri: str, camera: str, video_ids: list[str],
-                 storage_options: dict[str, Any] | None = None) -> None:
+                 storage_options: dict[str, Any] | None = None, keys: list[str] = ()) -> None:
     """Remove these videos' error files of this camera (named `<safe_key>-<stage/segment>`, and
     those an older version wrote outside camera= folders): a rerun's errors table then
     describes the latest attempt only. One listing per folder, one bulk delete."""
     fs, root = storage.url_to_fs(errors_uri, storage_options)
-    keys = {safe_key(v) for v in video_ids}
+    keys = {safe_key(v) for v in video_ids} | set(keys)   # `keys`: ids known only by their key
     doomed = []
     for folder in (f"{root}/camera={camera}", root):
         try:

@@ -31,7 +31,7 @@ from vadray.clip_shards import (CHUNK_FRAMES, CLIPS_SCHEMA, SMALL_COLUMNS, clip_
                                 write_sums)
 from vadray.errors import JobSummary, clear_errors, read_errors, safe_key
 from vadray.exits import UsageError
-from vadray.listing import VIDEO_EXTENSIONS, VideoRef, check_camera, former_ids, list_videos
+from vadray.listing import VIDEO_EXTENSIONS, VideoRef, check_camera, list_videos
 from vadray.preprocess import PartialSums
 from vadray.stages import ProbeAndPlan, add_decode_options, decode_planned
 
@@ -126,35 +126,40 @@ def _clip_cameras(output: str, storage_options: dict[str, Any]) -> list[str]:
 
 def _clear_previous(output: str, camera: str, refs: list[VideoRef], storage_options: dict[str, Any]) -> None:
     """Idempotent reruns: an input's old shards and error rows go before its new ones arrive.
-    So do those of an id a file had before a same-named sibling made it keep its extension
-    (`a` before `a.mkv` came beside `a.mp4`): the same footage must not be in the shards twice."""
+    So do the shards of this run's very files under another id: a file's id changes when a
+    same-named sibling comes or goes (`a` becomes `a.mp4` beside `a.mkv`, and back) or when it
+    is ingested from another SOURCE, and the same footage must not be in the shards twice."""
     fs, root = storage.url_to_fs(output, storage_options)
-    ids = {r.video_id for r in refs}
-    renamed = sorted(stem for stem, uris in former_ids(refs).items()
-                     if _shards_come_from(output, stem, uris, storage_options))
-    for video_id in [*ids, *renamed]:
+    keys = {safe_key(r.video_id) for r in refs}
+    moved = _keys_of_these_files_elsewhere(output, refs, storage_options)
+    for key in sorted(keys | set(moved)):
         for folder in ("clips", "stats/parts"):
-            previous = f"{root}/{folder}/video_key={safe_key(video_id)}"
+            previous = f"{root}/{folder}/video_key={key}"
             if fs.exists(previous):
                 fs.rm(previous, recursive=True)
-                if video_id in renamed and folder == "clips":
-                    log.warning("the shards of video %r were removed: its file is now ingested under an id "
-                                "with its extension, since a file of the same name sits beside it", video_id)
-    clear_errors(storage.join(output, "errors"), camera, [*ids, *renamed], storage_options)
+    if moved:
+        log.warning("the shards of %d earlier id(s) were removed (e.g. %s, now %r): their files are ingested "
+                    "under new ids (a same-named sibling came or went, or another SOURCE)", len(moved),
+                    *next(iter(moved.items())))
+    clear_errors(storage.join(output, "errors"), camera, [r.video_id for r in refs], storage_options,
+                 keys=list(moved))
 
 
-def _shards_come_from(output: str, video_id: str, uris: set[str], storage_options: dict[str, Any]) -> bool:
-    """Whether the video's shards in OUTPUT were decoded from one of `uris` (an `a` from another
-    folder than the new `a.mp4` and `a.mkv` is another video, and stays)."""
+def _keys_of_these_files_elsewhere(output: str, refs: list[VideoRef], storage_options: dict[str, Any]) -> dict[str, str]:
+    """video_key → the id its file has now, for shards decoded from one of `refs`' files under
+    another key (a shard row holds its source URI; a clip row is a chunk, so this is small)."""
     import pyarrow.dataset as pads
 
-    pa_fs, path = storage.pyarrow_fs(storage.join(output, "clips", f"video_key={safe_key(video_id)}"),
-                                     storage_options)
+    id_of = {r.uri: r.video_id for r in refs}
+    pa_fs, path = storage.pyarrow_fs(storage.join(output, "clips"), storage_options)
     try:
-        found = pads.dataset(path, filesystem=pa_fs, format="parquet").to_table(columns=["source_uri"])
+        found = pads.dataset(path, filesystem=pa_fs, format="parquet", partitioning="hive").to_table(
+            columns=["video_key", "source_uri"])
     except (FileNotFoundError, pa.ArrowInvalid):
-        return False
-    return bool(set(found["source_uri"].to_pylist()) & uris)
+        return {}
+    pairs = set(zip(found["video_key"].to_pylist(), found["source_uri"].to_pylist()))
+    return {str(key): id_of[uri] for key, uri in sorted(pairs)
+            if uri in id_of and str(key) != safe_key(id_of[uri])}
 
 
 def run_ingest(source: str, output: str, *, camera: str = "default", size: int = 227,

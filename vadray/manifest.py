@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vadray import storage
-from vadray.errors import safe_key
+from vadray.errors import clear_errors, safe_key
 from vadray.exits import UsageError
 from vadray.listing import VideoRef, former_ids
 
@@ -233,9 +233,10 @@ def drop_other_ids(output: str, camera: str, model_id: str, previous: Previous,
     for key in keys:
         for table in ("frames", "events"):
             paths += fs.glob(f"{root}/{table}/camera={camera}/date=*/{key}.{model_id}.parquet")
-        paths += fs.glob(f"{root}/errors/camera={camera}/{key}-*.parquet") + previous.other_markers.get(key, [])
+        paths += previous.other_markers.get(key, [])
     if paths:
         fs.rm(sorted(set(paths)))
+    clear_errors(storage.join(output, "errors"), camera, [], storage_options, keys=keys)
     return keys
 
 

@@ -97,6 +97,13 @@ def test_a_frame_folders_indices_come_from_the_frame_numbers(tmp_path):
     assert rows and rows[0]["num_frames"] == 15
     problems = read_errors(str(tmp_path / "out" / "errors")).to_pylist()
     assert [(p["error_type"], "thumbnail.png" in p["message"]) for p in problems] == [("ignored_files", True)]
+    # a note, not a failure: a clean archive with a thumbnail in each clip exits 0 on every run
+    from vadray.ingest import IngestSummary
+
+    summary = IngestSummary(videos=1, errors=problems)
+    assert (summary.failures, summary.notes, summary.print_and_exit_status()) == (0, 1, 0)
+    summary.errors = problems + [{**problems[0], "error_type": "decode_failed"}]
+    assert (summary.failures, summary.notes, summary.print_and_exit_status()) == (1, 1, 3)
     # the frame number is the number that varies, wherever it sits; numbers that are not a frame
     # count (milliseconds, a stray 1000000.png) keep the name order; UCSD's _gt masks are no clip
     for name, names, expected in (

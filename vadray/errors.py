@@ -82,6 +82,16 @@ def read_errors(errors_uri: str, storage_options: dict[str, Any] | None = None,
     return table.filter(pa.compute.equal(table["camera"], camera)) if camera is not None else table
 
 
+# Rows that say how an input was read, with nothing of it lost: a stray `thumbnail.png` left out
+# of a frame folder, frame numbers read from 500. They are rows, never silent, but no failure:
+# a clean archive with a thumbnail in each clip must not exit 3 on every run.
+NOTE_TYPES = frozenset({"ignored_files", "frame_numbering"})
+
+
+def failed_rows(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in errors if e["error_type"] not in NOTE_TYPES]
+
+
 @dataclass
 class JobSummary:
     """What a job did over its inputs: the end-of-run line, the failed inputs, the exit status."""
@@ -94,7 +104,12 @@ class JobSummary:
 
     @property
     def failures(self) -> int:
-        return len(self.errors)
+        """Error rows that are failures (not notes)."""
+        return len(failed_rows(self.errors))
+
+    @property
+    def notes(self) -> int:
+        return len(self.errors) - self.failures
 
     @property
     def fps(self) -> float:
@@ -104,10 +119,11 @@ class JobSummary:
         raise NotImplementedError
 
     def print_and_exit_status(self) -> int:
-        """Print each failed input and the summary; 3 when some inputs failed, else 0."""
+        """Print each failed input (and each note) and the summary; 3 when some inputs failed."""
         from vadray.exits import EXIT_OK, EXIT_PARTIAL
 
         for e in self.errors:
-            print(f"  failed: {e['source_uri']} [{e['stage']}/{e['error_type']}] {e['message']}")
+            what = "note" if e["error_type"] in NOTE_TYPES else "failed"
+            print(f"  {what}: {e['source_uri']} [{e['stage']}/{e['error_type']}] {e['message']}")
         print(self.line())
-        return EXIT_PARTIAL if self.errors else EXIT_OK
+        return EXIT_PARTIAL if self.failures else EXIT_OK

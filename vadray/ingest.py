@@ -29,7 +29,7 @@ import pyarrow as pa
 from vadray import storage
 from vadray.clip_shards import (CHUNK_FRAMES, CLIPS_SCHEMA, SMALL_COLUMNS, clip_table, compute_stats, write_stats,
                                 write_sums)
-from vadray.errors import JobSummary, clear_errors, read_errors, safe_key
+from vadray.errors import JobSummary, clear_errors, failed_rows, read_errors, safe_key
 from vadray.exits import UsageError
 from vadray.listing import VIDEO_EXTENSIONS, VideoRef, check_camera, list_videos
 from vadray.preprocess import PartialSums
@@ -51,7 +51,7 @@ class IngestSummary(JobSummary):
 
     def line(self) -> str:
         return (f"ingest: {self.videos} videos ({self.videos_failed} failed), {self.segments} segments, "
-                f"{self.frames} frames, {self.failures} error rows, {self.seconds:.1f} s, "
+                f"{self.frames} frames, {self.failures} error rows, {self.notes} notes, {self.seconds:.1f} s, "
                 f"{self.fps:.1f} frames/s")
 
 
@@ -240,7 +240,7 @@ def run_ingest(source: str, output: str, *, camera: str = "default", size: int =
     run_keys = {safe_key(v) for v in run_ids}
     summary.frames = sum(n for k, n in frames_per_video.items() if k in run_keys)
     summary.segments = sum(n for k, n in segments_per_video.items() if k in run_keys)
-    summary.videos_failed = len({e["video_id"] for e in errors})
+    summary.videos_failed = len({e["video_id"] for e in failed_rows(errors)})
     summary.seconds = time.perf_counter() - started
     return summary
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from vadray import storage
-from vadray.errors import JobSummary, clear_errors, error_row, read_errors, safe_key, write_errors
+from vadray.errors import JobSummary, clear_errors, error_row, failed_rows, read_errors, safe_key, write_errors
 from vadray.events import EVENT_SCORES, PERSISTENCE_DEFAULT, WINDOW_DEFAULT, EventSettings
 from vadray.exits import UsageError
 from vadray.listing import check_camera, list_videos
@@ -48,7 +48,7 @@ class ScoreSummary(JobSummary):
 
     def line(self) -> str:
         return (f"score: {self.videos} videos ({self.skipped} already done, {self.videos_failed} failed), "
-                f"{self.frames} frames, {self.events} events, {self.failures} error rows, "
+                f"{self.frames} frames, {self.events} events, {self.failures} error rows, {self.notes} notes, "
                 f"{self.seconds:.1f} s, {self.fps:.1f} frames/s")
 
 
@@ -273,7 +273,7 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     summary.errors = [e for e in read_errors(storage.join(output, "errors"), storage_options, camera).to_pylist()
                       if e["video_id"] in listed]
     summary.errors += [r["unrecorded_error"] for r in results if r.get("unrecorded_error")]
-    summary.videos_failed = len({e["video_id"] for e in summary.errors})
+    summary.videos_failed = len({e["video_id"] for e in failed_rows(summary.errors)})
     summary.seconds = time.perf_counter() - started
     return summary
 

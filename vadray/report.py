@@ -22,7 +22,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from vadray import decode, listing, metrics, probe, storage
-from vadray.errors import safe_key
+from vadray.errors import failed_rows, safe_key
 from vadray.evaluate import read_labels
 from vadray.exits import UsageError
 from vadray.listing import VideoRef
@@ -285,7 +285,7 @@ def index_html(rows: list[dict[str, Any]], with_auc: bool, failures: list[dict[s
             return "–" if math.isnan(value) else f"{value:.3f}"
         return html.escape(str(value))
 
-    failed = sorted({(str(f["camera"]), str(f["video_id"])) for f in failures})
+    failed = sorted({(str(f["camera"]), str(f["video_id"])) for f in failed_rows(list(failures))})
     head = ["video", "camera", "date", "frames", "not scored", "duration (s)", "min regularity", "events"]
     head += ["AUC (1 − s_r)"] if with_auc else []
     lines = ["<!doctype html><meta charset='utf-8'><title>vadray report</title>",
@@ -302,8 +302,8 @@ def index_html(rows: list[dict[str, Any]], with_auc: bool, failures: list[dict[s
         lines.append(f"<tr><td>{link}</td>" + "".join(f"<td>{cell(v)}</td>" for v in values) + "</tr>")
     lines.append("</table>")
     if failures:
-        lines.append("<h2>Errors</h2><p>Inputs that failed, in whole or in part (the <code>errors</code> table); "
-                     "a video without a plot above has no scored frame.</p>")
+        lines.append("<h2>Errors</h2><p>Inputs that failed, in whole or in part, and notes on how an input was "
+                     "read (the <code>errors</code> table); a video without a plot above has no scored frame.</p>")
         lines.append("<table><tr>" + "".join(f"<th>{h}</th>" for h in ("video", "camera", "stage", "error", "why"))
                      + "</tr>")
         for f in sorted(failures, key=lambda f: (str(f["camera"]), str(f["video_id"]), str(f["stage"]))):

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -426,6 +427,21 @@ def test_evaluate_says_why_auc_is_undefined_and_query_prints_every_row_with_0(sc
     assert cli.main(["query", scored["out"], "SELECT frame_index FROM frames ORDER BY 1", "--max-rows", "0"]) == 0
     printed = capsys.readouterr().out
     assert "(80 rows)" in printed and "..." not in printed
+
+
+def test_outputs_whose_names_are_patterns_are_refused(scored, tmp_path, capsys):
+    """`out[12]` is out1 and out2 to fsspec's deletes and globs and to DuckDB (deletion review:
+    a rerun into s3://b/out[12] deleted out1's rows)."""
+    from vadray import storage
+
+    twin = tmp_path / "out[12]"
+    shutil.copytree(scored["out"], twin)
+    for argv in (["query", str(twin), "SELECT 1"], ["report", str(twin), str(tmp_path / "r")],
+                 ["report", scored["out"], str(tmp_path / "r?")], ["evaluate", str(twin), "--labels", scored["labels"]]):
+        assert cli.main(argv) == 2, argv
+        assert "read them as patterns" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="patterns"):   # before any request to the store
+        storage.require_folder_to_write({"endpoint_url": "http://127.0.0.1:9"}, OUTPUT="s3://bucket/out*")
 
 
 def test_a_querys_connection_cannot_be_unlocked(scored):

@@ -115,6 +115,21 @@ def test_every_key_a_file_was_scored_under_goes_and_rows_under_an_older_date_too
                            for v, d, m in ((ref.video_id, "2024-05-03", "m1"), ("x/zz-0900", "unknown", "m2"))]
                           + [f"manifest/{manifest_marker('cam', v, ref.identity(), m)}"
                              for v, m in ((ref.video_id, "m1"), ("x/zz-0900", "m2"))])
+    # the file that held an id and is in this run under a new one is no clash for the file that now
+    # has the id: /src/x/a.mp4 scored as `a` from /src/x, then /src scored (`x/a`, and /src/a.mp4 is `a`)
+    from vadray.manifest import check_same_files, mark_scored
+
+    moved, taker = VideoRef("x/a", "/src/x/a.mp4", size=5, mtime="1"), VideoRef("a", "/src/a.mp4", size=6, mtime="2")
+    out = tmp_path / "moved"
+    mark_scored(str(out), "cam", "a", moved.identity(), "m1", moved.uri, True, {})
+    previous = previous_scoring(str(out), "cam", [taker, moved], "m1", {})
+    check_same_files("cam", [taker, moved], previous.uris)
+    with pytest.raises(UsageError, match="scored from other files"):   # without it, it is one
+        check_same_files("cam", [taker], previous_scoring(str(out), "cam", [taker], "m1", {}).uris)
+    assert previous.other_ids == {"x/a": [safe_key("a")]}
+    drop_previous(str(out), "cam", [taker, moved], "m1", previous, {})
+    assert drop_other_ids(str(out), "cam", "m1", previous, {}) == [safe_key("a")]   # its marker already went
+    assert not list(out.rglob("*.done"))
     # vadray before 2026-12-01 read 2024-0501 as a date; today's rule does not: a rescore finds both
     mixed = VideoRef("cam_2024-0501_0900", "x")
     for date in ("2024-05-01", "unknown"):

@@ -158,7 +158,9 @@ def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: s
 def check_same_files(camera: str, refs: list[VideoRef], previous: dict[str, str]) -> None:
     """Two different files that map to one video id (day folders scored one SOURCE at a time:
     2024-05-01/0900.mp4 and 2024-05-02/0900.mp4 are both '0900') would replace each other's rows."""
-    clashes = [(r, previous[r.video_id]) for r in refs if previous.get(r.video_id) not in (None, "", r.uri)]
+    listed = {r.uri for r in refs}   # a file that held the id and is in this run under its own new id: no clash
+    clashes = [(r, previous[r.video_id]) for r in refs if previous.get(r.video_id) not in (None, "", r.uri)
+               and previous[r.video_id] not in listed]
     if clashes:
         ref, uri = clashes[0]
         raise UsageError(
@@ -182,12 +184,17 @@ def drop_previous(output: str, camera: str, refs: list[VideoRef], model_id: str,
         paths += previous.markers.get(ref.video_id, [])
         if ref.video_id in previous.done_markers:   # --force: a rescore that fails must not stay "done"
             paths.append(previous.done_markers[ref.video_id])
-    if not storage.is_remote(output):
-        paths = [p for p in paths if fs.exists(p)]
+    _remove(fs, paths, storage.is_remote(output))
+
+
+def _remove(fs, paths: list[str], remote: bool) -> None:
+    """One bulk delete of the paths that exist (an object store ignores keys that are not there;
+    a local disk, or a store that refuses them, is asked first)."""
+    paths = sorted(set(paths)) if remote else sorted(p for p in set(paths) if fs.exists(p))
     try:
         if paths:
             fs.rm(paths)
-    except FileNotFoundError:   # a store that refuses missing keys in a bulk delete
+    except FileNotFoundError:
         existing = [p for p in paths if fs.exists(p)]
         if existing:
             fs.rm(existing)
@@ -234,8 +241,7 @@ def drop_other_ids(output: str, camera: str, model_id: str, previous: Previous,
         for table in ("frames", "events"):
             paths += fs.glob(f"{root}/{table}/camera={camera}/date=*/{key}.{model_id}.parquet")
         paths += previous.other_markers.get(key, [])
-    if paths:
-        fs.rm(sorted(set(paths)))
+    _remove(fs, paths, storage.is_remote(output))   # (drop_previous may have taken some already)
     clear_errors(storage.join(output, "errors"), camera, [], storage_options, keys=keys)
     return keys
 

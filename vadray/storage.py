@@ -93,6 +93,19 @@ def url_to_fs(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[
     return fs, path.rstrip("/") if path not in ("/", "") else path
 
 
+# Roles whose paths vadray lists, globs and deletes under: fsspec (s3fs's bulk rm, glob) and
+# DuckDB read `*`, `?` and `[` as patterns, so `out[12]` would reach `out1` and `out2`.
+PATTERN_ROLES = ("OUTPUT", "DIR", "CHECKPOINT", "CHECKPOINT_DIR", "SHARDS")
+
+
+def _refuse_patterns(role: str, uri: str) -> None:
+    from vadray.exits import UsageError
+
+    if role in PATTERN_ROLES and any(c in uri for c in "*?[]"):
+        raise UsageError(f"{role} {uri!r} holds one of * ? [ ]: file systems and object stores read them as "
+                         "patterns (out[12] would be out1 and out2), so vadray refuses them; rename the folder")
+
+
 def require_reachable(storage_options: dict[str, Any] | None, **locations: str | None) -> None:
     """Exit status 2 before any work when a location cannot be reached at all (endpoint down,
     no credentials, access denied); `require_reachable(opts, OUTPUT=out, CHECKPOINT=ckpt)`.
@@ -102,6 +115,7 @@ def require_reachable(storage_options: dict[str, Any] | None, **locations: str |
     for role, uri in locations.items():
         if not uri:
             continue
+        _refuse_patterns(role, uri)
         try:
             fs, path = url_to_fs(uri, storage_options)
             fs.info(path)     # not exists(): s3fs's answers False for a bare bucket it cannot reach
@@ -153,6 +167,7 @@ def require_folder_to_write(storage_options: dict[str, Any] | None = None, **loc
     for role, uri in locations.items():
         if not uri:
             continue
+        _refuse_patterns(role, uri)
         if is_remote(uri):
             _require_remote_write(role, uri, storage_options)
             continue

@@ -511,6 +511,31 @@ def test_dates_come_from_paths():
     assert video_date(VideoRef("cam/20241239_0900", "x")) == "unknown"         # no 39th day
 
 
+def test_the_settings_of_skipped_videos_are_read_from_a_bounded_sample(tmp_path, monkeypatch):
+    """A year's rerun must not read a year of files to say the settings differ."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vadray.errors import safe_key
+    from vadray.manifest import scores_file, settings_of_done
+
+    refs = [VideoRef(f"2024-05-{1 + k % 28:02d}/{k:04d}", "x") for k in range(44)]
+    for k, ref in enumerate(refs):
+        path = tmp_path / "frames" / scores_file("cam", video_date(ref), safe_key(ref.video_id), "m1")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"run_id": [f"score-{'b' if k == 20 else 'a'}"]}), path)
+    opened = []
+    real_open = pq.ParquetFile
+
+    def counting(handle, *args, **kwargs):
+        opened.append(handle)
+        return real_open(handle, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "ParquetFile", counting)
+    found = settings_of_done(str(tmp_path), "cam", refs, "m1", {}, sample=8)
+    assert len(opened) == 8 and found == {"score-a", "score-b"}   # every 5th video: 20 is among them
+
+
 def test_a_rescore_removes_the_rows_an_older_vadray_filed_under_date_unknown(tmp_path):
     """Before 2024/05/01 folders were read as dates, such a video's rows went to date=unknown:
     rescored (--force, or a changed file), they must not stay beside the new date's."""

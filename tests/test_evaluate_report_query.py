@@ -429,7 +429,7 @@ def test_evaluate_says_why_auc_is_undefined_and_query_prints_every_row_with_0(sc
     assert "(80 rows)" in printed and "..." not in printed
 
 
-def test_outputs_whose_names_are_patterns_are_refused(scored, tmp_path, capsys):
+def test_outputs_whose_names_are_patterns_are_refused(scored, tmp_path, capsys, monkeypatch):
     """`out[12]` is out1 and out2 to fsspec's deletes and globs and to DuckDB (deletion review:
     a rerun into s3://b/out[12] deleted out1's rows)."""
     from vadray import storage
@@ -442,6 +442,13 @@ def test_outputs_whose_names_are_patterns_are_refused(scored, tmp_path, capsys):
         assert "read them as patterns" in capsys.readouterr().err
     with pytest.raises(UsageError, match="patterns"):   # before any request to the store
         storage.require_folder_to_write({"endpoint_url": "http://127.0.0.1:9"}, OUTPUT="s3://bucket/out*")
+    inside = tmp_path / "w[12]"
+    inside.mkdir()
+    monkeypatch.chdir(inside)                            # a relative OUTPUT is its absolute path
+    with pytest.raises(UsageError, match="patterns"):
+        storage.require_folder_to_write(OUTPUT="out")
+    assert cli.main(["demo", "d"]) == 2 and not os.path.exists(inside / "d")   # before the archive is made
+    storage.require_folder_to_write(OUTPUT=str(tmp_path / "out]"))   # `]` alone is no pattern
 
 
 def test_a_querys_connection_cannot_be_unlocked(scored):

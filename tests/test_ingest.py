@@ -88,6 +88,21 @@ def test_ingest_local_archive_tiles_videos_and_reruns_idempotently(ray_session, 
     assert read_stats(renamed_out).num_frames == 90
 
 
+def test_no_statistics_stand_for_shards_that_are_gone(ray_session, synth_archive, tmp_path):
+    """A video ingested, then its file broken and ingested again: its shards go (footage that is
+    gone) and, none being left, so do the statistics training would read (fixes review)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(synth_archive / "video001.mp4", src / "video001.mp4")
+    out = str(tmp_path / "out")
+    assert run_ingest(str(src), out, size=TEST_SIZE).frames == 30 and read_stats(out).num_frames == 30
+    (src / "video001.mp4").write_bytes(b"not a video any more" * 100)
+    broken = run_ingest(str(src), out, size=TEST_SIZE)
+    assert (broken.frames, broken.videos_failed, broken.print_and_exit_status()) == (0, 1, 3)
+    with pytest.raises(FileNotFoundError):
+        read_stats(out)
+
+
 def test_stats_cover_every_video_in_output_across_runs(ray_session, synth_archive, synth_test_archive,
                                                        tmp_path):
     """Stats come from the decode tasks' integer sums (no read-back pass); a second archive

@@ -129,6 +129,15 @@ def write_stats(output: str, stats: NormStats, extra: dict[str, Any], storage_op
         np.save(f, stats.mean_image, allow_pickle=False)
 
 
+def remove_stats(output: str, storage_options: dict[str, Any]) -> None:
+    """No shard is left (a rerun removed them, and their files now fail): statistics of footage
+    that is gone must not stand for training to read."""
+    fs, path = storage.url_to_fs(storage.join(output, "stats"), storage_options)
+    for name in ("stats.json", "mean_image.npy"):
+        if fs.exists(f"{path}/{name}"):
+            fs.rm(f"{path}/{name}")
+
+
 def read_stats(output: str, storage_options: dict[str, Any] | None = None) -> NormStats:
     fs, path = storage.url_to_fs(storage.join(output, "stats", "stats.json"), storage_options)
     with fs.open(path, "r") as f:

@@ -11,6 +11,7 @@ import argparse
 import os
 import time
 
+from vadray import storage
 from vadray.exits import EXIT_OK, EXIT_PARTIAL
 from vadray.models import names
 
@@ -37,6 +38,7 @@ def run_demo(folder: str, size: int = 35, epochs: int = 8, videos: int = 4, fram
     from vadray.train import run_training
 
     folder = os.path.abspath(folder)
+    storage.require_folder_to_write(DIR=folder)   # before the archive is made: a DIR that cannot be one
     paths = {name: os.path.join(folder, name) for name in
              ("archive/train", "archive/test", "shards", "checkpoint", "tables", "report")}
     for name in ("shards", "checkpoint", "tables", "report"):

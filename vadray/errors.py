@@ -82,10 +82,12 @@ def read_errors(errors_uri: str, storage_options: dict[str, Any] | None = None,
     return table.filter(pa.compute.equal(table["camera"], camera)) if camera is not None else table
 
 
-# Rows that say how an input was read, with nothing of it lost: a stray `thumbnail.png` left out
-# of a frame folder, frame numbers read from 500. They are rows, never silent, but no failure:
-# a clean archive with a thumbnail in each clip must not exit 3 on every run.
-NOTE_TYPES = frozenset({"ignored_files", "frame_numbering"})
+# Rows that say how an input was read, with nothing of it in doubt: one or two stray files left out
+# of a frame folder (a thumbnail; more are `stray_files`, a failure), frame numbers counted from
+# 500 (`numbered_from`; numbering read in name order is `frame_numbering`, a failure: labels may
+# not line up). Rows, never silent, but no failure: a clean archive with a thumbnail in each clip
+# must not exit 3 on every run.
+NOTE_TYPES = frozenset({"ignored_files", "numbered_from"})
 
 
 def failed_rows(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:

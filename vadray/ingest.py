@@ -27,8 +27,8 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from vadray import storage
-from vadray.clip_shards import (CHUNK_FRAMES, CLIPS_SCHEMA, SMALL_COLUMNS, clip_table, compute_stats, write_stats,
-                                write_sums)
+from vadray.clip_shards import (CHUNK_FRAMES, CLIPS_SCHEMA, SMALL_COLUMNS, clip_table, compute_stats,
+                                remove_stats, write_stats, write_sums)
 from vadray.errors import JobSummary, clear_errors, failed_rows, read_errors, safe_key
 from vadray.exits import UsageError
 from vadray.listing import VIDEO_EXTENSIONS, VideoRef, check_camera, list_videos
@@ -230,8 +230,9 @@ def run_ingest(source: str, output: str, *, camera: str = "default", size: int =
     summary = IngestSummary(videos=len(refs), errors=errors)
     try:
         stats, frames_per_video, segments_per_video = compute_stats(output, storage_options)
-    except FileNotFoundError:     # nothing decoded, in this run or before it
+    except FileNotFoundError:     # nothing decoded, in this run or before it (or left after it)
         frames_per_video, segments_per_video = {}, {}
+        remove_stats(output, storage_options)
     else:
         write_stats(output, stats, {"videos": len(frames_per_video), "source": storage.absolute(source),
                                     "camera": camera},

@@ -121,6 +121,11 @@ def list_videos(source: str, storage_options: dict[str, Any] | None = None) -> l
     return sorted(_unique_ids(videos), key=lambda v: v.video_id)
 
 
+# The one frame-folder note that says nothing is in doubt: the numbering starts late (a clip
+# cut from a longer sequence) and its first frame is index 0 (`stages` writes it as a note).
+NUMBERED_FROM = "the frame numbers start at"
+
+
 def _numbered_frames(files: list[tuple[str, Any]]) -> tuple[list[Any], list[Any], str]:
     """A frame folder's files → (its frames by index, the files that are not frames, a note on
     how the frames were ordered where the names left a doubt, else "").
@@ -168,7 +173,7 @@ def _numbered_frames(files: list[tuple[str, Any]]) -> tuple[list[Any], list[Any]
     if values[count].size == column.size and span <= column.size + few:
         by_number = {int(n): item for n, item in zip(column, items)}
         return [by_number.get(first + k) for k in range(span)], stray, (
-            f"the frame numbers start at {first}: that frame is index 0" if first > 1 else "")
+            f"{NUMBERED_FROM} {first}: that frame is index 0" if first > 1 else "")
     return items, stray, (f"the frame numbers run from {first} to {first + span - 1} over {column.size} files "
                           "(repeated, or too many gaps for a frame count): the frames are taken in name order")
 

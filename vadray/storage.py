@@ -94,16 +94,19 @@ def url_to_fs(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[
 
 
 # Roles whose paths vadray lists, globs and deletes under: fsspec (s3fs's bulk rm, glob) and
-# DuckDB read `*`, `?` and `[` as patterns, so `out[12]` would reach `out1` and `out2`.
+# DuckDB read `*`, `?` and `[` as patterns, so `out[12]` would reach `out1` and `out2`. (`]`
+# alone is no pattern.)
 PATTERN_ROLES = ("OUTPUT", "DIR", "CHECKPOINT", "CHECKPOINT_DIR", "SHARDS")
 
 
 def _refuse_patterns(role: str, uri: str) -> None:
     from vadray.exits import UsageError
 
-    if role in PATTERN_ROLES and any(c in uri for c in "*?[]"):
-        raise UsageError(f"{role} {uri!r} holds one of * ? [ ]: file systems and object stores read them as "
-                         "patterns (out[12] would be out1 and out2), so vadray refuses them; rename the folder")
+    # The absolute path: a relative `out` inside a folder `w[12]` is `/…/w[12]/out` to fsspec.
+    if role in PATTERN_ROLES and any(c in (uri if is_remote(uri) else absolute(uri)) for c in "*?["):
+        raise UsageError(f"{role} {uri!r} is or lies in a path holding * ? or [: file systems and object stores "
+                         "read them as patterns (out[12] would be out1 and out2), so vadray refuses them; rename "
+                         "the folder")
 
 
 def require_reachable(storage_options: dict[str, Any] | None, **locations: str | None) -> None:

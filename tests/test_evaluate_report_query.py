@@ -449,6 +449,10 @@ def test_outputs_whose_names_are_patterns_are_refused(scored, tmp_path, capsys, 
         storage.require_folder_to_write(OUTPUT="out")
     assert cli.main(["demo", "d"]) == 2 and not os.path.exists(inside / "d")   # before the archive is made
     storage.require_folder_to_write(OUTPUT=str(tmp_path / "out]"))   # `]` alone is no pattern
+    monkeypatch.setenv("HOME", str(inside))                           # fsspec expands `~`: so does the check
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match="patterns"):
+        storage.require_folder_to_write(OUTPUT="~/out")
 
 
 def test_a_querys_connection_cannot_be_unlocked(scored):

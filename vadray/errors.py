@@ -82,12 +82,12 @@ def read_errors(errors_uri: str, storage_options: dict[str, Any] | None = None,
     return table.filter(pa.compute.equal(table["camera"], camera)) if camera is not None else table
 
 
-# Rows that say how an input was read, with nothing of it in doubt: one or two stray files left out
-# of a frame folder (a thumbnail; more are `stray_files`, a failure), frame numbers counted from
-# 500 (`numbered_from`; numbering read in name order is `frame_numbering`, a failure: labels may
-# not line up). Rows, never silent, but no failure: a clean archive with a thumbnail in each clip
-# must not exit 3 on every run.
-NOTE_TYPES = frozenset({"ignored_files", "numbered_from"})
+# Rows that say how an input was read, with nothing of it in doubt: one or two files beside a
+# frame folder's frames whose names are not frame names (a `thumbnail.png`; more, or ones named
+# like frames, are `stray_files`, a failure). A row, never silent, but no failure: a clean archive
+# with a thumbnail in each clip must not exit 3 on every run. Every `frame_numbering` row is a
+# failure: where the numbering starts, or how it was read, may not line up with the labels.
+NOTE_TYPES = frozenset({"ignored_files"})
 
 
 def failed_rows(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -121,9 +121,11 @@ def list_videos(source: str, storage_options: dict[str, Any] | None = None) -> l
     return sorted(_unique_ids(videos), key=lambda v: v.video_id)
 
 
-# The one frame-folder note that says nothing is in doubt: the numbering starts late (a clip
-# cut from a longer sequence) and its first frame is index 0 (`stages` writes it as a note).
-NUMBERED_FROM = "the frame numbers start at"
+def name_shape(uri: str) -> tuple[str, ...]:
+    """A file name's text between its numbers, without the extension: `frame_019_cam2.jpg` and
+    `frame_001_cam2.png` share one (a frame in another format), `thumbnail.png` does not."""
+    stem = posixpath.splitext(posixpath.basename(uri))[0]
+    return tuple(part.lower() for part in re.split(r"\d+", stem))
 
 
 def _numbered_frames(files: list[tuple[str, Any]]) -> tuple[list[Any], list[Any], str]:
@@ -173,7 +175,7 @@ def _numbered_frames(files: list[tuple[str, Any]]) -> tuple[list[Any], list[Any]
     if values[count].size == column.size and span <= column.size + few:
         by_number = {int(n): item for n, item in zip(column, items)}
         return [by_number.get(first + k) for k in range(span)], stray, (
-            f"{NUMBERED_FROM} {first}: that frame is index 0" if first > 1 else "")
+            f"the frame numbers start at {first}: that frame is index 0" if first > 1 else "")
     return items, stray, (f"the frame numbers run from {first} to {first + span - 1} over {column.size} files "
                           "(repeated, or too many gaps for a frame count): the frames are taken in name order")
 

@@ -18,7 +18,7 @@ from vadray import storage
 from vadray.decode import NOT_DECODED, DecodedFrames, decode_frame_files, decode_segment
 from vadray.probe import InputError, Timeline, frame_folder_timeline, probe
 from vadray.errors import error_row, safe_key, write_errors
-from vadray.listing import NUMBERED_FROM, VideoRef
+from vadray.listing import VideoRef, name_shape
 from vadray.segments import pack_units, plan_segments
 from vadray.volumes import T_DEFAULT
 
@@ -88,14 +88,15 @@ class ProbeAndPlan:
             kind = exc.error_type if isinstance(exc, InputError) else type(exc).__name__
             self._error(ref, key, [(kind, str(exc))])
             return []
-        if ref.stray:   # a thumbnail or two is a note; more may be frames named otherwise: a failure
+        if ref.stray:   # a thumbnail or two is a note; more, or frame-like names, may be lost frames
             names = ", ".join(u.rsplit("/", 1)[-1] for u in ref.stray[:5]) + (" …" if len(ref.stray) > 5 else "")
-            timeline.warnings.append(("ignored_files" if len(ref.stray) <= NOTED_STRAYS else "stray_files",
+            noted = len(ref.stray) <= NOTED_STRAYS and not any(
+                name_shape(u) == name_shape(next(f for f in ref.frame_uris if f)) for u in ref.stray)
+            timeline.warnings.append(("ignored_files" if noted else "stray_files",
                                       f"{len(ref.stray)} files do not follow the numbering of the folder's "
                                       f"frames and are not used as frames: {names}"))
         if ref.frame_note:
-            timeline.warnings.append(("numbered_from" if ref.frame_note.startswith(NUMBERED_FROM)
-                                      else "frame_numbering", ref.frame_note))
+            timeline.warnings.append(("frame_numbering", ref.frame_note))
         if timeline.warnings:
             self._error(ref, key, timeline.warnings)
         segments = plan_segments(timeline.num_frames, timeline.fps, self.segment_seconds, self.overlap,

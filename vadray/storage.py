@@ -103,7 +103,8 @@ def _refuse_patterns(role: str, uri: str) -> None:
     from vadray.exits import UsageError
 
     # The absolute path: a relative `out` inside a folder `w[12]` is `/…/w[12]/out` to fsspec.
-    if role in PATTERN_ROLES and any(c in (uri if is_remote(uri) else absolute(uri)) for c in "*?["):
+    seen = uri if is_remote(uri) else absolute(os.path.expanduser(uri))   # fsspec expands `~` too
+    if role in PATTERN_ROLES and any(c in seen for c in "*?["):
         raise UsageError(f"{role} {uri!r} is or lies in a path holding * ? or [: file systems and object stores "
                          "read them as patterns (out[12] would be out1 and out2), so vadray refuses them; rename "
                          "the folder")

@@ -62,6 +62,18 @@ def test_colliding_names_keep_every_file(tmp_path):
     write_video(str(archive / "a.b.mp4"), videos.frames(12))
     refs = list_videos(str(archive))
     assert sorted(r.video_id for r in refs) == ["a.b", "a.b.mp4"] and former_ids(refs) == {}
+    # what file systems write beside media is no input: AppleDouble `._` files (they sorted
+    # first and became the frames) and a NAS's @eaDir thumbnails (each became a clip)
+    nas = tmp_path / "nas" / "clip"
+    (nas / "@eaDir" / "001.png").mkdir(parents=True)
+    for n in range(1, 21):
+        (nas / f"frame_{n:03d}.jpg").write_bytes(b"x")
+        (nas / f"._frame_{n:03d}.jpg").write_bytes(b"x")
+    (nas / "@eaDir" / "001.png" / "SYNOPHOTO_THUMB_S.jpg").write_bytes(b"x")
+    (nas / "._video.mp4").write_bytes(b"x")
+    [clip] = list_videos(str(tmp_path / "nas"))
+    assert [os.path.basename(u) for u in clip.frame_uris] == [f"frame_{n:03d}.jpg" for n in range(1, 21)]
+    assert clip.stray == []
 
 
 def _still(path, value: int) -> None:

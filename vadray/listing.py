@@ -68,6 +68,14 @@ def _meta(info: dict[str, Any]) -> tuple[int, str, str]:
     return int(info.get("size") or 0), etag, str(mtime)
 
 
+def _is_metadata(rel: str) -> bool:
+    """What file systems write beside media, never media: macOS's AppleDouble `._name` files
+    (copies to exFAT or SMB; `._001.png` beside each frame) and a Synology NAS's `@eaDir`
+    thumbnail folders. Named like frames, they would be taken for a clip's frames."""
+    parts = rel.split("/")
+    return parts[-1].startswith("._") or "@eaDir" in parts[:-1]
+
+
 def list_videos(source: str, storage_options: dict[str, Any] | None = None) -> list[VideoRef]:
     """All videos under SOURCE, sorted by id. Raises UsageError when SOURCE is unreachable."""
     try:
@@ -93,7 +101,9 @@ def list_videos(source: str, storage_options: dict[str, Any] | None = None) -> l
             continue
         rel = path[len(root):].lstrip("/") if path.startswith(root) else posixpath.basename(path)
         ext = _ext(rel)
-        if ext in VIDEO_EXTENSIONS:
+        if _is_metadata(rel):
+            ignored["(file system metadata)"] = ignored.get("(file system metadata)", 0) + 1
+        elif ext in VIDEO_EXTENSIONS:
             size, etag, mtime = _meta(info)
             videos.append(VideoRef(rel[: -len(ext)], storage.to_uri(fs, path), size, etag, mtime))
         elif ext in FRAME_EXTENSIONS:

@@ -145,7 +145,8 @@ def _clear_previous(output: str, camera: str, refs: list[VideoRef], storage_opti
                  keys=list(moved))
 
 
-def _keys_of_these_files_elsewhere(output: str, refs: list[VideoRef], storage_options: dict[str, Any]) -> dict[str, str]:
+def _keys_of_these_files_elsewhere(output: str, refs: list[VideoRef],
+                                   storage_options: dict[str, Any]) -> dict[str, str]:
     """video_key → the id its file has now, for shards decoded from one of `refs`' files under
     another key (a shard row holds its source URI; a clip row is a chunk, so this is small)."""
     import pyarrow.dataset as pads

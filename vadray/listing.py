@@ -131,11 +131,12 @@ def list_videos(source: str, storage_options: dict[str, Any] | None = None) -> l
     return sorted(_unique_ids(videos), key=lambda v: v.video_id)
 
 
-def name_shape(uri: str) -> tuple[str, ...]:
-    """A file name's text between its numbers, without the extension: `frame_019_cam2.jpg` and
-    `frame_001_cam2.png` share one (a frame in another format), `thumbnail.png` does not."""
-    stem = posixpath.splitext(posixpath.basename(uri))[0]
-    return tuple(part.lower() for part in re.split(r"\d+", stem))
+def name_shape(uri: str, extension: bool = True) -> tuple[str, ...]:
+    """A file name's text between its numbers (`frame_001_cam2.png` is `frame_ _cam .png`), by
+    which a frame folder's frames are told from other files. Without the extension,
+    `frame_019_cam2.jpg` and `frame_001_cam2.png` share one (a frame in another format)."""
+    name = posixpath.basename(uri)
+    return tuple(part.lower() for part in re.split(r"\d+", name if extension else posixpath.splitext(name)[0]))
 
 
 def _numbered_frames(files: list[tuple[str, Any]]) -> tuple[list[Any], list[Any], str]:
@@ -153,8 +154,8 @@ def _numbered_frames(files: list[tuple[str, Any]]) -> tuple[list[Any], list[Any]
     ordered = sorted(files, key=lambda item: _natural_key(posixpath.basename(item[0])))
     shapes: dict[tuple[str, ...], list[tuple[Any, list[int]]]] = {}
     for item in ordered:
-        parts = re.split(r"(\d+)", posixpath.basename(item[0]))
-        shapes.setdefault(tuple(p.lower() for p in parts[0::2]), []).append((item, [int(p) for p in parts[1::2]]))
+        numbers = [int(n) for n in re.findall(r"\d+", posixpath.basename(item[0]))]
+        shapes.setdefault(name_shape(item[0]), []).append((item, numbers))
     frames = max(shapes.values(), key=len)   # a tie: the first in name order
     if len(frames) < 2:                      # no common shape: every file is a frame, by name
         return ordered, [], ""

@@ -179,7 +179,8 @@ def drop_previous(output: str, camera: str, refs: list[VideoRef], model_id: str,
     fs, root = storage.url_to_fs(output, storage_options)
     paths = list(previous.stale)
     for ref in refs:
-        for name in (scores_file(camera, date, safe_key(ref.video_id), model_id) for date in dates_filed_under(ref)):
+        for date in dates_filed_under(ref):
+            name = scores_file(camera, date, safe_key(ref.video_id), model_id)
             paths += [f"{root}/frames/{name}", f"{root}/events/{name}"]
         paths += previous.markers.get(ref.video_id, [])
         if ref.video_id in previous.done_markers:   # --force: a rescore that fails must not stay "done"

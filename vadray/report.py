@@ -65,7 +65,8 @@ def decode_thumbnail(source_uri: str, frame_index: int, storage_options: dict | 
     return None
 
 
-def _thumbnail_at(fs, path: str, timeline: probe.Timeline, target: int, max_side: int, seek: bool) -> np.ndarray | None:
+def _thumbnail_at(fs, path: str, timeline: probe.Timeline, target: int, max_side: int,
+                  seek: bool) -> np.ndarray | None:
     past = 0
     with fs.open(path, "rb") as f, av.open(f) as container:
         for frame in decode.frames_from(container, probe.video_stream(container), timeline, target, seek):

@@ -259,9 +259,9 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
         dates = {r.video_id: video_date(r) for r in todo}
         undated = sum(d == "unknown" for d in dates.values())
         if undated:
-            log.warning("%d of %d videos have no date (YYYY-MM-DD, YYYY/MM/DD, YYYYMMDD…) in their path below SOURCE: their "
-                        "date= partition is 'unknown' (score the camera's folder, not a day folder, to keep "
-                        "the dates)", undated, len(dates))
+            log.warning("%d of %d videos have no date (YYYY-MM-DD, YYYY/MM/DD, YYYYMMDD…) in their path "
+                        "below SOURCE: their date= partition is 'unknown' (score the camera's folder, not a day "
+                        "folder, to keep the dates)", undated, len(dates))
         assemble = _WriteOrRecord(AssembleVideo(output, card, run_id, dates, events, grid, storage_options),
                                   storage.join(output, "errors"), storage_options)
         results = _write_videos_as_they_complete(scored, assemble, len(todo))

@@ -90,8 +90,9 @@ class ProbeAndPlan:
             return []
         if ref.stray:   # a thumbnail or two is a note; more, or frame-like names, may be lost frames
             names = ", ".join(u.rsplit("/", 1)[-1] for u in ref.stray[:5]) + (" …" if len(ref.stray) > 5 else "")
-            frame_shape = name_shape(next((f for f in ref.frame_uris if f), ""))
-            noted = len(ref.stray) <= NOTED_STRAYS and all(name_shape(u) != frame_shape for u in ref.stray)
+            frame_shape = name_shape(next((f for f in ref.frame_uris if f), ""), extension=False)
+            noted = len(ref.stray) <= NOTED_STRAYS and all(name_shape(u, extension=False) != frame_shape
+                                                          for u in ref.stray)
             timeline.warnings.append(("ignored_files" if noted else "stray_files",
                                       f"{len(ref.stray)} files do not follow the numbering of the folder's "
                                       f"frames and are not used as frames: {names}"))

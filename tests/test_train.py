@@ -193,6 +193,15 @@ def test_frame_size_that_the_model_cannot_take_is_a_usage_error(tmp_path):
     assert not (tmp_path / "ckpt").exists()   # nothing written before the inputs are checked
 
 
+def test_a_volume_length_in_model_params_is_refused_before_any_work(tmp_path):
+    """conv_ae takes T as its channel count: --model-params '{"T": 8}' built a model that every
+    10-frame training volume failed in, a traceback from inside the workers (code-health review)."""
+    write_clip_shards(tmp_path / "out", random_videos({"a": 20, "b": 20}, size=27), chunk=8)
+    with pytest.raises(UsageError, match="T=8"):
+        run_training(str(tmp_path / "out"), str(tmp_path / "ckpt"), model="conv_ae", model_params={"T": 8})
+    assert not (tmp_path / "ckpt").exists()
+
+
 def test_settings_the_card_could_not_state_truly_are_refused_or_merged(tmp_path):
     """--strides 1,1 counted every volume twice in the card's volumes_per_epoch; 64 volumes over
     3 workers trained at 63 while the card said 64; a NaN std in stats.json trained to NaN and

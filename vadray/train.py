@@ -149,6 +149,10 @@ def _model_spec(settings: dict, size: int) -> dict:
     """The architecture's card entry; a UsageError when it cannot take S×S frames."""
     from vadray.models import build
 
+    T = settings["model_params"].get("T", settings["T"])
+    if T != settings["T"]:   # conv_ae's T is its channel count: it would fail inside the workers
+        raise UsageError(f"--model-params T={T}: vadray trains and scores {settings['T']}-frame volumes "
+                         "(the paper's T); leave T out of --model-params")
     try:
         check_size(settings["model"], size)
         return spec(build(settings["model"], **settings["model_params"]))

@@ -16,7 +16,7 @@ from vadray.probe import InputError, frame_folder_timeline, probe
 from vadray.exits import UsageError
 from vadray.listing import list_videos
 from vadray.preprocess import NormStats, PartialSums
-from vadray.segments import MAX_VOLUME_OVERLAP, pack_units, plan_segments
+from vadray.segments import pack_units, plan_segments
 from vadray.stages import ProbeAndPlan, decode_planned
 from vadray.synth import write_video
 from vadray.volumes import gather, volume_starts
@@ -192,12 +192,11 @@ def test_listing_unreachable_source_is_a_usage_error(tmp_path):
 
 @pytest.mark.parametrize("num_frames,per_second", [(1, 1.0), (29, 1.0), (30, 1.0), (31, 1.0), (250, 2.5)])
 def test_segments_tile_exactly_and_overlap(num_frames, per_second):
-    segments = plan_segments(num_frames, fps=10, segment_seconds=per_second)
+    segments = plan_segments(num_frames, fps=10, segment_seconds=per_second, overlap=10)
     owned = np.concatenate([np.arange(s.first, s.last) for s in segments])
     np.testing.assert_array_equal(owned, np.arange(num_frames))  # nothing lost, nothing twice
     for s in segments:
-        assert s.decode_last == min(s.last + MAX_VOLUME_OVERLAP, num_frames)
-    assert MAX_VOLUME_OVERLAP == (10 - 1) * 3  # a stride-3 volume at a seam is never lost
+        assert s.decode_last == min(s.last + 10, num_frames)
 
 
 def test_pack_units_keeps_order_and_both_budgets():
@@ -230,7 +229,7 @@ def test_decode_in_segments_equals_whole_video(tmp_path):
     timeline = probe(path)
     whole = decode_segment(path, timeline, 0, timeline.num_frames, 27)
     assert whole.frames.shape == (45, 27, 27) and not whole.error
-    parts = [decode_segment(path, timeline, s.first, s.last, 27) for s in plan_segments(45, 10, 1.3)]
+    parts = [decode_segment(path, timeline, s.first, s.last, 27) for s in plan_segments(45, 10, 1.3, overlap=0)]
     np.testing.assert_array_equal(np.concatenate([p.frame_index for p in parts]), np.arange(45))
     np.testing.assert_array_equal(np.concatenate([p.frames for p in parts]), whole.frames)
     np.testing.assert_allclose(whole.time_s, np.arange(45) / 10.0)
@@ -317,7 +316,8 @@ def test_an_avi_cut_before_its_index_keeps_every_frame_in_segments(tmp_path):
                 pass   # the cut last packet
     timeline = probe(path)
     assert [kind for kind, _ in timeline.warnings] == ["truncated"]
-    parts = [decode_segment(path, timeline, s.first, s.last, 27) for s in plan_segments(timeline.num_frames, 10, 1.0)]
+    parts = [decode_segment(path, timeline, s.first, s.last, 27)
+             for s in plan_segments(timeline.num_frames, 10, 1.0, overlap=0)]
     index = np.concatenate([p.frame_index for p in parts])
     np.testing.assert_array_equal(index, np.arange(len(plain)))
     # (the last frame is the cut packet's: the decoder conceals what is missing differently
@@ -395,7 +395,7 @@ def test_timestamps_that_reset_keep_every_frame_in_file_order(tmp_path, start_a,
     assert timeline.num_frames == len(plain) == 40 and len(timeline.piece_offsets) == 2
     assert [kind for kind, _ in timeline.warnings] == ["timestamps"] and "frame 20" in timeline.warnings[0][1]
     for seconds in (60, 0.7):
-        parts = [decode_segment(path, timeline, s.first, s.last, 27) for s in plan_segments(40, 10, seconds)]
+        parts = [decode_segment(path, timeline, s.first, s.last, 27) for s in plan_segments(40, 10, seconds, overlap=0)]
         assert not any(p.error for p in parts)
         np.testing.assert_array_equal(np.concatenate([p.frame_index for p in parts]), np.arange(40))
         np.testing.assert_array_equal(np.concatenate([p.frames for p in parts]), plain)
@@ -424,7 +424,7 @@ def test_a_true_33_bit_wrap_is_no_reset(tmp_path, b_frames):
         plain = np.stack([GreyScaler(27)(f) for f in container.decode(video=0)])
     timeline = probe(path)
     assert timeline.piece_offsets == [] and timeline.warnings == []
-    parts = [decode_segment(path, timeline, s.first, s.last, 27) for s in plan_segments(40, 10, 0.7)]
+    parts = [decode_segment(path, timeline, s.first, s.last, 27) for s in plan_segments(40, 10, 0.7, overlap=0)]
     np.testing.assert_array_equal(np.concatenate([p.frames for p in parts]), plain)
     np.testing.assert_allclose(np.concatenate([p.time_s for p in parts]), np.arange(40) / 10, atol=1e-6)
 
@@ -451,7 +451,8 @@ def test_a_reset_into_a_recording_cut_mid_gop_keeps_what_decodes(tmp_path, start
         if cuts[owner[index]] == 0:                                   # an uncut recording: the very frame
             assert int(np.argmin(errors)) == index - int(np.flatnonzero(owner == owner[index])[0])
     assert (whole.missing == []) == (not any(cuts)) and whole.frames.shape[0] >= owner.size - 2 * sum(cuts) - 10
-    parts = [decode_segment(path, timeline, s.first, s.last, 27) for s in plan_segments(timeline.num_frames, 10, 0.7)]
+    parts = [decode_segment(path, timeline, s.first, s.last, 27)
+             for s in plan_segments(timeline.num_frames, 10, 0.7, overlap=0)]
     np.testing.assert_array_equal(np.concatenate([p.frame_index for p in parts]), whole.frame_index)
     np.testing.assert_array_equal(np.concatenate([p.frames for p in parts]), whole.frames)
 

@@ -13,9 +13,10 @@ from vadray import storage
 
 ERRORS_SCHEMA = pa.schema([
     ("camera", pa.string()),        # --camera of the run (the camera= folder; null in files of older versions)
-    ("video_id", pa.string()),      # the input's id (its path relative to SOURCE, no extension)
+    ("video_id", pa.string()),      # the input's id (its path relative to SOURCE, no extension unless a
+                                    # same-named file beside it needs one to tell them apart)
     ("source_uri", pa.string()),    # the input as given
-    ("stage", pa.string()),         # list | probe | decode | write | ...
+    ("stage", pa.string()),         # probe | decode | write | score
     ("error_type", pa.string()),    # a short class: corrupt, empty, not_video, too_short, ...
     ("message", pa.string()),       # what went wrong, for a human
 ])

@@ -104,7 +104,7 @@ def evaluate_output(output: str, labels_csv: str, storage_options: dict | None =
             return ", ".join(sorted(map(str, ids))[:3]) + (" …" if len(ids) > 3 else "")
         raise UsageError(f"no label matches a scored frame: the labels name videos {some(label_videos) or '(none)'}; "
                          f"the frames table holds {some(frame_videos)} (video is the video_id: the path "
-                         "relative to SOURCE, without extension)")
+                         "relative to SOURCE, without extension unless a same-named file sits beside it)")
     result: dict[str, Any] = {"coverage": {
         "frames": len(frames),
         "labels": len(labels),

@@ -201,7 +201,7 @@ def run_ingest(source: str, output: str, *, camera: str = "default", size: int =
     # a long video's segments apart); the streaming repartition puts each unit in its own block,
     # so a long video's segments go to as many decode tasks (a block is a task's unit of work).
     # Chunks tile each video and training joins a video's chunks, so no volume is lost at a
-    # seam without decoding any overlap here (scoring, which never joins, decodes T-1 more).
+    # seam without decoding any overlap here (scoring, which never joins, decodes T more).
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     inputs_per_probe = max(1, min(MAX_INPUTS_PER_PROBE, len(refs) // (2 * cpus)))  # ≥ 2 probe tasks per CPU
     probe_stage = ProbeAndPlan(output, camera, segment_seconds, frame_fps, storage_options, overlap=0,

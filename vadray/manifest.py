@@ -229,8 +229,9 @@ def drop_renamed(output: str, camera: str, refs: list[VideoRef], model_id: str, 
 def drop_other_ids(output: str, camera: str, model_id: str, previous: Previous,
                    storage_options: dict[str, Any]) -> list[str]:
     """Rows, markers and errors of keys under which this model scored the very files of this
-    run before (their ids changed: scored from another SOURCE, or a same-named sibling came or
-    went): the same footage would otherwise stand twice. The keys are returned for the log.
+    run before (their ids changed: scored from another SOURCE, or a same-named sibling went;
+    one that came is `drop_renamed`'s case): the same footage would otherwise stand
+    twice. The keys are returned for the log.
     Their ids are unknown, so their rows are found by name in every date= folder (a listing,
     made only when such a file turns up)."""
     keys = sorted({key for found in previous.other_ids.values() for key in found})

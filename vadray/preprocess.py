@@ -1,4 +1,6 @@
-"""The paper's preprocessing, in one place so ingest, training and scoring cannot drift.
+"""The paper's preprocessing: the normalisation statistics and the numpy definition of the
+normalisation. Training, scoring and calibration run its torch twin on their device
+(`steps.normalize`); a test holds the two equal.
 
 Frames arrive as uint8 grey (size×size). Normalisation (Chong & Tay): scale to [0,1],
 subtract the training footage's mean image, divide by ONE global standard deviation of the

@@ -114,8 +114,9 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
 
     A demuxer stops quietly at the end of a truncated file, so what was found is compared with
     what the container declares (its frame count or duration): a shortfall is a `truncated`
-    warning, never a silent loss. Repeated timestamps (a timestamp reset, duplicated pts)
-    would put two frames at one index: a `timestamps` warning says how many are dropped.
+    warning, never a silent loss. Timestamps that go back (a reset) start a new piece that
+    continues after the one before it; duplicated pts within a piece would put two frames at
+    one index: a `timestamps` warning says how many are dropped.
     """
     with open_input(uri, storage_options) as handle:
         with _open_container(handle, uri) as container:
@@ -189,7 +190,7 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
     if pts.shape[0] < ticks_all.shape[0]:
         repeated = ticks_all.shape[0] - pts.shape[0]
         warnings.append(("timestamps", f"{repeated} of {ticks_all.shape[0]} frames repeat another "
-                                       f"frame's timestamp (a timestamp reset, or duplicated pts); "
+                                       f"frame's timestamp (duplicated pts); "
                                        f"one frame per timestamp is kept ({repeated} dropped)"))
     return Timeline(pts, time_base, int(pts[0]), fps, width, height, codec, warnings, offsets, seek_points)
 

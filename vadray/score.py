@@ -223,8 +223,8 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     if moved:
         video_id, keys = next(iter(previous.other_ids.items()))
         log.warning("%d file(s) were scored before under another video id (e.g. %r, now %r): an id is the path "
-                    "below SOURCE, and these files' ids changed (another SOURCE, or a same-named sibling came or "
-                    "went); their rows under the old ids were removed and they are scored under the new ones, so "
+                    "below SOURCE, and these files' ids changed (another SOURCE, or a same-named sibling went); "
+                    "their rows under the old ids were removed and they are scored under the new ones, so "
                     "labels must use the new ids", len(previous.other_ids), keys[0], video_id)
     if renamed:
         clear_errors(storage.join(output, "errors"), camera, renamed, storage_options)

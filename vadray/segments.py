@@ -1,17 +1,14 @@
 """Cut a video's frames into segments that independent Ray tasks decode.
 
 A segment owns frames [first, last) and decodes [first, decode_last): `overlap` extra frames
-after its end so that a job which needs whole volumes at a seam (scoring: T-1 frames at
-stride 1, and one more to see where a run of decoded frames ends; training volumes at stride
-3 need (T-1)*3 = 27) has them, while only the owned
-frames are stored. Owned ranges tile the video exactly: nothing lost, nothing twice.
+after its end, which only the owned frames' volumes use; only owned frames are stored. Owned
+ranges tile the video exactly: nothing lost, nothing twice. Score decodes T frames past the
+end (`score_stages.score_segment_plan`); ingest none, because training joins a video's chunks
+and makes its volumes across the seams itself (`volumes.stream_volumes`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-# No 10-frame volume of stride up to 3 is lost at a seam: it spans (10-1)*3+1 = 28 frames.
-MAX_VOLUME_OVERLAP = 27
 
 
 @dataclass(frozen=True)
@@ -23,13 +20,13 @@ class Segment:
 
 
 def plan_segments(num_frames: int, fps: float, segment_seconds: float,
-                  overlap: int = MAX_VOLUME_OVERLAP, min_frames: int = 1, multiple_of: int = 1) -> list[Segment]:
+                  overlap: int, multiple_of: int = 1) -> list[Segment]:
     """Owned ranges of about `segment_seconds` each, plus `overlap` decoded frames after each.
     Each range's length is a multiple of `multiple_of` (score: the hop, so that every
     segment starts on the hop grid of volume starts)."""
     if segment_seconds <= 0:
         raise ValueError("segment_seconds must be positive")
-    per_segment = max(int(round(segment_seconds * (fps or 25.0))), min_frames, 1)
+    per_segment = max(int(round(segment_seconds * (fps or 25.0))), 1)
     per_segment = -(-per_segment // multiple_of) * multiple_of
     segments = []
     for index, first in enumerate(range(0, num_frames, per_segment)):

@@ -1,8 +1,8 @@
 """Filesystems for every stage: local paths, file:// and s3:// (s3fs) behind one helper.
 
 Credentials and the endpoint come from the standard AWS environment variables or from
-`storage_options` (a JSON dict on the command line). They travel to Ray tasks inside
-`storage_options` and are never printed or logged (tests/test_ingest.py checks the error paths).
+`storage_options` (--storage-options: a JSON dict, or @FILE for one that holds credentials).
+They travel to Ray tasks inside `storage_options` and are never printed or logged (tests/test_ingest.py checks the error paths).
 """
 from __future__ import annotations
 

@@ -5,11 +5,13 @@
 
 SHARDS is an ingest OUTPUT folder (or its clips/). Volumes of T=10 frames at strides 1, 2, 3
 stream from the shards through Ray Data into every worker; a held-out fraction of the
-VIDEOS is the validation set; training stops early when the validation loss has not improved
-for --patience epochs, and CHECKPOINT_DIR/final/ keeps the epoch with the best validation
-loss, or with --select synthetic / synthetic_gliding the epoch that best tells validation
-volumes from copies with a synthetic anomaly pasted in (vadray/pasted.py) — never a test metric. The validation loss is the
-mean squared error over the validation videos' stride-1 volumes taken every T frames. A failed worker
+VIDEOS is the validation set. Each epoch gets a selection value: the validation loss, or with
+--select synthetic / synthetic_gliding how well the epoch tells validation volumes from copies
+with a synthetic anomaly pasted in (vadray/pasted.py; never a test metric), or the training loss
+when no video is held out. Training stops early when that value has not improved for
+--patience epochs, and CHECKPOINT_DIR/final/ keeps the epoch with the best one. The validation
+loss is the mean squared error over the validation videos' stride-1 volumes taken every T
+frames. A failed worker
 restarts from the last epoch's checkpoint; --resume continues an interrupted run with the
 settings it was started with. Progress: one line per epoch from worker 0 (losses, volumes/s).
 """
@@ -50,7 +52,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--epochs", type=int, default=50, help="maximum number of epochs")
     parser.add_argument("--batch-size", type=int, default=64, help="global mini-batch (split across workers)")
     parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
-    parser.add_argument("--patience", type=int, default=10, help="stop after this many epochs without a better validation loss")
+    parser.add_argument("--patience", type=int, default=10, help="stop after this many epochs without a better selection value (see --select)")
     parser.add_argument("--strides", default="1,2,3", help="temporal strides of the training volumes (augmentation)")
     parser.add_argument("--hop", type=int, default=1, help="frames between the starts of consecutive training volumes")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="fraction of the VIDEOS held out for validation (0: none)")

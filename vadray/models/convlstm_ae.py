@@ -6,7 +6,7 @@
 
 Output scaling. The paper ends in tanh, but its inputs are globally standardised (mean image
 subtracted, divided by one global std), so they exceed ±1 and a tanh output could never
-reconstruct them. We keep the standardised input (`NormStats.normalize`) and make the LAST
+reconstruct them. We keep the standardised input (`steps.normalize`) and make the LAST
 deconvolution linear; tanh stays everywhere else in the spatial parts, as in the paper.
 
 Peepholes. The ConvLSTM follows the paper's equations 7-12: forget and input gates see

@@ -54,7 +54,7 @@ def test_colliding_names_keep_every_file(tmp_path):
         (folder / name).write_bytes(b"x")
     [ref] = list_videos(str(folder))
     assert sorted(os.path.basename(u) for u in ref.frame_uris) == sorted(os.listdir(folder))
-    assert "repeated" in ref.frame_note
+    assert "repeated" in ref.numbering_problem
     archive = tmp_path / "archive"
     (archive / "a.b").mkdir(parents=True)
     for n in range(1, 4):
@@ -157,15 +157,15 @@ def test_a_frame_folders_indices_come_from_the_frame_numbers(tmp_path):
         assert [os.path.basename(u) for u in ref.frame_uris] == expected and ref.stray == [], name
         said = {"outlier": "too many gaps", "late": "start at 500", "halves": "step by 2",
                 "restart": "start again"}.get(name)
-        assert (said in ref.frame_note) if said else ref.frame_note == "", (name, ref.frame_note)
-    # two cameras (or a day each) restarting the numbering: name order, with a note (a row)
+        assert (said in ref.numbering_problem) if said else ref.numbering_problem == "", (name, ref.numbering_problem)
+    # two cameras (or a day each) restarting the numbering: name order, with a numbering_problem (a row)
     folder = tmp_path / "more" / "two"
     folder.mkdir()
     for cam in (1, 2):
         for n in range(1, 6):
             (folder / f"cam{cam}_{n:04d}.png").write_bytes(b"x")
     [ref] = list_videos(str(folder))
-    assert len(ref.frame_uris) == 10 and "start again 2 times" in ref.frame_note
+    assert len(ref.frame_uris) == 10 and "start again 2 times" in ref.numbering_problem
     (tmp_path / "more" / "Test001_gt").mkdir()
     (tmp_path / "more" / "Test001_gt" / "001.bmp").write_bytes(b"x")
     assert "Test001_gt" not in [r.video_id for r in list_videos(str(tmp_path / "more"))]

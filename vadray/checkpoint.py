@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from vadray import __version__, storage
+from vadray.metrics import finite_or_none
 from vadray.models import build
 from vadray.pasted import PASTES
 from vadray.scoring import GRID_DEFAULT, SCORE_HOP
@@ -87,17 +88,6 @@ def save(folder_uri: str, state_dict: dict, card: dict, storage_options: dict | 
     fs.pipe_file(f"{path}/{MODEL_FILE}", weights_to_bytes(state_dict))
     # Strict JSON: a diverged epoch's NaN loss is written as null, never as a bare NaN
     fs.pipe_file(f"{path}/{CARD_FILE}", json.dumps(finite_or_none(card), indent=2, allow_nan=False).encode())
-
-
-def finite_or_none(value):
-    """`value` with every NaN or infinite float replaced by None (JSON's null)."""
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_or_none(v) for v in value]
-    return value
 
 
 def _checkpoint_folder(fs, path: str) -> str:

@@ -173,17 +173,6 @@ def format_metrics(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN → null: strict JSON has no NaN."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", help="scoring OUTPUT (folder or s3:// prefix holding frames/ and events/)")
     parser.add_argument("--labels", required=True,
@@ -205,5 +194,5 @@ def run(args: argparse.Namespace) -> int:
     print(format_metrics(result))
     if args.json_path:
         with storage.open_for_writing(args.json_path, options, "w") as f:
-            json.dump(_json_safe(result), f, indent=2)
+            json.dump(metrics.finite_or_none(result), f, indent=2)
     return 0

@@ -162,7 +162,9 @@ def detect_events(regularity: np.ndarray, times: np.ndarray | None = None, *,
                   persistence_threshold: float = PERSISTENCE_DEFAULT,
                   window: int = WINDOW_DEFAULT,
                   min_duration_s: float = 0.0) -> list[dict]:
-    """Events of one video's regularity series (F,), as rows of EVENTS_SCHEMA.
+    """Events of one video's regularity series (F,), as rows of EVENTS_SCHEMA. The series is
+    `regularity` unless `score --events-from` names another column; the rows' min_regularity
+    and peak_frame are then that column's.
 
     frame_index (F,) are the source frame indices (default 0..F-1) and `window` is in those
     frames; times (F,) seconds (NaN in the rows when None); anomaly_score (F,) fills

@@ -40,7 +40,7 @@ class VideoRef:
     frame_uris: list[str] = field(default_factory=list)   # by frame index; "" where the numbering skips one
     stray: list[str] = field(default_factory=list)        # files in a frame folder that are not its frames
     stem_id: str = ""     # the id it would have alone, where a same-named sibling made it keep its extension
-    frame_note: str = ""  # how a frame folder's names were read, where they left a doubt
+    numbering_problem: str = ""  # where a frame folder's names left a doubt: a frame_numbering row
 
     @property
     def is_frame_folder(self) -> bool:
@@ -126,7 +126,7 @@ def list_videos(source: str, storage_options: dict[str, Any] | None = None) -> l
             mtime=max((m[2] for m in metas), default=""),
             frame_uris=[storage.to_uri(fs, item[0]) if item else "" for item in slots],
             stray=[storage.to_uri(fs, p) for p, _ in stray],
-            frame_note=note,
+            numbering_problem=note,
         ))
     return sorted(_unique_ids(videos), key=lambda v: v.video_id)
 
@@ -150,7 +150,8 @@ def _numbered_frames(files: list[tuple[str, Any]]) -> tuple[list[Any], list[Any]
     first one (`001.tif` is frame 0): a missing file leaves a hole (None) that decode reports,
     instead of moving every later frame one index earlier than its labels. Names whose numbers
     do not count (timestamps) keep their name order; so do sequences that restart their
-    numbering (two cameras, or a day each) and numbers with many gaps, with a note."""
+    numbering (two cameras, or a day each) and numbers with many gaps, with a `numbering_problem`
+    (a frame_numbering errors row, a failure)."""
     ordered = sorted(files, key=lambda item: _natural_key(posixpath.basename(item[0])))
     shapes: dict[tuple[str, ...], list[tuple[Any, list[int]]]] = {}
     for item in ordered:
@@ -180,7 +181,7 @@ def _numbered_frames(files: list[tuple[str, Any]]) -> tuple[list[Any], list[Any]
                                   "sequence a day?): the frames are taken in name order, one sequence after the other")
     few = max(2, column.size // 10)   # missing files a count may have
     # Numbering starts at 0 or 1: a folder starting a few above 1 lost its first files (holes),
-    # one starting far above is a clip cut from a longer sequence (said in the note).
+    # one starting far above is a clip cut from a longer sequence (said in the numbering_problem).
     first = 1 if 2 <= column.min() <= 1 + few else int(column.min())
     span = int(column.max()) - first + 1
     if values[count].size == column.size and span <= column.size + few:

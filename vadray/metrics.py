@@ -139,3 +139,14 @@ def event_counts(ground_truth: dict[str, np.ndarray], detected: dict[str, np.nda
     totals["detection_rate"] = (totals["gt_detected"] / totals["gt_events"]
                                 if totals["gt_events"] else float("nan"))
     return totals
+
+
+def finite_or_none(value):
+    """`value` with every NaN or infinite float replaced by None: strict JSON has no NaN."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value

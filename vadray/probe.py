@@ -95,7 +95,7 @@ def video_stream(container) -> Any:
     return videos[0]
 
 
-def _open_container(handle, uri: str):
+def _open_container(handle):
     head = handle.read(512)
     handle.seek(0)
     if not head:
@@ -119,7 +119,7 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
     one index: a `timestamps` warning says how many are dropped.
     """
     with open_input(uri, storage_options) as handle:
-        with _open_container(handle, uri) as container:
+        with _open_container(handle) as container:
             stream = video_stream(container)
             ticks: list[int] = []
             pieces: list[int] = []            # per packet: how many times the dts went back before it

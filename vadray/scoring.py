@@ -141,9 +141,9 @@ class FrameMeans:
     motion_error: np.ndarray | None = None    # (F,) float64, mean over volumes of `motion_errors`
 
     @classmethod
-    def concat(cls, parts: list["FrameMeans"], keep_cells: bool = False) -> "FrameMeans":
-        """Join disjoint sets of frames, sorted by frame index. The (F, C) per-cell means
-        are dropped unless `keep_cells` (a whole video's worth is large)."""
+    def concat(cls, parts: list["FrameMeans"]) -> "FrameMeans":
+        """Join disjoint sets of frames, sorted by frame index. The (F, C) per-cell means are
+        dropped (a whole video's worth is large): only their max per frame goes on."""
         frames = np.concatenate([p.frame_index for p in parts])
         order = np.argsort(frames, kind="stable")
         if np.any(np.diff(frames[order]) == 0):
@@ -151,14 +151,14 @@ class FrameMeans:
         pick = lambda name: (None if any(getattr(p, name) is None for p in parts)  # noqa: E731
                              else np.concatenate([getattr(p, name) for p in parts])[order])
         return cls(frames[order], pick("recon_error"), pick("count"),
-                   pick("cell_error") if keep_cells else None, pick("cell_error_max"), pick("motion_error"))
+                   None, pick("cell_error_max"), pick("motion_error"))
 
 
 @dataclass
 class FrameSums:
     """Additive per-frame partial results; merge the parts of a video, then take `mean`.
 
-    Slot k of frame f holds the error of f inside the volume that starts at f − k·stride,
+    Slot k of frame f holds the error of f inside the (stride-1) volume that starts at f − k,
     so every (frame, slot) is written by exactly one volume and merging never adds floats.
     """
 
@@ -254,12 +254,12 @@ class FrameSums:
 
 
 def accumulate(starts: np.ndarray, T: int, errs: np.ndarray, cells: np.ndarray | None = None,
-               motion: np.ndarray | None = None, stride: int = 1) -> FrameSums:
+               motion: np.ndarray | None = None) -> FrameSums:
     """Spread per-volume errors onto frames.
 
     starts (V,) source frame index of each volume's first frame; errs (V, T) from
     `frame_errors`; cells (V, T, C) from `cell_errors` or None; motion (V, T) from
-    `motion_errors` or None. Scoring uses stride 1.
+    `motion_errors` or None. Volumes are stride 1, as `FrameSums` and its seam rule assume.
     """
     starts = np.asarray(starts, dtype=np.int64)
     errs = np.asarray(errs, dtype=np.float64)
@@ -279,7 +279,7 @@ def accumulate(starts: np.ndarray, T: int, errs: np.ndarray, cells: np.ndarray |
     if np.unique(starts).size != V:
         raise ValueError("duplicate volume starts")
     slot = np.arange(T)
-    frame_of = starts[:, None] + stride * slot[None, :]          # (V, T)
+    frame_of = starts[:, None] + slot[None, :]                   # (V, T)
     frames, inverse = np.unique(frame_of, return_inverse=True)
     inverse = inverse.reshape(V, T)
     slot_of = np.broadcast_to(slot, (V, T))

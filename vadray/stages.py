@@ -96,8 +96,8 @@ class ProbeAndPlan:
             timeline.warnings.append(("ignored_files" if noted else "stray_files",
                                       f"{len(ref.stray)} files do not follow the numbering of the folder's "
                                       f"frames and are not used as frames: {names}"))
-        if ref.frame_note:
-            timeline.warnings.append(("frame_numbering", ref.frame_note))
+        if ref.numbering_problem:
+            timeline.warnings.append(("frame_numbering", ref.numbering_problem))
         if timeline.warnings:
             self._error(ref, key, timeline.warnings)
         segments = plan_segments(timeline.num_frames, timeline.fps, self.segment_seconds, self.overlap,

@@ -302,7 +302,8 @@ def run(args: argparse.Namespace) -> int:
     import ray
 
     from vadray.checkpoint import library_versions
-    from vadray.evaluate import SCORE_COLUMNS, _json_safe
+    from vadray.evaluate import SCORE_COLUMNS
+    from vadray.metrics import finite_or_none
     from vadray.raylib import ensure_ray
 
     _check(args)
@@ -347,7 +348,7 @@ def run(args: argparse.Namespace) -> int:
         "evaluation": result,
         "versions": library_versions(),
     }
-    _write_json(os.path.join(workdir, RESULTS_FILE), _json_safe(doc))
+    _write_json(os.path.join(workdir, RESULTS_FILE), finite_or_none(doc))
 
     print("")
     print(f"Ped2 (frame level, {result['coverage']['evaluated_frames']} test frames, "

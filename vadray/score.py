@@ -162,6 +162,48 @@ def _write_videos_as_they_complete(scored, assemble: _WriteOrRecord, total: int)
         return [f.result() for f in pending]
 
 
+def _drop_superseded(output: str, camera: str, refs: list, todo: list, model_id: str, previous,
+                     storage_options: dict[str, Any]) -> None:
+    """Remove what this run replaces: the rows of videos it rescores, and those of files that
+    this model scored before under another id (a sibling came or went, another SOURCE)."""
+    drop_previous(output, camera, todo, model_id, previous, storage_options)
+    renamed = drop_renamed(output, camera, refs, model_id, previous, storage_options)
+    moved = drop_other_ids(output, camera, model_id, previous, storage_options)
+    if moved:
+        video_id, keys = next(iter(previous.other_ids.items()))
+        log.warning("%d file(s) were scored before under another video id (e.g. %r, now %r): an id is the path "
+                    "below SOURCE, and these files' ids changed (another SOURCE, or a same-named sibling went); "
+                    "their rows under the old ids were removed and they are scored under the new ones, so "
+                    "labels must use the new ids", len(previous.other_ids), keys[0], video_id)
+    if renamed:
+        clear_errors(storage.join(output, "errors"), camera, renamed, storage_options)
+        log.warning("%d video id(s) now keep their extension, because a file of the same name with another "
+                    "extension sits beside them (e.g. %r is now %r): their rows under the old id were removed, "
+                    "and labels must use the new id", len(renamed), renamed[0],
+                    next(r.video_id for r in refs if r.stem_id == renamed[0]))
+
+
+def _scored_rows(todo: list, plan, volume_rows, model: tuple[type, tuple], actors: int, gpus_per_actor: float):
+    """One streaming pipeline, as ingest's: probe → one block per segment → decode into volume
+    rows (CPU tasks) → model actors. The driver assembles each video as soon as all of its
+    rows are in (`VideoRows`): per-frame errors are small, so no shuffle barrier.
+
+    Ray Data restarts a dead model actor and retries its tasks (max_restarts=-1 and
+    max_task_retries=-1 are its defaults for actor pools); rows are recomputed identically and
+    each task's output reaches the driver once."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    actor_class, actor_args = model
+    return (ray.data.from_items([r.to_dict() for r in todo], override_num_blocks=min(len(todo), 512))
+            .map_batches(plan.segment_rows, batch_size=1, batch_format="pyarrow")
+            .repartition(target_num_rows_per_block=1)
+            .flat_map(volume_rows)
+            .map_batches(actor_class, fn_constructor_args=actor_args, batch_size=1, batch_format="pyarrow",
+                         compute=ActorPoolStrategy(size=actors), num_gpus=gpus_per_actor,
+                         num_cpus=0 if gpus_per_actor else 1))
+
+
 def run_score(source: str, output: str, checkpoint: str, *, camera: str = "default", actors: int = 1,
               gpus_per_actor: float = 0.0, batch_size: int = 16, hop: int = SCORE_HOP, segment_seconds: float = 60.0,
               frame_fps: float = 10.0, grid: int = GRID_DEFAULT, persistence: float | None = None,
@@ -173,9 +215,6 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
 
     `model_actor` is the Ray Data actor class that runs the model: the benchmark passes a
     subclass that records timings, a test one that dies once mid-run."""
-    import ray
-    from ray.data import ActorPoolStrategy
-
     from vadray.raylib import ensure_ray, require_room
     from vadray.stages import ProbeAndPlan
 
@@ -217,21 +256,7 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
         require_room(actors, 0 if gpus_per_actor else 1, gpus_per_actor,
                      f"--actors {actors}" + (f" with --gpus-per-actor {gpus_per_actor:g}" if gpus_per_actor else
                                              " (each model actor on CPU holds 1 CPU)"))
-    drop_previous(output, camera, todo, model_id, previous, storage_options)
-    renamed = drop_renamed(output, camera, refs, model_id, previous, storage_options)
-    moved = drop_other_ids(output, camera, model_id, previous, storage_options)
-    if moved:
-        video_id, keys = next(iter(previous.other_ids.items()))
-        log.warning("%d file(s) were scored before under another video id (e.g. %r, now %r): an id is the path "
-                    "below SOURCE, and these files' ids changed (another SOURCE, or a same-named sibling went); "
-                    "their rows under the old ids were removed and they are scored under the new ones, so "
-                    "labels must use the new ids", len(previous.other_ids), keys[0], video_id)
-    if renamed:
-        clear_errors(storage.join(output, "errors"), camera, renamed, storage_options)
-        log.warning("%d video id(s) now keep their extension, because a file of the same name with another "
-                    "extension sits beside them (e.g. %r is now %r): their rows under the old id were removed, "
-                    "and labels must use the new id", len(renamed), renamed[0],
-                    next(r.video_id for r in refs if r.stem_id == renamed[0]))
+    _drop_superseded(output, camera, refs, todo, model_id, previous, storage_options)
     summary = ScoreSummary(videos=len(refs), skipped=len(done))
     results: list[dict[str, Any]] = []
     log.info("scoring %d videos (%d already done) with %s", len(todo), len(done), model_id)
@@ -241,21 +266,10 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
         clear_errors(storage.join(output, "errors"), camera, [r.video_id for r in todo], storage_options)
         plan = ProbeAndPlan(output, camera, segment_seconds, frame_fps, storage_options,
                             **score_segment_plan(T, hop))
-        # One streaming pipeline, as ingest's: probe → one block per segment → decode into volume
-        # rows (CPU tasks) → model actors. The driver assembles each video as soon as all of its
-        # rows are in (`VideoRows`): per-frame errors are small, so no shuffle barrier.
-        scored = (ray.data.from_items([r.to_dict() for r in todo], override_num_blocks=min(len(todo), 512))
-                  .map_batches(plan.segment_rows, batch_size=1, batch_format="pyarrow")
-                  .repartition(target_num_rows_per_block=1)
-                  .flat_map(VolumeRows(output, size, T, hop, storage_options))
-                  .map_batches(model_actor,
-                               fn_constructor_args=(checkpoint, ckpt_options, batch_size, grid,
-                                                    actor_threads, gain_correction, gpus_per_actor > 0),
-                               batch_size=1, batch_format="pyarrow", compute=ActorPoolStrategy(size=actors),
-                               num_gpus=gpus_per_actor, num_cpus=0 if gpus_per_actor else 1))
-        # Ray Data restarts a dead model actor and retries its tasks (max_restarts=-1 and
-        # max_task_retries=-1 are its defaults for actor pools); rows are recomputed identically
-        # and each task's output reaches the driver once.
+        model = model_actor, (checkpoint, ckpt_options, batch_size, grid, actor_threads, gain_correction,
+                              gpus_per_actor > 0)
+        scored = _scored_rows(todo, plan, VolumeRows(output, size, T, hop, storage_options), model, actors,
+                              gpus_per_actor)
         dates = {r.video_id: video_date(r) for r in todo}
         undated = sum(d == "unknown" for d in dates.values())
         if undated:

@@ -109,6 +109,42 @@ def _open_container(handle):
                                     f"video): {exc}") from None
 
 
+@dataclass
+class _Demuxed:
+    """What one demux pass over a video stream found (no decode)."""
+
+    ticks: list[int] = field(default_factory=list)       # per packet: its pts (or dts), file order
+    pieces: list[int] = field(default_factory=list)      # per packet: how many times the dts went back before it
+    keyframes: list[tuple[int, int]] = field(default_factory=list)   # (packet number, byte position)
+    last_duration: int = 0                               # the last packet's stated duration
+    discarded: int = 0                                   # decoded for reference only: an MP4 edit list cuts them
+    untimed: int = 0                                     # packets with neither pts nor dts
+    ended: str = ""                                      # why the demuxer stopped early, if it did
+
+
+def _demux(container, stream) -> _Demuxed:
+    found, counter = _Demuxed(), Pieces(container)
+    try:
+        for packet in container.demux(stream):
+            ts = packet.pts if packet.pts is not None else packet.dts
+            if packet.size == 0:
+                continue
+            if ts is None:            # no place on the timeline (H.264 in MPEG-PS): not lost silently
+                found.untimed += 1
+                continue
+            if packet.is_discard:     # before an edit list's start (a `-ss … -c copy` cut)
+                found.discarded += 1
+                continue
+            if packet.is_keyframe and packet.pos is not None and packet.pos >= 0:
+                found.keyframes.append((len(found.ticks), int(packet.pos)))
+            found.ticks.append(int(ts))
+            found.pieces.append(counter.add(packet))
+            found.last_duration = int(packet.duration or 0)
+    except av.error.FFmpegError as exc:
+        found.ended = f"the stream ended early after {len(found.ticks)} frames: {exc}"
+    return found
+
+
 def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None = None) -> Timeline:
     """Collect every frame's pts by demuxing (no decode). Raises InputError for bad input.
 
@@ -121,39 +157,16 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
     with open_input(uri, storage_options) as handle:
         with _open_container(handle) as container:
             stream = video_stream(container)
-            ticks: list[int] = []
-            pieces: list[int] = []            # per packet: how many times the dts went back before it
-            keyframes: list[tuple[int, int]] = []   # (packet number, byte position)
-            counter = Pieces(container)
-            last_duration = 0                 # the last packet's stated duration
-            discarded = 0                     # decoded for reference only: an MP4 edit list cuts them
-            untimed = 0                       # packets with neither pts nor dts
-            ended = ""
-            try:
-                for packet in container.demux(stream):
-                    ts = packet.pts if packet.pts is not None else packet.dts
-                    if packet.size == 0:
-                        continue
-                    if ts is None:            # no place on the timeline (H.264 in MPEG-PS): not lost silently
-                        untimed += 1
-                        continue
-                    if packet.is_discard:     # before an edit list's start (a `-ss … -c copy` cut)
-                        discarded += 1
-                        continue
-                    if packet.is_keyframe and packet.pos is not None and packet.pos >= 0:
-                        keyframes.append((len(ticks), int(packet.pos)))
-                    ticks.append(int(ts))
-                    pieces.append(counter.add(packet))
-                    last_duration = int(packet.duration or 0)
-            except av.error.FFmpegError as exc:
-                ended = f"the stream ended early after {len(ticks)} frames: {exc}"
+            found = _demux(container, stream)
             ctx = stream.codec_context
             time_base = float(stream.time_base) if stream.time_base else 1.0 / 25
             rate = stream.average_rate or stream.guessed_rate
             fps = float(rate) if rate else 0.0
             width, height, codec = int(ctx.width or 0), int(ctx.height or 0), ctx.name
-            declared = _Declared(max(0, int(stream.frames or 0) - discarded),
+            declared = _Declared(max(0, int(stream.frames or 0) - found.discarded),
                                  _declared_seconds(container, stream, time_base), container.format.name)
+    ticks, pieces, keyframes, untimed, ended = (found.ticks, found.pieces, found.keyframes, found.untimed,
+                                                found.ended)
     ticks_all, piece_of = np.asarray(ticks, dtype=np.int64), np.asarray(pieces, dtype=np.int64)
     offsets = _piece_offsets(ticks_all, piece_of, fps, time_base)
     warnings = [("truncated", ended)] if ended else []
@@ -181,7 +194,7 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
     if fps <= 0 and pts.shape[0] > 1:
         fps = (pts.shape[0] - 1) / max((pts[-1] - pts[0]) * time_base, 1e-9)
     if not ended:
-        last_seconds = last_duration * time_base if last_duration > 0 else (1.0 / fps if fps > 0 else 0.0)
+        last_seconds = found.last_duration * time_base if found.last_duration > 0 else (1.0 / fps if fps > 0 else 0.0)
         if offsets:   # a duration the container derives from timestamps that reset means nothing
             declared.seconds = None
         short = _shortfall(declared, pts, ticks_all.shape[0], time_base, last_seconds, fps)

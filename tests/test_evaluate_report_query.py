@@ -121,6 +121,9 @@ def test_evaluate_cli_writes_strict_json(scored, tmp_path, capsys):
     assert "NaN" not in text
     data = json.loads(text)
     assert set(data) >= {"regularity", "anomaly_score", "cell_error_max", "events", "coverage"}
+    # which model and camera the figures are of (multi-model review: a metrics file did not say)
+    assert data["selection"] == {"output": scored["out"], "model_id": "m1", "cameras": ["3", "cam1"]}
+    assert "model m1, cameras 3, cam1" in printed
     # tables scored before the motion columns existed still evaluate; those scores say so
     assert data["motion_regularity"]["available"] is False and "no scores in the evaluated frames" in printed
     assert data["regularity"]["auc_macro"] == pytest.approx(evaluate.evaluate_output(
@@ -298,6 +301,7 @@ def test_report_writes_plots_and_index(scored, tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (tmp_path / "rep" / "index.html").read_text()
     assert page.count("<tr>") == 4 + 2 and f"href='{by_video['clipB']['png']}'" in page
+    assert "scored by model <code>m1</code>" in page
     assert "0.971" in page   # A's AUC, 198/204
     for r in rows:           # the last frame's own period counts: n frames at FPS last n / FPS s
         assert r["duration_s"] == pytest.approx(r["frames"] / FPS)

@@ -1,6 +1,7 @@
 """The scoring job on a real local Ray with a model trained in the test session."""
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 
@@ -141,7 +142,7 @@ def test_every_key_a_file_was_scored_under_goes_and_rows_under_an_older_date_too
 
 
 def test_two_cameras_with_the_same_file_names_share_one_output(ray_session, trained_checkpoint,
-                                                               synth_test_archive, tmp_path, capsys):
+                                                               synth_test_archive, tmp_path, capsys, caplog):
     """A video in OUTPUT is (camera, video_id): scoring camera b neither un-finishes camera a's
     videos nor mixes them in the report, and evaluate asks which camera the labels mean."""
     from vadray.evaluate import evaluate_output
@@ -150,7 +151,20 @@ def test_two_cameras_with_the_same_file_names_share_one_output(ray_session, trai
     out = str(tmp_path / "out")
     for camera in ("a", "b"):
         assert run_score(str(synth_test_archive), out, str(trained_checkpoint), camera=camera).frames == 90
-    again = run_score(str(synth_test_archive), out, str(trained_checkpoint), camera="a")
+    # the same model, as if trained on camera a's shards: scoring camera b with it is said (review)
+    import json
+
+    from vadray.checkpoint import load_model, save
+
+    model, card = load_model(str(trained_checkpoint))
+    save(str(tmp_path / "of_a"), model.state_dict(), {**card, "training_data": {**card["training_data"],
+                                                                                "cameras": ["a"]}})
+    with caplog.at_level(logging.WARNING, logger="vadray"):
+        again = run_score(str(synth_test_archive), out, str(tmp_path / "of_a"), camera="a")
+        assert "learnt camera" not in caplog.text
+        assert run_score(str(synth_test_archive), out, str(tmp_path / "of_a"), camera="b").skipped == 3
+    assert "learnt camera(s) 'a', and this run scores camera 'b'" in caplog.text
+    assert json.loads((tmp_path / "of_a" / "card.json").read_text())["model_id"] == card["model_id"]
     assert (again.skipped, again.frames) == (3, 0)          # b did not remove a's markers
     frames = read_table(out, "frames")
     assert frames.groupby("camera").size().to_dict() == {"a": 90, "b": 90}
@@ -163,8 +177,39 @@ def test_two_cameras_with_the_same_file_names_share_one_output(ray_session, trai
     assert evaluate_output(out, labels, cameras=["b"])["coverage"]["evaluated_frames"] == 90
 
 
+def test_other_models_rows_of_a_files_former_content_go_when_it_is_rescored(tmp_path):
+    """A file changed and rescored by model m1 kept m2's rows of the old content, with no word:
+    comparing m1 with m2, or evaluating m2 on the new labels, read footage that is gone
+    (multi-model review). m3 scored this very content (under an older frames-table version) and
+    keeps its rows; m4's marker names another file under the same id (a clash, not a change)."""
+    from vadray.errors import safe_key
+    from vadray.manifest import digests_of, drop_other_models_gone, manifest_marker, previous_scoring, scores_file
+
+    now = VideoRef("2024-05-03/0900", "/archive/cam/2024-05-03/0900.mp4", size=20, mtime="2")
+    before = VideoRef(now.video_id, now.uri, size=10, mtime="1")
+    elsewhere = VideoRef(now.video_id, "/other/2024-05-03/0900.mp4", size=30, mtime="3")
+    old_version = sorted(digests_of(now.identity()) - {manifest_marker("c", "v", now.identity(), "m").split(".")[-2]})
+    scored = {"m1": (before, None), "m2": (before, None), "m3": (now, old_version[0]), "m4": (elsewhere, None)}
+    for model, (ref, digest) in scored.items():
+        marker = manifest_marker("cam", ref.video_id, ref.identity(), model)
+        if digest:
+            marker = ".".join([*marker.split(".")[:-2], digest, "done"])
+        (tmp_path / "manifest" / marker).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "manifest" / marker).write_text(ref.uri)
+        for table in ("frames", "events"):
+            path = tmp_path / table / scores_file("cam", "2024-05-03", safe_key(now.video_id), model)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"rows")
+    previous = previous_scoring(str(tmp_path), "cam", [now], "m1", {})
+    assert list(previous.other_models_gone) == [now.video_id]
+    assert drop_other_models_gone(str(tmp_path), "cam", [now], previous, {}) == ["m2"]
+    left = {p.name.split(".")[-3 if p.suffix == ".done" else -2] for p in tmp_path.rglob("*") if p.is_file()}
+    assert left == {"m1", "m3", "m4"}   # m1's own rows are drop_previous's; m2's are gone
+    assert len(list(tmp_path.rglob("*.parquet"))) == 6 and len(list(tmp_path.rglob("*.done"))) == 3
+
+
 def test_an_output_rescored_by_another_model_is_evaluated_and_plotted_one_model_at_a_time(
-        ray_session, trained_checkpoint, synth_test_archive, tmp_path):
+        ray_session, trained_checkpoint, synth_test_archive, tmp_path, caplog):
     """Each (video, model) is its own file: a second checkpoint adds rows beside the first's,
     and evaluate and report must not mix the two models' scores."""
     import json
@@ -190,6 +235,19 @@ def test_an_output_rescored_by_another_model_is_evaluated_and_plotted_one_model_
     assert result["coverage"]["evaluated_frames"] == 90 and result["coverage"]["duplicate_frame_rows"] == 0
     rows = build_report(out, str(tmp_path / "report"), max_thumbnails=0, model_ids=[card["model_id"]])
     assert [r["frames"] for r in rows] == [30, 30, 30]
+    # a file's content changes and one model rescores it: the other model's rows of the former
+    # content go too (multi-model review), and the archive's other videos keep both
+    source = tmp_path / "source"
+    shutil.copytree(synth_test_archive, source)
+    run_score(str(source), str(tmp_path / "out2"), str(trained_checkpoint))
+    run_score(str(source), str(tmp_path / "out2"), str(tmp_path / "other"))
+    first = sorted(source.glob("*.mp4"))[0]
+    shutil.copyfile(sorted(source.glob("*.mp4"))[1], first)
+    with caplog.at_level(logging.WARNING, logger="vadray"):
+        assert run_score(str(source), str(tmp_path / "out2"), str(tmp_path / "other")).frames == 30
+    assert card["model_id"] in caplog.text and "changed since" in caplog.text
+    counts = read_table(str(tmp_path / "out2"), "frames").groupby(["model_id", "video_id"]).size().to_dict()
+    assert (card["model_id"], first.stem) not in counts and len(counts) == 5
 
 
 def test_a_video_whose_tables_fail_to_write_is_an_error_row_not_the_end_of_the_job(tmp_path):

@@ -105,7 +105,12 @@ def evaluate_output(output: str, labels_csv: str, storage_options: dict | None =
         raise UsageError(f"no label matches a scored frame: the labels name videos {some(label_videos) or '(none)'}; "
                          f"the frames table holds {some(frame_videos)} (video is the video_id: the path "
                          "relative to SOURCE, without extension unless a same-named file sits beside it)")
-    result: dict[str, Any] = {"coverage": {
+    # What was evaluated: a metrics file must say which model and camera it is of.
+    result: dict[str, Any] = {"selection": {
+        "output": output,
+        "model_id": str(frames["model_id"].iloc[0]),
+        "cameras": sorted(map(str, frames["camera"].dropna().unique())),
+    }, "coverage": {
         "frames": len(frames),
         "labels": len(labels),
         "evaluated_frames": len(matched),
@@ -141,7 +146,10 @@ def _fmt(value: Any) -> str:
 
 def format_metrics(result: dict) -> str:
     """A readable table of the metrics, for the terminal."""
-    lines = [f"{'score':<21}{'AUC':>9}{'AUC macro':>11}{'EER':>9}{'frames':>9}{'videos':>8}"]
+    chosen = result.get("selection", {})
+    cameras = chosen.get("cameras", [])
+    lines = [f"model {chosen.get('model_id')}, camera{'s' * (len(cameras) > 1)} {', '.join(cameras)}",
+             f"{'score':<21}{'AUC':>9}{'AUC macro':>11}{'EER':>9}{'frames':>9}{'videos':>8}"]
     for column in SCORE_COLUMNS:
         m = result.get(column, {})
         if not m.get("available"):

@@ -107,7 +107,7 @@ def _check_same_footage(output: str, size: int, camera: str, storage_options: di
     held_cameras = [held["camera"]] if "camera" in held else _clip_cameras(output, storage_options)
     others = [c for c in held_cameras if c != camera]
     if others:
-        raise UsageError(f"{output!r} holds camera {others[0]!r}'s shards; a model is trained per "
+        raise UsageError(f"{output!r} holds the shards of camera {others[0]!r}; a model is trained per "
                          f"camera: ingest camera {camera!r} into another OUTPUT")
 
 

@@ -207,8 +207,11 @@ def check_camera(camera: str) -> str:
     """--camera becomes the camera= partition folder and a manifest folder: refuse a name that a
     path could not carry unchanged, instead of rewriting it (filters use the name as typed)."""
     if not CAMERA_NAME.fullmatch(camera or "") or camera in (".", ".."):
-        raise UsageError(f"--camera {camera[:120]!r}: use up to 100 letters, digits, '.', '_' and '-' "
+        raise UsageError(f"--camera {camera[:120]!r}: use up to 100 ASCII letters, digits, '.', '_' and '-' "
                          "(e.g. lobby-2)")
+    if camera == "__HIVE_DEFAULT_PARTITION__":   # hive readers (DuckDB, pyarrow, Spark) read it as NULL
+        raise UsageError(f"--camera {camera}: hive readers read this folder name as a missing camera (NULL); "
+                         "choose another name")
     return camera
 
 

@@ -61,6 +61,13 @@ def manifest_marker(camera: str, video_id: str, identity: str, model_id: str, co
     return f"camera={camera}/{safe_key(video_id)}.{model_id}.{digest}.{'done' if complete else 'partial'}"
 
 
+def digests_of(identity: str) -> set[str]:
+    """The marker digests this content has had under every frames-table version (version 1
+    hashed the identity alone): another model's marker with none of them scored other footage."""
+    return ({hashlib.sha1(identity.encode()).hexdigest()[:12]}
+            | {hashlib.sha1(f"{identity}|frames={v}".encode()).hexdigest()[:12] for v in range(2, FRAMES_VERSION + 1)})
+
+
 def scores_file(camera: str, date: str, video_key: str, model_id: str) -> str:
     """A video's file in frames/ and events/ (one per video and model: reruns overwrite it)."""
     return f"camera={camera}/date={date}/{video_key}.{model_id}.parquet"
@@ -88,6 +95,8 @@ class Previous:
     renamed: dict[str, list[str]] = field(default_factory=dict)  # markers of ids a file had before a sibling came
     other_ids: dict[str, list[str]] = field(default_factory=dict)  # this very file scored under other keys
     other_markers: dict[str, list[str]] = field(default_factory=dict)  # … and those keys' markers
+    other_models_gone: dict[str, list[str]] = field(default_factory=dict)  # other models' markers of content
+    #                                                                        this file no longer has
 
     @property
     def done(self) -> set[str]:
@@ -121,8 +130,12 @@ def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: s
             keys_of_file.setdefault(parts[2], {}).setdefault(parts[0], []).append(name)
     present = [name for name in present if name.startswith(prefix)]
     by_video: dict[str, list[str]] = {}
+    other_models: dict[str, list[str]] = {}   # key → other models' markers
     for name in present:                      # <key>.<model_id>.<digest>.done|partial
         by_video.setdefault(name.rsplit(".", 2)[0], []).append(name)
+        parts = name.rsplit(".", 3)
+        if len(parts) == 4 and parts[1] != model_id:
+            other_models.setdefault(parts[0], []).append(name)
     found = Previous()
     for ref in refs:
         marker = manifest_marker(camera, ref.video_id, ref.identity(), model_id).split("/", 1)[1]
@@ -137,11 +150,15 @@ def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: s
         if others:
             found.other_ids[ref.video_id] = sorted(others)
             found.other_markers.update({k: [f"{root}/{n}" for n in names] for k, names in others.items()})
+        same = digests_of(ref.identity())
+        gone = [name for name in other_models.get(safe_key(ref.video_id), []) if name.rsplit(".", 3)[2] not in same]
+        if gone:
+            found.other_models_gone[ref.video_id] = [f"{root}/{name}" for name in gone]
     for stem in stems:
         older = by_video.get(f"{safe_key(stem)}.{model_id}", [])
         if older:
             found.renamed[stem] = [f"{root}/{name}" for name in older]
-    if not found.markers:
+    if not found.markers and not found.other_models_gone:
         return found
 
     def uri_in(path: str) -> str:
@@ -152,6 +169,14 @@ def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: s
 
     with ThreadPoolExecutor(max_workers=16) as pool:   # cat_file: paths are not glob patterns here
         found.uris = dict(zip(found.markers, pool.map(uri_in, [paths[0] for paths in found.markers.values()])))
+        # Another model's rows are of footage that is gone only where its marker names this very
+        # file; one naming another file is that file's rows under a shared id (`check_same_files`).
+        uri_of = {ref.video_id: ref.uri for ref in refs}
+        gone = [(video_id, path) for video_id, paths in found.other_models_gone.items() for path in paths]
+        found.other_models_gone = {}
+        for (video_id, path), uri in zip(gone, pool.map(uri_in, [path for _, path in gone])):
+            if uri == uri_of[video_id]:
+                found.other_models_gone.setdefault(video_id, []).append(path)
     return found
 
 
@@ -224,6 +249,27 @@ def drop_renamed(output: str, camera: str, refs: list[VideoRef], model_id: str, 
     drop_previous(output, camera, [VideoRef(stem, "") for stem in dropped], model_id, Previous(markers=dropped),
                   storage_options)
     return sorted(dropped)
+
+
+def drop_other_models_gone(output: str, camera: str, refs: list[VideoRef], previous: Previous,
+                           storage_options: dict[str, Any]) -> list[str]:
+    """Rows and markers that other models left of a file's former content: the file changed
+    since they scored it, and those rows would stand beside this run's as scores of footage
+    that is gone. The model ids are returned for the log (those models can rescore it)."""
+    if not previous.other_models_gone:
+        return []
+    fs, root = storage.url_to_fs(output, storage_options)
+    paths, models = [], set()
+    for ref in refs:
+        for marker in previous.other_models_gone.get(ref.video_id, []):
+            model = marker.rsplit(".", 3)[1]
+            models.add(model)
+            for date in dates_filed_under(ref):
+                name = scores_file(camera, date, safe_key(ref.video_id), model)
+                paths += [f"{root}/frames/{name}", f"{root}/events/{name}"]
+            paths.append(marker)
+    _remove(fs, paths, storage.is_remote(output))
+    return sorted(models)
 
 
 def drop_other_ids(output: str, camera: str, model_id: str, previous: Previous,

@@ -255,8 +255,8 @@ def build_report(output: str, out_dir: str, labels_csv: str | None = None,
                      "min_regularity": float(video_frames["regularity"].min()),
                      "events": len(video_events), "auc": auc, "png": png})
     failures = _failures(output, storage_options, videos, cameras, dates)
-    _write_bytes(storage.join(out_dir, "index.html"), index_html(rows, labels is not None, failures).encode(),
-                 storage_options)
+    page = index_html(rows, labels is not None, failures, scored_by)
+    _write_bytes(storage.join(out_dir, "index.html"), page.encode(), storage_options)
     return rows
 
 
@@ -279,7 +279,8 @@ def _duration(times: np.ndarray) -> float:
     return float(times[-1] - times[0] + np.median(np.diff(times)))
 
 
-def index_html(rows: list[dict[str, Any]], with_auc: bool, failures: list[dict[str, Any]] = ()) -> str:
+def index_html(rows: list[dict[str, Any]], with_auc: bool, failures: list[dict[str, Any]] = (),
+               model_id: str = "") -> str:
     """A summary table linking every video's PNG, then the inputs that failed (errors rows)."""
     def cell(value: Any) -> str:
         if isinstance(value, float):
@@ -293,6 +294,7 @@ def index_html(rows: list[dict[str, Any]], with_auc: bool, failures: list[dict[s
              "<style>body{font-family:sans-serif} td,th{padding:3px 10px;border-bottom:1px solid #ddd}"
              " td{text-align:right} td:first-child{text-align:left} td.why{text-align:left}</style>",
              f"<h1>vadray report</h1><p>{len(rows)} videos, {sum(r['events'] for r in rows)} events"
+             + (f", scored by model <code>{html.escape(model_id)}</code>" if model_id else "")
              + (f"; {len(failed)} videos with errors (below)" if failed else "") + "</p>",
              "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     for r in rows:

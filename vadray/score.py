@@ -32,8 +32,8 @@ from vadray.errors import JobSummary, clear_errors, error_row, failed_rows, read
 from vadray.events import EVENT_SCORES, PERSISTENCE_DEFAULT, WINDOW_DEFAULT, EventSettings
 from vadray.exits import UsageError
 from vadray.listing import check_camera, list_videos
-from vadray.manifest import (check_same_files, drop_other_ids, drop_previous, drop_renamed, previous_scoring,
-                             settings_of_done, video_date)
+from vadray.manifest import (check_same_files, drop_other_ids, drop_other_models_gone, drop_previous, drop_renamed,
+                             previous_scoring, settings_of_done, video_date)
 from vadray.score_stages import AssembleVideo, ScoreVolumes, VideoRows, VolumeRows, score_segment_plan
 from vadray.scoring import GRID_DEFAULT, SCORE_HOP, calibrate
 from vadray.stages import add_decode_options
@@ -164,11 +164,17 @@ def _write_videos_as_they_complete(scored, assemble: _WriteOrRecord, total: int)
 
 def _drop_superseded(output: str, camera: str, refs: list, todo: list, model_id: str, previous,
                      storage_options: dict[str, Any]) -> None:
-    """Remove what this run replaces: the rows of videos it rescores, and those of files that
-    this model scored before under another id (a sibling came or went, another SOURCE)."""
+    """Remove what this run replaces: the rows of videos it rescores, those of files that this
+    model scored before under another id (a sibling came or went, another SOURCE), and other
+    models' rows of content a file no longer has."""
     drop_previous(output, camera, todo, model_id, previous, storage_options)
     renamed = drop_renamed(output, camera, refs, model_id, previous, storage_options)
     moved = drop_other_ids(output, camera, model_id, previous, storage_options)
+    models = drop_other_models_gone(output, camera, refs, previous, storage_options)
+    if models:
+        log.warning("%d file(s) changed since model(s) %s scored them: those models' rows of the former content "
+                    "were removed (score the files with those models again to compare them)",
+                    len(previous.other_models_gone), ", ".join(models))
     if moved:
         video_id, keys = next(iter(previous.other_ids.items()))
         log.warning("%d file(s) were scored before under another video id (e.g. %r, now %r): an id is the path "
@@ -234,6 +240,12 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
                          "must be positive")
     card = _usable_card(checkpoint, ckpt_options, hop, grid)
     T, size, model_id = int(card["input"]["T"]), int(card["input"]["size"]), card["model_id"]
+    trained_on = [c for c in card.get("training_data", {}).get("cameras") or [] if c is not None]
+    if trained_on and camera not in trained_on and trained_on != ["default"]:
+        log.warning("model %s learnt camera(s) %s, and this run scores camera %r: a model knows one camera's "
+                    "view (its mean image, what moves where), so another camera's footage scores as anomalous "
+                    "throughout; pass the camera it was trained on, or train one for %r",
+                    model_id, ", ".join(map(repr, trained_on)), camera, camera)
     run_id = scoring_run_id(model_id, hop, grid, events, gain_correction)
     started = time.perf_counter()
     refs = list_videos(source, storage_options)

@@ -67,7 +67,7 @@ def check_one_model(frames: pd.DataFrame) -> None:
     models = sorted(map(str, frames["model_id"].dropna().unique()))
     if len(models) > 1:
         raise UsageError(f"the selected frames hold scores of {len(models)} models ({', '.join(models)}): "
-                         "pass --model-id")
+                         "pass --model-id with one of them")
 
 
 def check_one_camera_per_video(frames: pd.DataFrame) -> None:

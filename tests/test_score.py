@@ -189,23 +189,31 @@ def test_other_models_rows_of_a_files_former_content_go_when_it_is_rescored(tmp_
     before = VideoRef(now.video_id, now.uri, size=10, mtime="1")
     elsewhere = VideoRef(now.video_id, "/other/2024-05-03/0900.mp4", size=30, mtime="3")
     old_version = sorted(digests_of(now.identity()) - {manifest_marker("c", "v", now.identity(), "m").split(".")[-2]})
-    scored = {"m1": (before, None), "m2": (before, None), "m3": (now, old_version[0]), "m4": (elsewhere, None)}
-    for model, (ref, digest) in scored.items():
+    scored = {"m1": [(before, None)], "m2": [(before, None)], "m3": [(now, old_version[0])],
+              "m4": [(elsewhere, None)], "m5": [(before, None), (now, None)], "m6": [(before, None)]}
+
+    def mark(model, ref, digest=None):
         marker = manifest_marker("cam", ref.video_id, ref.identity(), model)
         if digest:
             marker = ".".join([*marker.split(".")[:-2], digest, "done"])
         (tmp_path / "manifest" / marker).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "manifest" / marker).write_text(ref.uri)
+
+    for model, markers in scored.items():
+        for ref, digest in markers:
+            mark(model, ref, digest)
         for table in ("frames", "events"):
             path = tmp_path / table / scores_file("cam", "2024-05-03", safe_key(now.video_id), model)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(b"rows")
     previous = previous_scoring(str(tmp_path), "cam", [now], "m1", {})
-    assert list(previous.other_models_gone) == [now.video_id]
+    assert sorted(p.split(".")[-3] for p in previous.other_models_gone[now.video_id]) == ["m2", "m6"]
+    mark("m6", now)   # m6 rescores the file in a run beside this one (fixes review: its new rows went)
     assert drop_other_models_gone(str(tmp_path), "cam", [now], previous, {}) == ["m2"]
-    left = {p.name.split(".")[-3 if p.suffix == ".done" else -2] for p in tmp_path.rglob("*") if p.is_file()}
-    assert left == {"m1", "m3", "m4"}   # m1's own rows are drop_previous's; m2's are gone
-    assert len(list(tmp_path.rglob("*.parquet"))) == 6 and len(list(tmp_path.rglob("*.done"))) == 3
+    rows = {p.name.split(".")[-2] for p in tmp_path.rglob("*.parquet")}
+    assert rows == {"m1", "m3", "m4", "m5", "m6"}   # m1's own rows are drop_previous's; m2's are gone
+    assert len(list(tmp_path.rglob("*.parquet"))) == 10
+    assert sorted(p.name.split(".")[-3] for p in tmp_path.rglob("*.done")) == ["m1", "m3", "m4", "m5", "m5", "m6", "m6"]
 
 
 def test_an_output_rescored_by_another_model_is_evaluated_and_plotted_one_model_at_a_time(

@@ -197,8 +197,9 @@ def test_a_volume_length_in_model_params_is_refused_before_any_work(tmp_path):
     """conv_ae takes T as its channel count: --model-params '{"T": 8}' built a model that every
     10-frame training volume failed in, a traceback from inside the workers (code-health review)."""
     write_clip_shards(tmp_path / "out", random_videos({"a": 20, "b": 20}, size=27), chunk=8)
-    with pytest.raises(UsageError, match="T=8"):
-        run_training(str(tmp_path / "out"), str(tmp_path / "ckpt"), model="conv_ae", model_params={"T": 8})
+    for T in (8, 10.0, "10"):   # 10.0 passed and failed in nn.Conv2d with a TypeError (fixes review)
+        with pytest.raises(UsageError, match=f"T={T!r}"):
+            run_training(str(tmp_path / "out"), str(tmp_path / "ckpt"), model="conv_ae", model_params={"T": T})
     assert not (tmp_path / "ckpt").exists()
 
 

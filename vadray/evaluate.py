@@ -148,7 +148,8 @@ def format_metrics(result: dict) -> str:
     """A readable table of the metrics, for the terminal."""
     chosen = result.get("selection", {})
     cameras = chosen.get("cameras", [])
-    lines = [f"model {chosen.get('model_id')}, camera{'s' * (len(cameras) > 1)} {', '.join(cameras)}",
+    lines = [f"model {chosen.get('model_id')}" + (f", camera{'s' * (len(cameras) > 1)} {', '.join(cameras)}"
+                                                  if cameras else ""),
              f"{'score':<21}{'AUC':>9}{'AUC macro':>11}{'EER':>9}{'frames':>9}{'videos':>8}"]
     for column in SCORE_COLUMNS:
         m = result.get(column, {})

@@ -150,8 +150,9 @@ def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: s
         if others:
             found.other_ids[ref.video_id] = sorted(others)
             found.other_markers.update({k: [f"{root}/{n}" for n in names] for k, names in others.items()})
-        same = digests_of(ref.identity())
-        gone = [name for name in other_models.get(safe_key(ref.video_id), []) if name.rsplit(".", 3)[2] not in same]
+        theirs, same = other_models.get(safe_key(ref.video_id), []), digests_of(ref.identity())
+        current = {name.rsplit(".", 3)[1] for name in theirs if name.rsplit(".", 3)[2] in same}
+        gone = [name for name in theirs if name.rsplit(".", 3)[1] not in current]   # their rows are of this content
         if gone:
             found.other_models_gone[ref.video_id] = [f"{root}/{name}" for name in gone]
     for stem in stems:
@@ -175,7 +176,7 @@ def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: s
         gone = [(video_id, path) for video_id, paths in found.other_models_gone.items() for path in paths]
         found.other_models_gone = {}
         for (video_id, path), uri in zip(gone, pool.map(uri_in, [path for _, path in gone])):
-            if uri == uri_of[video_id]:
+            if uri in ("", uri_of[video_id]):   # '': a marker of a version that left it empty, as above
                 found.other_models_gone.setdefault(video_id, []).append(path)
     return found
 
@@ -261,8 +262,15 @@ def drop_other_models_gone(output: str, camera: str, refs: list[VideoRef], previ
     fs, root = storage.url_to_fs(output, storage_options)
     paths, models = [], set()
     for ref in refs:
-        for marker in previous.other_models_gone.get(ref.video_id, []):
+        markers = previous.other_models_gone.get(ref.video_id, [])
+        same = digests_of(ref.identity())
+        for marker in markers:
             model = marker.rsplit(".", 3)[1]
+            # That model may have rescored the file since the listing (a run of its own beside
+            # this one): its rows are then of this content. Looked at again just before deleting.
+            now = fs.glob(f"{marker.rsplit('/', 1)[0]}/{safe_key(ref.video_id)}.{model}.*")
+            if any(name.rsplit(".", 3)[2] in same for name in now):
+                continue
             models.add(model)
             for date in dates_filed_under(ref):
                 name = scores_file(camera, date, safe_key(ref.video_id), model)

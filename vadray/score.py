@@ -240,7 +240,7 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
                          "must be positive")
     card = _usable_card(checkpoint, ckpt_options, hop, grid)
     T, size, model_id = int(card["input"]["T"]), int(card["input"]["size"]), card["model_id"]
-    trained_on = [c for c in card.get("training_data", {}).get("cameras") or [] if c is not None]
+    trained_on = [c for c in (card.get("training_data") or {}).get("cameras") or [] if c is not None]
     if trained_on and camera not in trained_on and trained_on != ["default"]:
         log.warning("model %s learnt camera(s) %s, and this run scores camera %r: a model knows one camera's "
                     "view (its mean image, what moves where), so another camera's footage scores as anomalous "

@@ -152,8 +152,8 @@ def _model_spec(settings: dict, size: int) -> dict:
     from vadray.models import build
 
     T = settings["model_params"].get("T", settings["T"])
-    if T != settings["T"]:   # conv_ae's T is its channel count: it would fail inside the workers
-        raise UsageError(f"--model-params T={T}: vadray trains and scores {settings['T']}-frame volumes "
+    if type(T) is not int or T != settings["T"]:   # conv_ae's T is its channel count: it would fail in the workers
+        raise UsageError(f"--model-params T={T!r}: vadray trains and scores {settings['T']}-frame volumes "
                          "(the paper's T); leave T out of --model-params")
     try:
         check_size(settings["model"], size)

@@ -172,6 +172,22 @@ def test_the_readme_pandas_example_runs_as_written_and_agrees_with_duckdb(scored
     assert frames["regularity"].min() == pytest.approx(sql["low"].iloc[0])
 
 
+def test_python_callers_pass_paths_single_names_and_get_clear_errors(scored, tmp_path):
+    """From a notebook: pathlib.Path locations (a TypeError in every job), one name where a
+    list is taken (split into letters), and the CLI's @FILE options string (API review)."""
+    from pathlib import Path
+
+    out, labels = Path(scored["out"]), Path(scored["labels"])
+    both = evaluate.evaluate_output(out, labels, cameras="cam1", model_ids="m1")
+    assert both["coverage"]["evaluated_frames"] == evaluate.evaluate_output(
+        scored["out"], scored["labels"], cameras=["cam1"])["coverage"]["evaluated_frames"] > 0
+    rows = report.build_report(out, tmp_path / "rep", videos="clipB", dates="unknown", max_thumbnails=0)
+    assert [r["video_id"] for r in rows] == ["clipB"] and (tmp_path / "rep" / "index.html").exists()
+    assert query.query(out, "SELECT count(*) AS n FROM frames")["n"][0] == 80
+    with pytest.raises(UsageError, match="storage_options must be a dict"):
+        evaluate.evaluate_output(out, labels, storage_options="@s3.json")
+
+
 def test_query_local_views(scored, tmp_path, capsys):
     counts = query.query(scored["out"], "SELECT camera, video_id, count(*) AS n FROM frames GROUP BY ALL ORDER BY video_id")
     assert counts["video_id"].tolist() == ["cam1/2024-05-01/0900", "clipB", "clipC"]

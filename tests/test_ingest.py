@@ -95,7 +95,8 @@ def test_no_statistics_stand_for_shards_that_are_gone(ray_session, synth_archive
     src.mkdir()
     shutil.copy(synth_archive / "video001.mp4", src / "video001.mp4")
     out = str(tmp_path / "out")
-    assert run_ingest(str(src), out, size=TEST_SIZE).frames == 30 and read_stats(out).num_frames == 30
+    # (pathlib.Path locations, as Python callers pass them: a TypeError before, API review)
+    assert run_ingest(src, tmp_path / "out", size=TEST_SIZE).frames == 30 and read_stats(out).num_frames == 30
     (src / "video001.mp4").write_bytes(b"not a video any more" * 100)
     broken = run_ingest(str(src), out, size=TEST_SIZE)
     assert (broken.frames, broken.videos_failed, broken.print_and_exit_status()) == (0, 1, 3)

@@ -160,7 +160,7 @@ def test_two_cameras_with_the_same_file_names_share_one_output(ray_session, trai
     save(str(tmp_path / "of_a"), model.state_dict(), {**card, "training_data": {**card["training_data"],
                                                                                 "cameras": ["a"]}})
     with caplog.at_level(logging.WARNING, logger="vadray"):
-        again = run_score(str(synth_test_archive), out, str(tmp_path / "of_a"), camera="a")
+        again = run_score(synth_test_archive, tmp_path / "out", tmp_path / "of_a", camera="a")   # Paths too
         assert "learnt camera" not in caplog.text
         assert run_score(str(synth_test_archive), out, str(tmp_path / "of_a"), camera="b").skipped == 3
     assert "learnt camera(s) 'a', and this run scores camera 'b'" in caplog.text

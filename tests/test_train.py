@@ -199,7 +199,7 @@ def test_a_volume_length_in_model_params_is_refused_before_any_work(tmp_path):
     write_clip_shards(tmp_path / "out", random_videos({"a": 20, "b": 20}, size=27), chunk=8)
     for T in (8, 10.0, "10"):   # 10.0 passed and failed in nn.Conv2d with a TypeError (fixes review)
         with pytest.raises(UsageError, match=f"T={T!r}"):
-            run_training(str(tmp_path / "out"), str(tmp_path / "ckpt"), model="conv_ae", model_params={"T": T})
+            run_training(tmp_path / "out", tmp_path / "ckpt", model="conv_ae", model_params={"T": T})   # Paths too
     assert not (tmp_path / "ckpt").exists()
 
 

@@ -143,6 +143,7 @@ def load_model(path: str, storage_options: dict | None = None) -> tuple[nn.Modul
     """(model in eval mode on the CPU, card) from CHECKPOINT_DIR or a checkpoint folder. The
     card's model_id must be the weights' own (`model_id`): the id that names the tables is
     the model that made them."""
+    path = storage.text(path)
     fs, fs_path = storage.url_to_fs(path, storage_options)
     folder = _checkpoint_folder(fs, fs_path)
     card = _checked_card(json.loads(fs.cat_file(f"{folder}/{CARD_FILE}")))

@@ -82,6 +82,7 @@ def evaluate_output(output: str, labels_csv: str, storage_options: dict | None =
                     cameras: list[str] | None = None, model_ids: list[str] | None = None) -> dict:
     """Metrics of one scoring OUTPUT (or of its `cameras`, scored by `model_ids`) against labels.
     Undefined metrics are NaN."""
+    output, labels_csv = storage.text(output), storage.text(labels_csv)
     storage.require_reachable(storage_options, OUTPUT=output, LABELS=labels_csv)
     where = selection(camera=cameras, model_id=model_ids)
     table = read_table(output, "frames", storage_options,

@@ -175,6 +175,7 @@ def run_ingest(source: str, output: str, *, camera: str = "default", size: int =
 
     from vadray.raylib import ensure_ray
 
+    source, output = storage.text(source), storage.text(output)
     check_camera(camera)
     storage_options = storage_options or {}
     storage.require_reachable(storage_options, OUTPUT=output)

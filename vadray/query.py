@@ -59,6 +59,7 @@ def _parquet_view(con: duckdb.DuckDBPyConnection, name: str, glob: str) -> None:
 
 def connect(output: str, storage_options: dict | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the OUTPUT's tables as views (frames, events and errors always exist)."""
+    output = storage.text(output)
     storage.require_reachable(storage_options, OUTPUT=output)
     # A query never downloads or loads extensions on its own (read_parquet('https://…') did).
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})

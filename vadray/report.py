@@ -189,6 +189,7 @@ def build_report(output: str, out_dir: str, labels_csv: str | None = None,
     thumbnails. The deepest events get the thumbnails. error_map_fn(source_uri, frame_index)
     -> (S, S) array or None (`errormap.ErrorMaps`, which owns the model) adds the error maps.
     """
+    output, out_dir, labels_csv = storage.text(output), storage.text(out_dir), storage.text(labels_csv)
     storage.require_reachable(storage_options, OUTPUT=output, DIR=out_dir, LABELS=labels_csv)
     where = selection(video_id=videos, camera=cameras, date=dates, model_id=model_ids)
     table = read_table(output, "frames", storage_options, columns=FRAME_COLUMNS, filter=where)
@@ -269,6 +270,7 @@ def _failures(output: str, storage_options: dict | None, videos: list[str] | Non
                        filter=selection(video_id=videos, camera=cameras))
     if table is None:
         return []
+    dates = [dates] if isinstance(dates, str) else dates
     return [r for r in table.to_pylist() if not dates or video_date(VideoRef(str(r["video_id"]), "")) in dates]
 
 

@@ -224,6 +224,7 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     from vadray.raylib import ensure_ray, require_room
     from vadray.stages import ProbeAndPlan
 
+    source, output, checkpoint = storage.text(source), storage.text(output), storage.text(checkpoint)
     check_camera(camera)
     storage_options = storage_options or {}
     ckpt_options = checkpoint_storage_options if checkpoint_storage_options is not None else storage_options

@@ -84,6 +84,11 @@ def absolute(uri: str) -> str:
     return uri if is_remote(uri) else os.path.abspath(uri.removeprefix("file://"))
 
 
+def text(path: str | os.PathLike | None) -> str | None:
+    """A location as the text every stage works with: Python callers pass `pathlib.Path`s."""
+    return os.fspath(path) if isinstance(path, os.PathLike) else path
+
+
 def url_to_fs(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """(fsspec filesystem, path inside it) for a local path, file:// or s3:// URI."""
     options = dict(storage_options or {})
@@ -116,6 +121,9 @@ def require_reachable(storage_options: dict[str, Any] | None, **locations: str |
     Whether it exists is each job's own question."""
     from vadray.exits import UsageError
 
+    if storage_options is not None and not isinstance(storage_options, dict):
+        raise UsageError(f"storage_options must be a dict, got {type(storage_options).__name__} (the "
+                         "command line's @FILE form is read by the CLI: json.load the file)")
     for role, uri in locations.items():
         if not uri:
             continue
@@ -168,6 +176,9 @@ def require_folder_to_write(storage_options: dict[str, Any] | None = None, **loc
     where a test object cannot be written."""
     from vadray.exits import UsageError
 
+    if storage_options is not None and not isinstance(storage_options, dict):
+        raise UsageError(f"storage_options must be a dict, got {type(storage_options).__name__} (the "
+                         "command line's @FILE form is read by the CLI: json.load the file)")
     for role, uri in locations.items():
         if not uri:
             continue

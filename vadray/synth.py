@@ -141,8 +141,15 @@ def make_archive(folder: str, num_videos: int = 2, width: int = 64, height: int 
     With `anomalies`, video i gets anomaly kind `anomalies[i % len(anomalies)]` from a third of
     the way in; without, all footage is normal (training footage). Returns the labels path.
     """
-    if width % 2 or height % 2:
-        raise ValueError("width and height must be even for yuv420p H.264")
+    folder = os.fspath(folder)
+    anomalies = [anomalies] if isinstance(anomalies, str) else list(anomalies)
+    bad = [k for k in anomalies if k not in ANOMALY_KINDS]
+    if bad:
+        raise ValueError(f"unknown anomaly kind(s) {bad}; choose from {','.join(ANOMALY_KINDS)}")
+    if width % 2 or height % 2 or width < 16 or height < 16:
+        raise ValueError("width and height must be even (yuv420p H.264) and at least 16")
+    if num_videos < 1 or num_frames < 1 or fps < 1:
+        raise ValueError("the numbers of videos and frames, and the fps, must be at least 1")
     os.makedirs(folder, exist_ok=True)
     rows = []
     for i in range(num_videos):
@@ -177,19 +184,15 @@ def run(args: argparse.Namespace) -> int:
     from vadray.exits import UsageError
 
     kinds = [k for k in args.anomalies.split(",") if k]
-    bad = [k for k in kinds if k not in ANOMALY_KINDS]
-    if bad:
-        raise UsageError(f"unknown anomaly kind(s) {bad}; choose from {','.join(ANOMALY_KINDS)}")
-    if args.width % 2 or args.height % 2 or args.width < 16 or args.height < 16:
-        raise UsageError("--width and --height must be even and at least 16")
     if "://" in args.output and not args.output.startswith("file://"):
         raise UsageError("synth writes to a local folder; copy it to object storage afterwards "
                          "(e.g. aws s3 sync OUT s3://bucket/prefix)")
     args.output = args.output.removeprefix("file://")
     storage.require_folder_to_write(OUT=args.output)
-    if args.videos < 1 or args.frames < 1 or args.fps < 1:
-        raise UsageError("--videos, --frames and --fps must be at least 1")
-    labels = make_archive(args.output, args.videos, args.width, args.height, args.frames, args.fps,
-                          args.seed, kinds, args.prefix)
+    try:
+        labels = make_archive(args.output, args.videos, args.width, args.height, args.frames, args.fps,
+                              args.seed, kinds, args.prefix)
+    except ValueError as exc:   # what the arguments asked for cannot be made
+        raise UsageError(str(exc)) from None
     print(f"wrote {args.videos} videos and {labels}")
     return 0

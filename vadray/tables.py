@@ -44,6 +44,7 @@ def open_dataset(output: str, name: str, storage_options: dict | None = None) ->
 def read_table(output: str, name: str, storage_options: dict | None = None,
                columns: list[str] | None = None, filter: Any = None) -> pa.Table | None:
     """OUTPUT/<name> as one Arrow table (only `columns` that exist, rows matching `filter`)."""
+    output = storage.text(output)
     found = open_dataset(output, name, storage_options)
     if found is None:
         return None
@@ -53,8 +54,10 @@ def read_table(output: str, name: str, storage_options: dict | None = None,
 
 
 def selection(**values: list[str] | None) -> ds.Expression | None:
-    """Rows whose column is in each given list (selection(camera=[…], model_id=[…])); None: all."""
-    parts = [ds.field(name).isin(allowed) for name, allowed in values.items() if allowed]
+    """Rows whose column is in each given list (selection(camera=[…], model_id=[…])); None: all.
+    A single string is a list of one (Python callers write camera="lobby")."""
+    parts = [ds.field(name).isin([allowed] if isinstance(allowed, str) else allowed)
+             for name, allowed in values.items() if allowed]
     combined = parts[0] if parts else None
     for part in parts[1:]:
         combined = combined & part

@@ -175,6 +175,7 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
     worker raises once at that global step (a marker file in CHECKPOINT_DIR makes it fail only
     once), so the run has to resume from a checkpoint.
     """
+    shards, checkpoint_dir = storage.text(shards), storage.text(checkpoint_dir)
     if workers < 1 or epochs < 1 or batch_size < 1 or patience < 1 or hop < 1 or lr <= 0:
         raise UsageError("--workers, --epochs, --batch-size, --patience, --hop and --lr must be positive")
     if batch_size % workers:   # each worker takes batch_size // workers: the card must say what was trained

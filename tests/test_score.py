@@ -209,7 +209,7 @@ def test_other_models_rows_of_a_files_former_content_go_when_it_is_rescored(tmp_
     previous = previous_scoring(str(tmp_path), "cam", [now], "m1", {})
     assert sorted(p.split(".")[-3] for p in previous.other_models_gone[now.video_id]) == ["m2", "m6"]
     mark("m6", now)   # m6 rescores the file in a run beside this one (fixes review: its new rows went)
-    assert drop_other_models_gone(str(tmp_path), "cam", [now], previous, {}) == ["m2"]
+    assert drop_other_models_gone(str(tmp_path), "cam", [now], previous, {}) == (["m2"], 1)
     rows = {p.name.split(".")[-2] for p in tmp_path.rglob("*.parquet")}
     assert rows == {"m1", "m3", "m4", "m5", "m6"}   # m1's own rows are drop_previous's; m2's are gone
     assert len(list(tmp_path.rglob("*.parquet"))) == 10

@@ -253,14 +253,15 @@ def drop_renamed(output: str, camera: str, refs: list[VideoRef], model_id: str, 
 
 
 def drop_other_models_gone(output: str, camera: str, refs: list[VideoRef], previous: Previous,
-                           storage_options: dict[str, Any]) -> list[str]:
+                           storage_options: dict[str, Any]) -> tuple[list[str], int]:
     """Rows and markers that other models left of a file's former content: the file changed
     since they scored it, and those rows would stand beside this run's as scores of footage
-    that is gone. The model ids are returned for the log (those models can rescore it)."""
+    that is gone. The model ids and the number of files are returned for the log (those
+    models can rescore them)."""
     if not previous.other_models_gone:
-        return []
+        return [], 0
     fs, root = storage.url_to_fs(output, storage_options)
-    paths, models = [], set()
+    paths, models, files = [], set(), set()
     for ref in refs:
         markers = previous.other_models_gone.get(ref.video_id, [])
         same = digests_of(ref.identity())
@@ -272,12 +273,13 @@ def drop_other_models_gone(output: str, camera: str, refs: list[VideoRef], previ
             if any(name.rsplit(".", 3)[2] in same for name in now):
                 continue
             models.add(model)
+            files.add(ref.video_id)
             for date in dates_filed_under(ref):
                 name = scores_file(camera, date, safe_key(ref.video_id), model)
                 paths += [f"{root}/frames/{name}", f"{root}/events/{name}"]
             paths.append(marker)
     _remove(fs, paths, storage.is_remote(output))
-    return sorted(models)
+    return sorted(models), len(files)
 
 
 def drop_other_ids(output: str, camera: str, model_id: str, previous: Previous,

@@ -170,11 +170,11 @@ def _drop_superseded(output: str, camera: str, refs: list, todo: list, model_id:
     drop_previous(output, camera, todo, model_id, previous, storage_options)
     renamed = drop_renamed(output, camera, refs, model_id, previous, storage_options)
     moved = drop_other_ids(output, camera, model_id, previous, storage_options)
-    models = drop_other_models_gone(output, camera, refs, previous, storage_options)
+    models, files = drop_other_models_gone(output, camera, refs, previous, storage_options)
     if models:
         log.warning("%d file(s) changed since model(s) %s scored them: those models' rows of the former content "
                     "were removed (score the files with those models again to compare them)",
-                    len(previous.other_models_gone), ", ".join(models))
+                    files, ", ".join(models))
     if moved:
         video_id, keys = next(iter(previous.other_ids.items()))
         log.warning("%d file(s) were scored before under another video id (e.g. %r, now %r): an id is the path "

@@ -261,13 +261,13 @@ def test_a_second_frame_size_or_camera_into_one_output_is_refused(ray_session, s
     assert f"holds {TEST_SIZE}-px shards" in capsys.readouterr().err
     # the same file names from another camera would replace lobby's clips
     assert main(["ingest", str(synth_archive), out, "--size", str(TEST_SIZE), "--camera", "gate"]) == 2
-    assert "holds camera 'lobby'" in capsys.readouterr().err
+    assert "holds the shards of camera 'lobby'" in capsys.readouterr().err
     assert read_stats(out).size == TEST_SIZE and set(read_clips(out).camera) == {"lobby"}   # nothing lost
     # an OUTPUT of an earlier version: its stats.json names no camera, the clips still do
     stats_json = tmp_path / "out" / "stats" / "stats.json"
     stats_json.write_text(json.dumps({k: v for k, v in json.loads(stats_json.read_text()).items() if k != "camera"}))
     assert main(["ingest", str(synth_archive), out, "--size", str(TEST_SIZE), "--camera", "gate"]) == 2
-    assert "holds camera 'lobby'" in capsys.readouterr().err
+    assert "holds the shards of camera 'lobby'" in capsys.readouterr().err
 
 
 def test_s3_to_s3_through_a_real_s3_server(ray_session, synth_archive, s3_bucket, tmp_path):

@@ -356,6 +356,65 @@ def test_killed_actor_leaves_identical_tables(ray_session, trained_checkpoint, s
     assert read_table(killed, "events").equals(read_table(calm, "events"))
 
 
+def test_sigterm_ends_a_score_run_as_ctrl_c_does_and_the_rerun_completes_it(ray_session, trained_checkpoint,
+                                                                            synth_test_archive, tmp_path):
+    """`ray job stop`, `timeout`, systemd and Kubernetes stop a job with SIGTERM. Ray's handler
+    answered it with a stack dump and an abort (exit 134); it is a stop that keeps finished
+    work, says how to go on, and exits 143."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    stopped = str(tmp_path / "stopped")
+    argv = [sys.executable, "-m", "vadray.cli", "score", str(synth_test_archive), stopped,
+            "--checkpoint", str(trained_checkpoint), "--segment-seconds", "1.3", "--hop", "2"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"))
+    seen, started = [], threading.Event()
+
+    def read():
+        for line in proc.stdout:
+            seen.append(line)
+            if "scoring 3 videos" in line:   # logged once this process's Ray runs
+                started.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    assert started.wait(180), "".join(seen[-20:])
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(120) == 143, "".join(seen[-20:])
+    assert any("stopped (SIGTERM). Run the same command again" in line for line in seen), "".join(seen[-20:])
+    assert not any("SIGTERM received" in line for line in seen)   # Ray's fatal-signal dump
+    calm = str(tmp_path / "calm")
+    run_score(str(synth_test_archive), calm, str(trained_checkpoint), segment_seconds=1.3, hop=2)
+    rerun = run_score(str(synth_test_archive), stopped, str(trained_checkpoint), segment_seconds=1.3, hop=2)
+    assert rerun.failures == 0 and rerun.skipped < 3   # the stop came before the end
+    assert read_table(stopped, "frames").equals(read_table(calm, "frames"))
+    assert read_table(stopped, "events").equals(read_table(calm, "events"))
+
+
+def test_sigterm_is_handed_to_whatever_answers_ctrl_c_now():
+    """Ray Train's SIGINT handler aborts a fit cleanly; SIGTERM must take the same road."""
+    import signal
+
+    from vadray import exits
+
+    term_before, int_before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    calls = []
+    try:
+        exits.answer_sigterm_as_ctrl_c()
+        signal.signal(signal.SIGINT, lambda signum, frame: calls.append(signum))
+        signal.raise_signal(signal.SIGTERM)
+        assert calls == [signal.SIGINT] and exits.stopped_by_sigterm()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # a job a script started in the background
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, term_before)
+        signal.signal(signal.SIGINT, int_before)
+        exits._sigterm_received.clear()
+
+
 def test_bad_file_becomes_an_error_row_and_the_rest_is_scored(ray_session, trained_checkpoint,
                                                               synth_test_archive, tmp_path, capsys):
     src = tmp_path / "src"

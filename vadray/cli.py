@@ -10,7 +10,8 @@ import importlib
 import logging
 import sys
 
-from vadray.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, JobFailed, UsageError
+from vadray.exits import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, JobFailed, UsageError,
+                          stopped_by_sigterm)
 
 COMMANDS = {
     "synth": ("vadray.synth", "generate a synthetic fixed-camera archive (H.264 MP4 + frame labels)"),
@@ -62,7 +63,7 @@ def _top_help() -> str:
     lines += [f"  {name:<10} {summary}" for name, (_, summary) in COMMANDS.items()]
     lines += ["", "exit status: 0 all inputs processed, 3 finished but some inputs failed (see errors/),",
               "             2 bad arguments or unreachable input, 1 the job failed (e.g. training diverged),",
-              "             130 interrupted (Ctrl-C)"]
+              "             130 interrupted (Ctrl-C), 143 stopped (SIGTERM: ray job stop, timeout, Kubernetes)"]
     return "\n".join(lines)
 
 
@@ -94,8 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     except JobFailed as exc:
         print(f"vadray {command}: failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:   # Ctrl-C: a short line, not Ray's traceback; finished work is kept
-        print(f"vadray {command}: interrupted. {RESUME_HINT.get(command, 'Run it again.')}", file=sys.stderr)
+    except KeyboardInterrupt:   # Ctrl-C or SIGTERM: a short line, not Ray's traceback; finished work is kept
+        hint = RESUME_HINT.get(command, "Run it again.")
+        if stopped_by_sigterm():
+            print(f"vadray {command}: stopped (SIGTERM). {hint}", file=sys.stderr)
+            return EXIT_TERMINATED
+        print(f"vadray {command}: interrupted. {hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

@@ -7,6 +7,8 @@ import sys
 
 import ray
 
+from vadray.exits import answer_sigterm_as_ctrl_c
+
 
 def ensure_ray(num_cpus: int | None = None) -> None:
     """Connect once. RAY_ADDRESS (set inside `ray job submit`) joins that cluster."""
@@ -28,6 +30,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         # reach the state API: without it, that actor logs "Failed to query Ray Train
         # Controller actor state" every second of a training run (Ray 2.60, measured).
         ray.init(num_cpus=num_cpus, log_to_driver=True)
+    answer_sigterm_as_ctrl_c()   # after ray.init, which installs Ray's own handler
 
 
 def require_room(count: int, cpus_each: float, gpus_each: float, asked: str, data_cpus: float = 1.0) -> None:

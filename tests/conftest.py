@@ -46,6 +46,54 @@ def s3_server():
 
 
 @pytest.fixture
+def s3_iam_server():
+    """Moto's standalone server as a process of its own, enforcing IAM (the in-process server
+    above lets every key do everything): storage options of a key that may do anything in S3
+    (`admin`) and of one that may read and write but not delete (`no_delete`, an append-only
+    policy), and a bucket `vadray-iam`."""
+    import subprocess
+    import sys
+    import time
+
+    import boto3
+
+    port = free_port()
+    # The first 6 requests (two users, their policies and keys) are let through unauthenticated.
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="6"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
+                           aws_access_key_id="setup", aws_secret_access_key="setup")
+
+        def key_of(user: str, actions: list[str]) -> dict:
+            import json
+
+            iam.create_user(UserName=user)
+            iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=json.dumps(
+                {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}))
+            key = iam.create_access_key(UserName=user)["AccessKey"]
+            return {"endpoint_url": endpoint, "key": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
+
+        keys = {"admin": key_of("admin", ["s3:*"]),
+                "no_delete": key_of("appender", ["s3:Get*", "s3:List*", "s3:Put*"])}
+        import s3fs
+
+        s3fs.S3FileSystem(**keys["admin"]).mkdir("vadray-iam")
+        yield keys
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+@pytest.fixture
 def s3_bucket(s3_server):
     """A fresh bucket; returns (bucket name, storage options for s3fs)."""
     import uuid

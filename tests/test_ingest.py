@@ -18,6 +18,7 @@ from vadray.probe import probe
 from vadray.errors import read_errors
 from vadray.clip_shards import read_stats
 from vadray.ingest import run_ingest
+from vadray.listing import list_videos
 from vadray.preprocess import NormStats, PartialSums
 
 
@@ -196,6 +197,37 @@ def test_secrets_are_never_printed(s3_bucket, tmp_path, capsys, caplog):
         assert secret not in said.out + said.err + caplog.text and "AKIAVADRAYTESTKEY" not in said.err
 
 
+def test_credentials_that_may_write_but_not_delete_are_refused_before_a_rerun_duplicates_shards(
+        ray_session, synth_archive, s3_iam_server, tmp_path, capsys):
+    """An append-only key (no s3:DeleteObject): S3 refuses each delete inside a 200 reply and
+    s3fs's bulk delete drops those errors, so a rerun appended a second copy of every video's
+    clips beside the first and exited 0. The write check asks whether its object went."""
+    import s3fs
+
+    from vadray.exits import JobFailed
+
+    admin, no_delete = s3_iam_server["admin"], s3_iam_server["no_delete"]
+    s3fs.S3FileSystem(**admin).put(str(synth_archive) + "/", "vadray-iam/src/", recursive=True)
+    out = "s3://vadray-iam/out"
+    assert run_ingest("s3://vadray-iam/src", out, size=TEST_SIZE, storage_options=admin).frames == 60
+    fs = s3fs.S3FileSystem(**admin)
+    clips_before = sorted(fs.find("vadray-iam/out/clips"))
+    (tmp_path / "append-only.json").write_text(json.dumps(no_delete))
+    argv = ["ingest", "s3://vadray-iam/src", out, "--size", str(TEST_SIZE),
+            "--storage-options", f"@{tmp_path / 'append-only.json'}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "cannot delete in OUTPUT" in err and no_delete["secret"] not in err
+    fs.invalidate_cache()
+    assert sorted(fs.find("vadray-iam/out/clips")) == clips_before   # nothing added, nothing lost
+    assert read_stats(out, admin).num_frames == 60
+    # a delete refused past that check (a key denied on some objects only) is a clear failure too
+    appender = s3fs.S3FileSystem(**no_delete, skip_instance_cache=True)
+    with pytest.raises(JobFailed, match="could not delete 1 of 1 object"):
+        storage.delete(appender, clips_before[0])
+    assert fs.exists(clips_before[0])
+
+
 def test_an_output_the_credentials_may_not_write_is_exit_2_before_any_work(s3_bucket, tmp_path, capsys,
                                                                          monkeypatch):
     """A read-only role: reading works, so the store is reachable, but writes are denied. Ingest
@@ -222,6 +254,11 @@ def test_an_output_the_credentials_may_not_write_is_exit_2_before_any_work(s3_bu
             assert main([*argv, "--storage-options", f"@{tmp_path / 's3.json'}"]) == 2, argv
             err = capsys.readouterr().err
             assert "cannot write to" in err and "PermissionError: Access Denied" in err and "Traceback" not in err, err
+            if argv[0] in ("evaluate", "query"):
+                assert f"'{argv[-1]}'" in err   # the output file named as given, not its folder
+        assert main(["evaluate", str(tmp_path), "--labels", str(labels), "--json", "s3://metrics.json",
+                     "--storage-options", f"@{tmp_path / 's3.json'}"]) == 2
+        assert "names a bucket, not a file" in capsys.readouterr().err
     finally:
         s3fs.S3FileSystem.clear_instance_cache()   # no later test may get an instance bound to `denied`
 
@@ -270,15 +307,19 @@ def test_a_second_frame_size_or_camera_into_one_output_is_refused(ray_session, s
     assert "holds the shards of camera 'lobby'" in capsys.readouterr().err
 
 
-def test_s3_to_s3_through_a_real_s3_server(ray_session, synth_archive, s3_bucket, tmp_path):
+def test_s3_to_s3_through_a_real_s3_server(ray_session, synth_archive, s3_bucket, tmp_path, caplog):
     bucket, options = s3_bucket
     fs, _ = storage.url_to_fs(f"s3://{bucket}", options)
     for f in synth_archive.glob("*.mp4"):
         fs.put(str(f), f"{bucket}/archive/site-a/{f.name}")
+    for marker in ("archive/", "archive/site-a/"):   # the empty "folder" objects S3 consoles make
+        fs.pipe_file(f"{bucket}/{marker}", b"")
     out = f"s3://{bucket}/ingested"
-    summary = run_ingest(f"s3://{bucket}/archive", out, size=TEST_SIZE, segment_seconds=1.3,
-                         storage_options=options)
+    with caplog.at_level("INFO", logger="vadray"):
+        summary = run_ingest(f"s3://{bucket}/archive", out, size=TEST_SIZE, segment_seconds=1.3,
+                             storage_options=options)
     assert (summary.videos, summary.failures, summary.frames) == (2, 0, 60)
+    assert "not read" not in caplog.text   # folder markers are no files to count
     clips = read_clips(out, options)
     assert set(clips.video_id) == {"site-a/video001", "site-a/video002"}
     assert set(clips.source_uri) == {f"s3://{bucket}/archive/site-a/video00{i}.mp4" for i in (1, 2)}
@@ -288,6 +329,15 @@ def test_s3_to_s3_through_a_real_s3_server(ray_session, synth_archive, s3_bucket
                                   frames_of(read_clips(local), "video001", TEST_SIZE)[1])
     s3_stats = read_stats(out, options)
     assert s3_stats.num_frames == 60 and s3_stats.std == pytest.approx(read_stats(local).std)
+    # one process, the file replaced after its folder was listed: a listing of the file itself
+    # must see the new one (s3fs answered from the folder's cached listing: a stale ETag)
+    import s3fs
+
+    listed = {r.video_id: r for r in list_videos(f"s3://{bucket}/archive", options)}["site-a/video001"]
+    another_writer = s3fs.S3FileSystem(**options, skip_instance_cache=True)
+    another_writer.put(str(synth_archive / "video002.mp4"), f"{bucket}/archive/site-a/video001.mp4")
+    now = list_videos(listed.uri, options)[0]
+    assert (now.size, now.etag) != (listed.size, listed.etag)
 
 
 @ped2

@@ -135,7 +135,7 @@ def remove_stats(output: str, storage_options: dict[str, Any]) -> None:
     fs, path = storage.url_to_fs(storage.join(output, "stats"), storage_options)
     for name in ("stats.json", "mean_image.npy"):
         if fs.exists(f"{path}/{name}"):
-            fs.rm(f"{path}/{name}")
+            storage.delete(fs, f"{path}/{name}")
 
 
 def read_stats(output: str, storage_options: dict[str, Any] | None = None) -> NormStats:

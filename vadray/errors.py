@@ -62,7 +62,7 @@ def clear_errors(errors_uri: str, camera: str, video_ids: list[str],
             continue
         doomed += [p for p in names if p.endswith(".parquet") and p.rsplit("/", 1)[-1].rsplit("-", 1)[0] in keys]
     if doomed:
-        fs.rm(doomed)
+        storage.delete(fs, doomed)
 
 
 def read_errors(errors_uri: str, storage_options: dict[str, Any] | None = None,

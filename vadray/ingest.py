@@ -136,7 +136,7 @@ def _clear_previous(output: str, camera: str, refs: list[VideoRef], storage_opti
         for folder in ("clips", "stats/parts"):
             previous = f"{root}/{folder}/video_key={key}"
             if fs.exists(previous):
-                fs.rm(previous, recursive=True)
+                storage.delete(fs, previous, recursive=True)
     if moved:
         log.warning("the shards of %d earlier id(s) were removed (e.g. %s, now %r): their files are ingested "
                     "under new ids (a same-named sibling came or went, or another SOURCE)", len(moved),

@@ -80,6 +80,8 @@ def list_videos(source: str, storage_options: dict[str, Any] | None = None) -> l
     """All videos under SOURCE, sorted by id. Raises UsageError when SOURCE is unreachable."""
     try:
         fs, root = storage.url_to_fs(source, storage_options)
+        if storage.is_remote(source):   # s3fs keeps listings per instance: a file changed since is not seen
+            fs.invalidate_cache()
         if not fs.exists(root):
             raise UsageError(f"SOURCE {source!r} does not exist or is not reachable")
         if fs.isfile(root):
@@ -97,8 +99,8 @@ def list_videos(source: str, storage_options: dict[str, Any] | None = None) -> l
     frame_folders: dict[str, list[tuple[str, dict]]] = {}
     ignored: dict[str, int] = {}
     for path, info in found.items():
-        if info.get("type") == "directory":
-            continue
+        if info.get("type") == "directory" or (path.endswith("/") and not info.get("size")):
+            continue   # (an object store's folder marker: the empty `prefix/` a console makes)
         rel = path[len(root):].lstrip("/") if path.startswith(root) else posixpath.basename(path)
         ext = _ext(rel)
         if _is_metadata(rel):

@@ -219,12 +219,9 @@ def _remove(fs, paths: list[str], remote: bool) -> None:
     a local disk, or a store that refuses them, is asked first)."""
     paths = sorted(set(paths)) if remote else sorted(p for p in set(paths) if fs.exists(p))
     try:
-        if paths:
-            fs.rm(paths)
+        storage.delete(fs, paths)
     except FileNotFoundError:
-        existing = [p for p in paths if fs.exists(p)]
-        if existing:
-            fs.rm(existing)
+        storage.delete(fs, [p for p in paths if fs.exists(p)])
 
 
 def drop_renamed(output: str, camera: str, refs: list[VideoRef], model_id: str, previous: Previous,

@@ -134,7 +134,10 @@ def require_reachable(storage_options: dict[str, Any] | None, **locations: str |
         except (FileNotFoundError, NotADirectoryError):   # absent: each job's own question
             pass
         except Exception as exc:  # noqa: BLE001 — botocore, aiohttp, OS errors alike; no secret is in them
-            raise UsageError(f"cannot reach {role} {uri!r}: {type(exc).__name__}: {exc}") from None
+            hint = ("" if not isinstance(exc, PermissionError) else
+                    " (the credentials were refused, or may not read there: check AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY, or the key and secret given in --storage-options)")
+            raise UsageError(f"cannot reach {role} {uri!r}: {type(exc).__name__}: {exc}{hint}") from None
 
 
 def _require_local_folder(role: str, uri: str, path: str) -> None:
@@ -151,14 +154,16 @@ def _require_local_folder(role: str, uri: str, path: str) -> None:
         raise UsageError(f"{role} {uri!r} cannot be written: no permission to write in {above!r}")
 
 
-def _require_remote_write(role: str, uri: str, storage_options: dict[str, Any] | None) -> None:
-    """Write and delete a small object under `uri`: credentials that may read but not write
-    (a read-only role) are found before any work, not as a traceback half-way."""
+def _require_remote_write(role: str, uri: str, storage_options: dict[str, Any] | None,
+                          folder: str | None = None) -> None:
+    """Write and delete a small object under `uri` (or `folder`, where `uri` is a file): credentials
+    that may read but not write (a read-only role) are found before any work, not as a
+    traceback half-way."""
     import uuid
 
     from vadray.exits import UsageError
 
-    fs, path = url_to_fs(uri, storage_options)
+    fs, path = url_to_fs(folder or uri, storage_options)
     probe = f"{path.rstrip('/')}/.vadray-write-check-{uuid.uuid4().hex[:12]}"
     try:
         fs.pipe_file(probe, b"")
@@ -166,8 +171,14 @@ def _require_remote_write(role: str, uri: str, storage_options: dict[str, Any] |
         raise UsageError(f"cannot write to {role} {uri!r}: {type(exc).__name__}: {exc}") from None
     try:
         fs.rm(probe)
-    except Exception:  # noqa: BLE001 — may write but not delete: the job's own deletes will say so
+    except Exception:  # noqa: BLE001 — checked below
         pass
+    fs.invalidate_cache(probe)
+    if fs.exists(probe) and folder is None:   # s3fs's bulk delete drops a refused delete's error: ask
+        # (an output folder: reruns delete there; a file is only overwritten)
+        raise UsageError(f"cannot delete in {role} {uri!r}: the credentials may write but not delete objects "
+                         f"(or an Object Lock keeps them), and vadray replaces results by deleting the old "
+                         f"ones (reruns; training keeps one checkpoint). The check left {probe.rsplit('/', 1)[-1]!r} there")
 
 
 def require_folder_to_write(storage_options: dict[str, Any] | None = None, **locations: str | None) -> None:
@@ -200,7 +211,9 @@ def require_file_to_write(storage_options: dict[str, Any] | None = None, **locat
         if not uri:
             continue
         if is_remote(uri):
-            _require_remote_write(role, uri.rsplit("/", 1)[0], storage_options)
+            if "/" not in uri.partition("://")[2].strip("/"):
+                raise UsageError(f"{role} {uri!r} names a bucket, not a file: give s3://bucket/name")
+            _require_remote_write(role, uri, storage_options, folder=uri.rstrip("/").rsplit("/", 1)[0])
             continue
         path = absolute(uri)
         if os.path.isdir(path):
@@ -251,4 +264,31 @@ def remove(uri: str, storage_options: dict[str, Any] | None = None) -> None:
     """Remove a file or folder if it exists (idempotent reruns replace, never append)."""
     fs, path = url_to_fs(uri, storage_options)
     if fs.exists(path):
-        fs.rm(path, recursive=True)
+        delete(fs, path, recursive=True)
+
+
+def delete(fs, paths: str | list[str], recursive: bool = False) -> None:
+    """Delete, and make sure it happened: s3fs's bulk delete drops the per-key errors that S3
+    returns inside a 200 (AccessDenied to a key that may write but not delete, an Object Lock).
+    A rerun that believed its old rows gone would keep them beside the new ones, or keep a
+    stale marker that later skips a changed file. JobFailed names what stayed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vadray.exits import JobFailed
+
+    paths = [paths] if isinstance(paths, str) else sorted(set(paths))
+    if not paths:
+        return
+    fs.rm(paths, recursive=recursive)
+    if isinstance(fs, fsspec.implementations.local.LocalFileSystem):   # a local rm raises on failure
+        return
+    for path in paths:
+        fs.invalidate_cache(path)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        left = [path for path, there in zip(paths, pool.map(fs.exists, paths)) if there]
+    if left:
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        raise JobFailed(f"could not delete {len(left)} of {len(paths)} object(s) (e.g. {protocol}://{left[0]}): "
+                        "the credentials may write but not delete, or an Object Lock or legal hold keeps them. "
+                        "Reruns replace results by deleting the old ones first: run it again with credentials "
+                        "that may delete")

@@ -498,3 +498,25 @@ def test_query_reads_the_output_and_nothing_else(scored, tmp_path):
                 "SELECT * FROM read_parquet('https://example.com/x.parquet')"):
         with pytest.raises(UsageError, match="SQL failed"):
             query.query(scored["out"], sql)
+
+
+def test_a_long_videos_plot_is_wider_and_names_only_its_deepest_events():
+    """12,000 frames (20 min at 10 fps) with 60 events: at the short videos' 11 inches the E-labels
+    lay over each other and a 20-frame labelled run was under a pixel wide (long-footage review)."""
+    n = 12_000
+    frames = pd.DataFrame({"camera": "c", "date": "unknown", "video_id": "v", "model_id": "m",
+                           "frame_index": np.arange(n), "time_s": np.arange(n) / FPS,
+                           "regularity": np.full(n, 0.9)})
+    starts = np.arange(60) * 200 + 50
+    events = pd.DataFrame({"event_id": np.arange(60), "start_frame": starts, "end_frame": starts + 9,
+                           "peak_frame": starts + 4, "min_regularity": np.linspace(0.1, 0.7, 60)})
+    fig = report.plot_video(frames, events, truth=np.array([[5000, 5019]]))
+    assert fig.get_size_inches()[0] == 24
+    ax = fig.axes[0]
+    named = sorted(int(t.get_text()[1:]) for t in ax.texts if t.get_text().startswith("E"))
+    assert named == list(range(report.LABELLED_EVENTS))           # the lowest min_regularity ones
+    assert f"the {report.LABELLED_EVENTS} deepest of 60 events named" in ax.get_title()
+    (truth,) = [p for p in ax.patches if p.get_label() == "ground-truth anomaly"]
+    assert truth.get_linewidth() > 0                               # drawn at least a pixel wide
+    short = report.plot_video(frames.iloc[:300], events.iloc[:1])
+    assert short.get_size_inches()[0] == 11 and "deepest" not in short.axes[0].get_title()

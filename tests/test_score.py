@@ -83,6 +83,9 @@ def test_a_file_scored_under_another_id_keeps_only_its_new_rows(ray_session, tra
     assert run_score(str(tmp_path / "camA"), out, str(trained_checkpoint)).frames == 30
     assert ids() == [("2024-05-03/0900", "2024-05-03", 30), ("2024-05-03/0900.mkv", "2024-05-03", 30)]
     assert "scored before under another video id" in caplog.text
+    from vadray.errors import safe_key
+    assert f"(e.g. '2024-05-03/0900', whose rows were filed under the key '{safe_key('2024-05-03/0900.mp4')}'" \
+        in caplog.text   # the new id, and the old one's file key (not "e.g. <old key>, now <new id>")
     assert run_score(str(day), out, str(trained_checkpoint)).frames == 30   # the day folder: 0900
     assert ids() == [("0900", "unknown", 30), ("2024-05-03/0900.mkv", "2024-05-03", 30)]
     assert run_score(str(tmp_path / "camA"), out, str(trained_checkpoint)).frames == 30   # and back

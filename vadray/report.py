@@ -36,6 +36,8 @@ FRAME_COLUMNS = ["camera", "date", "video_id", "source_uri", "frame_index", "tim
                  "motion_regularity", "combined_regularity", "brightness_gain", "model_id"]
 PROGRESS_SECONDS = 10.0   # a report of thousands of videos says how far it is this often
 GAIN_SHOWN = 0.05   # draw the brightness gain when it moves by more than 5 % within the video
+WIDE_FRAMES = 3000   # a longer video's figure grows wider (up to 24 in.) so that its dips stay apart
+LABELLED_EVENTS = 20   # more events than this: only the deepest are named (E7), the rest only marked
 
 
 def decode_thumbnail(source_uri: str, frame_index: int, storage_options: dict | None = None,
@@ -107,7 +109,8 @@ def plot_video(frames: pd.DataFrame, events: pd.DataFrame, truth: np.ndarray | N
     x_of = _x_of(frames, use_time)
     shown = [t for t in thumbnails if t[1] is not None or t[2] is not None]
     panels = sum((img is not None) + (emap is not None) for _, img, emap in shown)
-    fig = Figure(figsize=(11, 6.2 if panels else 3.6), layout="constrained")
+    width = min(11 * max(1.0, len(frames) / WIDE_FRAMES), 24)
+    fig = Figure(figsize=(width, 6.2 if panels else 3.6), layout="constrained")
     grid = fig.add_gridspec(2 if panels else 1, max(panels, 1), height_ratios=[1.3, 1] if panels else [1])
     ax = fig.add_subplot(grid[0, :])
     index = frames["frame_index"].to_numpy(np.int64)
@@ -137,9 +140,10 @@ def plot_video(frames: pd.DataFrame, events: pd.DataFrame, truth: np.ndarray | N
         gain_ax.plot(*curve("brightness_gain"), color="0.35", lw=0.8, ls=":", label="brightness gain")
         gain_ax.set_ylabel("brightness gain", fontsize=8)
         gain_ax.legend(loc="lower right", fontsize=8)
-    for k, (first, last) in enumerate(truth if truth is not None else []):
-        ax.axvspan(x_of(first), x_of(last + 1), color="0.45", alpha=0.3, lw=0,
+    for k, (first, last) in enumerate(truth if truth is not None else []):   # the edge: ≥ 1 px when short
+        ax.axvspan(x_of(first), x_of(last + 1), fc="0.45", ec="0.45", alpha=0.3, lw=0.8,
                    label="ground-truth anomaly" if k == 0 else None)
+    named = set(events.nsmallest(LABELLED_EVENTS, "min_regularity")["event_id"]) if len(events) else set()
     for k, event in enumerate(events.itertuples()):
         score = getattr(event, "score", None)          # which column's dips (score --events-from)
         label = "detected event" + (f" ({score})" if isinstance(score, str) and score != "regularity" else "")
@@ -147,8 +151,9 @@ def plot_video(frames: pd.DataFrame, events: pd.DataFrame, truth: np.ndarray | N
                    color="#ff7f0e", alpha=0.9, lw=0, label=label if k == 0 else None)
         ax.axvspan(x_of(event.start_frame), x_of(event.end_frame + 1), color="#ff7f0e", alpha=0.12, lw=0)
         ax.plot(x_of(event.peak_frame), event.min_regularity, "v", color="#ff7f0e", ms=8, mec="k", mew=0.5)
-        ax.annotate(f"E{event.event_id}", (x_of(event.peak_frame), event.min_regularity),
-                    textcoords="offset points", xytext=(0, -14), ha="center", fontsize=8)
+        if event.event_id in named:
+            ax.annotate(f"E{event.event_id}", (x_of(event.peak_frame), event.min_regularity),
+                        textcoords="offset points", xytext=(0, -14), ha="center", fontsize=8)
     ax.set_ylim(0, 1.05)
     if len(frames) > 1:
         ax.set_xlim(x_of(0), x_of(frames["frame_index"].iloc[-1]))
@@ -156,7 +161,9 @@ def plot_video(frames: pd.DataFrame, events: pd.DataFrame, truth: np.ndarray | N
     ax.set_ylabel("regularity score")
     first = frames.iloc[0]
     ax.set_title(f"{first['video_id']}  ·  camera {first['camera']}  ·  {first['date']}  ·  "
-                 f"model {first.get('model_id', '')}", fontsize=10)
+                 f"model {first.get('model_id', '')}"
+                 + (f"  ·  the {len(named)} deepest of {len(events)} events named" if len(named) < len(events) else ""),
+                 fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
     column = 0

@@ -177,10 +177,11 @@ def _drop_superseded(output: str, camera: str, refs: list, todo: list, model_id:
                     files, ", ".join(models))
     if moved:
         video_id, keys = next(iter(previous.other_ids.items()))
-        log.warning("%d file(s) were scored before under another video id (e.g. %r, now %r): an id is the path "
-                    "below SOURCE, and these files' ids changed (another SOURCE, or a same-named sibling went); "
-                    "their rows under the old ids were removed and they are scored under the new ones, so "
-                    "labels must use the new ids", len(previous.other_ids), keys[0], video_id)
+        log.warning("%d file(s) were scored before under another video id (e.g. %r, whose rows were filed under "
+                    "the key %r: the old id made file-safe, and a hash): an id is the path below SOURCE, and these "
+                    "files' ids changed (another SOURCE, or a same-named sibling went); their rows under the old "
+                    "ids were removed and they are scored under the new ones, so labels must use the new ids",
+                    len(previous.other_ids), video_id, keys[0])
     if renamed:
         clear_errors(storage.join(output, "errors"), camera, renamed, storage_options)
         log.warning("%d video id(s) now keep their extension, because a file of the same name with another "

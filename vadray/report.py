@@ -160,10 +160,9 @@ def plot_video(frames: pd.DataFrame, events: pd.DataFrame, truth: np.ndarray | N
     ax.set_xlabel("time (s)" if use_time else "frame")
     ax.set_ylabel("regularity score")
     first = frames.iloc[0]
+    unnamed = f"  ·  the {len(named)} deepest of {len(events)} events named" if len(named) < len(events) else ""
     ax.set_title(f"{first['video_id']}  ·  camera {first['camera']}  ·  {first['date']}  ·  "
-                 f"model {first.get('model_id', '')}"
-                 + (f"  ·  the {len(named)} deepest of {len(events)} events named" if len(named) < len(events) else ""),
-                 fontsize=10)
+                 f"model {first.get('model_id', '')}{unnamed}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
     column = 0

@@ -176,9 +176,10 @@ def _require_remote_write(role: str, uri: str, storage_options: dict[str, Any] |
     fs.invalidate_cache(probe)
     if fs.exists(probe) and folder is None:   # s3fs's bulk delete drops a refused delete's error: ask
         # (an output folder: reruns delete there; a file is only overwritten)
+        left = probe.rsplit("/", 1)[-1]
         raise UsageError(f"cannot delete in {role} {uri!r}: the credentials may write but not delete objects "
                          f"(or an Object Lock keeps them), and vadray replaces results by deleting the old "
-                         f"ones (reruns; training keeps one checkpoint). The check left {probe.rsplit('/', 1)[-1]!r} there")
+                         f"ones (reruns; training keeps one checkpoint). The check left {left!r} there")
 
 
 def require_folder_to_write(storage_options: dict[str, Any] | None = None, **locations: str | None) -> None:

@@ -373,7 +373,7 @@ def test_sigterm_ends_a_score_run_as_ctrl_c_does_and_the_rerun_completes_it(ray_
     argv = [sys.executable, "-m", "vadray.cli", "score", str(synth_test_archive), stopped,
             "--checkpoint", str(trained_checkpoint), "--segment-seconds", "1.3", "--hop", "2"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"))
+                            env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"), start_new_session=True)
     seen, started = [], threading.Event()
 
     def read():
@@ -384,9 +384,12 @@ def test_sigterm_ends_a_score_run_as_ctrl_c_does_and_the_rerun_completes_it(ray_
 
     threading.Thread(target=read, daemon=True).start()
     assert started.wait(180), "".join(seen[-20:])
+    # as `timeout` and systemd do: the process, then its whole group (its local Ray's processes too)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(120) == 143, "".join(seen[-20:])
-    assert any("stopped (SIGTERM). Run the same command again" in line for line in seen), "".join(seen[-20:])
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(120) == 143, "".join(seen[-20:])   # its local Ray stopped too: cut short after 20 s
+    assert any("stopped (SIGTERM)" in line and "run the same command again" in line.lower()
+               for line in seen), "".join(seen[-20:])
     assert not any("SIGTERM received" in line for line in seen)   # Ray's fatal-signal dump
     calm = str(tmp_path / "calm")
     run_score(str(synth_test_archive), calm, str(trained_checkpoint), segment_seconds=1.3, hop=2)
@@ -396,12 +399,14 @@ def test_sigterm_ends_a_score_run_as_ctrl_c_does_and_the_rerun_completes_it(ray_
     assert read_table(stopped, "events").equals(read_table(calm, "events"))
 
 
-def test_sigterm_is_handed_to_whatever_answers_ctrl_c_now():
+def test_sigterm_is_handed_to_whatever_answers_ctrl_c_now(monkeypatch):
     """Ray Train's SIGINT handler aborts a fit cleanly; SIGTERM must take the same road."""
     import signal
 
     from vadray import exits
 
+    cut_short = []
+    monkeypatch.setattr(exits, "_exit_if_still_running", lambda: cut_short.append(True))   # not this pytest
     term_before, int_before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     calls = []
     try:
@@ -409,6 +414,11 @@ def test_sigterm_is_handed_to_whatever_answers_ctrl_c_now():
         signal.signal(signal.SIGINT, lambda signum, frame: calls.append(signum))
         signal.raise_signal(signal.SIGTERM)
         assert calls == [signal.SIGINT] and exits.stopped_by_sigterm()
+        signal.raise_signal(signal.SIGTERM)   # `timeout` signals the process, then its group
+        assert calls == [signal.SIGINT]       # once: a second KeyboardInterrupt would land in the clean-up
+        assert cut_short == [True]            # and one watchdog for a clean-up that hangs
+        exits.answer_sigterm_as_ctrl_c()      # the next command in this process
+        assert not exits.stopped_by_sigterm()
         signal.signal(signal.SIGINT, signal.SIG_IGN)   # a job a script started in the background
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGTERM)

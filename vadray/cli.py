@@ -11,7 +11,7 @@ import logging
 import sys
 
 from vadray.exits import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, JobFailed, UsageError,
-                          stopped_by_sigterm)
+                          answer_sigterm_as_ctrl_c, stopped_by_sigterm)
 
 COMMANDS = {
     "synth": ("vadray.synth", "generate a synthetic fixed-camera archive (H.264 MP4 + frame labels)"),
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = build_parser(command)
     args = parser.parse_args(argv[1:])  # exits 2 on bad arguments, as argparse does
+    answer_sigterm_as_ctrl_c()
     try:
         return int(args._run(args) or 0)
     except UsageError as exc:

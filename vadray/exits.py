@@ -21,6 +21,8 @@ class JobFailed(RuntimeError):
 
 
 _sigterm_received = threading.Event()
+STOP_GRACE_S = 20.0   # after SIGTERM, a clean-up still running this long is cut short
+_answering_sigterm = False   # set by the CLI: a library caller's process keeps its own SIGTERM
 
 
 def stopped_by_sigterm() -> bool:
@@ -28,15 +30,26 @@ def stopped_by_sigterm() -> bool:
 
 
 def answer_sigterm_as_ctrl_c() -> None:
-    """Once Ray runs in this process, SIGTERM meets Ray's fatal-signal handler: a stack dump and
-    an abort (exit 134), with no word on what was kept. Answer it as Ctrl-C is answered now —
-    by whatever handles SIGINT at that moment (Ray Train's handler aborts a fit cleanly) — so a
-    stopped job keeps its finished work and says how to go on. Main thread only (Python's rule)."""
-    if threading.current_thread() is not threading.main_thread():
-        return
+    """The CLI's: SIGTERM (`ray job stop`, `timeout`, systemd) ends the job as Ctrl-C does, by
+    whatever handles SIGINT at that moment (Ray Train's handler aborts a fit cleanly), so a
+    stopped job keeps its finished work and says how to go on. Once Ray runs in the process,
+    SIGTERM would otherwise meet Ray's fatal-signal handler: a stack dump and an abort (exit
+    134). `ray.init` installs that handler, so `ensure_ray` calls `keep_answering_sigterm` after it."""
+    global _answering_sigterm
+    _answering_sigterm = True
+    _sigterm_received.clear()   # (a test calls the CLI many times in one process)
+    keep_answering_sigterm()
+
+
+def keep_answering_sigterm() -> None:
+    if not _answering_sigterm or threading.current_thread() is not threading.main_thread():
+        return   # (Python sets handlers from the main thread only)
 
     def as_ctrl_c(signum, frame):
+        if _sigterm_received.is_set():   # `timeout` signals the process, then its group: once is enough
+            return
         _sigterm_received.set()
+        threading.Thread(target=_exit_if_still_running, daemon=True).start()
         handler = signal.getsignal(signal.SIGINT)
         if callable(handler):
             handler(signal.SIGINT, frame)
@@ -44,3 +57,20 @@ def answer_sigterm_as_ctrl_c() -> None:
             raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, as_ctrl_c)
+
+
+def _exit_if_still_running() -> None:
+    """A signal to the whole process group (`timeout`, systemd's default) stops a local Ray's own
+    processes as well, and the clean-up then waits on them: Ray gives up after 60 s with exit
+    1 and no word on what was kept. What is finished is on storage whole already (tables and
+    markers are written whole, shards replaced on rerun), so end here instead."""
+    import os
+    import sys
+    import time
+
+    time.sleep(STOP_GRACE_S)
+    sys.stderr.write(f"vadray: stopped (SIGTERM); the clean-up had not ended after {STOP_GRACE_S:.0f} s (a "
+                     "local Ray stopped with the job?). Finished work is kept: run the same command again "
+                     "(train: with --resume).\n")
+    sys.stderr.flush()
+    os._exit(EXIT_TERMINATED)

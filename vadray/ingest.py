@@ -179,7 +179,7 @@ def run_ingest(source: str, output: str, *, camera: str = "default", size: int =
     check_camera(camera)
     storage_options = storage_options or {}
     storage.require_reachable(storage_options, OUTPUT=output)
-    storage.require_folder_to_write(storage_options, OUTPUT=output)
+    storage.require_folder_to_write(storage_options, must_delete=True, OUTPUT=output)
     if not _fits_a_model(size):   # else the whole archive is ingested before train refuses it
         raise UsageError(f"--size {size} fits none of the models: they need S = 11 + 8k, k >= 2 "
                          "(27, 35, 59, 115, 227, ...)")

@@ -7,7 +7,7 @@ import sys
 
 import ray
 
-from vadray.exits import answer_sigterm_as_ctrl_c
+from vadray.exits import keep_answering_sigterm
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
@@ -30,7 +30,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         # reach the state API: without it, that actor logs "Failed to query Ray Train
         # Controller actor state" every second of a training run (Ray 2.60, measured).
         ray.init(num_cpus=num_cpus, log_to_driver=True)
-    answer_sigterm_as_ctrl_c()   # after ray.init, which installs Ray's own handler
+    keep_answering_sigterm()   # the CLI's SIGTERM handler again: ray.init installs Ray's own
 
 
 def require_room(count: int, cpus_each: float, gpus_each: float, asked: str, data_cpus: float = 1.0) -> None:

@@ -230,7 +230,7 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     storage_options = storage_options or {}
     ckpt_options = checkpoint_storage_options if checkpoint_storage_options is not None else storage_options
     storage.require_reachable(storage_options, OUTPUT=output)
-    storage.require_folder_to_write(storage_options, OUTPUT=output)
+    storage.require_folder_to_write(storage_options, must_delete=True, OUTPUT=output)
     storage.require_reachable(ckpt_options, CHECKPOINT=checkpoint)
     try:
         events = EventSettings(events_from, PERSISTENCE_DEFAULT if persistence is None else persistence, window)

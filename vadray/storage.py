@@ -155,10 +155,10 @@ def _require_local_folder(role: str, uri: str, path: str) -> None:
 
 
 def _require_remote_write(role: str, uri: str, storage_options: dict[str, Any] | None,
-                          folder: str | None = None) -> None:
+                          folder: str | None = None, must_delete: bool = False) -> None:
     """Write and delete a small object under `uri` (or `folder`, where `uri` is a file): credentials
     that may read but not write (a read-only role) are found before any work, not as a
-    traceback half-way."""
+    traceback half-way; with `must_delete`, so are those that may write but not delete."""
     import uuid
 
     from vadray.exits import UsageError
@@ -173,19 +173,26 @@ def _require_remote_write(role: str, uri: str, storage_options: dict[str, Any] |
         fs.rm(probe)
     except Exception:  # noqa: BLE001 — checked below
         pass
+    if not must_delete:
+        return
     fs.invalidate_cache(probe)
-    if fs.exists(probe) and folder is None:   # s3fs's bulk delete drops a refused delete's error: ask
-        # (an output folder: reruns delete there; a file is only overwritten)
+    try:
+        stayed = fs.exists(probe)   # s3fs's bulk delete drops a refused delete's error: ask
+    except Exception:  # noqa: BLE001 — may not look (no s3:GetObject): the job's own deletes check
+        return
+    if stayed:
         left = probe.rsplit("/", 1)[-1]
         raise UsageError(f"cannot delete in {role} {uri!r}: the credentials may write but not delete objects "
-                         f"(or an Object Lock keeps them), and vadray replaces results by deleting the old "
-                         f"ones (reruns; training keeps one checkpoint). The check left {left!r} there")
+                         f"(a policy denies s3:DeleteObject), and this job replaces its results by deleting the "
+                         f"old ones (reruns; training keeps one checkpoint). The check left {left!r} there")
 
 
-def require_folder_to_write(storage_options: dict[str, Any] | None = None, **locations: str | None) -> None:
+def require_folder_to_write(storage_options: dict[str, Any] | None = None, must_delete: bool = False,
+                            **locations: str | None) -> None:
     """Exit status 2 before any work when an output cannot be written: a local one that is a
     file, or whose nearest existing folder is a file or not writable; an object store prefix
-    where a test object cannot be written."""
+    where a test object cannot be written, or, for a job that replaces its results there
+    (`must_delete`: ingest, train, score), deleted."""
     from vadray.exits import UsageError
 
     if storage_options is not None and not isinstance(storage_options, dict):
@@ -196,7 +203,7 @@ def require_folder_to_write(storage_options: dict[str, Any] | None = None, **loc
             continue
         _refuse_patterns(role, uri)
         if is_remote(uri):
-            _require_remote_write(role, uri, storage_options)
+            _require_remote_write(role, uri, storage_options, must_delete=must_delete)
             continue
         path = absolute(uri)
         if os.path.exists(path) and not os.path.isdir(path):
@@ -270,7 +277,7 @@ def remove(uri: str, storage_options: dict[str, Any] | None = None) -> None:
 
 def delete(fs, paths: str | list[str], recursive: bool = False) -> None:
     """Delete, and make sure it happened: s3fs's bulk delete drops the per-key errors that S3
-    returns inside a 200 (AccessDenied to a key that may write but not delete, an Object Lock).
+    returns inside a 200 (AccessDenied to a key that may write but not delete).
     A rerun that believed its old rows gone would keep them beside the new ones, or keep a
     stale marker that later skips a changed file. JobFailed names what stayed. On S3 the bulk
     delete is made here, reading its errors; only keys it names are looked at again."""
@@ -285,12 +292,14 @@ def delete(fs, paths: str | list[str], recursive: bool = False) -> None:
             return
         for path in paths:
             fs.invalidate_cache(path)
-        failed = paths
+        failed = tried = paths
     else:
-        try:
-            keys = fs.expand_path(paths, recursive=True) if recursive else paths
-        except FileNotFoundError:
-            return
+        if recursive:   # the files below each path, from a fresh listing
+            for path in paths:
+                fs.invalidate_cache(path)
+            keys = sorted({key for path in paths for key in fs.find(path)})
+        else:
+            keys = paths
         by_bucket: dict[str, list[str]] = {}
         for path in keys:
             bucket, key, _ = fs.split_path(path)
@@ -304,10 +313,12 @@ def delete(fs, paths: str | list[str], recursive: bool = False) -> None:
                 failed += [f"{bucket}/{error['Key']}" for error in reply.get("Errors", [])]
         for path in {*paths, *keys}:   # s3fs's listings of these and their folders
             fs.invalidate_cache(path)
+        tried = keys
     left = [path for path in failed if fs.exists(path)]   # a refused key that was not there is no loss
     if left:
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-        raise JobFailed(f"could not delete {len(left)} of {len(paths)} object(s) (e.g. {protocol}://{left[0]}): "
-                        "the credentials may write but not delete, or an Object Lock or legal hold keeps them. "
+        raise JobFailed(f"could not delete {len(left)} of {len(tried)} object(s) "
+                        f"(e.g. {protocol}://{left[0]}): "
+                        "the credentials may write but not delete (a policy denies s3:DeleteObject there). "
                         "Reruns replace results by deleting the old ones first: run it again with credentials "
                         "that may delete")

@@ -187,7 +187,7 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
     if select not in SELECTIONS:
         raise UsageError(f"--select must be one of {', '.join(SELECTIONS)}, got {select!r}")
     storage.require_reachable(storage_options, SHARDS=shards, CHECKPOINT_DIR=checkpoint_dir)
-    storage.require_folder_to_write(storage_options, CHECKPOINT_DIR=checkpoint_dir)
+    storage.require_folder_to_write(storage_options, must_delete=True, CHECKPOINT_DIR=checkpoint_dir)
     saved = _saved_run(checkpoint_dir, storage_options)
     if resume and not saved:
         raise UsageError(f"--resume: {checkpoint_dir} holds no vadray run to continue ({RUN_FILE} missing)")

@@ -63,7 +63,9 @@ def _exit_if_still_running() -> None:
     """A signal to the whole process group (`timeout`, systemd's default) stops a local Ray's own
     processes as well, and the clean-up then waits on them: Ray gives up after 60 s with exit
     1 and no word on what was kept. What is finished is on storage whole already (tables and
-    markers are written whole, shards replaced on rerun), so end here instead."""
+    markers are written whole, shards replaced on rerun), so end here instead. (Only where the
+    main thread ran the handler: one blocked inside a Ray call when the signal came does not,
+    and Ray ends the process after its 60 s.)"""
     import os
     import sys
     import time

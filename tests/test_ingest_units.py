@@ -771,3 +771,16 @@ def test_file_keys_never_hide_from_arrow():
         key = safe_key(video_id)
         assert not key.startswith((".", "_")) and "/" not in key, (video_id, key)
     assert safe_key(".cam1") != safe_key("cam1")          # the hash keeps them apart
+
+
+def test_frames_per_second_leave_out_the_start_of_a_local_ray():
+    """A short job's frames/s was mostly Ray's start-up (a local Ray takes seconds): the rate is
+    of the job's own time, and the line says how much of the total starting Ray took."""
+    from vadray.ingest import IngestSummary
+    from vadray.score import ScoreSummary
+
+    started = IngestSummary(videos=2, frames=300, seconds=5.0, ray_start_seconds=2.0)
+    assert started.fps == 100.0
+    assert started.line().endswith("5.0 s (2.0 s of it starting Ray), 100.0 frames/s")
+    joined = ScoreSummary(videos=2, frames=300, seconds=3.0)   # Ray was up already: nothing to leave out
+    assert joined.fps == 100.0 and joined.line().endswith(" 3.0 s, 100.0 frames/s")

@@ -63,7 +63,9 @@ def _top_help() -> str:
     lines += [f"  {name:<10} {summary}" for name, (_, summary) in COMMANDS.items()]
     lines += ["", "exit status: 0 all inputs processed, 3 finished but some inputs failed (see errors/),",
               "             2 bad arguments or unreachable input, 1 the job failed (e.g. training diverged),",
-              "             130 interrupted (Ctrl-C), 143 stopped (SIGTERM: ray job stop, timeout, Kubernetes)"]
+              "             130 interrupted (Ctrl-C), 143 stopped by SIGTERM (kill, Kubernetes; a SIGTERM to the",
+              "             whole process group with a local Ray, as timeout sends, may end it with 1); either",
+              "             way finished work is kept and a rerun resumes"]
     return "\n".join(lines)
 
 

@@ -133,9 +133,7 @@ def remove_stats(output: str, storage_options: dict[str, Any]) -> None:
     """No shard is left (a rerun removed them, and their files now fail): statistics of footage
     that is gone must not stand for training to read."""
     fs, path = storage.url_to_fs(storage.join(output, "stats"), storage_options)
-    for name in ("stats.json", "mean_image.npy"):
-        if fs.exists(f"{path}/{name}"):
-            storage.delete(fs, f"{path}/{name}")
+    storage.delete(fs, [f"{path}/{name}" for name in ("stats.json", "mean_image.npy")])
 
 
 def read_stats(output: str, storage_options: dict[str, Any] | None = None) -> NormStats:

@@ -51,8 +51,8 @@ class IngestSummary(JobSummary):
 
     def line(self) -> str:
         return (f"ingest: {self.videos} videos ({self.videos_failed} failed), {self.segments} segments, "
-                f"{self.frames} frames, {self.failures} error rows, {self.notes} notes, {self.seconds:.1f} s, "
-                f"{self.fps:.1f} frames/s")
+                f"{self.frames} frames, {self.failures} error rows, {self.notes} notes, "
+                + self.timing())
 
 
 class DecodeUnits:
@@ -132,11 +132,8 @@ def _clear_previous(output: str, camera: str, refs: list[VideoRef], storage_opti
     fs, root = storage.url_to_fs(output, storage_options)
     keys = {safe_key(r.video_id) for r in refs}
     moved = _keys_of_these_files_elsewhere(output, refs, storage_options)
-    for key in sorted(keys | set(moved)):
-        for folder in ("clips", "stats/parts"):
-            previous = f"{root}/{folder}/video_key={key}"
-            if fs.exists(previous):
-                storage.delete(fs, previous, recursive=True)
+    storage.delete(fs, [f"{root}/{folder}/video_key={key}" for key in keys | set(moved)
+                        for folder in ("clips", "stats/parts")], recursive=True)
     if moved:
         log.warning("the shards of %d earlier id(s) were removed (e.g. %s, now %r): their files are ingested "
                     "under new ids (a same-named sibling came or went, or another SOURCE)", len(moved),
@@ -191,7 +188,7 @@ def run_ingest(source: str, output: str, *, camera: str = "default", size: int =
     if not refs:
         raise UsageError(f"no videos ({' '.join(VIDEO_EXTENSIONS)}) "
                          f"or frame folders found under {source!r}")
-    ensure_ray()
+    ray_start_seconds = ensure_ray()
     log.info("ingesting %d videos from %s into %s", len(refs), source, output)
     phase = on_phase or (lambda name: None)
     phase("listed")
@@ -229,7 +226,7 @@ def run_ingest(source: str, output: str, *, camera: str = "default", size: int =
     run_ids = {r.video_id for r in refs}
     errors = [e for e in read_errors(storage.join(output, "errors"), storage_options, camera).to_pylist()
               if e["video_id"] in run_ids]
-    summary = IngestSummary(videos=len(refs), errors=errors)
+    summary = IngestSummary(videos=len(refs), errors=errors, ray_start_seconds=ray_start_seconds)
     try:
         stats, frames_per_video, segments_per_video = compute_stats(output, storage_options)
     except FileNotFoundError:     # nothing decoded, in this run or before it (or left after it)

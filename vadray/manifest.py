@@ -61,6 +61,26 @@ def manifest_marker(camera: str, video_id: str, identity: str, model_id: str, co
     return f"camera={camera}/{safe_key(video_id)}.{model_id}.{digest}.{'done' if complete else 'partial'}"
 
 
+def marker_parts(name: str) -> tuple[str, str, str] | None:
+    """(key, model_id, digest) of a marker `<key>.<model_id>.<digest>.done|partial` (a path's
+    folders stay in its key); None for any other name."""
+    parts = name.rsplit(".", 3)
+    return (parts[0], parts[1], parts[2]) if len(parts) == 4 else None
+
+
+def _marker_names(fs, folder: str, keys: list[str], remote: bool) -> list[str]:
+    """The names of a camera's markers, from one fresh listing: on an object store only those
+    under the keys' common prefix (a month's day folders share '2024-05-'), so month 12 of a
+    backfill does not list 1-11."""
+    prefix = os.path.commonprefix(keys) if keys else ""
+    fs.invalidate_cache(folder)
+    try:
+        found = fs.find(folder, prefix=prefix) if prefix and remote else fs.find(folder)
+    except FileNotFoundError:
+        return []
+    return [path[len(folder) + 1:] for path in found]
+
+
 def digests_of(identity: str) -> set[str]:
     """The marker digests this content has had under every frames-table version (version 1
     hashed the identity alone): another model's marker with none of them scored other footage."""
@@ -109,54 +129,46 @@ def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: s
     whose content changed (their URI: '' for markers of versions that left them empty)."""
     fs, root = storage.url_to_fs(storage.join(output, "manifest", f"camera={camera}"), storage_options)
     root = root.rstrip("/")
-    # Only the markers that can be this run's: their names start with the keys' common prefix
-    # (a month's day folders share '2024-05-'), so month 12 of a backfill does not list 1-11.
     stems = former_ids(refs)
-    prefix = os.path.commonprefix([safe_key(v) for v in [*(r.video_id for r in refs), *stems]]) if refs else ""
-    try:
-        if prefix and storage.is_remote(output):
-            found_paths = fs.find(root, prefix=prefix)        # s3fs lists under root/prefix only
-        else:
-            found_paths = fs.find(root)
-        present = [p[len(root) + 1:] for p in found_paths]
-    except FileNotFoundError:
+    keys = [safe_key(v) for v in [*(r.video_id for r in refs), *stems]]
+    present = {name: parts for name in _marker_names(fs, root, keys, storage.is_remote(output))
+               if (parts := marker_parts(name))}
+    if not present:
         return Previous()
     # A marker's digest is of the file's identity, its key of the id: this model's markers of
     # this very file under other keys (within the listing: all of a local OUTPUT's markers).
     keys_of_file: dict[str, dict[str, list[str]]] = {}   # digest → key → marker names
-    for name in present:
-        parts = name.rsplit(".", 3)
-        if len(parts) == 4 and parts[1] == model_id:
-            keys_of_file.setdefault(parts[2], {}).setdefault(parts[0], []).append(name)
-    present = [name for name in present if name.startswith(prefix)]
-    by_video: dict[str, list[str]] = {}
+    for name, (key, model, digest) in present.items():
+        if model == model_id:
+            keys_of_file.setdefault(digest, {}).setdefault(key, []).append(name)
+    by_video: dict[tuple[str, str], list[str]] = {}   # (key, model) → marker names
     other_models: dict[str, list[str]] = {}   # key → other models' markers
-    for name in present:                      # <key>.<model_id>.<digest>.done|partial
-        by_video.setdefault(name.rsplit(".", 2)[0], []).append(name)
-        parts = name.rsplit(".", 3)
-        if len(parts) == 4 and parts[1] != model_id:
-            other_models.setdefault(parts[0], []).append(name)
+    for name, (key, model, _) in present.items():
+        by_video.setdefault((key, model), []).append(name)
+        if model != model_id:
+            other_models.setdefault(key, []).append(name)
     found = Previous()
     for ref in refs:
         marker = manifest_marker(camera, ref.video_id, ref.identity(), model_id).split("/", 1)[1]
-        older = by_video.get(marker.rsplit(".", 2)[0], [])
+        key, _, digest = marker_parts(marker)
+        older = by_video.get((key, model_id), [])
         if marker in older:
             found.done_markers[ref.video_id] = f"{root}/{marker}"
             found.stale += [f"{root}/{name}" for name in older if name != marker]
         elif older:
             found.markers[ref.video_id] = [f"{root}/{name}" for name in older]
         own = {safe_key(ref.video_id), ref.stem_id and safe_key(ref.stem_id)}   # a stem: drop_renamed's case
-        others = {k: names for k, names in keys_of_file.get(marker.rsplit(".", 2)[1], {}).items() if k not in own}
+        others = {k: names for k, names in keys_of_file.get(digest, {}).items() if k not in own}
         if others:
             found.other_ids[ref.video_id] = sorted(others)
             found.other_markers.update({k: [f"{root}/{n}" for n in names] for k, names in others.items()})
-        theirs, same = other_models.get(safe_key(ref.video_id), []), digests_of(ref.identity())
-        current = {name.rsplit(".", 3)[1] for name in theirs if name.rsplit(".", 3)[2] in same}
-        gone = [name for name in theirs if name.rsplit(".", 3)[1] not in current]   # their rows are of this content
+        theirs, same = other_models.get(key, []), digests_of(ref.identity())
+        current = {present[name][1] for name in theirs if present[name][2] in same}
+        gone = [name for name in theirs if present[name][1] not in current]   # their rows are of this content
         if gone:
             found.other_models_gone[ref.video_id] = [f"{root}/{name}" for name in gone]
     for stem in stems:
-        older = by_video.get(f"{safe_key(stem)}.{model_id}", [])
+        older = by_video.get((safe_key(stem), model_id), [])
         if older:
             found.renamed[stem] = [f"{root}/{name}" for name in older]
     if not found.markers and not found.other_models_gone:
@@ -211,17 +223,7 @@ def drop_previous(output: str, camera: str, refs: list[VideoRef], model_id: str,
         paths += previous.markers.get(ref.video_id, [])
         if ref.video_id in previous.done_markers:   # --force: a rescore that fails must not stay "done"
             paths.append(previous.done_markers[ref.video_id])
-    _remove(fs, paths, storage.is_remote(output))
-
-
-def _remove(fs, paths: list[str], remote: bool) -> None:
-    """One bulk delete of the paths that exist (an object store ignores keys that are not there;
-    a local disk, or a store that refuses them, is asked first)."""
-    paths = sorted(set(paths)) if remote else sorted(p for p in set(paths) if fs.exists(p))
-    try:
-        storage.delete(fs, paths)
-    except FileNotFoundError:
-        storage.delete(fs, [p for p in paths if fs.exists(p)])
+    storage.delete(fs, paths)
 
 
 def drop_renamed(output: str, camera: str, refs: list[VideoRef], model_id: str, previous: Previous,
@@ -255,19 +257,21 @@ def drop_other_models_gone(output: str, camera: str, refs: list[VideoRef], previ
     since they scored it, and those rows would stand beside this run's as scores of footage
     that is gone. The model ids and the number of files are returned for the log (those
     models can rescore them)."""
-    if not previous.other_models_gone:
+    affected = [ref for ref in refs if ref.video_id in previous.other_models_gone]
+    if not affected:
         return [], 0
     fs, root = storage.url_to_fs(output, storage_options)
+    # Another model may have rescored such a file since the listing (a run of its own beside
+    # this one): its rows are then of this content. Listed again just before deleting.
+    folder = previous.other_models_gone[affected[0].video_id][0].rsplit("/", 1)[0]
+    now = {parts for name in _marker_names(fs, folder, [safe_key(r.video_id) for r in affected],
+                                           storage.is_remote(output)) if (parts := marker_parts(name))}
     paths, models, files = [], set(), set()
-    for ref in refs:
-        markers = previous.other_models_gone.get(ref.video_id, [])
-        same = digests_of(ref.identity())
-        for marker in markers:
-            model = marker.rsplit(".", 3)[1]
-            # That model may have rescored the file since the listing (a run of its own beside
-            # this one): its rows are then of this content. Looked at again just before deleting.
-            now = fs.glob(f"{marker.rsplit('/', 1)[0]}/{safe_key(ref.video_id)}.{model}.*")
-            if any(name.rsplit(".", 3)[2] in same for name in now):
+    for ref in affected:
+        key, same = safe_key(ref.video_id), digests_of(ref.identity())
+        for marker in previous.other_models_gone[ref.video_id]:
+            model = marker_parts(marker)[1]
+            if any((key, model, digest) in now for digest in same):
                 continue
             models.add(model)
             files.add(ref.video_id)
@@ -275,7 +279,7 @@ def drop_other_models_gone(output: str, camera: str, refs: list[VideoRef], previ
                 name = scores_file(camera, date, safe_key(ref.video_id), model)
                 paths += [f"{root}/frames/{name}", f"{root}/events/{name}"]
             paths.append(marker)
-    _remove(fs, paths, storage.is_remote(output))
+    storage.delete(fs, paths)
     return sorted(models), len(files)
 
 
@@ -296,7 +300,7 @@ def drop_other_ids(output: str, camera: str, model_id: str, previous: Previous,
         for table in ("frames", "events"):
             paths += fs.glob(f"{root}/{table}/camera={camera}/date=*/{key}.{model_id}.parquet")
         paths += previous.other_markers.get(key, [])
-    _remove(fs, paths, storage.is_remote(output))   # (drop_previous may have taken some already)
+    storage.delete(fs, paths)   # (drop_previous may have taken some already)
     clear_errors(storage.join(output, "errors"), camera, [], storage_options, keys=keys)
     return keys
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 
 import ray
 
 from vadray.exits import keep_answering_sigterm
 
 
-def ensure_ray(num_cpus: int | None = None) -> None:
-    """Connect once. RAY_ADDRESS (set inside `ray job submit`) joins that cluster."""
+def ensure_ray(num_cpus: int | None = None) -> float:
+    """Connect once. RAY_ADDRESS (set inside `ray job submit`) joins that cluster. Returns the
+    seconds it took (0 when connected already): a job's frames/s leaves out a local Ray's start."""
     if ray.is_initialized():
-        return
+        return 0.0
+    started = time.perf_counter()
     # Progress in a terminal: Ray Data 2.60's default there renders through tqdm_ray and showed
     # nothing (measured, with and without tqdm); its rich display does. Logs and files (not a
     # terminal) keep Ray Data's periodic progress lines: nothing changes for them.
@@ -31,6 +34,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         # Controller actor state" every second of a training run (Ray 2.60, measured).
         ray.init(num_cpus=num_cpus, log_to_driver=True)
     keep_answering_sigterm()   # the CLI's SIGTERM handler again: ray.init installs Ray's own
+    return time.perf_counter() - started
 
 
 def require_room(count: int, cpus_each: float, gpus_each: float, asked: str, data_cpus: float = 1.0) -> None:

@@ -49,7 +49,7 @@ class ScoreSummary(JobSummary):
     def line(self) -> str:
         return (f"score: {self.videos} videos ({self.skipped} already done, {self.videos_failed} failed), "
                 f"{self.frames} frames, {self.events} events, {self.failures} error rows, {self.notes} notes, "
-                f"{self.seconds:.1f} s, {self.fps:.1f} frames/s")
+                + self.timing())
 
 
 def scoring_run_id(model_id: str, hop: int, grid: int, events: EventSettings, gain_correction: bool = False) -> str:
@@ -265,13 +265,14 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
                     "their rows: only the %d new or changed videos get this run's settings, so the tables mix "
                     "the two (--force rescores every video with this run's)", ", ".join(sorted(other)), run_id,
                     len(todo))
+    ray_start_seconds = 0.0
     if todo:   # refused before anything is deleted
-        ensure_ray()
+        ray_start_seconds = ensure_ray()
         require_room(actors, 0 if gpus_per_actor else 1, gpus_per_actor,
                      f"--actors {actors}" + (f" with --gpus-per-actor {gpus_per_actor:g}" if gpus_per_actor else
                                              " (each model actor on CPU holds 1 CPU)"))
     _drop_superseded(output, camera, refs, todo, model_id, previous, storage_options)
-    summary = ScoreSummary(videos=len(refs), skipped=len(done))
+    summary = ScoreSummary(videos=len(refs), skipped=len(done), ray_start_seconds=ray_start_seconds)
     results: list[dict[str, Any]] = []
     log.info("scoring %d videos (%d already done) with %s", len(todo), len(done), model_id)
     if todo:

@@ -161,7 +161,7 @@ def _require_remote_write(role: str, uri: str, storage_options: dict[str, Any] |
     traceback half-way; with `must_delete`, so are those that may write but not delete."""
     import uuid
 
-    from vadray.exits import UsageError
+    from vadray.exits import JobFailed, UsageError
 
     fs, path = url_to_fs(folder or uri, storage_options)
     probe = f"{path.rstrip('/')}/.vadray-write-check-{uuid.uuid4().hex[:12]}"
@@ -170,21 +170,16 @@ def _require_remote_write(role: str, uri: str, storage_options: dict[str, Any] |
     except Exception as exc:  # noqa: BLE001 — botocore, aiohttp, OS errors alike; no secret is in them
         raise UsageError(f"cannot write to {role} {uri!r}: {type(exc).__name__}: {exc}") from None
     try:
-        fs.rm(probe)
-    except Exception:  # noqa: BLE001 — checked below
-        pass
-    if not must_delete:
-        return
-    fs.invalidate_cache(probe)
-    try:
-        stayed = fs.exists(probe)   # s3fs's bulk delete drops a refused delete's error: ask
-    except Exception:  # noqa: BLE001 — may not look (no s3:GetObject): the job's own deletes check
-        return
-    if stayed:
-        left = probe.rsplit("/", 1)[-1]
-        raise UsageError(f"cannot delete in {role} {uri!r}: the credentials may write but not delete objects "
-                         f"(a policy denies s3:DeleteObject), and this job replaces its results by deleting the "
-                         f"old ones (reruns; training keeps one checkpoint). The check left {left!r} there")
+        delete(fs, probe)
+    except JobFailed:   # the probe stayed
+        if must_delete:
+            left = probe.rsplit("/", 1)[-1]
+            raise UsageError(f"cannot delete in {role} {uri!r}: the credentials may write but not delete "
+                             "objects (a policy denies s3:DeleteObject), and this job replaces its results by "
+                             "deleting the old ones (reruns; training keeps one checkpoint). "
+                             f"The check left {left!r} there") from None
+    except Exception:  # noqa: BLE001 — refused outright, or may not look again (no s3:GetObject): the
+        pass               # job's own deletes check theirs
 
 
 def require_folder_to_write(storage_options: dict[str, Any] | None = None, must_delete: bool = False,
@@ -271,24 +266,30 @@ def pyarrow_fs(uri: str, storage_options: dict[str, Any] | None = None) -> tuple
 def remove(uri: str, storage_options: dict[str, Any] | None = None) -> None:
     """Remove a file or folder if it exists (idempotent reruns replace, never append)."""
     fs, path = url_to_fs(uri, storage_options)
-    if fs.exists(path):
-        delete(fs, path, recursive=True)
+    delete(fs, path, recursive=True)
 
 
 def delete(fs, paths: str | list[str], recursive: bool = False) -> None:
-    """Delete, and make sure it happened: s3fs's bulk delete drops the per-key errors that S3
-    returns inside a 200 (AccessDenied to a key that may write but not delete).
+    """Delete those of `paths` that exist, and make sure it happened: s3fs's bulk delete drops
+    the per-key errors that S3 returns inside a 200 (AccessDenied to a key that may write but
+    not delete).
     A rerun that believed its old rows gone would keep them beside the new ones, or keep a
     stale marker that later skips a changed file. JobFailed names what stayed. On S3 the bulk
     delete is made here, reading its errors; only keys it names are looked at again."""
     from vadray.exits import JobFailed
 
     paths = [paths] if isinstance(paths, str) else sorted(set(paths))
+    local = isinstance(fs, fsspec.implementations.local.LocalFileSystem)
+    if local:   # a path that is not there is no failure: a local rm would raise on it
+        paths = [path for path in paths if fs.exists(path)]
     if not paths:
         return
     if not hasattr(fs, "call_s3"):   # a local disk raises on failure; another store is asked after
-        fs.rm(paths, recursive=recursive)
-        if isinstance(fs, fsspec.implementations.local.LocalFileSystem):
+        try:
+            fs.rm(paths, recursive=recursive)
+        except FileNotFoundError:   # another store's rm of a path that is not there (or went meanwhile)
+            fs.rm([path for path in paths if fs.exists(path)], recursive=recursive)
+        if local:
             return
         for path in paths:
             fs.invalidate_cache(path)

@@ -194,6 +194,33 @@ def test_video_rows_complete_when_every_segments_rows_are_in():
     assert videos.leftovers() == []
     videos.add(row("c", 0, 0, 1, segments=3))  # segments 1 and 2 never arrive
     assert [[r["video_id"] for r in rows] for rows in videos.leftovers()] == [["c"]]
+    assert videos.in_progress() == []
+
+
+def test_progress_names_the_segments_scored_of_the_videos_under_way(caplog):
+    """An hour-long video is one video for minutes: between 'N of M videos written' lines
+    nothing moved but Ray Data's bars (long-footage review). A segment counts when all its rows are in."""
+    import logging
+
+    from vadray.score import _VideoProgress
+    from vadray.score_stages import VideoRows
+
+    def row(video, segment, part, parts, segments):
+        return {"video_id": video, "segment": segment, "segments": segments, "part": part, "parts": parts}
+
+    videos = VideoRows()
+    for r in [row("long", 0, 0, 1, 120), row("long", 1, 0, 2, 120), row("long", 1, 1, 2, 120),
+              row("long", 2, 0, 2, 120), row("next", 0, 0, 1, 4)]:
+        assert videos.add(r) is None
+    assert videos.in_progress() == [("long", 2, 120), ("next", 1, 4)]   # segment 2 of "long" lacks a row
+    progress = _VideoProgress(total=2, videos=videos)
+    progress.last -= progress.PROGRESS_SECONDS
+    with caplog.at_level(logging.INFO, logger="vadray.score"):
+        progress.tick()
+        progress.tick()   # no second line within PROGRESS_SECONDS
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and lines[0].startswith("0 of 2 videos written (")
+    assert lines[0].endswith("; scoring long 2 of 120 segments, next 1 of 4 segments"), lines
 
 
 def test_motion_error_is_the_residuals_change_between_frames():

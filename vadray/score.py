@@ -99,23 +99,39 @@ class _WriteOrRecord:
 
 
 class _VideoProgress:
-    """'N of M videos written' every PROGRESS_SECONDS: Ray Data's own progress counts volume
-    rows, whose total it keeps re-estimating, not the videos a backfill is made of."""
+    """'N of M videos written' every PROGRESS_SECONDS, with the segments scored of the videos
+    under way: Ray Data's own progress counts volume rows, whose total it keeps re-estimating,
+    not the videos a backfill is made of, and an hour-long video is one video for minutes."""
 
     PROGRESS_SECONDS = 10.0
+    SHOWN = 3   # videos under way named in a line
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, videos: VideoRows):
         self.total, self.done, self.started = total, 0, time.monotonic()
-        self.last = self.started
+        self.last, self.videos = self.started, videos
         self.lock = threading.Lock()
 
     def one_done(self, _future) -> None:
         with self.lock:
             self.done += 1
-            now = time.monotonic()
-            if now - self.last >= self.PROGRESS_SECONDS or self.done == self.total:
-                self.last = now
-                log.info("%d of %d videos written (%.0f s)", self.done, self.total, now - self.started)
+            if self.done == self.total:
+                self._line(time.monotonic(), under_way=False)
+            else:
+                self.tick()
+
+    def tick(self) -> None:
+        """A line when PROGRESS_SECONDS have passed since the last (called as rows arrive)."""
+        now = time.monotonic()
+        if now - self.last >= self.PROGRESS_SECONDS:
+            self._line(now)
+
+    def _line(self, now: float, under_way: bool = True) -> None:
+        self.last = now
+        busy = self.videos.in_progress() if under_way else []
+        shown = ", ".join(f"{vid} {done} of {segments} segments" for vid, done, segments in busy[:self.SHOWN])
+        more = f" and {len(busy) - self.SHOWN} more" if len(busy) > self.SHOWN else ""
+        log.info("%d of %d videos written (%.0f s)%s", self.done, self.total, now - self.started,
+                 f"; scoring {shown}{more}" if busy else "")
 
 
 def _usable_card(checkpoint: str, storage_options: dict[str, Any], hop: int, grid: int) -> dict:
@@ -145,7 +161,8 @@ def _usable_card(checkpoint: str, storage_options: dict[str, Any], hop: int, gri
 def _write_videos_as_they_complete(scored, assemble: _WriteOrRecord, total: int) -> list[dict[str, Any]]:
     """Stream the model actors' rows; as soon as all rows of a video are in (`VideoRows`),
     hand them to a writer thread (table writes overlap the stream). One result per video."""
-    videos, progress, pending = VideoRows(), _VideoProgress(total), []
+    videos = VideoRows()
+    progress, pending = _VideoProgress(total, videos), []
     with ThreadPoolExecutor(max_workers=4) as writers:
 
         def write(rows: list[dict[str, Any]]) -> None:
@@ -154,9 +171,12 @@ def _write_videos_as_they_complete(scored, assemble: _WriteOrRecord, total: int)
 
         for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
             for row in batch.to_pylist():
-                complete = videos.add(row)
+                with progress.lock:   # (in_progress reads what add changes)
+                    complete = videos.add(row)
                 if complete is not None:
                     write(complete)
+            with progress.lock:
+                progress.tick()
         for rows in videos.leftovers():
             write(rows)
         return [f.result() for f in pending]

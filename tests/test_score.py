@@ -193,7 +193,8 @@ def test_other_models_rows_of_a_files_former_content_go_when_it_is_rescored(tmp_
     elsewhere = VideoRef(now.video_id, "/other/2024-05-03/0900.mp4", size=30, mtime="3")
     old_version = sorted(digests_of(now.identity()) - {manifest_marker("c", "v", now.identity(), "m").split(".")[-2]})
     scored = {"m1": [(before, None)], "m2": [(before, None)], "m3": [(now, old_version[0])],
-              "m4": [(elsewhere, None)], "m5": [(before, None), (now, None)], "m6": [(before, None)]}
+              "m4": [(elsewhere, None)], "m5": [(before, None), (now, None)], "m6": [(before, None)],
+              "m7": [(before, None)]}
 
     def mark(model, ref, digest=None):
         marker = manifest_marker("cam", ref.video_id, ref.identity(), model)
@@ -210,12 +211,15 @@ def test_other_models_rows_of_a_files_former_content_go_when_it_is_rescored(tmp_
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(b"rows")
     previous = previous_scoring(str(tmp_path), "cam", [now], "m1", {})
-    assert sorted(p.split(".")[-3] for p in previous.other_models_gone[now.video_id]) == ["m2", "m6"]
+    assert sorted(p.split(".")[-3] for p in previous.other_models_gone[now.video_id]) == ["m2", "m6", "m7"]
     mark("m6", now)   # m6 rescores the file in a run beside this one (fixes review: its new rows went)
+    # m7's run beside this one has begun: its drop_previous took its old marker, and the rows it
+    # writes next (at the same path) come before its new marker; they stay
+    (tmp_path / "manifest" / manifest_marker("cam", before.video_id, before.identity(), "m7")).unlink()
     assert drop_other_models_gone(str(tmp_path), "cam", [now], previous, {}) == (["m2"], 1)
     rows = {p.name.split(".")[-2] for p in tmp_path.rglob("*.parquet")}
-    assert rows == {"m1", "m3", "m4", "m5", "m6"}   # m1's own rows are drop_previous's; m2's are gone
-    assert len(list(tmp_path.rglob("*.parquet"))) == 10
+    assert rows == {"m1", "m3", "m4", "m5", "m6", "m7"}   # m1's own rows are drop_previous's; m2's are gone
+    assert len(list(tmp_path.rglob("*.parquet"))) == 12
     assert sorted(p.name.split(".")[-3] for p in tmp_path.rglob("*.done")) == ["m1", "m3", "m4", "m5", "m5", "m6", "m6"]
 
 

@@ -261,17 +261,18 @@ def drop_other_models_gone(output: str, camera: str, refs: list[VideoRef], previ
     if not affected:
         return [], 0
     fs, root = storage.url_to_fs(output, storage_options)
-    # Another model may have rescored such a file since the listing (a run of its own beside
-    # this one): its rows are then of this content. Listed again just before deleting.
+    # Another model may be rescoring such a file in a run of its own beside this one: listed
+    # again just before deleting. Where its old marker went (its run's `drop_previous` takes it
+    # before any new row is written) or a marker of this content came, the rows are its new ones.
     folder = previous.other_models_gone[affected[0].video_id][0].rsplit("/", 1)[0]
-    now = {parts for name in _marker_names(fs, folder, [safe_key(r.video_id) for r in affected],
-                                           storage.is_remote(output)) if (parts := marker_parts(name))}
+    names = set(_marker_names(fs, folder, [safe_key(r.video_id) for r in affected], storage.is_remote(output)))
+    now = {parts for name in names if (parts := marker_parts(name))}
     paths, models, files = [], set(), set()
     for ref in affected:
         key, same = safe_key(ref.video_id), digests_of(ref.identity())
         for marker in previous.other_models_gone[ref.video_id]:
             model = marker_parts(marker)[1]
-            if any((key, model, digest) in now for digest in same):
+            if marker.rsplit("/", 1)[1] not in names or any((key, model, digest) in now for digest in same):
                 continue
             models.add(model)
             files.add(ref.video_id)

@@ -16,7 +16,7 @@ import pyarrow as pa
 from av.video.reformatter import Interpolation, VideoReformatter
 
 from vadray import storage
-from vadray.probe import Pieces, Timeline, open_input, video_stream
+from vadray.probe import Pieces, Timeline, ffmpeg_reason, open_input, video_stream
 
 
 @dataclass
@@ -119,7 +119,7 @@ def _decode_frames(container, stream, first_pts: int | None, failures: list[str]
         try:
             yield from packet.decode()
         except av.error.FFmpegError as exc:
-            failures.append(f"a corrupt packet at pts {packet.pts}: {exc}")
+            failures.append(f"a corrupt packet at pts {packet.pts}: {ffmpeg_reason(exc)}")
             skipping = True
 
 
@@ -226,7 +226,7 @@ def _decode_pass(uri: str, want: np.ndarray, out: "_FrameBuffer", size: int,
                 if pos < len(want) and want[pos] == ts:
                     out.put(pos, scaler(frame))
     except av.error.FFmpegError as exc:
-        error = f"decoding stopped: {exc}"
+        error = f"decoding stopped: {ffmpeg_reason(exc)}"
     if failures:
         more = f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""
         error = "; ".join(filter(None, [f"decoding skipped to the next keyframe after {failures[0]}{more}", error]))

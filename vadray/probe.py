@@ -95,6 +95,12 @@ def video_stream(container) -> Any:
     return videos[0]
 
 
+def ffmpeg_reason(exc: av.error.FFmpegError) -> str:
+    """FFmpeg's reason without its errno and file name: a file object's name is '<none>', and
+    the errors row names the input anyway."""
+    return exc.strerror or str(exc)
+
+
 def _open_container(handle):
     head = handle.read(512)
     handle.seek(0)
@@ -106,7 +112,7 @@ def _open_container(handle):
         if _looks_like_text(head):
             raise InputError("not_video", "the file is text, not a video container") from None
         raise InputError("corrupt", f"not a readable video container (corrupt, truncated or not a "
-                                    f"video): {exc}") from None
+                                    f"video): {ffmpeg_reason(exc)}") from None
 
 
 @dataclass
@@ -141,7 +147,7 @@ def _demux(container, stream) -> _Demuxed:
             found.pieces.append(counter.add(packet))
             found.last_duration = int(packet.duration or 0)
     except av.error.FFmpegError as exc:
-        found.ended = f"the stream ended early after {len(found.ticks)} frames: {exc}"
+        found.ended = f"the stream ended early after {len(found.ticks)} frames: {ffmpeg_reason(exc)}"
     return found
 
 

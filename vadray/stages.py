@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from vadray import storage
 from vadray.decode import NOT_DECODED, DecodedFrames, decode_frame_files, decode_segment
-from vadray.probe import InputError, Timeline, frame_folder_timeline, probe
+from vadray.probe import InputError, Timeline, ffmpeg_reason, frame_folder_timeline, probe
 from vadray.errors import error_row, safe_key, write_errors
 from vadray.listing import VideoRef, name_shape
 from vadray.segments import pack_units, plan_segments
@@ -162,7 +162,8 @@ def decode_planned(seg: dict[str, Any], size: int, errors_uri: str,
             decoded = decode_segment(seg["uri"], timeline, 0, last - first, size, storage_options)
     except Exception as exc:
         _log_if_unexpected(exc, f"decoding frames {first}-{last - 1} of {seg['uri']}")
-        _segment_error(seg, errors_uri, type(exc).__name__, f"frames {first}-{last - 1}: {exc}",
+        reason = ffmpeg_reason(exc) if isinstance(exc, av.error.FFmpegError) else exc
+        _segment_error(seg, errors_uri, type(exc).__name__, f"frames {first}-{last - 1}: {reason}",
                        storage_options)
         return DecodedFrames(np.zeros(0, np.int64), np.zeros(0), np.zeros((0, size, size), np.uint8))
     if decoded.error:

@@ -775,31 +775,35 @@ def test_gain_correction_keeps_a_brighter_twin_of_a_video_normal(ray_session, tr
     assert abs(corrected["brighter"] / corrected["plain"] - 1) < 0.1
 
 
-def test_a_months_rerun_lists_only_that_months_markers(s3_bucket, monkeypatch):
-    """One job per month (docs/CLUSTER.md): month 12 must not list the markers of months 1-11.
-    The manifest is asked for the keys' common prefix, which the store filters server-side."""
+def test_on_s3_a_file_scored_before_under_another_id_is_found(s3_bucket):
+    """A day folder scored as SOURCE (ids `0900`…), then its camera's folder (`2024-05-01/0900`…):
+    on S3 only the markers under the new keys' common prefix were listed, so the old ids' rows
+    stayed beside the new ones, the footage twice with no warning (many-files review)."""
+    from vadray.errors import safe_key
     import s3fs
 
     from vadray.listing import VideoRef
-    from vadray.manifest import mark_scored, previous_scoring
+    from vadray.manifest import drop_other_ids, mark_scored, previous_scoring, scores_file
 
     bucket, options = s3_bucket
     out = f"s3://{bucket}/scores"
-    refs = {month: [VideoRef(f"cam/2024-{month}-0{d}/0900", f"s3://{bucket}/a/{month}{d}.mp4", 10)
-                    for d in (1, 2)] for month in ("04", "05")}
-    for ref in refs["04"] + refs["05"][:1]:
+    uris = [f"s3://{bucket}/a/cam/2024-05-01/{hhmm}.mp4" for hhmm in ("0900", "0910")]
+    day = [VideoRef(uri.rsplit("/", 1)[1][:-4], uri, 10, etag="e") for uri in uris]
+    for ref in day:
         mark_scored(out, "lobby", ref.video_id, ref.identity(), "m1", ref.uri, True, options)
+    month = [VideoRef(f"2024-05-01/{ref.video_id}", ref.uri, 10, etag="e") for ref in day]
+    previous = previous_scoring(out, "lobby", month, "m1", options)
+    assert previous.done == set()
+    assert previous.other_ids == {new.video_id: [safe_key(old.video_id)] for new, old in zip(month, day)}
+    # their rows go, found by name in one listing of each table; another model's and another key's stay
     fs = s3fs.S3FileSystem(**options)
+    kept = [f"{bucket}/scores/frames/{scores_file('lobby', 'unknown', safe_key('0900'), 'm2')}",
+            f"{bucket}/scores/events/{scores_file('lobby', 'unknown', safe_key('0920'), 'm1')}"]
+    gone = [f"{bucket}/scores/{table}/{scores_file('lobby', 'unknown', safe_key(ref.video_id), 'm1')}"
+            for ref in day for table in ("frames", "events")]
+    for path in kept + gone:
+        fs.pipe_file(path, b"rows")
+    assert drop_other_ids(out, "lobby", "m1", previous, options) == sorted(safe_key(r.video_id) for r in day)
     fs.invalidate_cache()
-    listed = []
-    real_find = s3fs.S3FileSystem.find
-
-    def find(self, path, *args, **kwargs):
-        names = real_find(self, path, *args, **kwargs)
-        listed.extend(names)
-        return names
-
-    monkeypatch.setattr(s3fs.S3FileSystem, "find", find)
-    previous = previous_scoring(out, "lobby", refs["05"], "m1", options)
-    assert previous.done == {refs["05"][0].video_id}
-    assert listed and all("2024-05-" in name for name in listed)   # April's two markers not listed
+    assert sorted(fs.find(f"{bucket}/scores/frames") + fs.find(f"{bucket}/scores/events")) == sorted(kept)
+    assert fs.find(f"{bucket}/scores/manifest") == []

@@ -172,6 +172,7 @@ def run_ingest(source: str, output: str, *, camera: str = "default", size: int =
 
     from vadray.raylib import ensure_ray
 
+    started = time.perf_counter()   # the summary's seconds: the whole job, its checks too
     source, output = storage.text(source), storage.text(output)
     check_camera(camera)
     storage_options = storage_options or {}
@@ -183,7 +184,6 @@ def run_ingest(source: str, output: str, *, camera: str = "default", size: int =
     if segment_seconds <= 0 or not frame_fps > 0:
         raise UsageError("--segment-seconds and --frame-fps must be positive")
     _check_same_footage(output, size, camera, storage_options)
-    started = time.perf_counter()
     refs = list_videos(source, storage_options)
     if not refs:
         raise UsageError(f"no videos ({' '.join(VIDEO_EXTENSIONS)}) "

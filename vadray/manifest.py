@@ -68,10 +68,9 @@ def marker_parts(name: str) -> tuple[str, str, str] | None:
     return (parts[0], parts[1], parts[2]) if len(parts) == 4 else None
 
 
-def _marker_names(fs, folder: str, keys: list[str], remote: bool) -> list[str]:
-    """The names of a camera's markers, from one fresh listing: on an object store only those
-    under the keys' common prefix (a month's day folders share '2024-05-'), so month 12 of a
-    backfill does not list 1-11."""
+def _marker_names(fs, folder: str, keys: list[str] | None = None, remote: bool = False) -> list[str]:
+    """The names of a camera's markers, from one fresh listing; with `keys`, on an object store
+    only those under the keys' common prefix (a month's day folders share '2024-05-')."""
     prefix = os.path.commonprefix(keys) if keys else ""
     fs.invalidate_cache(folder)
     try:
@@ -126,17 +125,17 @@ class Previous:
 def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: str,
                      storage_options: dict[str, Any]) -> Previous:
     """One listing of the camera's markers, and one concurrent read of the markers of videos
-    whose content changed (their URI: '' for markers of versions that left them empty)."""
+    whose content changed (their URI: '' for markers of versions that left them empty).
+    All of them, on an object store too (one request per 1,000): a marker of this very file
+    under an old id can have any name (`0900` before `2024-05-01/0900`)."""
     fs, root = storage.url_to_fs(storage.join(output, "manifest", f"camera={camera}"), storage_options)
     root = root.rstrip("/")
     stems = former_ids(refs)
-    keys = [safe_key(v) for v in [*(r.video_id for r in refs), *stems]]
-    present = {name: parts for name in _marker_names(fs, root, keys, storage.is_remote(output))
-               if (parts := marker_parts(name))}
+    present = {name: parts for name in _marker_names(fs, root) if (parts := marker_parts(name))}
     if not present:
         return Previous()
     # A marker's digest is of the file's identity, its key of the id: this model's markers of
-    # this very file under other keys (within the listing: all of a local OUTPUT's markers).
+    # this very file under other keys.
     keys_of_file: dict[str, dict[str, list[str]]] = {}   # digest → key → marker names
     for name, (key, model, digest) in present.items():
         if model == model_id:
@@ -290,17 +289,18 @@ def drop_other_ids(output: str, camera: str, model_id: str, previous: Previous,
     run before (their ids changed: scored from another SOURCE, or a same-named sibling went;
     one that came is `drop_renamed`'s case): the same footage would otherwise stand
     twice. The keys are returned for the log.
-    Their ids are unknown, so their rows are found by name in every date= folder (a listing,
-    made only when such a file turns up)."""
+    Their ids are unknown, so their rows are found by name in every date= folder (one listing
+    per table, made only when such a file turns up: a glob per key lists the whole table on S3)."""
     keys = sorted({key for found in previous.other_ids.values() for key in found})
     if not keys:
         return []
     fs, root = storage.url_to_fs(output, storage_options)
-    paths = []
-    for key in keys:
-        for table in ("frames", "events"):
-            paths += fs.glob(f"{root}/{table}/camera={camera}/date=*/{key}.{model_id}.parquet")
-        paths += previous.other_markers.get(key, [])
+    files = {f"{key}.{model_id}.parquet" for key in keys}
+    paths = [marker for key in keys for marker in previous.other_markers.get(key, [])]
+    for table in ("frames", "events"):
+        fs.invalidate_cache(f"{root}/{table}/camera={camera}")   # a long-lived process: not an old listing
+        paths += [path for path in fs.glob(f"{root}/{table}/camera={camera}/date=*/*.{model_id}.parquet")
+                  if path.rsplit("/", 1)[1] in files]
     storage.delete(fs, paths)   # (drop_previous may have taken some already)
     clear_errors(storage.join(output, "errors"), camera, [], storage_options, keys=keys)
     return keys

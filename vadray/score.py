@@ -245,6 +245,7 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     from vadray.raylib import ensure_ray, require_room
     from vadray.stages import ProbeAndPlan
 
+    started = time.perf_counter()   # the summary's seconds: the whole job, checks and model load too
     source, output, checkpoint = storage.text(source), storage.text(output), storage.text(checkpoint)
     check_camera(camera)
     storage_options = storage_options or {}
@@ -269,7 +270,6 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
                     "throughout; pass the camera it was trained on, or train one for %r",
                     model_id, ", ".join(map(repr, trained_on)), camera, camera)
     run_id = scoring_run_id(model_id, hop, grid, events, gain_correction)
-    started = time.perf_counter()
     refs = list_videos(source, storage_options)
     if not refs:
         raise UsageError(f"no videos or frame folders found under {source!r}")

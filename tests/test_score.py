@@ -26,10 +26,24 @@ def read_table(output: str, name: str, storage_options=None):
 
 
 def test_every_frame_scored_once_rerun_skips_and_force_is_identical(ray_session, trained_checkpoint,
-                                                                     synth_test_archive, tmp_path, caplog):
+                                                                     synth_test_archive, tmp_path, caplog,
+                                                                     monkeypatch):
+    import re
+
+    import vadray.score
+
     out = str(tmp_path / "out")
+    pipelines, real_scored_rows = [], vadray.score._scored_rows
+    monkeypatch.setattr(vadray.score, "_scored_rows", lambda *a, **k: pipelines.append(real_scored_rows(*a, **k))
+                        or pipelines[-1])
     first = run_score(str(synth_test_archive), out, str(trained_checkpoint), camera="lobby", segment_seconds=1.3)
     assert (first.videos, first.skipped, first.failures, first.frames) == (3, 0, 0, 90)
+    # Each segment is decoded by a task of its own, apart from the probe and the model actors: a
+    # flat_map was fused into the probe task, so one task decoded all of a video's segments
+    operators = [line for line in pipelines[0].stats().splitlines() if line.startswith("Operator")]
+    decode = [line for line in operators if "VolumeRows" in line]
+    assert len(decode) == 1 and "->" not in decode[0], operators
+    assert int(re.search(r"(\d+) tasks executed", decode[0]).group(1)) > first.videos, decode
     frames = read_table(out, "frames")
     assert len(frames) == 90 and set(frames.camera) == {"lobby"} and set(frames.date) == {"unknown"}
     for vid, rows in frames.groupby("video_id"):

@@ -225,7 +225,12 @@ def _scored_rows(todo: list, plan, volume_rows, model: tuple[type, tuple], actor
     return (ray.data.from_items([r.to_dict() for r in todo], override_num_blocks=min(len(todo), 512))
             .map_batches(plan.segment_rows, batch_size=1, batch_format="pyarrow")
             .repartition(target_num_rows_per_block=1)
-            .flat_map(volume_rows)
+            # A decode task per segment, apart from the model actors: Ray Data fuses a task stage into
+            # the actor stage after it when their remote arguments are the same (the actors would
+            # then decode their segments too), and a flat_map into the task before it (one task
+            # decoded a whole video). max_calls=0 is a task's default (no limit); said here, it
+            # makes the arguments differ.
+            .map_batches(volume_rows.table, batch_size=1, batch_format="pyarrow", max_calls=0)
             .map_batches(actor_class, fn_constructor_args=actor_args, batch_size=1, batch_format="pyarrow",
                          compute=ActorPoolStrategy(size=actors), num_gpus=gpus_per_actor,
                          num_cpus=0 if gpus_per_actor else 1))

@@ -25,6 +25,15 @@ from vadray.volumes import frame_offsets, gather, volume_starts
 
 ROW_VOLUMES = 64  # volumes per row sent to a model actor: bounds a row's memory
 
+# A row of `VolumeRows`: ≤ ROW_VOLUMES volume starts of one segment and the frames they need.
+VOLUME_ROWS_SCHEMA = pa.schema([
+    ("video_id", pa.string()), ("video_key", pa.string()), ("camera", pa.string()), ("uri", pa.string()),
+    ("identity", pa.string()), ("num_frames", pa.int64()), ("hop", pa.int64()), ("starts", pa.list_(pa.int64())),
+    ("extra_starts", pa.list_(pa.int64())), ("frame_index", pa.list_(pa.int64())),
+    ("time_s", pa.list_(pa.float64())), ("frames", pa.binary()), ("segment", pa.int64()),
+    ("segments", pa.int64()), ("first", pa.int64()), ("part", pa.int64()), ("parts", pa.int64()),
+])
+
 
 def score_segment_plan(T: int, hop: int) -> dict[str, int]:
     """How score cuts videos into segments (`plan_segments` / `ProbeAndPlan` keywords): each a
@@ -99,6 +108,13 @@ class VolumeRows:
                 "part": len(rows),
             })
         return [row | {"parts": len(rows)} for row in rows]
+
+    def table(self, batch: pa.Table) -> pa.Table:
+        """`map_batches` form, one segment a batch. Ray Data keeps a map_batches after the
+        streaming repartition apart (one task per segment) but fuses a flat_map into the task
+        before it: a video's segments were all decoded by one task, one after another."""
+        return pa.Table.from_pylist([row for seg in batch.to_pylist() for row in self(seg)],
+                                    schema=VOLUME_ROWS_SCHEMA)
 
 
 class ScoreVolumes:

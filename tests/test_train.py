@@ -134,6 +134,21 @@ def test_early_stopping_keeps_the_best_epoch_and_waits_patience_epochs():
     assert nan_state["best_epoch"] == 2 and nan_state["bad_epochs"] == 1
 
 
+def test_a_huge_finite_loss_is_divergence_not_a_model():
+    """--lr 1e8 gave a validation loss of 1.6e18, exit 0 and a useless final/ (train review):
+    on standardised input an all-zero output scores about 1."""
+    from vadray.steps import DIVERGED_LOSS, selection_value
+
+    assert selection_value("val_loss", 0.9, 1.1, None) == 1.1
+    for train_loss, val_loss in ((0.9, 1.6e18), (3e5, 1.1), (float("inf"), None), (float("nan"), 1.0),
+                                 (0.9, float("inf"))):
+        assert np.isnan(selection_value("val_loss", train_loss, val_loss, None)), (train_loss, val_loss)
+        assert np.isnan(selection_value("synthetic", train_loss, val_loss, 0.9))
+    assert selection_value("val_loss", DIVERGED_LOSS, None, None) == DIVERGED_LOSS
+    # a NaN validation loss alone is a validation set without volumes, not divergence
+    assert selection_value("val_loss", 0.9, float("nan"), None) == 0.9
+
+
 # ---------------------------------------------------------------- shards on disk, split
 
 def test_split_is_by_whole_video_and_deterministic(tmp_path):
@@ -162,6 +177,13 @@ def test_discover_accepts_the_clips_folder_and_reports_bad_paths(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="run `vadray ingest`"):
         discover(str(tmp_path / "empty"))
+    # the stats/ beside clips/ is no clips folder (it failed on Parquet's magic bytes), and an
+    # ingest whose every input failed holds errors/ only (train review)
+    with pytest.raises(UsageError, match="run `vadray ingest`"):
+        discover(str(tmp_path / "out" / "stats"))
+    (tmp_path / "failed" / "errors").mkdir(parents=True)
+    with pytest.raises(UsageError, match="only errors/: no input of its ingest decoded"):
+        discover(str(tmp_path / "failed"))
 
 
 def test_volumes_through_ray_data_cross_seams_and_never_span_videos(ray_session, tmp_path):
@@ -223,11 +245,31 @@ def test_settings_the_card_could_not_state_truly_are_refused_or_merged(tmp_path)
 
 
 def test_a_folder_holding_a_model_is_never_overwritten(tmp_path):
+    """A model with no run.json is no run to continue: the advice was 'pass --resume', and with
+    it 'holds no vadray run' (train review). A model copied to the top was trained over: a new
+    final/ beside it changed what `--checkpoint DIR` loads."""
+    write_clip_shards(tmp_path / "shards", random_videos({"a": 20, "b": 20}), chunk=8)
     (tmp_path / "ckpt" / "final").mkdir(parents=True)
     (tmp_path / "ckpt" / "final" / "card.json").write_text("{}")
-    with pytest.raises(UsageError, match="holds a run already"):
-        run_training(str(tmp_path / "shards"), str(tmp_path / "ckpt"))
+    (tmp_path / "top").mkdir()
+    (tmp_path / "top" / "model.pt").write_bytes(b"weights")
+    for folder in ("ckpt", "top"):
+        for resume in (False, True):
+            with pytest.raises(UsageError, match="no run.json describes: .* choose an empty CHECKPOINT_DIR"):
+                run_training(str(tmp_path / "shards"), str(tmp_path / folder), resume=resume)
     assert (tmp_path / "ckpt" / "final" / "card.json").read_text() == "{}"
+    assert sorted(os.listdir(tmp_path / "top")) == ["model.pt"]
+
+
+@pytest.mark.parametrize("resources, says", [
+    (dict(cpus_per_worker=0), "needs one of them above 0"),        # Ray Train: "Bundles cannot be empty"
+    (dict(cpus_per_worker=-1, gpus_per_worker=1), "cannot be negative"),
+    (dict(max_failures=-2), "--max-failures")])
+def test_resources_no_worker_can_run_with_are_refused_before_anything_is_written(tmp_path, resources, says):
+    write_clip_shards(tmp_path / "shards", random_videos({"a": 20, "b": 20}), chunk=8)
+    with pytest.raises(UsageError, match=says):
+        run_training(str(tmp_path / "shards"), str(tmp_path / "ckpt"), **resources)
+    assert not (tmp_path / "ckpt").exists()
 
 
 def test_workers_that_would_starve_the_data_tasks_are_refused(ray_session, tmp_path):
@@ -468,6 +510,19 @@ def test_the_cli_trains_from_and_into_s3(ingested, s3_bucket, capsys, tmp_path):
     assert printed["model_id"] == card["model_id"] == vadray.checkpoint.model_id("convlstm_ae", model.state_dict())
     assert card["epochs_run"] == 1 and card["training_data"]["shards"] == f"s3://{bucket}/out"
     assert card["validation"]["frame_error"]["n"] == 40
+
+
+def test_a_run_that_diverges_from_its_first_epoch_leaves_its_folder_free(ingested, tmp_path):
+    """It said 'Nothing was saved' but left run.json and run/: a rerun with a sane --lr was
+    told to pass --resume, which took the saved --lr and diverged again (train review)."""
+    from vadray.trainloop import Diverged
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(Diverged, match="above 100"):
+        run_training(ingested, str(ckpt), workers=1, **dict(RUN, epochs=1, lr=1e8))
+    assert not (ckpt / "run.json").exists() and not (ckpt / "run").exists() and not (ckpt / "final").exists()
+    card = run_training(ingested, str(ckpt), workers=1, **dict(RUN, epochs=1))
+    assert card["epochs_run"] == 1 and np.isfinite(card["best_val_loss"])
 
 
 def test_select_synthetic_keeps_the_epoch_with_the_best_synthetic_auc(ingested, tmp_path):

@@ -46,12 +46,20 @@ RESUME_HINT = {
 }
 
 
+EXIT_STATUS = """\
+exit status: 0 all inputs processed, 3 finished but some inputs failed (see errors/),
+             2 bad arguments or unreachable input, 1 the job failed (e.g. training diverged),
+             130 interrupted (Ctrl-C), 143 stopped by SIGTERM (kill, Kubernetes; a SIGTERM to the
+             whole process group with a local Ray, as timeout sends, may end it with 1); either
+             way finished work is kept and a rerun resumes"""
+
+
 def build_parser(command: str) -> argparse.ArgumentParser:
     module_name, summary = COMMANDS[command]
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(
         prog=f"vadray {command}", description=(module.__doc__ or summary).strip(),
-        formatter_class=HelpFormatter)
+        formatter_class=HelpFormatter, epilog=EXIT_STATUS)
     module.add_arguments(parser)
     parser.set_defaults(_run=module.run)
     return parser
@@ -61,12 +69,7 @@ def _top_help() -> str:
     lines = ["usage: vadray COMMAND [options]   (vadray COMMAND --help for details; vadray --version)", "",
              "Semi-supervised video anomaly detection over video archives, on Ray.", "", "commands:"]
     lines += [f"  {name:<10} {summary}" for name, (_, summary) in COMMANDS.items()]
-    lines += ["", "exit status: 0 all inputs processed, 3 finished but some inputs failed (see errors/),",
-              "             2 bad arguments or unreachable input, 1 the job failed (e.g. training diverged),",
-              "             130 interrupted (Ctrl-C), 143 stopped by SIGTERM (kill, Kubernetes; a SIGTERM to the",
-              "             whole process group with a local Ray, as timeout sends, may end it with 1); either",
-              "             way finished work is kept and a rerun resumes"]
-    return "\n".join(lines)
+    return "\n".join([*lines, "", EXIT_STATUS])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,10 +46,21 @@ def frame_sums(batches, reconstruct, T: int, grid: int | None = None, motion: bo
     return scoring.FrameSums.merge(parts) if parts else scoring.FrameSums.empty(T, grid * grid, motion)
 
 
+# Inputs are standardised by the footage's own pixel std, so an all-zero output scores an MSE
+# of at most about 1 on it: a model whose loss is 100 times that learnt nothing and will not.
+DIVERGED_LOSS = 100.0
+
+
+def diverged(train_loss: float, val_loss: float | None) -> bool:
+    """The loss is not finite, or above DIVERGED_LOSS (a huge learning rate can leave finite
+    weights that are useless). A NaN validation loss alone is a validation set without volumes."""
+    return not train_loss <= DIVERGED_LOSS or (val_loss is not None and val_loss > DIVERGED_LOSS)
+
+
 def end_of_epoch(state: dict, epoch: int, selection_loss: float, patience: int) -> None:
     """Early stopping: remember the best epoch; stop after `patience` epochs without a better
-    selection (validation) loss. A tie is no improvement; a NaN loss never improves, and stops
-    the run at once ("diverged": no later epoch can recover from NaN weights)."""
+    selection (validation) loss. A tie is no improvement; a NaN loss (`selection_value` of a
+    run that `diverged`) never improves, and stops the run at once: no later epoch recovers."""
     if selection_loss < state["best_loss"]:
         state.update(best_loss=selection_loss, best_epoch=epoch, bad_epochs=0)
     else:
@@ -88,7 +99,10 @@ def selection_value(select: str, train_loss: float, val_loss: float | None, synt
     """The number early stopping and the final choice minimise: the validation loss, or minus
     the synthetic-anomaly AUC; the training loss when there is no validation set. An AUC on a
     small validation set ties often; the lower validation loss breaks a tie (by 1e-9 of it,
-    far below any AUC step), so the epoch kept never depends on which of two equals came last."""
+    far below any AUC step), so the epoch kept never depends on which of two equals came last.
+    NaN when the run `diverged`."""
+    if diverged(train_loss, val_loss):
+        return math.nan
     if select in PASTES and synthetic_auc is not None and not math.isnan(synthetic_auc):
         tie_break = 1e-9 * val_loss if val_loss is not None and math.isfinite(val_loss) else 0.0
         return -synthetic_auc + tie_break

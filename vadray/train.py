@@ -24,12 +24,12 @@ from datetime import datetime, timezone
 
 from vadray import storage
 from vadray.calibration import validation_frame_errors
-from vadray.checkpoint import FINAL_DIR, model_card, save, weights_from_bytes
+from vadray.checkpoint import CARD_FILE, FINAL_DIR, MODEL_FILE, model_card, save, weights_from_bytes
 from vadray.exits import UsageError
-from vadray.models import check_size, names, spec
+from vadray.models import check_size, names, params_help, spec
 from vadray.raylib import ensure_ray, require_room
 from vadray.steps import SELECTIONS
-from vadray.trainloop import RUN_NAME, run_trainer
+from vadray.trainloop import RUN_NAME, Diverged, run_trainer
 from vadray.trainvolumes import count_volumes, discover, split_by_video
 from vadray.volumes import T_DEFAULT, parse_strides
 
@@ -45,7 +45,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("shards", metavar="SHARDS", help="ingest OUTPUT folder (clips/ + stats/) or its clips/ folder; local or s3://")
     parser.add_argument("checkpoint_dir", metavar="CHECKPOINT_DIR", help="where Ray Train keeps checkpoints and final/ goes; local or s3://")
     parser.add_argument("--model", default="convlstm_ae", choices=names(), help="architecture (default: convlstm_ae, Chong & Tay)")
-    parser.add_argument("--model-params", default=None, help="JSON object of architecture hyper-parameters, e.g. '{\"lstm_channels\": [32, 16, 32]}'")
+    parser.add_argument("--model-params", default=None,
+                        help="JSON object of architecture hyper-parameters, e.g. '{\"lstm_channels\": [32, 16, 32]}' "
+                             f"(default: the paper's; {params_help()})")
     parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP processes)")
     parser.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per worker; > 0 trains on GPU with bf16 autocast and channels_last")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per worker; leave some to the Ray Data tasks that make volumes")
@@ -64,7 +66,7 @@ def add_arguments(parser) -> None:
                              "at ~4x walking speed (an autoencoder that keeps lowering its loss also "
                              "learns to reconstruct anomalies)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weight initialisation and shuffling")
-    parser.add_argument("--max-failures", type=int, default=3, help="worker failures to recover from (from the last checkpoint)")
+    parser.add_argument("--max-failures", type=int, default=3, help="worker failures to recover from (from the last checkpoint; -1: no limit)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in CHECKPOINT_DIR with its saved settings (SHARDS, --epochs, "
                              "--lr, … given with it are ignored, and a warning names each that differs; "
@@ -101,13 +103,22 @@ def ignored_on_resume(given: dict, saved: dict) -> list[str]:
 
 
 def _saved_run(checkpoint_dir: str, storage_options: dict | None) -> dict | None:
-    """run.json of the run in CHECKPOINT_DIR, None when there is none."""
+    """run.json of the run in CHECKPOINT_DIR, None when there is none, {} when the folder holds
+    Ray Train state or a model that no run.json describes: not ours to continue or overwrite (a
+    new final/ beside a model copied to the top would change what `--checkpoint DIR` loads)."""
     fs, path = storage.url_to_fs(checkpoint_dir, storage_options)
     if fs.exists(f"{path}/{RUN_FILE}"):
         return json.loads(fs.cat_file(f"{path}/{RUN_FILE}"))
-    if fs.exists(f"{path}/{RUN_NAME}") or fs.exists(f"{path}/{FINAL_DIR}"):
-        return {}  # Ray Train state or a model without our settings: not ours to continue or overwrite
+    if any(fs.exists(f"{path}/{name}") for name in (RUN_NAME, FINAL_DIR, MODEL_FILE, CARD_FILE)):
+        return {}
     return None
+
+
+def _forget_run(checkpoint_dir: str, storage_options: dict | None) -> None:
+    """A run that diverged from its first epoch has nothing to resume: its run.json and Ray
+    Train state go, so the same command with a lower --lr starts afresh."""
+    fs, path = storage.url_to_fs(checkpoint_dir, storage_options)
+    storage.delete(fs, [f"{path}/{RUN_FILE}", f"{path}/{RUN_NAME}"], recursive=True)
 
 
 def _start_run(checkpoint_dir: str, settings: dict, footage: dict, storage_options: dict | None) -> str:
@@ -176,8 +187,13 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
     once), so the run has to resume from a checkpoint.
     """
     shards, checkpoint_dir = storage.text(shards), storage.text(checkpoint_dir)
-    if workers < 1 or epochs < 1 or batch_size < 1 or patience < 1 or hop < 1 or lr <= 0:
+    if workers < 1 or epochs < 1 or batch_size < 1 or patience < 1 or hop < 1 or not lr > 0:
         raise UsageError("--workers, --epochs, --batch-size, --patience, --hop and --lr must be positive")
+    if not (cpus_per_worker >= 0 and gpus_per_worker >= 0 and cpus_per_worker + gpus_per_worker > 0):
+        raise UsageError("--cpus-per-worker and --gpus-per-worker cannot be negative, and a worker needs "
+                         "one of them above 0")
+    if max_failures < -1:
+        raise UsageError("--max-failures must be 0 or more (-1: no limit)")
     if batch_size % workers:   # each worker takes batch_size // workers: the card must say what was trained
         raise UsageError(f"--batch-size {batch_size} does not split evenly over {workers} workers: use a "
                          f"multiple of {workers} (e.g. {batch_size - batch_size % workers or workers})")
@@ -189,6 +205,10 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
     storage.require_reachable(storage_options, SHARDS=shards, CHECKPOINT_DIR=checkpoint_dir)
     storage.require_folder_to_write(storage_options, must_delete=True, CHECKPOINT_DIR=checkpoint_dir)
     saved = _saved_run(checkpoint_dir, storage_options)
+    if saved == {}:
+        raise UsageError(f"{checkpoint_dir} holds a model or Ray Train state that no {RUN_FILE} describes: "
+                         "it is not a vadray run to continue, and training into it would change what it "
+                         "holds; choose an empty CHECKPOINT_DIR")
     if resume and not saved:
         raise UsageError(f"--resume: {checkpoint_dir} holds no vadray run to continue ({RUN_FILE} missing)")
     if not resume and saved is not None:
@@ -221,10 +241,14 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
              run_id, len(train_videos), n_train, len(val_videos))
 
     fail_marker = storage.join(checkpoint_dir, f".injected-failure-step{fail_at_step}") if fail_at_step else None
-    outcome = run_trainer(info, train_videos, val_videos, model_spec=model_spec, settings=settings,
-                          checkpoint_dir=checkpoint_dir, workers=workers, gpus_per_worker=gpus_per_worker,
-                          cpus_per_worker=cpus_per_worker, max_failures=max_failures,
-                          storage_options=storage_options, fail_at=(fail_at_step, fail_marker))
+    try:
+        outcome = run_trainer(info, train_videos, val_videos, model_spec=model_spec, settings=settings,
+                              checkpoint_dir=checkpoint_dir, workers=workers, gpus_per_worker=gpus_per_worker,
+                              cpus_per_worker=cpus_per_worker, max_failures=max_failures,
+                              storage_options=storage_options, fail_at=(fail_at_step, fail_marker))
+    except Diverged:
+        _forget_run(checkpoint_dir, storage_options)
+        raise
 
     # Calibrate on held-out normal footage (validation videos; training videos when there are none).
     calib_videos = val_videos or train_videos
@@ -234,7 +258,12 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
     card = model_card(info, settings, model_spec, state_dict, outcome, errors, train_videos, val_videos,
                        n_train, run_id, workers=workers, gpus_per_worker=gpus_per_worker)
     save(storage.join(checkpoint_dir, FINAL_DIR), state_dict, card, storage_options)
-    log.info("best epoch %d of %d (%s) → %s", card["best_epoch"], card["epochs_run"],
-             "no validation videos" if card["best_val_loss"] is None else f"validation loss {card['best_val_loss']:.5f}",
+    if card["best_val_loss"] is None:
+        chosen = "no validation videos: by training loss"
+    elif settings["select"] == "val_loss":
+        chosen = f"validation loss {card['best_val_loss']:.5f}"
+    else:
+        chosen = f"chosen by --select {settings['select']}; validation loss {card['best_val_loss']:.5f}"
+    log.info("best epoch %d of %d (%s) → %s", card["best_epoch"], card["epochs_run"], chosen,
              storage.join(checkpoint_dir, FINAL_DIR))
     return card

@@ -60,9 +60,12 @@ def resolve(shards_uri: str, storage_options: dict | None = None) -> tuple[str, 
         raise UsageError(f"SHARDS {shards_uri} does not exist")
     if fs.exists(path + "/clips"):
         return storage.join(shards_uri, "clips"), storage.join(shards_uri, "stats", "stats.json")
-    parent = shards_uri.rstrip("/").rsplit("/", 1)[0]
-    if fs.exists(path.rsplit("/", 1)[0] + "/stats/stats.json"):
+    parent, name = shards_uri.rstrip("/").rsplit("/", 1) if "/" in shards_uri.rstrip("/") else (".", shards_uri)
+    if name == "clips" and fs.exists(path.rstrip("/").rsplit("/", 1)[0] + "/stats/stats.json"):
         return shards_uri.rstrip("/"), storage.join(parent, "stats", "stats.json")
+    if fs.exists(path + "/errors"):
+        raise UsageError(f"SHARDS {shards_uri} holds no clips/, only errors/: no input of its ingest decoded "
+                         f"(see why with: vadray query {shards_uri} \"SELECT * FROM errors\")")
     raise UsageError(f"SHARDS {shards_uri} is neither an ingest output (with clips/ and stats/) "
                      f"nor a clips/ folder with stats/ beside it: run `vadray ingest` first")
 

@@ -19,6 +19,12 @@ REGISTRY: dict[str, tuple[type, type]] = {
 }
 
 
+def params_help() -> str:
+    """'name: key=default, …' for every architecture: what --model-params may set."""
+    return "; ".join(f"{name}: " + ", ".join(f"{f.name}={f.default!r}".replace(" ", "") for f in fields(config))
+                     for name, (_, config) in sorted(REGISTRY.items()))
+
+
 def names() -> list[str]:
     return sorted(REGISTRY)
 

@@ -272,11 +272,14 @@ def test_resources_no_worker_can_run_with_are_refused_before_anything_is_written
     assert not (tmp_path / "ckpt").exists()
 
 
-def test_workers_that_would_starve_the_data_tasks_are_refused(ray_session, tmp_path):
+def test_workers_that_would_starve_the_data_tasks_are_refused(ray_session, tmp_path, caplog):
     write_clip_shards(tmp_path / "out", random_videos({"a": 20, "b": 20}), chunk=8)
     cpus = ray_session.cluster_resources()["CPU"]
     with pytest.raises(UsageError, match="cpus-per-worker"):
         run_training(str(tmp_path / "out"), str(tmp_path / "ckpt"), workers=2, cpus_per_worker=cpus / 2)
+    # one 20-frame training video: a stride-3 volume spans 28 frames, and 11 + 2 volumes are not one
+    # batch of 64; the card would list strides and a batch size that never trained (train review)
+    assert "yield 13 volumes an epoch (fewer than one batch of 64), none at stride(s) 3" in caplog.text
     # a GPU this Ray does not have: Ray Train retried its worker group for ever, deaf to Ctrl-C
     gpus = int(ray_session.cluster_resources().get("GPU", 0))
     with pytest.raises(UsageError, match=f"and this Ray has {gpus}"):

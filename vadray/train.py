@@ -229,6 +229,13 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
     n_train = count_volumes(train_videos, T, strides, hop)
     if n_train == 0:
         raise UsageError(f"the training videos are too short for one volume of {T} frames at strides {strides}")
+    idle = [s for s in strides if count_volumes(train_videos, T, [s], hop) == 0]
+    if idle or n_train < settings["batch_size"]:   # the card would state strides or batches never trained
+        log.warning("the training videos yield %d volumes an epoch%s%s: use longer footage%s",
+                    n_train, f" (fewer than one batch of {settings['batch_size']})"
+                    if n_train < settings["batch_size"] else "",
+                    f", none at stride(s) {', '.join(map(str, idle))} (a volume at stride s spans {T - 1}·s + 1 frames)"
+                    if idle else "", " or fewer strides" if idle else " or a smaller --batch-size")
     footage = _footage(info, train_videos, val_videos)
     if resume:
         check_same_footage(saved.get("footage"), footage, settings["shards"])

@@ -526,6 +526,10 @@ def test_a_run_that_diverges_from_its_first_epoch_leaves_its_folder_free(ingeste
     assert not (ckpt / "run.json").exists() and not (ckpt / "run").exists() and not (ckpt / "final").exists()
     card = run_training(ingested, str(ckpt), workers=1, **dict(RUN, epochs=1))
     assert card["epochs_run"] == 1 and np.isfinite(card["best_val_loss"])
+    # --resume of a finished run calibrated and saved final/ again, with a new date (train review)
+    saved = (ckpt / "final" / "card.json").read_bytes()
+    assert run_training(ingested, str(ckpt), workers=1, resume=True, **RUN) == card
+    assert (ckpt / "final" / "card.json").read_bytes() == saved
 
 
 def test_select_synthetic_keeps_the_epoch_with_the_best_synthetic_auc(ingested, tmp_path):

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 
 from vadray import storage
 from vadray.calibration import validation_frame_errors
-from vadray.checkpoint import CARD_FILE, FINAL_DIR, MODEL_FILE, model_card, save, weights_from_bytes
+from vadray.checkpoint import CARD_FILE, FINAL_DIR, MODEL_FILE, model_card, read_card, save, weights_from_bytes
 from vadray.exits import UsageError
 from vadray.models import check_size, names, params_help, spec
 from vadray.raylib import ensure_ray, require_room
@@ -112,6 +112,16 @@ def _saved_run(checkpoint_dir: str, storage_options: dict | None) -> dict | None
     if any(fs.exists(f"{path}/{name}") for name in (RUN_NAME, FINAL_DIR, MODEL_FILE, CARD_FILE)):
         return {}
     return None
+
+
+def _finished_card(checkpoint_dir: str, run_id: str | None, storage_options: dict | None) -> dict | None:
+    """final/'s card when this run wrote it: --resume of a finished run calibrated and saved it
+    again, with a new date and an empty resume record."""
+    fs, path = storage.url_to_fs(storage.join(checkpoint_dir, FINAL_DIR), storage_options)
+    if run_id is None or not fs.exists(f"{path}/{CARD_FILE}"):
+        return None
+    card = read_card(storage.join(checkpoint_dir, FINAL_DIR), storage_options)
+    return card if card.get("run_id") == run_id else None
 
 
 def _forget_run(checkpoint_dir: str, storage_options: dict | None) -> None:
@@ -214,6 +224,10 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
     if not resume and saved is not None:
         raise UsageError(f"{checkpoint_dir} holds a run already: pass --resume to continue it, "
                          f"or choose an empty CHECKPOINT_DIR")
+    if resume and (card := _finished_card(checkpoint_dir, saved.get("run_id"), storage_options)):
+        log.info("run %s finished already: %s holds its best epoch %d of %d; nothing to resume", saved["run_id"],
+                 storage.join(checkpoint_dir, FINAL_DIR), card["best_epoch"], card["epochs_run"])
+        return card
     if resume:
         given, settings = settings, {"select": "val_loss"} | {k: saved[k] for k in RUN_SETTINGS if k in saved}
         ignored = ignored_on_resume(given, settings)

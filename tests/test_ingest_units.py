@@ -781,6 +781,23 @@ def test_frames_per_second_leave_out_the_start_of_a_local_ray():
 
     started = IngestSummary(videos=2, frames=300, seconds=5.0, ray_start_seconds=2.0)
     assert started.fps == 100.0
-    assert started.line().endswith("5.0 s (2.0 s of it starting Ray), 100.0 frames/s")
+    assert started.line().endswith("5.0 s (2.0 s of it starting or joining Ray), 100.0 frames/s")
     joined = ScoreSummary(videos=2, frames=300, seconds=3.0)   # Ray was up already: nothing to leave out
     assert joined.fps == 100.0 and joined.line().endswith(" 3.0 s, 100.0 frames/s")
+
+
+def test_a_store_that_refuses_a_delete_outright_is_found_before_any_work(monkeypatch):
+    """The write check's probe is deleted through storage.delete; a store whose rm raises (a 403
+    from another store than S3) was then taken as one that may delete (diff review)."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from vadray import storage
+    from vadray.exits import UsageError
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError("403 Forbidden")
+
+    monkeypatch.setattr(MemoryFileSystem, "rm", refuse)
+    with pytest.raises(UsageError, match="cannot delete in OUTPUT 'memory://vadray-test/out'"):
+        storage.require_folder_to_write({}, must_delete=True, OUTPUT="memory://vadray-test/out")
+    storage.require_folder_to_write({}, OUTPUT="memory://vadray-test/report")   # a job that deletes nothing

@@ -184,6 +184,10 @@ def test_discover_accepts_the_clips_folder_and_reports_bad_paths(tmp_path):
     (tmp_path / "failed" / "errors").mkdir(parents=True)
     with pytest.raises(UsageError, match="only errors/: no input of its ingest decoded"):
         discover(str(tmp_path / "failed"))
+    for table in ("frames", "events", "errors"):
+        (tmp_path / "scored" / table).mkdir(parents=True)
+    with pytest.raises(UsageError, match="is a score OUTPUT"):
+        discover(str(tmp_path / "scored"))
 
 
 def test_volumes_through_ray_data_cross_seams_and_never_span_videos(ray_session, tmp_path):

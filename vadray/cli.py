@@ -47,11 +47,11 @@ RESUME_HINT = {
 
 
 EXIT_STATUS = """\
-exit status: 0 all inputs processed, 3 finished but some inputs failed (see errors/),
+exit status: 0 done, 3 ingest or score finished but some inputs failed (see errors/),
              2 bad arguments or unreachable input, 1 the job failed (e.g. training diverged),
              130 interrupted (Ctrl-C), 143 stopped by SIGTERM (kill, Kubernetes; a SIGTERM to the
              whole process group with a local Ray, as timeout sends, may end it with 1); either
-             way finished work is kept and a rerun resumes"""
+             way finished work is kept, and the line printed says how to resume"""
 
 
 def build_parser(command: str) -> argparse.ArgumentParser:

@@ -103,7 +103,7 @@ class JobSummary:
     videos_failed: int = 0
     frames: int = 0
     seconds: float = 0.0
-    ray_start_seconds: float = 0.0   # of `seconds`: starting a local Ray, or joining the cluster
+    ray_start_seconds: float = 0.0   # of `seconds`: starting a local Ray, or joining a cluster
     errors: list[dict[str, Any]] = field(default_factory=list)  # this run's errors rows
 
     @property
@@ -117,12 +117,12 @@ class JobSummary:
 
     @property
     def fps(self) -> float:
-        """Frames over the job's own time, from listing the inputs to the tables, without Ray's start."""
+        """Frames over the whole job's time less Ray's start (checks, listing, model load included)."""
         seconds = self.seconds - self.ray_start_seconds
         return self.frames / seconds if seconds > 0 else 0.0
 
     def timing(self) -> str:
-        ray_start = (f" ({self.ray_start_seconds:.1f} s of it starting Ray)"
+        ray_start = (f" ({self.ray_start_seconds:.1f} s of it starting or joining Ray)"
                      if self.ray_start_seconds >= 0.05 else "")
         return f"{self.seconds:.1f} s{ray_start}, {self.fps:.1f} frames/s"
 

@@ -177,7 +177,9 @@ def _write_videos_as_they_complete(scored, assemble: _WriteOrRecord, total: int)
                     write(complete)
             with progress.lock:
                 progress.tick()
-        for rows in videos.leftovers():
+        with progress.lock:   # (a writer's progress line reads what leftovers() clears)
+            rest = videos.leftovers()
+        for rows in rest:
             write(rows)
         return [f.result() for f in pending]
 

@@ -49,6 +49,7 @@ def frame_sums(batches, reconstruct, T: int, grid: int | None = None, motion: bo
 # Inputs are standardised by the footage's own pixel std, so an all-zero output scores an MSE
 # of at most about 1 on it: a model whose loss is 100 times that learnt nothing and will not.
 DIVERGED_LOSS = 100.0
+DIVERGED_WHY = f"not finite, or above {DIVERGED_LOSS:g} (an all-zero output scores about 1)"
 
 
 def diverged(train_loss: float, val_loss: float | None) -> bool:

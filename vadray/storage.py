@@ -171,15 +171,20 @@ def _require_remote_write(role: str, uri: str, storage_options: dict[str, Any] |
         raise UsageError(f"cannot write to {role} {uri!r}: {type(exc).__name__}: {exc}") from None
     try:
         delete(fs, probe)
+        return
     except JobFailed:   # the probe stayed
-        if must_delete:
-            left = probe.rsplit("/", 1)[-1]
-            raise UsageError(f"cannot delete in {role} {uri!r}: the credentials may write but not delete "
-                             "objects (a policy denies s3:DeleteObject), and this job replaces its results by "
-                             "deleting the old ones (reruns; training keeps one checkpoint). "
-                             f"The check left {left!r} there") from None
-    except Exception:  # noqa: BLE001 — refused outright, or may not look again (no s3:GetObject): the
-        pass               # job's own deletes check theirs
+        stayed = True
+    except Exception:  # noqa: BLE001 — refused outright (another store's rm, S3's whole request): still there?
+        try:
+            stayed = fs.exists(probe)
+        except Exception:  # noqa: BLE001 — may not look (no s3:GetObject): the job's own deletes check
+            stayed = False
+    if stayed and must_delete:
+        left = probe.rsplit("/", 1)[-1]
+        raise UsageError(f"cannot delete in {role} {uri!r}: the credentials may write but not delete "
+                         "objects (a policy denies s3:DeleteObject), and this job replaces its results by "
+                         "deleting the old ones (reruns; training keeps one checkpoint). "
+                         f"The check left {left!r} there") from None
 
 
 def require_folder_to_write(storage_options: dict[str, Any] | None = None, must_delete: bool = False,

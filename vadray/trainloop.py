@@ -26,7 +26,8 @@ from vadray import storage
 from vadray.checkpoint import MODEL_FILE, unwrap
 from vadray.exits import JobFailed
 from vadray.pasted import PASTES
-from vadray.steps import DIVERGED_LOSS, end_of_epoch, fresh_state, reconstruct, selection_value, validation_pass
+from vadray.steps import (DIVERGED_LOSS, DIVERGED_WHY, end_of_epoch, fresh_state, reconstruct, selection_value,
+                          validation_pass)
 
 log = logging.getLogger("vadray.train")
 
@@ -208,8 +209,7 @@ def train_loop_per_worker(config: dict) -> None:
             _say(f"[vadray train] epoch {epoch}/{settings['epochs']} train_loss {train_loss:.5f} "
                  f"val_loss {val_text} best epoch {state['best_epoch']} "
                  f"{n_train} volumes in {seconds:.1f} s ({metrics['volumes_per_s']:.1f}/s)"
-                 + {"early_stop": " early stop", "diverged": " diverged (the loss is not finite, or above "
-                                                    f"{DIVERGED_LOSS:g})"}.get(
+                 + {"early_stop": " early stop", "diverged": f" diverged (the loss is {DIVERGED_WHY})"}.get(
                      state["stopped"] or "", ""))
         _report(metrics, state, model, optimizer, rank)
 
@@ -283,9 +283,8 @@ def run_trainer(info, train_videos, val_videos, *, model_spec: dict, settings: d
     if not finished(state, settings["epochs"]):
         raise KeyboardInterrupt
     if state["best_epoch"] == 0:
-        raise Diverged(f"training diverged: the loss was not finite, or above {DIVERGED_LOSS:g} (an all-zero "
-                       f"output scores about 1), from epoch 1 on ({state['history'][-1]}); check the statistics "
-                       "of the shards (stats/stats.json) or lower --lr. Nothing was saved")
+        raise Diverged(f"training diverged: the loss was {DIVERGED_WHY} from epoch 1 on ({state['history'][-1]}); "
+                       "check the statistics of the shards (stats/stats.json) or lower --lr. Nothing was saved")
     if state["stopped"] == "diverged":
         log.warning("the loss stopped being finite (or rose above %g) at epoch %d: training ended there and "
                     "keeps epoch %d", DIVERGED_LOSS, state["epoch"], state["best_epoch"])

@@ -63,6 +63,9 @@ def resolve(shards_uri: str, storage_options: dict | None = None) -> tuple[str, 
     parent, name = shards_uri.rstrip("/").rsplit("/", 1) if "/" in shards_uri.rstrip("/") else (".", shards_uri)
     if name == "clips" and fs.exists(path.rstrip("/").rsplit("/", 1)[0] + "/stats/stats.json"):
         return shards_uri.rstrip("/"), storage.join(parent, "stats", "stats.json")
+    if fs.exists(path + "/frames"):
+        raise UsageError(f"SHARDS {shards_uri} is a score OUTPUT (frames/, events/): train reads the OUTPUT of "
+                         "`vadray ingest` (clips/ and stats/)")
     if fs.exists(path + "/errors"):
         raise UsageError(f"SHARDS {shards_uri} holds no clips/, only errors/: no input of its ingest decoded "
                          f"(see why with: vadray query {shards_uri} \"SELECT * FROM errors\")")

@@ -254,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
     from vadray.checkpoint import FINAL_DIR, model_card, save
     from vadray.models import build, spec
     from vadray.preprocess import NormStats, PartialSums
-    from vadray.steps import DIVERGED_LOSS, end_of_epoch, fresh_state, selection_value
+    from vadray.steps import DIVERGED_WHY, end_of_epoch, fresh_state, selection_value
 
     _check(args)
     device = _device(args.device)
@@ -327,8 +327,7 @@ def run(args: argparse.Namespace) -> int:
     train_seconds = time.perf_counter() - started
 
     if best_weights is None:   # the loss was never finite (as `vadray train`: nothing is saved)
-        raise JobFailed(f"training diverged: the loss was not finite, or above {DIVERGED_LOSS:g}, from epoch 1 "
-                        f"on ({state['history'][-1]})")
+        raise JobFailed(f"training diverged: the loss was {DIVERGED_WHY} from epoch 1 on ({state['history'][-1]})")
     trainer.model.load_state_dict(best_weights)
     errors = calibration_errors(trainer, val_frames or train_frames, T)
     settings = {"shards": args.train, "model": args.model, "model_params": {}, "epochs": args.epochs,

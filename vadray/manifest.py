@@ -204,7 +204,8 @@ def check_same_files(camera: str, refs: list[VideoRef], previous: dict[str, str]
             f"{len(clashes)} video id(s) of camera {camera!r} were scored from other files: {ref.video_id!r} "
             f"from {uri}, now {ref.uri}. A video is (camera, path relative to SOURCE): score from a SOURCE "
             "above the folders that tell such files apart (e.g. the one holding the date folders), or into "
-            "another OUTPUT or --camera; --force replaces the old rows")
+            "another OUTPUT or --camera; --force replaces the old rows (also where the archive itself moved: "
+            "a new mount point or bucket makes every file another one)")
 
 
 def drop_previous(output: str, camera: str, refs: list[VideoRef], model_id: str, previous: Previous,

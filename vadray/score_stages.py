@@ -110,9 +110,8 @@ class VolumeRows:
         return [row | {"parts": len(rows)} for row in rows]
 
     def table(self, batch: pa.Table) -> pa.Table:
-        """`map_batches` form, one segment a batch. Ray Data keeps a map_batches after the
-        streaming repartition apart (one task per segment) but fuses a flat_map into the task
-        before it: a video's segments were all decoded by one task, one after another."""
+        """`map_batches` form, one segment a batch: a decode task per segment (not a flat_map:
+        `score._scored_rows` says why)."""
         return pa.Table.from_pylist([row for seg in batch.to_pylist() for row in self(seg)],
                                     schema=VOLUME_ROWS_SCHEMA)
 
@@ -251,26 +250,24 @@ class VideoRows:
         self.rows: dict[str, list[dict[str, Any]]] = {}
         self.parts: dict[str, dict[int, int]] = {}
         self.seen: dict[str, dict[int, int]] = {}
-        self.segments: dict[str, int] = {}
 
     def add(self, row: dict[str, Any]) -> list[dict[str, Any]] | None:
         """Keep `row`; its video's rows when this one completes the video, else None."""
         vid, segment = row["video_id"], int(row["segment"])
         self.rows.setdefault(vid, []).append(row)
         self.parts.setdefault(vid, {})[segment] = int(row["parts"])
-        self.segments[vid] = int(row["segments"])
         seen = self.seen.setdefault(vid, {})
         seen[segment] = seen.get(segment, 0) + 1
-        if len(seen) == self.segments[vid] and seen == self.parts[vid]:
-            del self.parts[vid], self.seen[vid], self.segments[vid]
+        if len(seen) == int(row["segments"]) and seen == self.parts[vid]:
+            del self.parts[vid], self.seen[vid]
             return self.rows.pop(vid)
         return None
 
     def in_progress(self) -> list[tuple[str, int, int]]:
         """(video_id, segments scored, segments) of the videos begun and not complete, in the
         order they began: a long video's progress between its first row and its last."""
-        return [(vid, sum(self.seen[vid].get(s) == n for s, n in self.parts[vid].items()), self.segments[vid])
-                for vid in self.seen]
+        return [(vid, sum(self.seen[vid].get(s) == n for s, n in self.parts[vid].items()),
+                 int(self.rows[vid][0]["segments"])) for vid in self.seen]
 
     def leftovers(self) -> list[list[dict[str, Any]]]:
         """Rows of videos that never completed (not expected; assembled as partial, unmarked)."""
@@ -278,7 +275,6 @@ class VideoRows:
         self.rows.clear()
         self.parts.clear()
         self.seen.clear()
-        self.segments.clear()
         return rest
 
 

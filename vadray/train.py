@@ -117,10 +117,12 @@ def _saved_run(checkpoint_dir: str, storage_options: dict | None) -> dict | None
 def _finished_card(checkpoint_dir: str, run_id: str | None, storage_options: dict | None) -> dict | None:
     """final/'s card when this run wrote it: --resume of a finished run calibrated and saved it
     again, with a new date and an empty resume record."""
-    fs, path = storage.url_to_fs(storage.join(checkpoint_dir, FINAL_DIR), storage_options)
-    if run_id is None or not fs.exists(f"{path}/{CARD_FILE}"):
+    if run_id is None:
         return None
-    card = read_card(storage.join(checkpoint_dir, FINAL_DIR), storage_options)
+    try:
+        card = read_card(storage.join(checkpoint_dir, FINAL_DIR), storage_options)
+    except FileNotFoundError:   # not finished (or no final/ of its own)
+        return None
     return card if card.get("run_id") == run_id else None
 
 
@@ -240,16 +242,16 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
     model_spec = _model_spec(settings, info.size)
     train_videos, val_videos = split_by_video(info.videos, settings["val_fraction"])
     T, strides, hop = settings["T"], settings["strides"], settings["hop"]
-    n_train = count_volumes(train_videos, T, strides, hop)
+    per_stride = {s: count_volumes(train_videos, T, [s], hop) for s in strides}
+    n_train = sum(per_stride.values())
     if n_train == 0:
         raise UsageError(f"the training videos are too short for one volume of {T} frames at strides {strides}")
-    idle = [s for s in strides if count_volumes(train_videos, T, [s], hop) == 0]
-    if idle or n_train < settings["batch_size"]:   # the card would state strides or batches never trained
-        log.warning("the training videos yield %d volumes an epoch%s%s: use longer footage%s",
-                    n_train, f" (fewer than one batch of {settings['batch_size']})"
-                    if n_train < settings["batch_size"] else "",
-                    f", none at stride(s) {', '.join(map(str, idle))} (a volume at stride s spans {T - 1}·s + 1 frames)"
-                    if idle else "", " or fewer strides" if idle else " or a smaller --batch-size")
+    idle, short = [s for s, n in per_stride.items() if n == 0], n_train < settings["batch_size"]
+    if idle or short:   # the card would state strides or batches never trained
+        log.warning("the training videos yield %d volumes an epoch%s%s: use longer footage or %s", n_train,
+                    f" (fewer than one batch of {settings['batch_size']})" if short else "",
+                    f", none at stride(s) {', '.join(map(str, idle))} (a volume at stride s spans {T - 1}·s + 1 "
+                    "frames)" if idle else "", "fewer strides" if idle else "a smaller --batch-size")
     footage = _footage(info, train_videos, val_videos)
     if resume:
         check_same_footage(saved.get("footage"), footage, settings["shards"])

@@ -26,8 +26,7 @@ from vadray import storage
 from vadray.checkpoint import MODEL_FILE, unwrap
 from vadray.exits import JobFailed
 from vadray.pasted import PASTES
-from vadray.steps import (DIVERGED_LOSS, DIVERGED_WHY, end_of_epoch, fresh_state, reconstruct, selection_value,
-                          validation_pass)
+from vadray.steps import DIVERGED_WHY, end_of_epoch, fresh_state, reconstruct, selection_value, validation_pass
 
 log = logging.getLogger("vadray.train")
 
@@ -286,7 +285,7 @@ def run_trainer(info, train_videos, val_videos, *, model_spec: dict, settings: d
         raise Diverged(f"training diverged: the loss was {DIVERGED_WHY} from epoch 1 on ({state['history'][-1]}); "
                        "check the statistics of the shards (stats/stats.json) or lower --lr. Nothing was saved")
     if state["stopped"] == "diverged":
-        log.warning("the loss stopped being finite (or rose above %g) at epoch %d: training ended there and "
-                    "keeps epoch %d", DIVERGED_LOSS, state["epoch"], state["best_epoch"])
+        log.warning("the loss was %s at epoch %d: training ended there and keeps epoch %d",
+                    DIVERGED_WHY, state["epoch"], state["best_epoch"])
     return {"state": state, "best_metrics": best_metrics,
             "best_weights": _read_checkpoint(best_checkpoint, MODEL_FILE)}

@@ -185,6 +185,7 @@ def test_regularity_keeps_a_nan_error_nan():
     np.testing.assert_allclose(regularity(np.array([2.0, np.nan, 4.0])), [1.0, np.nan, 0.5])
     assert np.isnan(regularity(np.full(3, np.nan))).all()
     np.testing.assert_array_equal(regularity(np.array([0.0, np.nan])), [1.0, np.nan])
+    np.testing.assert_allclose(regularity(np.array([2.0, np.inf, 4.0])), [1.0, np.nan, 0.5])   # not [1, nan, 1]
 
 
 def test_the_boundaries_of_window_persistence_duration_and_span():
@@ -206,3 +207,29 @@ def test_the_boundaries_of_window_persistence_duration_and_span():
                             min_duration_s=0.4)
     assert (event["start_frame"], event["end_frame"], event["max_anomaly_score"]) == (5, 9, 7.0)
     assert detect_events(s, np.arange(20) / 10, persistence_threshold=0.2, min_duration_s=0.41) == []
+
+
+def test_events_never_overlap_and_are_in_time_order():
+    """A deep minimum's half-depth span can reach back over an earlier, shallower group (code
+    review: event 0 = [100, 100] sat inside event 1 = [61, 339]); spans are merged instead.
+    Random series with gaps: every event is disjoint from the next, starts after it, and holds
+    its peak."""
+    x = np.arange(400)
+    s = np.ones(400)
+    s[60:341] = np.abs(x[60:341] - 200) / 140 * 0.5
+    s[100] -= 0.2
+    s[160] -= 0.12
+    [event] = detect_events(s)
+    assert (event["start_frame"], event["end_frame"], event["peak_frame"]) == (61, 339, 200)
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        n = int(rng.integers(5, 300))
+        s = np.cumsum(rng.normal(0, 0.1, n))
+        frames = np.cumsum(rng.choice([1, 1, 1, 1, 1, 1, 1, 1, 1, 40], n))
+        events = detect_events(s, frame_index=frames, window=int(rng.integers(0, 60)),
+                               persistence_threshold=float(rng.uniform(0, 0.5)))
+        assert [e["event_id"] for e in events] == list(range(len(events)))
+        for e, after in zip(events, events[1:]):
+            assert e["end_frame"] + 1 < after["start_frame"]
+        for e in events:
+            assert e["start_frame"] <= e["peak_frame"] <= e["end_frame"]

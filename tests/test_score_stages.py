@@ -229,3 +229,36 @@ def test_require_room_counts_whole_gpus_for_fractional_actors(monkeypatch):
         require_room(1, 0, 1, "one")
     monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")   # a cluster may grow: only a warning
     require_room(1, 0, 1, "one")
+
+
+def test_a_frame_with_a_non_finite_error_is_missing_not_fatal(tmp_path, monkeypatch):
+    """Code review: a NaN error reached detect_events, which raised, and the whole video was
+    filed as a `write` failure; an infinite one made the video's max e infinite, so every other
+    frame's regularity was 1. Now those frames' scores are missing (NaN), events skip them, the
+    video's other frames and events are written, and an errors row names the frames."""
+    import pyarrow.parquet as pq
+
+    from vadray.events import EventSettings
+    from vadray.scoring import FrameMeans
+
+    error = np.ones(60)
+    error[20:26] = [3.0, 5.0, 8.0, 5.0, 3.0, 2.0]   # one dip of regularity at frame 22
+    error[40], error[41] = np.nan, np.inf
+    means = FrameMeans(np.arange(60), error, np.ones(60, np.int64), None, error.copy(), error.copy())
+    monkeypatch.setattr(score_stages, "video_means", lambda rows, T, cells: (means, np.arange(60) / 10.0,
+                                                                              np.ones(60)))
+    card = {"model_id": "m-1", "input": {"T": 10}, "validation": {"frame_error": {"mean": 1.0, "std": 0.5}}}
+    assemble = score_stages.AssembleVideo(str(tmp_path), card, "run", {"v": "2024-01-01"}, EventSettings(), 2, {})
+    head = {"camera": "default", "video_id": "v", "uri": "/x/v.mp4", "video_key": "v-key", "num_frames": 60,
+            "identity": "size=1"}
+    result = assemble([head])
+    assert (result["frames"], result["events"], result["complete"]) == (60, 1, True)
+    frames = pq.read_table(tmp_path / "frames").to_pandas().sort_values("frame_index")
+    regularity = frames.regularity.to_numpy()
+    assert np.isnan(regularity[[40, 41]]).all()
+    assert regularity[22] == pytest.approx(1 - 7 / 8)   # max e is 8, not infinity
+    events = pq.read_table(tmp_path / "events").to_pandas()
+    assert events.peak_frame.tolist() == [22]
+    [row] = read_errors(str(tmp_path / "errors")).to_pylist()
+    assert (row["stage"], row["error_type"]) == ("score", "unscored_frames")
+    assert "NaN or infinite at 2 frames: 40-41" in row["message"]

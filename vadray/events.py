@@ -16,7 +16,7 @@ An event (Chong & Tay: minima grouped within a 50-frame window) is built as foll
 3. each minimum of depth p at value m spans the contiguous frames around it where the
    regularity stays below m + p/2 ("full width at half depth": the dip without its
    shoulders, independent of how far away the next peak is); a group spans from its first
-   member's start to its last member's end, and groups whose spans touch are merged;
+   member's start to its last member's end, and groups whose spans overlap or touch are merged;
 4. the peak is the lowest frame of the span.
 """
 from __future__ import annotations
@@ -156,6 +156,23 @@ def _run_end(s: np.ndarray, pos: int, level: float, step: int) -> int:
         chunk *= 2
 
 
+def _merged_spans(group_of: np.ndarray, starts: np.ndarray, ends: np.ndarray, pers: np.ndarray,
+                  run: np.ndarray) -> list[tuple[int, int, float]]:
+    """(first, last position, persistence) of each event in time order. A group's span can
+    reach back over an earlier group (a deep minimum's half-depth span is wide), so spans are
+    merged with an interval sweep: events never overlap or touch, nor cross a gap."""
+    groups = [group_of == g for g in range(int(group_of[-1]) + 1)]
+    spans = sorted((int(starts[m].min()), int(ends[m].max()), float(pers[m].max())) for m in groups)
+    merged: list[tuple[int, int, float]] = []
+    for a, b, p in spans:
+        if merged and a <= merged[-1][1] + 1 and run[a] == run[merged[-1][1]]:
+            a0, b0, p0 = merged[-1]
+            merged[-1] = (a0, max(b, b0), max(p, p0))
+        else:
+            merged.append((a, b, p))
+    return merged
+
+
 def detect_events(regularity: np.ndarray, times: np.ndarray | None = None, *,
                   frame_index: np.ndarray | None = None,
                   anomaly_score: np.ndarray | None = None,
@@ -190,18 +207,13 @@ def detect_events(regularity: np.ndarray, times: np.ndarray | None = None, *,
     run = np.r_[0, np.cumsum(np.diff(frames) != 1)]
     starts = np.maximum(starts, np.searchsorted(run, run[mins], "left"))
     ends = np.minimum(ends, np.searchsorted(run, run[mins], "right") - 1)
-    # a new group begins where the next minimum is farther than `window` frames away and the
-    # spans do not touch (in frames), and always across frames without a score
-    running_end = np.maximum.accumulate(ends)
+    # a new group begins where the next minimum is farther than `window` frames away, and
+    # across frames without a score; groups whose spans overlap or touch are merged after
     new_group = np.ones(mins.size, bool)
-    new_group[1:] = (((frames[mins[1:]] - frames[mins[:-1]] > window)
-                      & (frames[starts[1:]] > frames[running_end[:-1]] + 1))
-                     | (run[mins[1:]] != run[mins[:-1]]))
+    new_group[1:] = (frames[mins[1:]] - frames[mins[:-1]] > window) | (run[mins[1:]] != run[mins[:-1]])
     group_of = np.cumsum(new_group) - 1
     rows = []
-    for g in range(int(group_of[-1]) + 1):
-        members = group_of == g
-        a, b = int(starts[members].min()), int(ends[members].max())
+    for a, b, p in _merged_spans(group_of, starts, ends, pers, run):
         peak = a + int(np.argmin(s[a:b + 1]))
         if times is not None and t[b] - t[a] < min_duration_s:
             continue
@@ -211,6 +223,6 @@ def detect_events(regularity: np.ndarray, times: np.ndarray | None = None, *,
             "start_time_s": float(t[a]), "end_time_s": float(t[b]), "peak_time_s": float(t[peak]),
             "min_regularity": float(s[peak]),
             "max_anomaly_score": float(np.max(score[a:b + 1])) if score is not None else float("nan"),
-            "persistence": float(pers[members].max()),
+            "persistence": p,
         })
     return rows

@@ -298,6 +298,12 @@ def write_whole(table: pa.Table, uri: str, storage_options: dict[str, Any]) -> N
             fs.delete_file(hidden)
 
 
+def _ranges(indices: np.ndarray, most: int = 20) -> str:
+    """'3-5, 9-9 …': the first `most` runs of frame indices, for an errors message."""
+    runs = index_runs(indices)
+    return ", ".join(f"{a}-{b - 1}" for a, b in runs[:most]) + (" …" if len(runs) > most else "")
+
+
 class AssembleVideo:
     """All volume errors of one video → its frames and events files, then its manifest marker."""
 
@@ -322,8 +328,11 @@ class AssembleVideo:
                            "time_s": time_s, **{k: v.astype(np.float32) for k, v in scores.items()},
                            "brightness_gain": gain,
                            "model_id": [model_id] * n, "run_id": [self.run_id] * n}, schema=FRAMES_SCHEMA)
-        events = detect_events(scores[self.events.score], time_s, frame_index=means.frame_index,
-                               anomaly_score=scores["anomaly_score"],
+        series = scores[self.events.score]
+        # a frame whose error is not finite has no score: a gap to events, and an errors row
+        ok = np.isfinite(series) & np.isfinite(scores["recon_error"])
+        events = detect_events(series[ok], time_s[ok], frame_index=means.frame_index[ok],
+                               anomaly_score=scores["anomaly_score"][ok],
                                persistence_threshold=self.events.persistence, window=self.events.window)
         events = pa.Table.from_pylist([{"camera": camera, "date": date, "video_id": head["video_id"], **ev,
                                         "score": self.events.score, "model_id": model_id} for ev in events],
@@ -334,23 +343,29 @@ class AssembleVideo:
             write_whole(table.drop_columns(["camera", "date"]), storage.join(self.output, table_name, name),
                         self.storage_options)
         complete = n == int(head["num_frames"])
-        if not complete:
-            self._unscored(head, means.frame_index)
+        if not complete or not ok.all():
+            self._unscored(head, means.frame_index, means.frame_index[~ok])
         mark_scored(self.output, head["camera"], head["video_id"], head["identity"], model_id, head["uri"],
                     complete, self.storage_options)
         return {"video_id": head["video_id"], "frames": n, "events": events.num_rows, "complete": complete}
 
-    def _unscored(self, head: dict[str, Any], scored: np.ndarray) -> None:
-        """An errors row naming the frames without a score: what did not decode, and decoded
-        frames no volume of T decoded frames covers, are not lost silently."""
+    def _unscored(self, head: dict[str, Any], scored: np.ndarray, not_finite: np.ndarray) -> None:
+        """An errors row naming the frames without a score: what did not decode, decoded frames
+        no volume of T decoded frames covers, and frames the model gave a NaN or infinite error
+        (their scores count as missing), are not lost silently."""
         num_frames = int(head["num_frames"])
         unscored = np.setdiff1d(np.arange(num_frames), scored)
-        runs = index_runs(unscored)
-        listed = ", ".join(f"{a}-{b - 1}" for a, b in runs[:20])
-        message = (f"{unscored.size} of {num_frames} frames have no score: {listed}"
-                   f"{' …' if len(runs) > 20 else ''}. A volume needs {self.T} "
-                   "consecutive decoded frames: frames that did not decode (see the decode rows), "
-                   "and decoded runs shorter than that, go unscored")
+        messages = []
+        if unscored.size:
+            messages.append(f"{unscored.size} of {num_frames} frames have no score: {_ranges(unscored)}. "
+                            f"A volume needs {self.T} "
+                            "consecutive decoded frames: frames that did not decode (see the decode rows), "
+                            "and decoded runs shorter than that, go unscored")
+        if not_finite.size:
+            messages.append(f"the model's error is NaN or infinite at {not_finite.size} frames: "
+                            f"{_ranges(not_finite)} (their scores are missing to evaluate, and events skip "
+                            "them); check the checkpoint, or score on CPU if a GPU overflowed")
+        message = "; ".join(messages)
         write_errors([error_row(head["video_id"], head["uri"], "score", "unscored_frames", message)],
                      storage.join(self.output, "errors"), head["camera"], f"{head['video_key']}-score",
                      self.storage_options)

@@ -317,16 +317,17 @@ def regularity(e: np.ndarray) -> np.ndarray:
 
     Divides by max e, as Chong & Tay write it (most public code uses max − min), so s_r
     lies in [min e / max e, 1]. A constant series gives all ones; when max e = 0 (every error
-    zero, a perfect reconstruction) s_a is taken as 0 and s_r = 1 rather than NaN. A NaN error
-    stays NaN (evaluate counts it as a missing score) instead of turning the video into ones.
+    zero, a perfect reconstruction) s_a is taken as 0 and s_r = 1 rather than NaN. A NaN or
+    infinite error gives NaN (evaluate counts it as a missing score); it neither turns the video
+    into ones nor sets its max.
     """
     e = np.asarray(e, dtype=np.float64)
-    if e.size == 0 or np.isnan(e).all():
-        return e.copy()
-    lowest, highest = np.nanmin(e), np.nanmax(e)
-    if not highest > 0:
-        return np.where(np.isnan(e), np.nan, 1.0)
-    return 1.0 - (e - lowest) / highest
+    finite = np.isfinite(e)
+    if not finite.any():
+        return np.full_like(e, np.nan)
+    lowest, highest = e[finite].min(), e[finite].max()
+    s_r = 1.0 - (e - lowest) / highest if highest > 0 else np.ones_like(e)
+    return np.where(finite, s_r, np.nan)
 
 
 def combined_regularity(s_r: np.ndarray, s_m: np.ndarray) -> np.ndarray:

@@ -283,7 +283,8 @@ def test_workers_that_would_starve_the_data_tasks_are_refused(ray_session, tmp_p
         run_training(str(tmp_path / "out"), str(tmp_path / "ckpt"), workers=2, cpus_per_worker=cpus / 2)
     # one 20-frame training video: a stride-3 volume spans 28 frames, and 11 + 2 volumes are not one
     # batch of 64; the card would list strides and a batch size that never trained (train review)
-    assert "yield 13 volumes an epoch (fewer than one batch of 64), none at stride(s) 3" in caplog.text
+    assert ("yield 13 volumes an epoch (fewer than one batch of 64), none at stride(s) 3 (a volume at stride s "
+            "spans 9·s + 1 frames): use longer footage or fewer strides or a smaller --batch-size") in caplog.text
     # a GPU this Ray does not have: Ray Train retried its worker group for ever, deaf to Ctrl-C
     gpus = int(ray_session.cluster_resources().get("GPU", 0))
     with pytest.raises(UsageError, match=f"and this Ray has {gpus}"):
@@ -548,3 +549,31 @@ def test_select_synthetic_keeps_the_epoch_with_the_best_synthetic_auc(ingested, 
     assert card["training"]["selection"].startswith("maximum synthetic-anomaly AUC")
     with pytest.raises(UsageError, match="--select"):
         run_training(ingested, str(tmp_path / "other"), select="test_labels")
+
+
+def test_validation_videos_without_frame_errors_calibrate_on_the_training_videos(ingested, tmp_path,
+                                                                                   monkeypatch, caplog):
+    """Code review: validation videos with no volume of T decoded frames in a row gave a card
+    with frame_error mean null; score then refused it as 'not a finished training run's
+    checkpoint'. Now the training videos calibrate it, and the card says so."""
+    import vadray.train as train_module
+
+    real = train_module.validation_frame_errors
+    calls = []
+
+    def none_on_validation(info, videos, *args, **kwargs):
+        calls.append(len(videos))
+        errors = real(info, videos, *args, **kwargs)
+        if len(calls) == 1:   # the validation videos
+            errors = {k: np.full_like(v, np.nan) for k, v in errors.items()}
+        return errors
+
+    monkeypatch.setattr(train_module, "validation_frame_errors", none_on_validation)
+    with caplog.at_level("WARNING", logger="vadray.train"):
+        card = run_training(ingested, str(tmp_path / "ckpt"), workers=1, **dict(RUN, epochs=1))
+    assert calls == [1, 2]   # 3 videos, val_fraction 0.34: one validation video, then the two others
+    assert card["validation"]["on"].startswith("training videos") and card["validation"]["videos"] == 2
+    assert card["validation"]["frame_error"]["std"] > 0
+    assert "calibrated on the training videos instead" in caplog.text
+    from vadray.score import _usable_card
+    assert _usable_card(str(tmp_path / "ckpt"), {}, 4, 4)["model_id"] == card["model_id"]

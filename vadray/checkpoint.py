@@ -213,8 +213,9 @@ def model_card(info, settings: dict, model_spec: dict, state_dict: dict, outcome
         "best_val_loss": float(best_row["val_loss"]) if val_videos and best_row.get("val_loss") is not None else None,
         "best_synthetic_auc": best_row.get("synthetic_auc"),
         "validation": {
-            "on": "validation videos" if val_videos else "training videos (no validation videos)",
-            "videos": len(val_videos or train_videos), "volume_stride": 1, "volume_hop": SCORE_HOP,
+            "on": errors.get("on") or ("validation videos" if val_videos else "training videos (no validation videos)"),
+            "videos": errors.get("videos") or len(val_videos or train_videos), "volume_stride": 1,
+            "volume_hop": SCORE_HOP,
             "grid": GRID_DEFAULT,
             "frame_error": distribution(errors["recon_error"]),
             "cell_error_max": distribution(errors["cell_error_max"])},

@@ -270,7 +270,7 @@ class VideoRows:
                  int(self.rows[vid][0]["segments"])) for vid in self.seen]
 
     def leftovers(self) -> list[list[dict[str, Any]]]:
-        """Rows of videos that never completed (not expected; assembled as partial, unmarked)."""
+        """Rows of videos that never completed (not expected; assembled as partial, with a `.partial` marker)."""
         rest = list(self.rows.values())
         self.rows.clear()
         self.parts.clear()

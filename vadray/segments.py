@@ -22,7 +22,7 @@ class Segment:
 def plan_segments(num_frames: int, fps: float, segment_seconds: float,
                   overlap: int, multiple_of: int = 1) -> list[Segment]:
     """Owned ranges of about `segment_seconds` each, plus `overlap` decoded frames after each.
-    Each range's length is a multiple of `multiple_of` (score: the hop, so that every
+    Each range but the last is a multiple of `multiple_of` long (score: the hop, so that every
     segment starts on the hop grid of volume starts)."""
     if segment_seconds <= 0:
         raise ValueError("segment_seconds must be positive")

@@ -22,10 +22,12 @@ import logging
 import uuid
 from datetime import datetime, timezone
 
+import numpy as np
+
 from vadray import storage
 from vadray.calibration import validation_frame_errors
 from vadray.checkpoint import CARD_FILE, FINAL_DIR, MODEL_FILE, model_card, read_card, save, weights_from_bytes
-from vadray.exits import UsageError
+from vadray.exits import JobFailed, UsageError
 from vadray.models import check_size, names, params_help, spec
 from vadray.raylib import ensure_ray, require_room
 from vadray.steps import SELECTIONS
@@ -112,6 +114,13 @@ def _saved_run(checkpoint_dir: str, storage_options: dict | None) -> dict | None
     if any(fs.exists(f"{path}/{name}") for name in (RUN_NAME, FINAL_DIR, MODEL_FILE, CARD_FILE)):
         return {}
     return None
+
+
+def _calibrates(errors: dict) -> bool:
+    """Whether these frame errors give anomaly_score a scale (a finite mean and a std > 0)."""
+    e = np.asarray(errors["recon_error"], np.float64)
+    e = e[np.isfinite(e)]
+    return e.size > 1 and float(e.std()) > 0
 
 
 def _finished_card(checkpoint_dir: str, run_id: str | None, storage_options: dict | None) -> dict | None:
@@ -248,10 +257,11 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
         raise UsageError(f"the training videos are too short for one volume of {T} frames at strides {strides}")
     idle, short = [s for s, n in per_stride.items() if n == 0], n_train < settings["batch_size"]
     if idle or short:   # the card would state strides or batches never trained
+        remedies = ["fewer strides"] * bool(idle) + ["a smaller --batch-size"] * short
         log.warning("the training videos yield %d volumes an epoch%s%s: use longer footage or %s", n_train,
                     f" (fewer than one batch of {settings['batch_size']})" if short else "",
                     f", none at stride(s) {', '.join(map(str, idle))} (a volume at stride s spans {T - 1}·s + 1 "
-                    "frames)" if idle else "", "fewer strides" if idle else "a smaller --batch-size")
+                    "frames)" if idle else "", " or ".join(remedies))
     footage = _footage(info, train_videos, val_videos)
     if resume:
         check_same_footage(saved.get("footage"), footage, settings["shards"])
@@ -274,9 +284,18 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
         raise
 
     # Calibrate on held-out normal footage (validation videos; training videos when there are none).
-    calib_videos = val_videos or train_videos
-    errors = validation_frame_errors(info, calib_videos, model_spec, outcome["best_weights"], T,
+    errors = validation_frame_errors(info, val_videos or train_videos, model_spec, outcome["best_weights"], T,
                                      storage_options, use_gpu=gpus_per_worker > 0)
+    if not _calibrates(errors) and val_videos:   # score would refuse a card without a scale
+        log.warning("the validation videos gave no frame errors with a spread (no volume of %d decoded frames "
+                    "in a row?): anomaly_score is calibrated on the training videos instead", T)
+        errors = validation_frame_errors(info, train_videos, model_spec, outcome["best_weights"], T,
+                                         storage_options, use_gpu=gpus_per_worker > 0)
+        errors |= {"on": "training videos (the validation videos gave no frame errors)", "videos": len(train_videos)}
+    if not _calibrates(errors):
+        raise JobFailed(f"the trained model's frame errors on its own footage are not finite numbers with a "
+                        f"spread, so anomaly_score has no scale and nothing was saved to {FINAL_DIR}/; the "
+                        f"epochs are in {storage.join(checkpoint_dir, RUN_NAME)}")
     state_dict = weights_from_bytes(outcome["best_weights"])
     card = model_card(info, settings, model_spec, state_dict, outcome, errors, train_videos, val_videos,
                        n_train, run_id, workers=workers, gpus_per_worker=gpus_per_worker)

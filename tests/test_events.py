@@ -150,6 +150,9 @@ def test_frame_index_times_and_anomaly_score():
 def test_event_settings_check_the_score_and_keep_the_default_run_id_text():
     assert EventSettings().key() == "p=0.1|w=50"     # run ids of default runs did not change
     assert EventSettings("combined_regularity", 0.2, 30).key() == "p=0.2|w=30|ev=combined_regularity"
+    assert EventSettings(min_seconds=1.5).key() == "p=0.1|w=50|min_s=1.5"
+    with pytest.raises(ValueError, match="negative"):
+        EventSettings(min_seconds=-1)
     with pytest.raises(ValueError, match="events can follow"):
         EventSettings("anomaly_score")
     with pytest.raises(ValueError, match="negative"):

@@ -262,3 +262,7 @@ def test_a_frame_with_a_non_finite_error_is_missing_not_fatal(tmp_path, monkeypa
     [row] = read_errors(str(tmp_path / "errors")).to_pylist()
     assert (row["stage"], row["error_type"]) == ("score", "unscored_frames")
     assert "NaN or infinite at 2 frames: 40-41" in row["message"]
+    # --min-event-seconds: the dip spans frames 21-23, 0.2 s at 10 frames/s
+    short = score_stages.AssembleVideo(str(tmp_path / "short"), card, "run", {}, EventSettings(min_seconds=0.3),
+                                       2, {})
+    assert short([head])["events"] == 0

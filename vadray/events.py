@@ -62,17 +62,20 @@ class EventSettings:
     score: str = "regularity"
     persistence: float = PERSISTENCE_DEFAULT
     window: int = WINDOW_DEFAULT
+    min_seconds: float = 0.0   # the design: an event should last 2-3 s to be meaningful; 0 keeps all
 
     def __post_init__(self) -> None:
         if self.score not in EVENT_SCORES:
             raise ValueError(f"events can follow {', '.join(EVENT_SCORES)}, not {self.score!r}")
-        if not self.persistence >= 0 or self.window < 0:
-            raise ValueError("event persistence and window must not be negative")
+        if not (self.persistence >= 0 and self.window >= 0 and self.min_seconds >= 0):
+            raise ValueError("event persistence, window and minimum seconds must not be negative")
 
     def key(self) -> str:
-        """The settings as run_id text; unchanged from before `score` existed for the default."""
+        """The settings as run_id text; unchanged from before `score` and `min_seconds` existed
+        for their defaults."""
         text = f"p={self.persistence}|w={self.window}"
-        return text if self.score == "regularity" else f"{text}|ev={self.score}"
+        text = text if self.score == "regularity" else f"{text}|ev={self.score}"
+        return text if not self.min_seconds else f"{text}|min_s={self.min_seconds}"
 
 
 @dataclass

@@ -241,7 +241,8 @@ def _scored_rows(todo: list, plan, volume_rows, model: tuple[type, tuple], actor
 def run_score(source: str, output: str, checkpoint: str, *, camera: str = "default", actors: int = 1,
               gpus_per_actor: float = 0.0, batch_size: int = 16, hop: int = SCORE_HOP, segment_seconds: float = 60.0,
               frame_fps: float = 10.0, grid: int = GRID_DEFAULT, persistence: float | None = None,
-              window: int = WINDOW_DEFAULT, events_from: str = "regularity", force: bool = False,
+              window: int = WINDOW_DEFAULT, events_from: str = "regularity", min_event_seconds: float = 0.0,
+              force: bool = False,
               actor_threads: int | None = None, gain_correction: bool = False, storage_options: dict[str, Any] | None = None,
               checkpoint_storage_options: dict[str, Any] | None = None,
               model_actor: type = ScoreVolumes) -> ScoreSummary:
@@ -261,7 +262,8 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     storage.require_folder_to_write(storage_options, must_delete=True, OUTPUT=output)
     storage.require_reachable(ckpt_options, CHECKPOINT=checkpoint)
     try:
-        events = EventSettings(events_from, PERSISTENCE_DEFAULT if persistence is None else persistence, window)
+        events = EventSettings(events_from, PERSISTENCE_DEFAULT if persistence is None else persistence, window,
+                               min_event_seconds)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if (hop < 1 or batch_size < 1 or actors < 1 or segment_seconds <= 0 or not frame_fps > 0
@@ -362,6 +364,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default {PERSISTENCE_DEFAULT})")
     parser.add_argument("--window", type=int, default=WINDOW_DEFAULT,
                         help=f"minima within this many frames form one event (default {WINDOW_DEFAULT})")
+    parser.add_argument("--min-event-seconds", type=float, default=0.0,
+                        help="drop events shorter than this many seconds, first frame to last (default 0: "
+                             "keep all; an event worth a look lasts seconds, so 1-2 drops brief blips)")
     parser.add_argument("--events-from", choices=EVENT_SCORES, default="regularity",
                         help="the frames column whose dips become events (default regularity, the "
                              "paper's; combined_regularity also catches a sudden motion of normal "
@@ -383,6 +388,7 @@ def run(args: argparse.Namespace) -> int:
                         gpus_per_actor=args.gpus_per_actor, batch_size=args.batch_size, hop=args.hop,
                         segment_seconds=args.segment_seconds, frame_fps=args.frame_fps, grid=args.grid,
                         persistence=args.persistence, window=args.window, events_from=args.events_from,
+                        min_event_seconds=args.min_event_seconds,
                         force=args.force, actor_threads=args.actor_threads, gain_correction=args.gain_correction,
                         storage_options=storage_options)
     return summary.print_and_exit_status()

@@ -333,7 +333,8 @@ class AssembleVideo:
         ok = np.isfinite(series) & np.isfinite(scores["recon_error"])
         events = detect_events(series[ok], time_s[ok], frame_index=means.frame_index[ok],
                                anomaly_score=scores["anomaly_score"][ok],
-                               persistence_threshold=self.events.persistence, window=self.events.window)
+                               persistence_threshold=self.events.persistence, window=self.events.window,
+                               min_duration_s=self.events.min_seconds)
         events = pa.Table.from_pylist([{"camera": camera, "date": date, "video_id": head["video_id"], **ev,
                                         "score": self.events.score, "model_id": model_id} for ev in events],
                                       schema=EVENTS_SCHEMA)

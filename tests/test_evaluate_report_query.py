@@ -145,7 +145,9 @@ def test_bad_label_files_get_a_clear_error_and_repeats_are_counted(scored, tmp_p
     for text, message in [("", "is empty"),
                           ("video,frame_index,label\nclipB,2.5,1\n", "whole numbers"),
                           ("video,frame_index,label\nclipB,3,0\nclipB,3,1\n", "labelled both 0 and 1 (clipB frame 3)"),
-                          ("video,frame_index,label\nclipB.mp4,3,0\n", "no label matches a scored frame")]:
+                          ("video,frame_index,label\nclipB.mp4,3,0\n", "no label matches a scored frame"),
+                          ("video,frame_index,label\nclipB,3,0\nclipB,4,\n",
+                           "1 row(s) are not, the first on line 3: video 'clipB', frame_index 4, label (blank)")]:
         capsys.readouterr()
         assert evaluate_with(text) == 2, message
         assert message in capsys.readouterr().err
@@ -436,6 +438,38 @@ def test_user_mistakes_get_a_reason_and_exit_2(scored, tmp_path, capsys):
     says(["train", str(tmp_path), str(afile)], "is a file; give a folder")
     says(["score", str(tmp_path), str(afile), "--checkpoint", str(tmp_path)], "is a file; give a folder")
     says(["score", str(tmp_path), str(tmp_path / "o"), "--checkpoint", str(tmp_path / "nowhere")], "does not exist")
+    # analyst review: a folder as --labels was a traceback; report drew labels that match nothing as none
+    says(["evaluate", out, "--labels", str(tmp_path)], "is a folder: give the CSV file")
+    (tmp_path / "ext.csv").write_text("video,frame_index,label\nclipB.mp4,3,1\n")
+    says(["report", out, str(tmp_path / "r"), "--labels", str(tmp_path / "ext.csv")], "no label matches a scored frame")
+    # an OUTPUT where every input failed was told to run `vadray score` first
+    from vadray.errors import error_row, write_errors
+    write_errors([error_row("bad", "/x/bad.mp4", "probe", "corrupt", "not a video")], str(tmp_path / "failed" / "errors"),
+                 "default", "bad-probe")
+    says(["report", str(tmp_path / "failed"), str(tmp_path / "r")],
+         "was scored: its errors table holds 1 row(s), e.g. /x/bad.mp4: not a video")
+
+
+def test_a_reader_that_leaves_early_is_no_traceback(scored, tmp_path):
+    """`vadray query … | head -2` printed a BrokenPipeError traceback and exited 1 (analyst review)."""
+    import subprocess
+    import sys
+
+    script = f"import sys; from vadray import cli; sys.exit(cli.main(['query', {scored['out']!r}, " \
+             "'SELECT * FROM range(200000)', '--max-rows', '0']))"
+    pipeline = subprocess.run(f"{sys.executable!r} -c {script!r} | head -c 10", shell=True, capture_output=True,
+                              text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              executable="/bin/bash")
+    assert len(pipeline.stdout) == 10 and "Traceback" not in pipeline.stderr, pipeline.stderr
+
+
+def test_each_commands_help_names_only_its_own_exit_statuses(capsys):
+    for command, partial in (("query", False), ("evaluate", False), ("score", True), ("train", False)):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert text.split("exit status: ")[1].startswith("0 done, 3 ingest or score" if partial else "0 done, 2 bad")
+        assert ("143 stopped by SIGTERM" in text) == (command in ("score", "train"))
 
 
 def test_evaluate_says_why_auc_is_undefined_and_query_prints_every_row_with_0(scored, tmp_path, capsys):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import signal
 import sys
 
 from vadray.exits import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, JobFailed, UsageError,
@@ -46,12 +48,22 @@ RESUME_HINT = {
 }
 
 
-EXIT_STATUS = """\
-exit status: 0 done, 3 ingest or score finished but some inputs failed (see errors/),
-             2 bad arguments or unreachable input, 1 the job failed (e.g. training diverged),
-             130 interrupted (Ctrl-C), 143 stopped by SIGTERM (kill, Kubernetes; a SIGTERM to the
-             whole process group with a local Ray, as timeout sends, may end it with 1); either
-             way finished work is kept, and the line printed says how to resume"""
+def exit_status(command: str | None = None) -> str:
+    """The exit statuses of `command` (of every command when None), for the end of --help."""
+    import textwrap
+
+    statuses = ["0 done"]
+    if command in (None, "ingest", "score"):
+        statuses.append("3 ingest or score finished but some inputs failed (see errors/)")
+    statuses += ["2 bad arguments or unreachable input",
+                 "1 the job failed" + (" (e.g. training diverged)" if command in (None, "train", "demo", "bench") else "")]
+    if command in (None, "ingest", "train", "score", "demo", "bench"):
+        statuses += ["130 interrupted (Ctrl-C)", "143 stopped by SIGTERM (kill, Kubernetes; a SIGTERM to the whole "
+                     "process group with a local Ray, as timeout sends, may end it with 1); either way finished "
+                     "work is kept, and the line printed says how to resume"]
+    else:
+        statuses.append("130 interrupted (Ctrl-C)")
+    return textwrap.fill(", ".join(statuses), width=100, initial_indent="exit status: ", subsequent_indent=" " * 13)
 
 
 def build_parser(command: str) -> argparse.ArgumentParser:
@@ -59,7 +71,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(
         prog=f"vadray {command}", description=(module.__doc__ or summary).strip(),
-        formatter_class=HelpFormatter, epilog=EXIT_STATUS)
+        formatter_class=HelpFormatter, epilog=exit_status(command))
     module.add_arguments(parser)
     parser.set_defaults(_run=module.run)
     return parser
@@ -69,7 +81,7 @@ def _top_help() -> str:
     lines = ["usage: vadray COMMAND [options]   (vadray COMMAND --help for details; vadray --version)", "",
              "Semi-supervised video anomaly detection over video archives, on Ray.", "", "commands:"]
     lines += [f"  {name:<10} {summary}" for name, (_, summary) in COMMANDS.items()]
-    return "\n".join([*lines, "", EXIT_STATUS])
+    return "\n".join([*lines, "", exit_status()])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     except JobFailed as exc:
         print(f"vadray {command}: failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:   # `vadray query … | head`: the reader left; what it read was right
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # the flush at exit would raise again
+        return 128 + signal.SIGPIPE   # what a shell reports of a program SIGPIPE ended
     except KeyboardInterrupt:   # Ctrl-C or SIGTERM: a short line, not Ray's traceback; finished work is kept
         hint = RESUME_HINT.get(command, "Run it again.")
         if stopped_by_sigterm():

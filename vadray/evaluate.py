@@ -32,6 +32,8 @@ def read_labels(labels_csv: str, storage_options: dict | None = None) -> pd.Data
     fs, path = storage.url_to_fs(labels_csv, storage_options)
     if not fs.exists(path):
         raise UsageError(f"labels file {labels_csv!r} does not exist")
+    if fs.isdir(path):
+        raise UsageError(f"labels file {labels_csv!r} is a folder: give the CSV file (video,frame_index,label)")
     with fs.open(path, "rb") as f:
         try:
             labels = pd.read_csv(f, dtype={"video": str})
@@ -42,8 +44,12 @@ def read_labels(labels_csv: str, storage_options: dict | None = None) -> pd.Data
     missing = {"video", "frame_index", "label"} - set(labels.columns)
     if missing:
         raise UsageError(f"labels file needs columns video,frame_index,label; missing {sorted(missing)}")
-    if not labels["label"].isin([0, 1]).all():
-        raise UsageError("labels must be 0 (normal) or 1 (anomalous)")
+    bad = labels[~labels["label"].isin([0, 1])]
+    if len(bad):
+        first = bad.iloc[0]
+        raise UsageError(f"labels must be 0 (normal) or 1 (anomalous); {len(bad)} row(s) are not, the first on "
+                         f"line {bad.index[0] + 2}: video {first['video']!r}, frame_index {first['frame_index']}, "
+                         f"label {'(blank)' if pd.isna(first['label']) else first['label']}")
     frame_index = pd.to_numeric(labels["frame_index"], errors="coerce")
     if not (frame_index.notna() & (frame_index == frame_index.round())).all():
         raise UsageError("labels file: frame_index must be whole numbers")
@@ -58,6 +64,21 @@ def read_labels(labels_csv: str, storage_options: dict | None = None) -> pd.Data
     deduplicated = labels.drop_duplicates(key).reset_index(drop=True)
     deduplicated.attrs["duplicate_rows"] = len(labels) - len(deduplicated)
     return deduplicated
+
+
+def require_matching_labels(frames: pd.DataFrame, labels: pd.DataFrame) -> None:
+    """Labels that name no scored frame (ids of another SOURCE, with extensions, …) are a
+    mistake to say, not an evaluation or a plot without ground truth."""
+    key = ["video_id", "frame_index"]
+    if not frames[key].merge(labels[key], on=key).empty:
+        return
+
+    def some(ids) -> str:
+        ids = sorted(map(str, set(ids)))
+        return ", ".join(ids[:3]) + (" …" if len(ids) > 3 else "")
+    raise UsageError(f"no label matches a scored frame: the labels name videos {some(labels['video_id']) or '(none)'}; "
+                     f"the frames table holds {some(frames['video_id'])} (video is the video_id: the path "
+                     "relative to SOURCE, without extension unless a same-named file sits beside it)")
 
 
 def _per_video_intervals(table: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -97,15 +118,10 @@ def evaluate_output(output: str, labels_csv: str, storage_options: dict | None =
     duplicate_labels = labels.attrs["duplicate_rows"]
     duplicate_frames = int(frames.duplicated(key).sum())
     frames = frames.drop_duplicates(key, keep="first")
+    require_matching_labels(frames, labels)
     joined = frames.merge(labels, on=key, how="outer", indicator=True)
     matched = joined[joined["_merge"] == "both"]
     frame_videos, label_videos = set(frames["video_id"]), set(labels["video_id"])
-    if len(matched) == 0:
-        def some(ids: set) -> str:
-            return ", ".join(sorted(map(str, ids))[:3]) + (" …" if len(ids) > 3 else "")
-        raise UsageError(f"no label matches a scored frame: the labels name videos {some(label_videos) or '(none)'}; "
-                         f"the frames table holds {some(frame_videos)} (video is the video_id: the path "
-                         "relative to SOURCE, without extension unless a same-named file sits beside it)")
     # What was evaluated: a metrics file must say which model and camera it is of.
     result: dict[str, Any] = {"selection": {
         "output": output,

@@ -1,4 +1,4 @@
-"""SQL over a scoring OUTPUT with DuckDB: views `frames`, `events` and `errors` (if present).
+"""SQL over a scoring OUTPUT with DuckDB: views `frames`, `events` and `errors` (empty where none).
 
 Local outputs are read by DuckDB's own Parquet reader (read_parquet, hive_partitioning,
 partition values kept as strings). s3:// outputs are Arrow datasets over s3fs (the same

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 
 from vadray import decode, listing, metrics, probe, storage
 from vadray.errors import failed_rows, safe_key
-from vadray.evaluate import read_labels
+from vadray.evaluate import read_labels, require_matching_labels
 from vadray.exits import UsageError
 from vadray.listing import VideoRef
 from vadray.manifest import video_date
@@ -215,6 +215,7 @@ def build_report(output: str, out_dir: str, labels_csv: str | None = None,
     labels = read_labels(labels_csv, storage_options) if labels_csv else None
     if labels is not None:
         check_one_camera_per_video(frames)
+        require_matching_labels(frames, labels)
     if frame_fn is None:
         frame_fn = lambda uri, index: decode_thumbnail(uri, index, storage_options)  # noqa: E731
     out_fs, out_path = storage.url_to_fs(out_dir, storage_options)

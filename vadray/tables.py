@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from vadray import storage
-from vadray.errors import ERRORS_SCHEMA
+from vadray.errors import ERRORS_SCHEMA, read_errors
 from vadray.events import EVENTS_SCHEMA
 from vadray.exits import UsageError
 from vadray.scoring import FRAMES_SCHEMA
@@ -90,6 +90,12 @@ def no_rows_selected(output: str, storage_options: dict | None, **selected: list
     chosen = {name: values for name, values in selected.items() if values}
     table = read_table(output, "frames", storage_options, columns=list(chosen))
     if table is None or table.num_rows == 0:
+        failed = read_errors(storage.join(output, "errors"), storage_options)
+        if failed.num_rows:   # scored, and every input failed: say so, not "run score first"
+            first = failed.slice(0, 1).to_pylist()[0]
+            return UsageError(f"no video under {output!r} was scored: its errors table holds {failed.num_rows} "
+                              f"row(s), e.g. {first['source_uri']}: {first['message']}; "
+                              f"`vadray query {output} \"SELECT * FROM errors\"` lists them")
         return UsageError(f"no frames table under {output!r}: run `vadray score` first")
     held = []
     for name, values in chosen.items():

@@ -328,7 +328,7 @@ def test_report_writes_plots_and_index(scored, tmp_path):
         report.build_report(scored["out"], str(tmp_path / "rep2"), error_map_fn=error_map)
 
 
-def test_report_cli_filters_and_no_thumbnails(scored, tmp_path):
+def test_report_cli_filters_and_no_thumbnails(scored, tmp_path, caplog):
     assert cli.main(["report", scored["out"], str(tmp_path / "r"), "--camera", "3", "--max-thumbnails", "0"]) == 0
     written = sorted(os.listdir(tmp_path / "r"))
     # the camera is in every name, one camera selected or not: two reports into one DIR never collide
@@ -338,6 +338,11 @@ def test_report_cli_filters_and_no_thumbnails(scored, tmp_path):
     assert cli.main(["report", scored["out"], str(tmp_path / "r3"), "--camera", "cam1", "--max-thumbnails", "0"]) == 0
     assert "broken" not in (tmp_path / "r3" / "index.html").read_text()       # another camera's failure
     assert cli.main(["report", scored["out"], str(tmp_path / "r2"), "--video", "nope"]) == 2
+    # one video into the same DIR: the other's plot stays, unlisted, and a warning says so (analyst review)
+    with caplog.at_level("WARNING", logger="vadray.report"):
+        assert cli.main(["report", scored["out"], str(tmp_path / "r"), "--camera", "3", "--video", "clipB",
+                         "--max-thumbnails", "0"]) == 0
+    assert f"1 plot(s) of an earlier report that this one did not draw (e.g. {safe_key('3/clipC')}.png)" in caplog.text
 
 
 def test_plot_draws_motion_regularity_only_where_the_table_has_it():

@@ -13,6 +13,7 @@ import html
 import io
 import logging
 import math
+import re
 import time
 from typing import Any, Callable
 
@@ -167,13 +168,22 @@ def plot_video(frames: pd.DataFrame, events: pd.DataFrame, truth: np.ndarray | N
     ax.legend(loc="lower left", fontsize=8)
     column = 0
     for event, image, emap in shown:
-        for picture, what, cmap in ((image, "frame", "gray"), (emap, "error", "inferno")):
-            if picture is None:
-                continue
+        label = f"E{int(event['event_id'])} · frame {int(event['peak_frame'])}"
+        if image is not None:
             sub = fig.add_subplot(grid[1, column])
-            sub.imshow(picture, cmap=cmap, vmin=0 if what == "frame" else None, vmax=255 if what == "frame" else None)
-            sub.set_title(f"E{event['event_id']} {what} {event['peak_frame']}", fontsize=8)
+            sub.imshow(image, cmap="gray", vmin=0, vmax=255)
+            sub.set_title(label, fontsize=8)
             sub.axis("off")
+            column += 1
+        if emap is not None:   # the model's square input, drawn at the frame's shape
+            sub = fig.add_subplot(grid[1, column])
+            shown_map = sub.imshow(emap, cmap="inferno",
+                                   aspect=image.shape[0] / image.shape[1] if image is not None else "equal")
+            sub.set_title(f"{label}: error map", fontsize=8)
+            sub.axis("off")
+            bar = fig.colorbar(shown_map, ax=sub, fraction=0.046, pad=0.02)
+            bar.ax.tick_params(labelsize=6)
+            bar.set_label("squared error (normalised units)", fontsize=6)
             column += 1
     return fig
 
@@ -265,7 +275,19 @@ def build_report(output: str, out_dir: str, labels_csv: str | None = None,
     failures = _failures(output, storage_options, videos, cameras, dates)
     page = index_html(rows, labels is not None, failures, scored_by)
     _write_bytes(storage.join(out_dir, "index.html"), page.encode(), storage_options)
+    _warn_of_older_plots(out_fs, out_path, {r["png"] for r in rows})
     return rows
+
+
+def _warn_of_older_plots(fs, folder: str, drawn: set[str]) -> None:
+    """Plots an earlier report left in DIR stay (they are not ours to delete), but index.html
+    no longer lists them: say so, so that a stale PNG is not read as this run's."""
+    names = [p.rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False, refresh=True)]   # not s3fs's cache
+    older = sorted(n for n in names if re.fullmatch(r".+-[0-9a-f]{8}\.png", n) and n not in drawn)
+    if older:
+        log.warning("%s holds %d plot(s) of an earlier report that this one did not draw (e.g. %s): "
+                    "index.html lists only this report's videos; use an empty DIR to keep them apart",
+                    folder, len(older), older[0])
 
 
 def _failures(output: str, storage_options: dict | None, videos: list[str] | None, cameras: list[str] | None,

@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import torch
 
 from vadray import storage
 from vadray.preprocess import NormStats
-from vadray.steps import frame_sums, reconstruct
+from vadray.steps import Reconstructor, frame_sums
 from vadray.trainvolumes import Shards, VideoShards, read_chunks, video_items
 from vadray.volumes import stream_volumes
 
@@ -36,18 +35,11 @@ class ValidationFrameErrors:
         from vadray.checkpoint import weights_from_bytes
         from vadray.models import build
 
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        self.model = build(model_spec["name"], **model_spec["params"])
-        self.model.load_state_dict(weights_from_bytes(weights))
-        self.model.to(self.device).eval()
-        norm = NormStats.from_dict(stats)
-        self.mean = torch.from_numpy(norm.mean_image).to(self.device)
-        self.std = norm.std
+        model = build(model_spec["name"], **model_spec["params"])
+        model.load_state_dict(weights_from_bytes(weights))
+        self.reconstruct = Reconstructor(model, NormStats.from_dict(stats), use_gpu)
         self.pa_fs, _ = storage.pyarrow_fs(clips_uri, storage_options)
         self.T, self.batch_size = T, batch_size
-
-    def _reconstruct(self, volumes: np.ndarray):
-        return reconstruct(self.model, torch.from_numpy(volumes).to(self.device), self.mean, self.std)
 
     def __call__(self, batch: dict) -> dict:
         from vadray import scoring
@@ -58,7 +50,7 @@ class ValidationFrameErrors:
             batches = ((starts[i:i + self.batch_size], volumes[i:i + self.batch_size])
                        for _, starts, volumes in stream_volumes(chunks, self.T, (1,), scoring.SCORE_HOP)
                        for i in range(0, len(starts), self.batch_size))
-            sums = frame_sums(batches, self._reconstruct, self.T, motion=False)
+            sums = frame_sums(batches, self.reconstruct, self.T, motion=False)
             if not sums.frame_index.size:
                 continue  # shorter than one volume
             means = sums.mean()

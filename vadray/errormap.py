@@ -18,15 +18,14 @@ class ErrorMaps:
     """error_map(source_uri, frame_index) -> (S, S) float32, or None if the source is unreadable."""
 
     def __init__(self, checkpoint: str, storage_options: dict[str, Any] | None = None):
-        import torch
-
         from vadray.checkpoint import load_for_job
         from vadray.preprocess import NormStats
+        from vadray.steps import Reconstructor
 
-        self.model, card = load_for_job(checkpoint, storage_options)
+        model, card = load_for_job(checkpoint, storage_options)
         self.model_id = card["model_id"]   # report checks it against the scores' model
-        self.stats = NormStats.from_dict(card["norm_stats"])
-        self.mean_image = torch.from_numpy(self.stats.mean_image)
+        self.reconstruct = Reconstructor(model, NormStats.from_dict(card["norm_stats"]))
+        self.stats = self.reconstruct.stats
         self.T = int(card["input"]["T"])
         self.storage_options = storage_options
 
@@ -36,7 +35,6 @@ class ErrorMaps:
         from vadray.decode import decode_frame_files, decode_segment
         from vadray.probe import InputError, frame_folder_timeline, probe
         from vadray.listing import frame_folder
-        from vadray.steps import reconstruct
 
         try:
             clip = frame_folder(source_uri, self.storage_options)
@@ -56,5 +54,5 @@ class ErrorMaps:
         if decoded.frames.shape[0] != self.T:
             return None
         with torch.inference_mode():
-            x, y = reconstruct(self.model, torch.from_numpy(decoded.frames)[None], self.mean_image, self.stats.std)
+            x, y = self.reconstruct(decoded.frames[None])
         return np.square((x - y)[0, frame_index - start, 0].numpy()).astype(np.float32)

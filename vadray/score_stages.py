@@ -125,25 +125,18 @@ class ScoreVolumes:
 
         from vadray.checkpoint import load_model
         from vadray.preprocess import NormStats
+        from vadray.steps import Reconstructor
 
         model, card = load_model(checkpoint, storage_options)
-        # Only an actor that holds a GPU uses one: Ray leaves CUDA visible to actors without one.
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        # (x, y) of uint8 volumes: the training step's own forward (bf16 autocast on GPU, as the
+        # card's calibration)
+        self.reconstruct = Reconstructor(model, NormStats.from_dict(card["norm_stats"]), use_gpu)
+        self.device, self.stats = self.reconstruct.device, self.reconstruct.stats
         if self.device.type == "cpu":
             # Ray starts a 1-CPU actor with OMP_NUM_THREADS=1; see run_score's actor_threads.
             torch.set_num_threads(max(1, threads))
-        self.model = model.to(self.device).eval()
-        self.stats = NormStats.from_dict(card["norm_stats"])
-        self.mean_image = torch.from_numpy(self.stats.mean_image).to(self.device)
         self.T, self.batch_size, self.grid = int(card["input"]["T"]), batch_size, grid
         self.gain_correction = gain_correction
-
-    def reconstruct(self, volumes):
-        """uint8 (B, T, S, S) tensor → (x, y) normalised input and reconstruction, the training
-        step's own forward (`steps.reconstruct`: bf16 autocast on GPU, as the card's calibration)."""
-        from vadray.steps import reconstruct
-
-        return reconstruct(self.model, volumes.to(self.device), self.mean_image, self.stats.std)
 
     def frame_sums(self, frames: np.ndarray, frame_index: np.ndarray, starts: np.ndarray,
                    gains: np.ndarray | None = None):

@@ -30,6 +30,22 @@ def reconstruct(model, volumes: torch.Tensor, mean_image: torch.Tensor, std: flo
     return x, y.float()
 
 
+class Reconstructor:
+    """A trained model on its device, with the normalisation of the footage it learnt: uint8
+    volumes (array or tensor) → (x, y) by `reconstruct`. The score actors, calibration and the
+    report's error maps each hold one, so a frame's error is the same number in all three."""
+
+    def __init__(self, model: torch.nn.Module, stats, use_gpu: bool = False):
+        # Only a task or actor that holds a GPU uses one: Ray leaves CUDA visible to the others.
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.model = model.to(self.device).eval()
+        self.stats = stats   # a `preprocess.NormStats`
+        self.mean_image = torch.from_numpy(stats.mean_image).to(self.device)
+
+    def __call__(self, volumes) -> tuple[torch.Tensor, torch.Tensor]:
+        return reconstruct(self.model, torch.as_tensor(volumes).to(self.device), self.mean_image, self.stats.std)
+
+
 def frame_sums(batches, reconstruct, T: int, grid: int | None = None, motion: bool = True):
     """(starts (B,), uint8 volumes (B, T, S, S)) batches → `scoring.FrameSums` of e, the cell
     grid and m: the forward-and-measure loop of scoring, calibration and ped2-direct, so all

@@ -3,7 +3,8 @@
     ray job submit --working-dir . -- python jobs/evaluate.py OUTPUT --labels LABELS_CSV [--json REPORT.json]
 
 The arguments are those of `vadray evaluate --help`: this file only hands them to vadray.cli.main,
-so the CLI and the job share one parser and one exit status (0 ok, 2 bad arguments or labels).
+so the CLI and the job share one parser and one set of exit statuses (the end of
+`vadray evaluate --help` lists them).
 Evaluating reads the tables with pyarrow in the job's driver: it starts no Ray tasks.
 """
 import os

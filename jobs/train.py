@@ -3,9 +3,10 @@
     ray job submit --working-dir . -- python jobs/train.py INGEST_OUTPUT CHECKPOINT_DIR [options]
 
 The arguments are those of `vadray train --help`: this file only hands them to vadray.cli.main,
-so the CLI and the job share one parser and one exit status (0 ok, 2 bad arguments). Inside a
-submitted job Ray sets RAY_ADDRESS, so the job joins that cluster; run by hand without it, it
-starts a local Ray.
+so the CLI and the job share one parser and one set of exit statuses (the end of
+`vadray train --help` lists them).
+Inside a submitted job Ray sets RAY_ADDRESS, so the job joins that cluster; run by hand
+without it, it starts a local Ray.
 """
 import os
 import sys

@@ -40,7 +40,7 @@ def test_bench_score_prints_throughput_and_memory_ratios(ray_session, trained_ch
                  "--memory-segment-seconds", "1", "--sample-interval", "0.1"])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert re.search(r"^frames\s+22 in 1 videos, 4 volumes$", out, re.M), out  # 0, 5, 10 + the last one, 12
+    assert re.search(r"^frames\s+22 in 1 video, 4 volumes$", out, re.M), out  # 0, 5, 10 + the last one, 12
     assert re.search(r"^baseline fps\s+\d+\.\d\s+\(bare model", out, re.M), out
     assert re.search(r"^score fps\s+\d+\.\d\s", out, re.M), out
     assert re.search(r"^actor threads\s+\d", out, re.M), out  # measured inside the ScoreVolumes actor

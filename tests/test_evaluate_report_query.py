@@ -334,7 +334,7 @@ def test_report_cli_filters_and_no_thumbnails(scored, tmp_path, caplog):
     # the camera is in every name, one camera selected or not: two reports into one DIR never collide
     assert written == sorted(["index.html", f"{safe_key('3/clipB')}.png", f"{safe_key('3/clipC')}.png"])
     page = (tmp_path / "r" / "index.html").read_text()
-    assert "1 videos with errors" in page and "<td>broken</td>" in page and "bad header" in page   # failed: no plot
+    assert "1 video with errors" in page and "<td>broken</td>" in page and "bad header" in page   # failed: no plot
     assert cli.main(["report", scored["out"], str(tmp_path / "r3"), "--camera", "cam1", "--max-thumbnails", "0"]) == 0
     assert "broken" not in (tmp_path / "r3" / "index.html").read_text()       # another camera's failure
     assert cli.main(["report", scored["out"], str(tmp_path / "r2"), "--video", "nope"]) == 2

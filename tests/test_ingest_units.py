@@ -784,6 +784,11 @@ def test_frames_per_second_leave_out_the_start_of_a_local_ray():
     assert started.line().endswith("5.0 s (2.0 s of it starting or joining Ray), 100.0 frames/s")
     joined = ScoreSummary(videos=2, frames=300, seconds=3.0)   # Ray was up already: nothing to leave out
     assert joined.fps == 100.0 and joined.line().endswith(" 3.0 s, 100.0 frames/s")
+    # people read these lines: one of a thing is singular
+    one = IngestSummary(videos=1, segments=1, frames=1, seconds=1.0, errors=[{"error_type": "decode_failed"}])
+    assert one.line().startswith("ingest: 1 video (0 failed), 1 segment, 1 frame, 1 error row, 0 notes, "), one.line()
+    assert ScoreSummary(videos=1, events=1).line().startswith("score: 1 video (0 already done, 0 failed), "
+                                                             "0 frames, 1 event, 0 error rows, 0 notes, ")
 
 
 def test_a_store_that_refuses_a_delete_outright_is_found_before_any_work(monkeypatch):

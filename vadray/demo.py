@@ -12,6 +12,7 @@ import os
 import time
 
 from vadray import storage
+from vadray.errors import count
 from vadray.exits import EXIT_OK, EXIT_PARTIAL
 from vadray.models import names
 
@@ -88,6 +89,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
     if result["failures"]:
         paths = result["paths"]
-        print(f"{result['failures']} inputs failed: see {paths['shards']}/errors and {paths['tables']}/errors")
+        print(f"{count(result['failures'], 'input')} failed: see {paths['shards']}/errors and {paths['tables']}/errors")
         return EXIT_PARTIAL
     return EXIT_OK

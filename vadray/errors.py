@@ -95,6 +95,11 @@ def failed_rows(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in errors if e["error_type"] not in NOTE_TYPES]
 
 
+def count(n: int, noun: str) -> str:
+    """'1 video', '2 videos': summaries are read by people."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 @dataclass
 class JobSummary:
     """What a job did over its inputs: the end-of-run line, the failed inputs, the exit status."""

@@ -29,7 +29,7 @@ import pyarrow as pa
 from vadray import storage
 from vadray.clip_shards import (CHUNK_FRAMES, CLIPS_SCHEMA, SMALL_COLUMNS, clip_table, compute_stats,
                                 remove_stats, write_stats, write_sums)
-from vadray.errors import JobSummary, clear_errors, failed_rows, read_errors, safe_key
+from vadray.errors import JobSummary, count, clear_errors, failed_rows, read_errors, safe_key
 from vadray.exits import UsageError
 from vadray.listing import VIDEO_EXTENSIONS, VideoRef, check_camera, list_videos
 from vadray.preprocess import PartialSums
@@ -50,8 +50,9 @@ class IngestSummary(JobSummary):
     segments: int = 0
 
     def line(self) -> str:
-        return (f"ingest: {self.videos} videos ({self.videos_failed} failed), {self.segments} segments, "
-                f"{self.frames} frames, {self.failures} error rows, {self.notes} notes, "
+        c = count
+        return (f"ingest: {c(self.videos, 'video')} ({self.videos_failed} failed), {c(self.segments, 'segment')}, "
+                f"{c(self.frames, 'frame')}, {c(self.failures, 'error row')}, {c(self.notes, 'note')}, "
                 + self.timing())
 
 

@@ -23,7 +23,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from vadray import decode, listing, metrics, probe, storage
-from vadray.errors import failed_rows, safe_key
+from vadray.errors import count, failed_rows, safe_key
 from vadray.evaluate import read_labels, require_matching_labels
 from vadray.exits import UsageError
 from vadray.listing import VideoRef
@@ -324,9 +324,9 @@ def index_html(rows: list[dict[str, Any]], with_auc: bool, failures: list[dict[s
     lines = ["<!doctype html><meta charset='utf-8'><title>vadray report</title>",
              "<style>body{font-family:sans-serif} td,th{padding:3px 10px;border-bottom:1px solid #ddd}"
              " td{text-align:right} td:first-child{text-align:left} td.why{text-align:left}</style>",
-             f"<h1>vadray report</h1><p>{len(rows)} videos, {sum(r['events'] for r in rows)} events"
+             f"<h1>vadray report</h1><p>{count(len(rows), 'video')}, {count(sum(r['events'] for r in rows), 'event')}"
              + (f", scored by model <code>{html.escape(model_id)}</code>" if model_id else "")
-             + (f"; {len(failed)} videos with errors (below)" if failed else "") + "</p>",
+             + (f"; {count(len(failed), 'video')} with errors (below)" if failed else "") + "</p>",
              "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     for r in rows:
         values = [r["camera"], r["date"], r["frames"], r.get("not_scored", 0), r["duration_s"], r["min_regularity"],

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from vadray import storage
-from vadray.errors import JobSummary, clear_errors, error_row, failed_rows, read_errors, safe_key, write_errors
+from vadray.errors import JobSummary, count, clear_errors, error_row, failed_rows, read_errors, safe_key, write_errors
 from vadray.events import EVENT_SCORES, PERSISTENCE_DEFAULT, WINDOW_DEFAULT, EventSettings
 from vadray.exits import UsageError
 from vadray.listing import check_camera, list_videos
@@ -47,9 +47,10 @@ class ScoreSummary(JobSummary):
     events: int = 0
 
     def line(self) -> str:
-        return (f"score: {self.videos} videos ({self.skipped} already done, {self.videos_failed} failed), "
-                f"{self.frames} frames, {self.events} events, {self.failures} error rows, {self.notes} notes, "
-                + self.timing())
+        c = count
+        return (f"score: {c(self.videos, 'video')} ({self.skipped} already done, {self.videos_failed} failed), "
+                f"{c(self.frames, 'frame')}, {c(self.events, 'event')}, {c(self.failures, 'error row')}, "
+                f"{c(self.notes, 'note')}, " + self.timing())
 
 
 def scoring_run_id(model_id: str, hop: int, grid: int, events: EventSettings, gain_correction: bool = False) -> str:

@@ -47,6 +47,7 @@ import numpy as np
 from vadray import storage
 from vadray.bench.score_inputs import quick_checkpoint, synthetic_archive
 from vadray.bench.score_memory import memory
+from vadray.errors import count
 from vadray.exits import EXIT_OK, EXIT_PARTIAL, UsageError
 
 
@@ -332,7 +333,7 @@ def throughput(args: argparse.Namespace, checkpoint: str, card: dict, ray_cpus: 
                      "phase_start", "phase_batches", "phase_finish")}
     actor_threads = sorted({r["actor_t"] for r in rows})
     differs = actor_threads != [threads]
-    print(f"frames            {frames} in {args.videos} videos, {n_volumes} volumes")
+    print(f"frames            {frames} in {count(args.videos, 'video')}, {n_volumes} volumes")
     print(f"baseline fps      {med['base']:.1f}  (bare model, pre-decoded volumes, {threads} torch threads, "
           f"driver process)")
     if differs:

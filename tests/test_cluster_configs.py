@@ -196,6 +196,15 @@ def test_kuberay_jobs_for_ingest_train_and_score():
     assert {"ingest", "train", "score"} <= set(by_command), f"RayJobs found for {sorted(by_command)}"
 
 
+def test_jobs_on_the_cluster_keep_ray_datas_progress():
+    """In Ray 2.60 RAY_DATA_DISABLE_PROGRESS_BARS=1 removes the progress lines a job's log shows
+    (not only a terminal's bars); the image and the manifests once set it (cluster review)."""
+    files = [CLUSTER / "Dockerfile"] + sorted(CLUSTER.rglob("*.yaml"))
+    assert any(p.suffix == ".yaml" for p in files)
+    setting = [str(p.relative_to(REPO)) for p in files if "RAY_DATA_DISABLE_PROGRESS_BARS" in p.read_text()]
+    assert not setting, f"{setting} turn Ray Data's progress off on the cluster"
+
+
 def test_image_is_the_tested_ray_on_the_pinned_python():
     text = (CLUSTER / "Dockerfile").read_text()
     args = dict(re.findall(r"^ARG\s+(\w+)=(\S+)", text, re.M))

@@ -755,10 +755,10 @@ def test_ped2_test_videos_give_2010_frame_rows(ray_session, trained_checkpoint, 
         lambda s: (s.to_numpy() == np.arange(len(s))).all()).all()
 
 
-def test_default_actor_threads_share_the_node_cpus(ray_session):
-    from vadray.score import default_actor_threads
+def test_threads_per_worker_share_the_node_cpus(ray_session):
+    from vadray.raylib import threads_per_worker
 
-    assert [default_actor_threads(n) for n in (1, 2, 5)] == [2, 1, 1]  # the session's Ray has 2 CPUs
+    assert [threads_per_worker(n) for n in (1, 2, 5)] == [2, 1, 1]  # the session's Ray has 2 CPUs
 
 
 def test_gain_correction_keeps_a_brighter_twin_of_a_video_normal(ray_session, trained_checkpoint, tmp_path):

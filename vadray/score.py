@@ -59,19 +59,6 @@ def scoring_run_id(model_id: str, hop: int, grid: int, events: EventSettings, ga
     return "score-" + hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
-def default_actor_threads(actors: int) -> int:
-    """Torch threads per CPU model actor: the largest node's CPUs shared by the actors.
-
-    An actor reserves 1 CPU so that decode tasks can run beside it, and Ray then starts it with
-    OMP_NUM_THREADS=1; but the model is most of the work, and decoding is bursty and light
-    beside it, so one thread would leave the node's other cores idle between decodes.
-    """
-    import ray
-
-    cpus = max((n.get("Resources", {}).get("CPU", 1.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
-    return max(1, int(cpus) // max(1, actors))
-
-
 class _WriteOrRecord:
     """One video's tables failing to write (a storage error, a bad value) is that video's
     failure, an errors row with stage `write`, not the end of the backfill."""
@@ -251,7 +238,7 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
 
     `model_actor` is the Ray Data actor class that runs the model: the benchmark passes a
     subclass that records timings, a test one that dies once mid-run."""
-    from vadray.raylib import ensure_ray, require_room
+    from vadray.raylib import ensure_ray, require_room, threads_per_worker
     from vadray.stages import ProbeAndPlan
 
     started = time.perf_counter()   # the summary's seconds: the whole job, checks and model load too
@@ -307,7 +294,7 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     log.info("scoring %d videos (%d already done) with %s", len(todo), len(done), model_id)
     if todo:
         if actor_threads is None:
-            actor_threads = default_actor_threads(actors)
+            actor_threads = threads_per_worker(actors)
         clear_errors(storage.join(output, "errors"), camera, [r.video_id for r in todo], storage_options)
         plan = ProbeAndPlan(output, camera, segment_seconds, frame_fps, storage_options,
                             **score_segment_plan(T, hop))

@@ -29,7 +29,7 @@ from vadray.calibration import validation_frame_errors
 from vadray.checkpoint import CARD_FILE, FINAL_DIR, MODEL_FILE, model_card, read_card, save, weights_from_bytes
 from vadray.exits import JobFailed, UsageError
 from vadray.models import check_size, names, params_help, spec
-from vadray.raylib import ensure_ray, require_room
+from vadray.raylib import ensure_ray, require_room, threads_per_worker
 from vadray.steps import SELECTIONS
 from vadray.trainloop import RUN_NAME, Diverged, run_trainer
 from vadray.trainvolumes import count_volumes, discover, split_by_video
@@ -53,6 +53,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP processes)")
     parser.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per worker; > 0 trains on GPU with bf16 autocast and channels_last")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per worker; leave some to the Ray Data tasks that make volumes")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch threads per CPU worker (default: the largest node's CPUs divided by --workers, "
+                             "since making volumes is light beside the model; on GPU, Ray's setting)")
     parser.add_argument("--epochs", type=int, default=50, help="maximum number of epochs")
     parser.add_argument("--batch-size", type=int, default=64, help="global mini-batch (split across workers)")
     parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
@@ -90,7 +93,8 @@ def run(args) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
         strides=parse_strides(args.strides), hop=args.hop, val_fraction=args.val_fraction, seed=args.seed,
         select=args.select,
-        max_failures=args.max_failures, resume=args.resume, storage_options=options)
+        max_failures=args.max_failures, resume=args.resume, torch_threads=args.torch_threads,
+        storage_options=options)
     print(json.dumps({"model_id": card["model_id"], "best_epoch": card["best_epoch"],
                       "epochs_run": card["epochs_run"], "best_val_loss": card["best_val_loss"],
                       "final": storage.join(args.checkpoint_dir, FINAL_DIR)}, indent=2))
@@ -198,12 +202,12 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
                  workers: int = 1, gpus_per_worker: float = 0, cpus_per_worker: float = 1.0, epochs: int = 50,
                  batch_size: int = 64, lr: float = 1e-4, patience: int = 10, strides=(1, 2, 3), hop: int = 1,
                  val_fraction: float = 0.1, seed: int = 0, select: str = "val_loss", max_failures: int = 3,
-                 resume: bool = False,
+                 resume: bool = False, torch_threads: int | None = None,
                  storage_options: dict | None = None, fail_at_step: int | None = None) -> dict:
     """Train, keep the best epoch in CHECKPOINT_DIR/final/, return its model card.
 
     With `resume`, the settings saved in CHECKPOINT_DIR/run.json replace the ones given here
-    (all but workers, GPUs, CPUs and max_failures). `fail_at_step` is a test hook: the last
+    (all but workers, GPUs, CPUs, torch threads and max_failures). `fail_at_step` is a test hook: the last
     worker raises once at that global step (a marker file in CHECKPOINT_DIR makes it fail only
     once), so the run has to resume from a checkpoint.
     """
@@ -213,6 +217,8 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
     if not (cpus_per_worker >= 0 and gpus_per_worker >= 0 and cpus_per_worker + gpus_per_worker > 0):
         raise UsageError("--cpus-per-worker and --gpus-per-worker cannot be negative, and a worker needs "
                          "one of them above 0")
+    if torch_threads is not None and torch_threads < 1:
+        raise UsageError("--torch-threads must be 1 or more")
     if max_failures < -1:
         raise UsageError("--max-failures must be 0 or more (-1: no limit)")
     if batch_size % workers:   # each worker takes batch_size // workers: the card must say what was trained
@@ -269,6 +275,8 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
     require_room(workers, cpus_per_worker, gpus_per_worker,
                  f"--workers {workers} with --cpus-per-worker {cpus_per_worker:g}"
                  + (f" and --gpus-per-worker {gpus_per_worker:g}" if gpus_per_worker else ""))
+    if torch_threads is None and not gpus_per_worker:
+        torch_threads = threads_per_worker(workers)
     run_id = saved["run_id"] if resume else _start_run(checkpoint_dir, settings, footage, storage_options)
     log.info("run %s: training on %d videos (%d volumes/epoch), validating on %d videos",
              run_id, len(train_videos), n_train, len(val_videos))
@@ -277,8 +285,9 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
     try:
         outcome = run_trainer(info, train_videos, val_videos, model_spec=model_spec, settings=settings,
                               checkpoint_dir=checkpoint_dir, workers=workers, gpus_per_worker=gpus_per_worker,
-                              cpus_per_worker=cpus_per_worker, max_failures=max_failures,
-                              storage_options=storage_options, fail_at=(fail_at_step, fail_marker))
+                              cpus_per_worker=cpus_per_worker, torch_threads=torch_threads,
+                              max_failures=max_failures, storage_options=storage_options,
+                              fail_at=(fail_at_step, fail_marker))
     except Diverged:
         _forget_run(checkpoint_dir, storage_options)
         raise

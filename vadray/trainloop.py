@@ -137,6 +137,8 @@ def train_loop_per_worker(config: dict) -> None:
     settings = config["settings"]
     select = settings.get("select", "val_loss")  # runs saved before --select chose by val loss
     torch.manual_seed(settings["seed"])
+    if config.get("torch_threads") and not on_gpu:   # Ray set its reservation (`raylib.threads_per_worker`)
+        torch.set_num_threads(config["torch_threads"])
 
     model = build(config["model"]["name"], **config["model"]["params"])
     if on_gpu:
@@ -226,7 +228,8 @@ def _read_checkpoint(checkpoint, name: str) -> bytes:
 
 
 def run_trainer(info, train_videos, val_videos, *, model_spec: dict, settings: dict, checkpoint_dir: str,
-                workers: int, gpus_per_worker: float, cpus_per_worker: float, max_failures: int,
+                workers: int, gpus_per_worker: float, cpus_per_worker: float, torch_threads: int | None,
+                max_failures: int,
                 storage_options: dict | None, fail_at: tuple) -> dict:
     """Fit a TorchTrainer; {"state": last state.json, "best_metrics", "best_weights": bytes}."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -246,7 +249,7 @@ def run_trainer(info, train_videos, val_videos, *, model_spec: dict, settings: d
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"model": model_spec, "settings": settings, "norm_stats": info.stats.to_dict(),
-                           "has_val": bool(val_videos), "fail_at": fail_at,
+                           "has_val": bool(val_videos), "fail_at": fail_at, "torch_threads": torch_threads,
                            # only the test hook writes through it; the config is never logged otherwise
                            "storage_options": storage_options if fail_at[0] else None},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,

@@ -211,18 +211,22 @@ def stage_train(stages: Stages, shards: str, workdir: str, args: argparse.Namesp
                             val_fraction=args.val_fraction, seed=args.seed, workers=args.workers,
                             gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
                             resume=resume)
-        entry.update(complete=True, device=_device_text(device), model_id=card["model_id"])
+        train_device = dict(device)
+        if device["kind"] == "CPU" and card["training"].get("torch_threads_per_worker"):   # --torch-threads
+            train_device["torch_threads"] = card["training"]["torch_threads_per_worker"]
+        entry.update(complete=True, device=_device_text(train_device), model_id=card["model_id"])
     return card
 
 
 def stage_score(stages: Stages, data: str, workdir: str, card: dict, args: argparse.Namespace,
                 device: dict) -> tuple[str, int]:
-    from vadray.score import default_actor_threads, run_score
+    from vadray.raylib import threads_per_worker
+    from vadray.score import run_score
 
     out = os.path.join(workdir, f"score-{card['model_id']}")
     score_device = dict(device)
     if device["kind"] == "CPU":  # the model actor sets its own thread count (--actor-threads)
-        score_device["torch_threads"] = default_actor_threads(1)
+        score_device["torch_threads"] = threads_per_worker(1)
     ckpt = os.path.join(workdir, "checkpoint")
     with stages.timed("score", f"{data}/test → {out}, hop {args.hop}") as entry:
         summary = run_score(os.path.join(data, "test"), out, ckpt, hop=args.hop,

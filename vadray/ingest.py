@@ -29,7 +29,7 @@ import pyarrow as pa
 from vadray import storage
 from vadray.clip_shards import (CHUNK_FRAMES, CLIPS_SCHEMA, SMALL_COLUMNS, clip_table, compute_stats,
                                 remove_stats, write_stats, write_sums)
-from vadray.errors import JobSummary, count, clear_errors, failed_rows, read_errors, safe_key
+from vadray.errors import JobSummary, clear_errors, count, failed_rows, read_errors, safe_key
 from vadray.exits import UsageError
 from vadray.listing import VIDEO_EXTENSIONS, VideoRef, check_camera, list_videos
 from vadray.preprocess import PartialSums

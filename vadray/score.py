@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from vadray import storage
-from vadray.errors import JobSummary, count, clear_errors, error_row, failed_rows, read_errors, safe_key, write_errors
+from vadray.errors import JobSummary, clear_errors, count, error_row, failed_rows, read_errors, safe_key, write_errors
 from vadray.events import EVENT_SCORES, PERSISTENCE_DEFAULT, WINDOW_DEFAULT, EventSettings
 from vadray.exits import UsageError
 from vadray.listing import check_camera, list_videos

@@ -137,7 +137,8 @@ def train_loop_per_worker(config: dict) -> None:
     settings = config["settings"]
     select = settings.get("select", "val_loss")  # runs saved before --select chose by val loss
     torch.manual_seed(settings["seed"])
-    if config.get("torch_threads") and not on_gpu:   # Ray set its reservation (`raylib.threads_per_worker`)
+    # Ray started this worker with as many threads as CPUs it reserves; see raylib.threads_per_worker
+    if config.get("torch_threads") and not on_gpu:
         torch.set_num_threads(config["torch_threads"])
 
     model = build(config["model"]["name"], **config["model"]["params"])

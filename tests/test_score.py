@@ -237,20 +237,28 @@ def test_other_models_rows_of_a_files_former_content_go_when_it_is_rescored(tmp_
     assert sorted(p.name.split(".")[-3] for p in tmp_path.rglob("*.done")) == ["m1", "m3", "m4", "m5", "m5", "m6", "m6"]
 
 
-def test_an_output_rescored_by_another_model_is_evaluated_and_plotted_one_model_at_a_time(
-        ray_session, trained_checkpoint, synth_test_archive, tmp_path, caplog):
-    """Each (video, model) is its own file: a second checkpoint adds rows beside the first's,
-    and evaluate and report must not mix the two models' scores."""
+def other_checkpoint(trained_checkpoint, folder) -> tuple[dict, dict]:
+    """A second model (the trained one's weights × 0.9, its own model_id) saved to `folder`:
+    (the trained card, the other card)."""
     import json
 
     from vadray.checkpoint import load_model, model_id, save
-    from vadray.evaluate import evaluate_output
-    from vadray.report import build_report
 
     model, card = load_model(str(trained_checkpoint))
     weights = {k: v * 0.9 if v.is_floating_point() else v for k, v in model.state_dict().items()}
     other = dict(json.loads(json.dumps(card)), model_id=model_id(card["model"]["name"], weights))
-    save(str(tmp_path / "other"), weights, other)
+    save(str(folder), weights, other)
+    return card, other
+
+
+def test_an_output_rescored_by_another_model_is_evaluated_and_plotted_one_model_at_a_time(
+        ray_session, trained_checkpoint, synth_test_archive, tmp_path, caplog):
+    """Each (video, model) is its own file: a second checkpoint adds rows beside the first's,
+    and evaluate and report must not mix the two models' scores."""
+    from vadray.evaluate import evaluate_output
+    from vadray.report import build_report
+
+    card, other = other_checkpoint(trained_checkpoint, tmp_path / "other")
     out = str(tmp_path / "out")
     for checkpoint in (str(trained_checkpoint), str(tmp_path / "other")):
         assert run_score(str(synth_test_archive), out, checkpoint).frames == 90
@@ -287,18 +295,19 @@ def test_a_video_whose_tables_fail_to_write_is_an_error_row_not_the_end_of_the_j
             raise OSError("No space left on device")
         return {"video_id": rows[0]["video_id"], "frames": 30, "events": 1, "complete": True}
 
-    write = _WriteOrRecord(assemble, str(tmp_path / "errors"), {})
+    write = _WriteOrRecord(assemble, str(tmp_path / "errors"), {}, "convlstm-0123456789ab")
     assert write([{"video_id": "cam/ok", "uri": "/a/ok.mp4", "camera": "lobby"}])["frames"] == 30
     assert write([{"video_id": "cam/full-disk", "uri": "/a/full-disk.mp4", "camera": "lobby"}]) == {
         "video_id": "cam/full-disk", "frames": 0, "events": 0, "complete": False, "unrecorded_error": None}
     (row,) = read_errors(str(tmp_path / "errors")).to_pylist()
-    assert (row["camera"], row["video_id"], row["stage"], row["error_type"]) == ("lobby", "cam/full-disk", "write", "OSError")
+    assert (row["camera"], row["video_id"], row["stage"], row["error_type"], row["model_id"]) == (
+        "lobby", "cam/full-disk", "write", "OSError", "convlstm-0123456789ab")
     assert "No space left" in row["message"]
 
     # The store fails for the errors row too (here: errors/ is a file): the job goes on, and
     # the row comes back for the summary to count instead of being lost.
     (tmp_path / "broken").write_text("not a folder")
-    out = _WriteOrRecord(assemble, str(tmp_path / "broken"), {})(
+    out = _WriteOrRecord(assemble, str(tmp_path / "broken"), {}, "convlstm-0123456789ab")(
         [{"video_id": "cam/full-disk", "uri": "/a/full-disk.mp4", "camera": "lobby"}])
     assert out["complete"] is False and out["unrecorded_error"]["error_type"] == "OSError"
 
@@ -470,6 +479,31 @@ def test_bad_file_becomes_an_error_row_and_the_rest_is_scored(ray_session, train
     assert run_score(str(only_broken), out, str(trained_checkpoint)).failures == 0
     (left,) = read_errors(storage.join(out, "errors")).to_pylist()
     assert (left["camera"], left["video_id"]) == ("b", "broken")
+
+
+def test_two_models_scoring_one_output_keep_their_own_error_rows(ray_session, trained_checkpoint,
+                                                                 synth_test_archive, tmp_path):
+    """A broken file fails for each model: each run's errors rows carry its model_id, a second
+    model's run leaves the first's rows alone, and each run's summary counts its own."""
+    card, other = other_checkpoint(trained_checkpoint, tmp_path / "other")
+    src = tmp_path / "src"
+    shutil.copytree(synth_test_archive, src)
+    (src / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x13" * 500)
+    out = str(tmp_path / "out")
+
+    def rows() -> list[tuple[str, str, str]]:
+        table = read_errors(storage.join(out, "errors")).to_pylist()
+        return sorted((r["model_id"], r["video_id"], r["error_type"]) for r in table)
+
+    first = run_score(str(src), out, str(trained_checkpoint))
+    second = run_score(str(src), out, str(tmp_path / "other"))
+    assert (first.failures, second.failures) == (1, 1)
+    assert rows() == sorted([(card["model_id"], "broken", "corrupt"), (other["model_id"], "broken", "corrupt")])
+    assert len(read_errors(storage.join(out, "errors"), model_id=other["model_id"])) == 1
+    # the file is mended and the second model rescores it: only that model's row goes
+    shutil.copy(src / "test001.mp4", src / "broken.mp4")
+    assert run_score(str(src), out, str(tmp_path / "other")).failures == 0
+    assert rows() == [(card["model_id"], "broken", "corrupt")]
 
 
 @pytest.mark.parametrize("bad", [13, 24])

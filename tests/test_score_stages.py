@@ -40,7 +40,7 @@ class _Model(ScoreVolumes):
 def _score(monkeypatch, num_frames: int, lost: set[int], T: int, hop: int, segment_frames: int):
     """(frame_index, recon_error, cell_error_max, motion_error) of a video scored in segments."""
 
-    def decode_planned(seg, size, errors_uri, storage_options):
+    def decode_planned(seg, size, errors_uri, storage_options, model_id=None):
         idx = np.array([i for i in range(seg["first"], seg["decode_last"]) if i not in lost], np.int64)
         gone = np.array(sorted(i for i in lost if seg["first"] <= i < seg["decode_last"]), np.int64)
         frames = np.stack([_frame(int(i)) for i in idx]) if idx.size else np.zeros((0, S, S), np.uint8)

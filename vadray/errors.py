@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from vadray import storage
@@ -19,9 +20,18 @@ ERRORS_SCHEMA = pa.schema([
     ("stage", pa.string()),         # probe | decode | write | score
     ("error_type", pa.string()),    # a short class: corrupt, empty, not_video, too_short, ...
     ("message", pa.string()),       # what went wrong, for a human
+    ("model_id", pa.string()),      # score: the model of the run (the model_id= folder); ingest: null
 ])
-# Files live under errors/camera=<camera>/ (hive, as the other tables), without that column.
-FILE_SCHEMA = ERRORS_SCHEMA.remove(ERRORS_SCHEMA.get_field_index("camera"))
+# Files live under errors/camera=<camera>/ (ingest) or errors/camera=<camera>/model_id=<id>/ (score),
+# hive as the other tables, without those columns: two models scoring one OUTPUT keep their own rows.
+PARTITIONING = ds.partitioning(pa.schema([("camera", pa.string()), ("model_id", pa.string())]), flavor="hive")
+FILE_SCHEMA = pa.schema([f for f in ERRORS_SCHEMA if f.name not in ("camera", "model_id")])
+
+
+def errors_folder(errors_uri: str, camera: str, model_id: str | None = None) -> str:
+    """Where one camera's (and, for score, one model's) error files go."""
+    folder = storage.join(errors_uri, f"camera={camera}")
+    return storage.join(folder, f"model_id={model_id}") if model_id else folder
 
 
 def error_row(video_id: str, source_uri: str, stage: str, error_type: str, message: str) -> dict[str, Any]:
@@ -38,24 +48,30 @@ def safe_key(video_id: str) -> str:
 
 
 def write_errors(rows: list[dict[str, Any]], errors_uri: str, camera: str, name: str,
-                 storage_options: dict[str, Any] | None = None) -> str:
-    """Write rows to errors_uri/camera=<camera>/name.parquet (deterministic name: a rerun
-    overwrites). Two cameras whose archives share file names keep their own rows."""
-    fs, path = storage.pyarrow_fs(storage.join(errors_uri, f"camera={camera}", f"{name}.parquet"), storage_options)
+                 storage_options: dict[str, Any] | None = None, model_id: str | None = None) -> str:
+    """Write rows to `errors_folder(…)`/name.parquet (deterministic name: a rerun overwrites).
+    Two cameras whose archives share file names keep their own rows, and so do two models."""
+    fs, path = storage.pyarrow_fs(storage.join(errors_folder(errors_uri, camera, model_id), f"{name}.parquet"),
+                                  storage_options)
     storage.make_parent(fs, path, errors_uri)
     pq.write_table(pa.Table.from_pylist(rows, schema=FILE_SCHEMA), path, filesystem=fs)
     return path
 
 
 def clear_errors(errors_uri: str, camera: str, video_ids: list[str],
-                 storage_options: dict[str, Any] | None = None, keys: list[str] = ()) -> None:
-    """Remove these videos' error files of this camera (named `<safe_key>-<stage/segment>`, and
-    those an older version wrote outside camera= folders): a rerun's errors table then
-    describes the latest attempt only. One listing per folder, one bulk delete."""
+                 storage_options: dict[str, Any] | None = None, keys: list[str] = (),
+                 model_id: str | None = None) -> None:
+    """Remove these videos' error files of this camera, and of this model when given (named
+    `<safe_key>-<stage/segment>`; also those an older version wrote with no model_id= or
+    camera= folder): a rerun's errors table then describes the latest attempt only, and another
+    model's rows stay. One listing per folder, one bulk delete."""
     fs, root = storage.url_to_fs(errors_uri, storage_options)
     keys = {safe_key(v) for v in video_ids} | set(keys)   # `keys`: ids known only by their key
     doomed = []
-    for folder in (f"{root}/camera={camera}", root):
+    folders = [f"{root}/camera={camera}", root]
+    if model_id:
+        folders.insert(0, f"{root}/camera={camera}/model_id={model_id}")
+    for folder in folders:
         try:
             names = fs.ls(folder, detail=False, refresh=True)   # not s3fs's cached listing
         except FileNotFoundError:
@@ -66,10 +82,10 @@ def clear_errors(errors_uri: str, camera: str, video_ids: list[str],
 
 
 def read_errors(errors_uri: str, storage_options: dict[str, Any] | None = None,
-                camera: str | None = None) -> pa.Table:
-    """The errors table (of one camera when given; rows of older versions have camera null)."""
-    import pyarrow.dataset as ds
-
+                camera: str | None = None, model_id: str | None = None) -> pa.Table:
+    """The errors table (of one camera, and one model's scoring, when given: rows with no
+    model_id count for every model, as ingest's and those of older versions have none; rows
+    of older versions have camera null too)."""
     fs, path = storage.pyarrow_fs(errors_uri, storage_options)
     try:
         info = fs.get_file_info(path)
@@ -77,10 +93,13 @@ def read_errors(errors_uri: str, storage_options: dict[str, Any] | None = None,
             return ERRORS_SCHEMA.empty_table()
     except FileNotFoundError:
         return ERRORS_SCHEMA.empty_table()
-    partitioning = ds.partitioning(pa.schema([("camera", pa.string())]), flavor="hive")
     table = ds.dataset(path, filesystem=fs, format="parquet", schema=ERRORS_SCHEMA,
-                       partitioning=partitioning).to_table()
-    return table.filter(pa.compute.equal(table["camera"], camera)) if camera is not None else table
+                       partitioning=PARTITIONING).to_table()
+    if camera is not None:
+        table = table.filter(pa.compute.equal(table["camera"], camera))
+    if model_id is not None:
+        table = table.filter((ds.field("model_id") == model_id) | ds.field("model_id").is_null())
+    return table
 
 
 # Rows that say how an input was read, with nothing of it in doubt: one or two files beside a

@@ -253,7 +253,7 @@ def drop_renamed(output: str, camera: str, refs: list[VideoRef], model_id: str, 
 
 def drop_other_models_gone(output: str, camera: str, refs: list[VideoRef], previous: Previous,
                            storage_options: dict[str, Any]) -> tuple[list[str], int]:
-    """Rows and markers that other models left of a file's former content: the file changed
+    """Rows, markers and errors rows that other models left of a file's former content: the file changed
     since they scored it, and those rows would stand beside this run's as scores of footage
     that is gone. The model ids and the number of files are returned for the log (those
     models can rescore them)."""
@@ -267,7 +267,7 @@ def drop_other_models_gone(output: str, camera: str, refs: list[VideoRef], previ
     folder = previous.other_models_gone[affected[0].video_id][0].rsplit("/", 1)[0]
     names = set(_marker_names(fs, folder, [safe_key(r.video_id) for r in affected], storage.is_remote(output)))
     now = {parts for name in names if (parts := marker_parts(name))}
-    paths, models, files = [], set(), set()
+    paths, models, files, errors_of = [], set(), set(), {}
     for ref in affected:
         key, same = safe_key(ref.video_id), digests_of(ref.identity())
         for marker in previous.other_models_gone[ref.video_id]:
@@ -276,11 +276,14 @@ def drop_other_models_gone(output: str, camera: str, refs: list[VideoRef], previ
                 continue
             models.add(model)
             files.add(ref.video_id)
+            errors_of.setdefault(model, []).append(ref.video_id)
             for date in dates_filed_under(ref):
                 name = scores_file(camera, date, safe_key(ref.video_id), model)
                 paths += [f"{root}/frames/{name}", f"{root}/events/{name}"]
             paths.append(marker)
     storage.delete(fs, paths)
+    for model, video_ids in errors_of.items():   # and their errors rows of that content
+        clear_errors(storage.join(output, "errors"), camera, video_ids, storage_options, model_id=model)
     return sorted(models), len(files)
 
 
@@ -303,7 +306,7 @@ def drop_other_ids(output: str, camera: str, model_id: str, previous: Previous,
         paths += [path for path in fs.glob(f"{root}/{table}/camera={camera}/date=*/*.{model_id}.parquet")
                   if path.rsplit("/", 1)[1] in files]
     storage.delete(fs, paths)   # (drop_previous may have taken some already)
-    clear_errors(storage.join(output, "errors"), camera, [], storage_options, keys=keys)
+    clear_errors(storage.join(output, "errors"), camera, [], storage_options, keys=keys, model_id=model_id)
     return keys
 
 

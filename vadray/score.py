@@ -63,8 +63,9 @@ class _WriteOrRecord:
     """One video's tables failing to write (a storage error, a bad value) is that video's
     failure, an errors row with stage `write`, not the end of the backfill."""
 
-    def __init__(self, assemble: AssembleVideo, errors_uri: str, storage_options: dict[str, Any]):
+    def __init__(self, assemble: AssembleVideo, errors_uri: str, storage_options: dict[str, Any], model_id: str):
         self.assemble, self.errors_uri, self.storage_options = assemble, errors_uri, storage_options
+        self.model_id = model_id
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         head = rows[0]
@@ -77,7 +78,7 @@ class _WriteOrRecord:
             row = error_row(head["video_id"], head["uri"], "write", type(exc).__name__, str(exc))
             try:
                 write_errors([row], self.errors_uri, head["camera"], f"{safe_key(head['video_id'])}-write",
-                             self.storage_options)
+                             self.storage_options, self.model_id)
                 row = None
             except Exception as again:  # noqa: BLE001 — the store is failing: the summary still counts it
                 log.error("video %s: its errors row could not be written either: %s: %s", head["video_id"],
@@ -193,7 +194,7 @@ def _drop_superseded(output: str, camera: str, refs: list, todo: list, model_id:
                     "ids were removed and they are scored under the new ones, so labels must use the new ids",
                     len(previous.other_ids), video_id, keys[0])
     if renamed:
-        clear_errors(storage.join(output, "errors"), camera, renamed, storage_options)
+        clear_errors(storage.join(output, "errors"), camera, renamed, storage_options, model_id=model_id)
         log.warning("%d video id(s) now keep their extension, because a file of the same name with another "
                     "extension sits beside them (e.g. %r is now %r): their rows under the old id were removed, "
                     "and labels must use the new id", len(renamed), renamed[0],
@@ -295,12 +296,13 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     if todo:
         if actor_threads is None:
             actor_threads = threads_per_worker(actors)
-        clear_errors(storage.join(output, "errors"), camera, [r.video_id for r in todo], storage_options)
-        plan = ProbeAndPlan(output, camera, segment_seconds, frame_fps, storage_options,
+        clear_errors(storage.join(output, "errors"), camera, [r.video_id for r in todo], storage_options,
+                     model_id=model_id)
+        plan = ProbeAndPlan(output, camera, segment_seconds, frame_fps, storage_options, model_id=model_id,
                             **score_segment_plan(T, hop))
         model = model_actor, (checkpoint, ckpt_options, batch_size, grid, actor_threads, gain_correction,
                               gpus_per_actor > 0)
-        scored = _scored_rows(todo, plan, VolumeRows(output, size, T, hop, storage_options), model, actors,
+        scored = _scored_rows(todo, plan, VolumeRows(output, size, T, hop, storage_options, model_id), model, actors,
                               gpus_per_actor)
         dates = {r.video_id: video_date(r) for r in todo}
         undated = sum(d == "unknown" for d in dates.values())
@@ -309,15 +311,15 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
                         "below SOURCE: their date= partition is 'unknown' (score the camera's folder, not a day "
                         "folder, to keep the dates)", undated, len(dates))
         assemble = _WriteOrRecord(AssembleVideo(output, card, run_id, dates, events, grid, storage_options),
-                                  storage.join(output, "errors"), storage_options)
+                                  storage.join(output, "errors"), storage_options, model_id)
         results = _write_videos_as_they_complete(scored, assemble, len(todo))
         summary.frames = sum(r["frames"] for r in results)
         summary.events = sum(r["events"] for r in results)
     # Every listed video's rows, the skipped ones' too: a rerun of the same archive reports the
     # same failures and exit status as the first run (a truncated file stays truncated).
     listed = {r.video_id for r in refs}
-    summary.errors = [e for e in read_errors(storage.join(output, "errors"), storage_options, camera).to_pylist()
-                      if e["video_id"] in listed]
+    summary.errors = [e for e in read_errors(storage.join(output, "errors"), storage_options, camera,
+                                             model_id).to_pylist() if e["video_id"] in listed]
     summary.errors += [r["unrecorded_error"] for r in results if r.get("unrecorded_error")]
     summary.videos_failed = len({e["video_id"] for e in failed_rows(summary.errors)})
     summary.seconds = time.perf_counter() - started

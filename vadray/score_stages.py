@@ -79,12 +79,13 @@ class VolumeRows:
     gap, `gap_edge_starts` adds the volumes that keep the decoded frames there scored.
     """
 
-    def __init__(self, output: str, size: int, T: int, hop: int, storage_options: dict[str, Any]):
-        self.errors_uri = storage.join(output, "errors")
+    def __init__(self, output: str, size: int, T: int, hop: int, storage_options: dict[str, Any],
+                 model_id: str | None = None):
+        self.errors_uri, self.model_id = storage.join(output, "errors"), model_id   # whose errors rows
         self.size, self.T, self.hop, self.storage_options = size, T, hop, storage_options
 
     def __call__(self, seg: dict[str, Any]) -> list[dict[str, Any]]:
-        decoded = decode_planned(seg, self.size, self.errors_uri, self.storage_options)
+        decoded = decode_planned(seg, self.size, self.errors_uri, self.storage_options, self.model_id)
         starts = volume_starts(seg["num_frames"], self.T, 1, self.hop)
         owned = starts[(starts >= seg["first"]) & (starts < seg["last"])]
         extra = (gap_edge_starts(decoded.frame_index, owned, seg["first"], seg["last"], seg["decode_last"],
@@ -362,4 +363,4 @@ class AssembleVideo:
         message = "; ".join(messages)
         write_errors([error_row(head["video_id"], head["uri"], "score", "unscored_frames", message)],
                      storage.join(self.output, "errors"), head["camera"], f"{head['video_key']}-score",
-                     self.storage_options)
+                     self.storage_options, self.card["model_id"])

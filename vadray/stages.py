@@ -69,8 +69,8 @@ class ProbeAndPlan:
 
     def __init__(self, output: str, camera: str, segment_seconds: float, frame_fps: float,
                  storage_options: dict[str, Any], overlap: int = 0, unit_pixels: int = 1,
-                 unit_frames: int = 1, multiple_of: int = 1):
-        self.errors_uri = storage.join(output, "errors")
+                 unit_frames: int = 1, multiple_of: int = 1, model_id: str | None = None):
+        self.errors_uri, self.model_id = storage.join(output, "errors"), model_id   # model_id: score's
         self.camera, self.segment_seconds, self.frame_fps = camera, segment_seconds, frame_fps
         self.storage_options, self.overlap, self.multiple_of = storage_options, overlap, multiple_of
         self.unit_pixels, self.unit_frames = unit_pixels, unit_frames
@@ -139,11 +139,11 @@ class ProbeAndPlan:
     def _error(self, ref: VideoRef, key: str, problems: list[tuple[str, str]]) -> None:
         """(error_type, message) pairs of one input's probe → its rows, in one file."""
         write_errors([error_row(ref.video_id, ref.uri, "probe", kind, message) for kind, message in problems],
-                     self.errors_uri, self.camera, f"{key}-probe", self.storage_options)
+                     self.errors_uri, self.camera, f"{key}-probe", self.storage_options, self.model_id)
 
 
 def decode_planned(seg: dict[str, Any], size: int, errors_uri: str,
-                   storage_options: dict[str, Any]) -> DecodedFrames:
+                   storage_options: dict[str, Any], model_id: str | None = None) -> DecodedFrames:
     """Decode a planned segment's frames [first, decode_last); frame_index is source-absolute.
 
     A failure (or frames that would not decode) is written to errors_uri; what did decode is
@@ -164,7 +164,7 @@ def decode_planned(seg: dict[str, Any], size: int, errors_uri: str,
         _log_if_unexpected(exc, f"decoding frames {first}-{last - 1} of {seg['uri']}")
         reason = ffmpeg_reason(exc) if isinstance(exc, av.error.FFmpegError) else exc
         _segment_error(seg, errors_uri, type(exc).__name__, f"frames {first}-{last - 1}: {reason}",
-                       storage_options)
+                       storage_options, model_id)
         return DecodedFrames(np.zeros(0, np.int64), np.zeros(0), np.zeros((0, size, size), np.uint8))
     if decoded.error:
         lost = ", ".join(f"{a + first}-{b + first - 1}" for a, b in decoded.missing) or "none"
@@ -174,13 +174,13 @@ def decode_planned(seg: dict[str, Any], size: int, errors_uri: str,
             # A recording cut mid-GOP: its first frames refer to a keyframe the file does not hold.
             kind, why = "starts_mid_gop", (f"the video starts {decoded.missing[0][1]} frames before its "
                                            "first keyframe (cut mid-GOP); those frames cannot be decoded")
-        _segment_error(seg, errors_uri, kind, f"{why}; frames not decoded: {lost}", storage_options)
+        _segment_error(seg, errors_uri, kind, f"{why}; frames not decoded: {lost}", storage_options, model_id)
     decoded.frame_index = decoded.frame_index + first
     decoded.missing = [(a + first, b + first) for a, b in decoded.missing]
     return decoded
 
 
 def _segment_error(seg: dict[str, Any], errors_uri: str, kind: str, message: str,
-                   storage_options: dict[str, Any]) -> None:
+                   storage_options: dict[str, Any], model_id: str | None) -> None:
     write_errors([error_row(seg["video_id"], seg["uri"], "decode", kind, message)], errors_uri,
-                 seg["camera"], f"{seg['video_key']}-seg{seg['segment']:05d}", storage_options)
+                 seg["camera"], f"{seg['video_key']}-seg{seg['segment']:05d}", storage_options, model_id)

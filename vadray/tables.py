@@ -10,13 +10,13 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from vadray import storage
-from vadray.errors import ERRORS_SCHEMA, read_errors
+from vadray.errors import ERRORS_SCHEMA, PARTITIONING as ERRORS_PARTITIONING, read_errors
 from vadray.events import EVENTS_SCHEMA
 from vadray.exits import UsageError
 from vadray.scoring import FRAMES_SCHEMA
 
 PARTITIONING = ds.partitioning(pa.schema([("camera", pa.string()), ("date", pa.string())]), flavor="hive")
-PARTITIONING_OF = {"errors": ds.partitioning(pa.schema([("camera", pa.string())]), flavor="hive")}  # no date=
+PARTITIONING_OF = {"errors": ERRORS_PARTITIONING}  # camera= and, for score, model_id=; no date=
 DOCUMENTED = {"frames": FRAMES_SCHEMA, "events": EVENTS_SCHEMA, "errors": ERRORS_SCHEMA}
 
 

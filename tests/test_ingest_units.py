@@ -590,6 +590,13 @@ def test_a_recording_cut_mid_gop_says_so(tmp_path):
     assert decoded.frame_index[0] == before_keyframe and decoded.frame_index[-1] == seg["num_frames"] - 1
     [row] = read_errors(errors_uri).to_pylist()
     assert row["error_type"] == "starts_mid_gop" and f"starts {before_keyframe} frames before" in row["message"]
+    assert not decoded.retry   # the same file leaves the same gap: score marks it done
+    # the file goes between probe and decode: the decode raises, which a rerun may not repeat
+    (tmp_path / "src" / "cut.ts").unlink()
+    again = decode_planned(seg, 27, errors_uri, {}, model_id="m-0123456789ab")
+    assert again.retry and again.frame_index.size == 0
+    rows = read_errors(errors_uri, model_id="m-0123456789ab").to_pylist()
+    assert {r["model_id"] for r in rows} == {None, "m-0123456789ab"}
 
 
 @pytest.mark.parametrize("n", [1, 17, 256, 257, 600])

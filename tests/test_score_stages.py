@@ -12,7 +12,8 @@ import vadray.score_stages as score_stages
 from vadray.decode import DecodedFrames, index_runs
 from vadray.errors import read_errors
 from vadray.preprocess import NormStats, PartialSums
-from vadray.score_stages import ScoreVolumes, VolumeRows, gap_edge_starts, score_segment_plan, video_means
+from vadray.score_stages import (ScoreVolumes, VolumeRows, gap_edge_starts, score_segment_plan,
+                                 scored_as_far_as_it_decodes, video_means)
 from vadray.segments import plan_segments
 
 S, GRID, FPS = 8, 2, 10.0
@@ -266,3 +267,16 @@ def test_a_frame_with_a_non_finite_error_is_missing_not_fatal(tmp_path, monkeypa
     short = score_stages.AssembleVideo(str(tmp_path / "short"), card, "run", {}, EventSettings(min_seconds=0.3),
                                        2, {})
     assert short([head])["events"] == 0
+
+
+def test_a_video_is_done_when_its_gaps_would_come_back_on_a_rerun():
+    """Every segment's rows in and no decode raised: its unscored frames did not decode and will
+    not (a rerun skips it). A decode that raised, or a row missing, leaves it partial."""
+    def row(segment, part, parts, retry=False):
+        return {"segment": segment, "segments": 2, "part": part, "parts": parts, "retry": retry}
+
+    assert scored_as_far_as_it_decodes([row(1, 1, 2), row(0, 0, 1), row(1, 0, 2)])
+    assert not scored_as_far_as_it_decodes([row(0, 0, 1), row(1, 0, 2)])             # a part missing
+    assert not scored_as_far_as_it_decodes([row(0, 0, 1)])                           # a segment missing
+    assert not scored_as_far_as_it_decodes([row(0, 0, 1), row(1, 0, 1, retry=True)])
+    assert not scored_as_far_as_it_decodes([{"segment": 0, "segments": 1, "part": 0, "parts": 1}])

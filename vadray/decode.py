@@ -26,6 +26,7 @@ class DecodedFrames:
     frames: np.ndarray           # (n, S, S) uint8 grey
     missing: list[tuple[int, int]] = field(default_factory=list)  # [first, last) runs not decoded
     error: str = ""
+    retry: bool = False          # reading failed or the decode raised: a rerun may not fail the same way
 
 
 @contextlib.contextmanager
@@ -227,6 +228,7 @@ def _decode_pass(uri: str, want: np.ndarray, out: "_FrameBuffer", size: int,
                     out.put(pos, scaler(frame))
     except av.error.FFmpegError as exc:
         error = f"decoding stopped: {ffmpeg_reason(exc)}"
+        out.io_error = isinstance(exc, OSError)   # EIO, a timeout, the file gone; not corrupt data
     if failures:
         more = f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""
         error = "; ".join(filter(None, [f"decoding skipped to the next keyframe after {failures[0]}{more}", error]))
@@ -248,6 +250,7 @@ def decode_frame_files(uris: list[str], timeline: Timeline, first: int, last: in
                 frame = next(container.decode(video=0))
                 out.put(index - first, scaler(frame))
         except (av.error.FFmpegError, StopIteration, OSError) as exc:
+            out.io_error |= isinstance(exc, OSError)
             errors.append(f"{uris[index]}: {str(exc) or ('no image' if isinstance(exc, StopIteration) else type(exc).__name__)}")
     errors = list(dict.fromkeys(errors))   # holes repeat one message: once is enough
     error = "; ".join(errors[:3]) + (f" (+{len(errors) - 3} more)" if len(errors) > 3 else "")
@@ -267,6 +270,7 @@ class _FrameBuffer:
         # task 1.3 page faults per frame, ~10 % of its CPU). The frames go on to Arrow anyway.
         self.frames = np.frombuffer(pa.allocate_buffer(n * size * size), np.uint8).reshape(n, size, size)
         self.filled = np.zeros(n, bool)
+        self.io_error = False   # reading failed (an OSError: storage, network): a retry may succeed
 
     def put(self, pos: int, grey: np.ndarray) -> None:
         self.frames[pos] = grey
@@ -274,6 +278,7 @@ class _FrameBuffer:
 
     def clear(self) -> None:
         self.filled[:] = False
+        self.io_error = False
 
 
 def _collect(out: _FrameBuffer, timeline: Timeline, first: int, last: int, size: int,
@@ -285,7 +290,7 @@ def _collect(out: _FrameBuffer, timeline: Timeline, first: int, last: int, size:
     missing = index_runs(expected[~out.filled])
     if missing and not error:
         error = NOT_DECODED
-    return DecodedFrames(index, timeline.time_s(index), frames, missing, error)
+    return DecodedFrames(index, timeline.time_s(index), frames, missing, error, retry=out.io_error)
 
 
 def index_runs(indices: np.ndarray) -> list[tuple[int, int]]:

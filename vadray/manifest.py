@@ -2,8 +2,9 @@
 
 A scored video leaves a marker under OUTPUT/manifest/camera=<camera>/, named by its video
 key, the model, and a digest of its content identity (URI, size, ETag or mtime) and of the
-frames table's version, ending `.done` when every frame got a score and `.partial` when some
-did not (a decode gap); the marker holds the source URI. One listing of a camera's markers
+frames table's version, ending `.done` when every frame got a score (or every frame that
+decodes did, and a rerun would meet the same gaps) and `.partial` when some did not for a
+reason that may pass (reading failed); the marker holds the source URI. One listing of a camera's markers
 then tells, for every video of a run, whether it is done, whether its file changed, or
 whether another file claims its id (refused). Before a video is scored its old rows go, so a
 failure never leaves rows of footage that is gone.

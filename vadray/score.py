@@ -10,7 +10,8 @@ video, under OUTPUT (hive-partitioned by camera= and date=):
             grouped in a window)
   errors/   one row per input (or segment) that failed
   manifest/ one marker per finished (video identity, model, frames-table version)
-A backfill is resumable: a rerun skips finished videos, rescoring partial ones; file names
+A backfill is resumable: a rerun skips finished videos (those with corrupt frames too: their
+errors rows keep exit status 3), rescoring partial ones (reading failed); file names
 are deterministic per video and model, so retries overwrite instead of appending. --force
 rescores everything. Exit status: 0 all ok, 3 some inputs failed, 2 bad arguments.
 """

@@ -32,6 +32,7 @@ VOLUME_ROWS_SCHEMA = pa.schema([
     ("extra_starts", pa.list_(pa.int64())), ("frame_index", pa.list_(pa.int64())),
     ("time_s", pa.list_(pa.float64())), ("frames", pa.binary()), ("segment", pa.int64()),
     ("segments", pa.int64()), ("first", pa.int64()), ("part", pa.int64()), ("parts", pa.int64()),
+    ("retry", pa.bool_()),   # the segment's decode raised: its gap may not repeat (`AssembleVideo`)
 ])
 
 
@@ -106,7 +107,7 @@ class VolumeRows:
                 "frame_index": decoded.frame_index[keep].tolist(),
                 "time_s": decoded.time_s[keep].tolist(), "frames": decoded.frames[keep].tobytes(),
                 "segment": seg["segment"], "segments": seg["segments"], "first": seg["first"],
-                "part": len(rows),
+                "part": len(rows), "retry": decoded.retry,
             })
         return [row | {"parts": len(rows)} for row in rows]
 
@@ -180,7 +181,7 @@ class ScoreVolumes:
             hold = row["first"] + self.T - 1 if row["first"] > 0 else 0
             done, seam = sums.split(planned, hold_before=hold)
             out.append({k: row[k] for k in ("video_id", "video_key", "camera", "uri", "identity", "num_frames",
-                                             "segment", "segments", "part", "parts")}
+                                             "segment", "segments", "part", "parts", "retry")}
                        | scored_columns(done, seam, dict(zip(row["frame_index"], row["time_s"])),
                                         dict(zip(row["frame_index"], source_gains.tolist()))))
         return pa.Table.from_pylist(out)
@@ -298,6 +299,22 @@ def _ranges(indices: np.ndarray, most: int = 20) -> str:
     return ", ".join(f"{a}-{b - 1}" for a, b in runs[:most]) + (" …" if len(runs) > most else "")
 
 
+def scored_as_far_as_it_decodes(rows: list[dict[str, Any]]) -> bool:
+    """Every segment of the video is in, and none of their decodes raised: the frames without a
+    score did not decode (corrupt packets, a cut GOP) or sit in decoded runs shorter than T, and
+    a rerun of the same file would leave the same gaps. Such a video is done (a rerun skips it;
+    its errors rows stay and keep the exit status 3); one with an exception (an I/O error, a
+    reader killed), or with a segment missing, is partial and scored again on the next run."""
+    parts: dict[int, int] = {}
+    seen: set[tuple[int, int]] = set()
+    for r in rows:
+        if r.get("retry", True):
+            return False
+        parts[int(r["segment"])] = int(r["parts"])
+        seen.add((int(r["segment"]), int(r["part"])))
+    return len(parts) == int(rows[0]["segments"]) and len(seen) == sum(parts.values())
+
+
 class AssembleVideo:
     """All volume errors of one video → its frames and events files, then its manifest marker."""
 
@@ -337,9 +354,10 @@ class AssembleVideo:
             # partition columns live in the path; the file holds the rest
             write_whole(table.drop_columns(["camera", "date"]), storage.join(self.output, table_name, name),
                         self.storage_options)
-        complete = n == int(head["num_frames"])
-        if not complete or not ok.all():
+        every_frame = n == int(head["num_frames"])
+        if not every_frame or not ok.all():
             self._unscored(head, means.frame_index, means.frame_index[~ok])
+        complete = every_frame or scored_as_far_as_it_decodes(rows)
         mark_scored(self.output, head["camera"], head["video_id"], head["identity"], model_id, head["uri"],
                     complete, self.storage_options)
         return {"video_id": head["video_id"], "frames": n, "events": events.num_rows, "complete": complete}

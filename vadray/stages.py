@@ -165,7 +165,7 @@ def decode_planned(seg: dict[str, Any], size: int, errors_uri: str,
         reason = ffmpeg_reason(exc) if isinstance(exc, av.error.FFmpegError) else exc
         _segment_error(seg, errors_uri, type(exc).__name__, f"frames {first}-{last - 1}: {reason}",
                        storage_options, model_id)
-        return DecodedFrames(np.zeros(0, np.int64), np.zeros(0), np.zeros((0, size, size), np.uint8))
+        return DecodedFrames(np.zeros(0, np.int64), np.zeros(0), np.zeros((0, size, size), np.uint8), retry=True)
     if decoded.error:
         lost = ", ".join(f"{a + first}-{b + first - 1}" for a, b in decoded.missing) or "none"
         kind, why = "decode_failed", decoded.error

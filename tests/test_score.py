@@ -506,6 +506,10 @@ def test_two_models_scoring_one_output_keep_their_own_error_rows(ray_session, tr
     assert rows() == both
     assert {r["error_type"] for r in read_errors(storage.join(out, "errors"), model_id=other["model_id"]).to_pylist()
             if r["video_id"] == "broken"} == {"corrupt"}
+    # a report of one model lists that model's failures, not the other's as well
+    from vadray.report import _failures
+    listed = _failures(out, None, None, None, None, other["model_id"])
+    assert {(r["video_id"], r["model_id"]) for r in listed} == {("broken", other["model_id"]), ("hit", other["model_id"])}
     # both files are mended and the second model rescores them
     shutil.copy(src / "test001.mp4", src / "broken.mp4")
     shutil.copy(src / "test002.mp4", src / "hit.mp4")

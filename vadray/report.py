@@ -272,7 +272,7 @@ def build_report(output: str, out_dir: str, labels_csv: str | None = None,
                      "duration_s": _duration(times),
                      "min_regularity": float(video_frames["regularity"].min()),
                      "events": len(video_events), "auc": auc, "png": png})
-    failures = _failures(output, storage_options, videos, cameras, dates)
+    failures = _failures(output, storage_options, videos, cameras, dates, scored_by)
     page = index_html(rows, labels is not None, failures, scored_by)
     _write_bytes(storage.join(out_dir, "index.html"), page.encode(), storage_options)
     _warn_of_older_plots(out_fs, out_path, {r["png"] for r in rows})
@@ -291,16 +291,18 @@ def _warn_of_older_plots(fs, folder: str, drawn: set[str]) -> None:
 
 
 def _failures(output: str, storage_options: dict | None, videos: list[str] | None, cameras: list[str] | None,
-              dates: list[str] | None) -> list[dict[str, Any]]:
+              dates: list[str] | None, model_id: str) -> list[dict[str, Any]]:
     """The errors rows of the selected videos, drawn or not: a video that failed outright has
-    no frames to plot, and one that failed in part has holes; the report must not hide either."""
+    no frames to plot, and one that failed in part has holes; the report must not hide either.
+    Rows of the plotted model's runs (or of none: older versions), not another model's."""
     table = read_table(output, "errors", storage_options,
-                       columns=["camera", "video_id", "stage", "error_type", "message"],
+                       columns=["camera", "video_id", "stage", "error_type", "message", "model_id"],
                        filter=selection(video_id=videos, camera=cameras))
     if table is None:
         return []
     dates = [dates] if isinstance(dates, str) else dates
-    return [r for r in table.to_pylist() if not dates or video_date(VideoRef(str(r["video_id"]), "")) in dates]
+    return [r for r in table.to_pylist() if r["model_id"] in (None, model_id)
+            and (not dates or video_date(VideoRef(str(r["video_id"]), "")) in dates)]
 
 
 def _duration(times: np.ndarray) -> float:

@@ -591,6 +591,17 @@ def test_a_recording_cut_mid_gop_says_so(tmp_path):
     [row] = read_errors(errors_uri).to_pylist()
     assert row["error_type"] == "starts_mid_gop" and f"starts {before_keyframe} frames before" in row["message"]
     assert not decoded.retry   # the same file leaves the same gap: score marks it done
+    # frames that stop coming with no decoder error (a failed read can look like that): retry
+    import vadray.stages as stages
+    from vadray.decode import NOT_DECODED, DecodedFrames
+
+    def ends_early(uri, timeline, first, last, size, storage_options):
+        return DecodedFrames(np.arange(5), np.arange(5) / 10, np.zeros((5, size, size), np.uint8),
+                             [(5, last)], NOT_DECODED)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stages, "decode_segment", ends_early)
+        assert decode_planned(seg, 27, str(tmp_path / "other-errors"), {}).retry
     # the file goes between probe and decode: the decode raises, which a rerun may not repeat
     (tmp_path / "src" / "cut.ts").unlink()
     again = decode_planned(seg, 27, errors_uri, {}, model_id="m-0123456789ab")

@@ -1,7 +1,9 @@
 """The `errors` table: one row per input (or segment) that could not be processed."""
 from __future__ import annotations
 
+import functools
 import hashlib
+import operator
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,15 +62,15 @@ def write_errors(rows: list[dict[str, Any]], errors_uri: str, camera: str, name:
 
 def clear_errors(errors_uri: str, camera: str, video_ids: list[str],
                  storage_options: dict[str, Any] | None = None, keys: list[str] = (),
-                 model_id: str | None = None) -> None:
+                 model_id: str | None = None, model_only: bool = False) -> None:
     """Remove these videos' error files of this camera, and of this model when given (named
     `<safe_key>-<stage/segment>`; also those an older version wrote with no model_id= or
-    camera= folder): a rerun's errors table then describes the latest attempt only, and another
-    model's rows stay. One listing per folder, one bulk delete."""
+    camera= folder, unless `model_only`): a rerun's errors table then describes the latest
+    attempt only, and another model's rows stay. One listing per folder, one bulk delete."""
     fs, root = storage.url_to_fs(errors_uri, storage_options)
     keys = {safe_key(v) for v in video_ids} | set(keys)   # `keys`: ids known only by their key
     doomed = []
-    folders = [f"{root}/camera={camera}", root]
+    folders = [] if model_only else [f"{root}/camera={camera}", root]
     if model_id:
         folders.insert(0, f"{root}/camera={camera}/model_id={model_id}")
     for folder in folders:
@@ -93,13 +95,12 @@ def read_errors(errors_uri: str, storage_options: dict[str, Any] | None = None,
             return ERRORS_SCHEMA.empty_table()
     except FileNotFoundError:
         return ERRORS_SCHEMA.empty_table()
-    table = ds.dataset(path, filesystem=fs, format="parquet", schema=ERRORS_SCHEMA,
-                       partitioning=PARTITIONING).to_table()
-    if camera is not None:
-        table = table.filter(pa.compute.equal(table["camera"], camera))
+    wanted = [] if camera is None else [ds.field("camera") == camera]
     if model_id is not None:
-        table = table.filter((ds.field("model_id") == model_id) | ds.field("model_id").is_null())
-    return table
+        wanted.append((ds.field("model_id") == model_id) | ds.field("model_id").is_null())
+    # on the partition fields: Arrow skips other cameras' and models' folders instead of reading them
+    return ds.dataset(path, filesystem=fs, format="parquet", schema=ERRORS_SCHEMA,
+                      partitioning=PARTITIONING).to_table(filter=functools.reduce(operator.and_, wanted, ds.scalar(True)))
 
 
 # Rows that say how an input was read, with nothing of it in doubt: one or two files beside a

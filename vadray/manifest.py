@@ -284,7 +284,8 @@ def drop_other_models_gone(output: str, camera: str, refs: list[VideoRef], previ
             paths.append(marker)
     storage.delete(fs, paths)
     for model, video_ids in errors_of.items():   # and their errors rows of that content
-        clear_errors(storage.join(output, "errors"), camera, video_ids, storage_options, model_id=model)
+        clear_errors(storage.join(output, "errors"), camera, video_ids, storage_options, model_id=model,
+                     model_only=True)
     return sorted(models), len(files)
 
 

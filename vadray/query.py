@@ -88,8 +88,8 @@ def _views(con, output: str, fs, root: str, storage_options: dict | None) -> Non
     for name in TABLES:
         files = fs.glob(f"{root}/{name}/**/*.parquet") if fs.isdir(f"{root}/{name}") else []
         if name == "errors" and files:
-            # small, and its files may sit at two depths (errors/ itself before the camera=
-            # folders): Arrow reads that, DuckDB's hive reader refuses it
+            # small, and its files sit at several depths (errors/ itself before the camera=
+            # folders, score's model_id= below them): Arrow reads that, DuckDB's hive reader refuses it
             con.register(name, open_dataset(output, name, storage_options))
         elif not storage.is_remote(output) and files:
             _parquet_view(con, name, os.path.join(os.path.abspath(root), name, "**", "*.parquet"))

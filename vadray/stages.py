@@ -174,6 +174,11 @@ def decode_planned(seg: dict[str, Any], size: int, errors_uri: str,
             # A recording cut mid-GOP: its first frames refer to a keyframe the file does not hold.
             kind, why = "starts_mid_gop", (f"the video starts {decoded.missing[0][1]} frames before its "
                                            "first keyframe (cut mid-GOP); those frames cannot be decoded")
+        elif why == NOT_DECODED:
+            # Frames the decoder never gave, with no error: on a local file, FFmpeg's reader may
+            # end a stream at a failed read (a network mount) as at its end. Not known to come
+            # back the same on a rerun, so score tries again.
+            decoded.retry = True
         _segment_error(seg, errors_uri, kind, f"{why}; frames not decoded: {lost}", storage_options, model_id)
     decoded.frame_index = decoded.frame_index + first
     decoded.missing = [(a + first, b + first) for a, b in decoded.missing]

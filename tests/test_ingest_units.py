@@ -602,6 +602,12 @@ def test_a_recording_cut_mid_gop_says_so(tmp_path):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(stages, "decode_segment", ends_early)
         assert decode_planned(seg, 27, str(tmp_path / "other-errors"), {}).retry
+    with pytest.MonkeyPatch.context() as patch:   # FFmpeg out of memory (ENOMEM): no fixed gap either
+        import errno
+
+        import vadray.decode
+        patch.setattr(vadray.decode, "_av_open", lambda *args: av.error.err_check(-errno.ENOMEM))
+        assert decode_planned(seg, 27, str(tmp_path / "other-errors"), {}).retry
     # the file goes between probe and decode: the decode raises, which a rerun may not repeat
     (tmp_path / "src" / "cut.ts").unlink()
     again = decode_planned(seg, 27, errors_uri, {}, model_id="m-0123456789ab")

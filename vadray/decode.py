@@ -228,7 +228,8 @@ def _decode_pass(uri: str, want: np.ndarray, out: "_FrameBuffer", size: int,
                     out.put(pos, scaler(frame))
     except av.error.FFmpegError as exc:
         error = f"decoding stopped: {ffmpeg_reason(exc)}"
-        out.io_error = isinstance(exc, OSError)   # EIO, a timeout, the file gone; not corrupt data
+        # EIO, a timeout, the file gone, out of memory (PyAV's MemoryError): not corrupt data
+        out.io_error = isinstance(exc, (OSError, MemoryError))
     if failures:
         more = f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""
         error = "; ".join(filter(None, [f"decoding skipped to the next keyframe after {failures[0]}{more}", error]))
@@ -250,7 +251,7 @@ def decode_frame_files(uris: list[str], timeline: Timeline, first: int, last: in
                 frame = next(container.decode(video=0))
                 out.put(index - first, scaler(frame))
         except (av.error.FFmpegError, StopIteration, OSError) as exc:
-            out.io_error |= isinstance(exc, OSError)
+            out.io_error |= isinstance(exc, (OSError, MemoryError))
             errors.append(f"{uris[index]}: {str(exc) or ('no image' if isinstance(exc, StopIteration) else type(exc).__name__)}")
     errors = list(dict.fromkeys(errors))   # holes repeat one message: once is enough
     error = "; ".join(errors[:3]) + (f" (+{len(errors) - 3} more)" if len(errors) > 3 else "")

@@ -115,19 +115,26 @@ def _refuse_patterns(role: str, uri: str) -> None:
                          "the folder")
 
 
+def _given(storage_options: Any, locations: dict[str, str | None]) -> list[tuple[str, str]]:
+    """The (role, uri) pairs given, once the options are a dict and no uri is a glob pattern."""
+    from vadray.exits import UsageError
+
+    if storage_options is not None and not isinstance(storage_options, dict):
+        raise UsageError(f"storage_options must be a dict, got {type(storage_options).__name__} (the "
+                         "command line's @FILE form is read by the CLI: json.load the file)")
+    given = [(role, uri) for role, uri in locations.items() if uri]
+    for role, uri in given:
+        _refuse_patterns(role, uri)
+    return given
+
+
 def require_reachable(storage_options: dict[str, Any] | None, **locations: str | None) -> None:
     """Exit status 2 before any work when a location cannot be reached at all (endpoint down,
     no credentials, access denied); `require_reachable(opts, OUTPUT=out, CHECKPOINT=ckpt)`.
     Whether it exists is each job's own question."""
     from vadray.exits import UsageError
 
-    if storage_options is not None and not isinstance(storage_options, dict):
-        raise UsageError(f"storage_options must be a dict, got {type(storage_options).__name__} (the "
-                         "command line's @FILE form is read by the CLI: json.load the file)")
-    for role, uri in locations.items():
-        if not uri:
-            continue
-        _refuse_patterns(role, uri)
+    for role, uri in _given(storage_options, locations):
         try:
             fs, path = url_to_fs(uri, storage_options)
             fs.info(path)     # not exists(): s3fs's answers False for a bare bucket it cannot reach
@@ -195,13 +202,7 @@ def require_folder_to_write(storage_options: dict[str, Any] | None = None, must_
     (`must_delete`: ingest, train, score), deleted."""
     from vadray.exits import UsageError
 
-    if storage_options is not None and not isinstance(storage_options, dict):
-        raise UsageError(f"storage_options must be a dict, got {type(storage_options).__name__} (the "
-                         "command line's @FILE form is read by the CLI: json.load the file)")
-    for role, uri in locations.items():
-        if not uri:
-            continue
-        _refuse_patterns(role, uri)
+    for role, uri in _given(storage_options, locations):
         if is_remote(uri):
             _require_remote_write(role, uri, storage_options, must_delete=must_delete)
             continue

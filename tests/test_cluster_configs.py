@@ -3,7 +3,8 @@
 - every YAML under cluster/ parses; the AWS launcher config passes the installed Ray's own schema;
 - the KubeRay manifests have the shape docs/CLUSTER.md promises (CPU and GPU worker groups,
   RayJobs for ingest, train and score with entrypoint, runtimeEnvYAML, shutdownAfterJobFinishes,
-  resources), credentials from IAM roles only, the Ray version of the image everywhere;
+  resources), credentials from IAM roles only, the Ray version of the image everywhere, Ray's
+  token authentication on;
 - every `python …jobs/X.py ARGS` in cluster/ and docs/CLUSTER.md resolves to a file in jobs/
   that calls a command of vadray.cli.COMMANDS, and ARGS parse with that command's real parser.
 """
@@ -148,6 +149,8 @@ def _check_cluster_spec(where: str, spec: dict) -> dict[str, bool]:
     """Common checks of a RayCluster spec; returns {worker group: has a GPU}."""
     assert spec["rayVersion"] == ray.__version__, f"{where}: rayVersion {spec['rayVersion']} != {ray.__version__}"
     assert "rayStartParams" in spec["headGroupSpec"], where
+    # anyone who reaches the Jobs API runs code with the cluster's S3 role: token auth on
+    assert (spec.get("authOptions") or {}).get("mode") == "token", f"{where}: no Ray token authentication"
     gpu = {}
     accounts = {d["metadata"]["name"] for d in yaml.safe_load_all((CLUSTER / "kuberay" / "service-account.yaml")
                                                                .read_text()) if d and d["kind"] == "ServiceAccount"}

@@ -107,6 +107,39 @@ def test_a_file_scored_under_another_id_keeps_only_its_new_rows(ray_session, tra
     assert run_score(str(tmp_path / "camA"), out, str(trained_checkpoint)).skipped == 1
 
 
+def test_a_moved_file_keeps_every_models_scores_and_a_changed_one_is_named(tmp_path):
+    """--moved-from without Ray: both models' markers and rows of the unchanged file follow it
+    (frames and errors source_uri), and a file whose mtime changed is named for rescoring."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vadray.errors import error_row, safe_key, write_errors
+    from vadray.manifest import mark_scored, manifest_marker, previous_scoring, scores_file
+    from vadray.moved import repoint_moved
+
+    new = [VideoRef("2024-05-01/a", "/new/cam/2024-05-01/a.mp4", size=5, mtime="1"),
+           VideoRef("2024-05-01/b", "/new/cam/2024-05-01/b.mp4", size=6, mtime="9")]   # b's mtime changed
+    old = [VideoRef(r.video_id, r.uri.replace("/new/", "/old/"), size=r.size, mtime="1") for r in new]
+    out = str(tmp_path / "out")
+    for model in ("m1-000000000001", "m2-000000000002"):
+        for ref in old:
+            mark_scored(out, "cam", ref.video_id, ref.identity(), model, ref.uri, True, {})
+            path = tmp_path / "out" / "frames" / scores_file("cam", "2024-05-01", safe_key(ref.video_id), model)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.table({"video_id": [ref.video_id] * 2, "source_uri": [ref.uri] * 2}), path)
+        write_errors([error_row("2024-05-01/a", old[0].uri, "decode", "decode_failed", "gap")],
+                     str(tmp_path / "out" / "errors"), "cam", f"{safe_key('2024-05-01/a')}-seg00000", {}, model)
+    moved = repoint_moved(out, "cam", new, "/new/cam", "/old/cam/", "m1-000000000001", {})
+    assert (moved.kept, moved.changed) == (1, ["2024-05-01/b"])
+    for model in ("m1-000000000001", "m2-000000000002"):
+        assert previous_scoring(out, "cam", new, model, {}).done == {"2024-05-01/a"}
+        frames = tmp_path / "out" / "frames" / scores_file("cam", "2024-05-01", safe_key("2024-05-01/a"), model)
+        assert set(pq.ParquetFile(frames).read().column("source_uri").to_pylist()) == {new[0].uri}
+        assert not (tmp_path / "out" / "manifest" / manifest_marker("cam", "2024-05-01/a", old[0].identity(),
+                                                                     model)).exists()
+    assert set(read_errors(str(tmp_path / "out" / "errors")).column("source_uri").to_pylist()) == {new[0].uri}
+
+
 def test_every_key_a_file_was_scored_under_goes_and_rows_under_an_older_date_too(tmp_path):
     """Markers of one file under two other keys (an OUTPUT that already held the duplicate) are
     both found, whichever sorts first, with their rows in any date= folder; a rescore also
@@ -517,6 +550,32 @@ def test_two_models_scoring_one_output_keep_their_own_error_rows(ray_session, tr
     assert rows() == {(card["model_id"], "broken")}
 
 
+def test_a_moved_archive_keeps_the_scores_of_its_unchanged_files(ray_session, trained_checkpoint,
+                                                                 synth_test_archive, tmp_path, capsys):
+    """A new mount point makes every file another one: the run is refused. With --moved-from,
+    the files that kept their size and mtime keep their rows, re-pointed at the new place, and
+    one whose mtime changed on the way (a copy that did not keep it) is scored again."""
+    old, new = tmp_path / "mnt-old" / "cam", tmp_path / "mnt-new" / "cam"
+    shutil.copytree(synth_test_archive, old)
+    out = str(tmp_path / "out")
+    ckpt = ["--checkpoint", str(trained_checkpoint)]
+    assert main(["score", str(old), out, *ckpt]) == 0
+    before = read_table(out, "frames")
+    new.parent.mkdir()
+    os.rename(old, new)
+    os.utime(new / "test002.mp4", (1_000_000, 1_000_000))
+    capsys.readouterr()
+    assert main(["score", str(new), out, *ckpt]) == 2
+    assert "--moved-from" in capsys.readouterr().err
+    assert main(["score", str(new), out, *ckpt, "--moved-from", str(old)]) == 0
+    assert "3 videos (2 already done, 0 failed), 30 frames" in capsys.readouterr().out
+    after = read_table(out, "frames")
+    assert sorted(set(after.source_uri)) == sorted(str(p) for p in new.glob("*.mp4"))
+    assert after.drop(columns="source_uri").equals(before.drop(columns="source_uri"))
+    assert main(["score", str(new), out, *ckpt]) == 0   # the markers name the new place now
+    assert "(3 already done, 0 failed)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("bad", [13, 24])
 def test_frames_beside_a_decode_gap_are_scored_whatever_the_segments(ray_session, trained_checkpoint,
                                                                     tmp_path, bad):
@@ -787,6 +846,12 @@ def test_s3_to_s3(ray_session, trained_checkpoint, synth_test_archive, s3_bucket
     with pytest.raises(UsageError, match=f"from s3://{bucket}/day1/0900.mp4"):
         run_score(f"s3://{bucket}/day2", days_out, str(trained_checkpoint), storage_options=options,
                   checkpoint_storage_options={})
+    # the archive moves to another prefix (a server-side copy keeps the ETag): its scores follow it
+    fs.copy(f"{bucket}/day1/0900.mp4", f"{bucket}/moved/day1/0900.mp4")
+    moved = run_score(f"s3://{bucket}/moved/day1", days_out, str(trained_checkpoint), storage_options=options,
+                      checkpoint_storage_options={}, moved_from=f"s3://{bucket}/day1")
+    assert (moved.skipped, moved.frames) == (1, 0)
+    assert set(read_table(days_out, "frames", options).source_uri) == {f"s3://{bucket}/moved/day1/0900.mp4"}
 
 
 @ped2

@@ -69,7 +69,7 @@ def marker_parts(name: str) -> tuple[str, str, str] | None:
     return (parts[0], parts[1], parts[2]) if len(parts) == 4 else None
 
 
-def _marker_names(fs, folder: str, keys: list[str] | None = None, remote: bool = False) -> list[str]:
+def marker_names(fs, folder: str, keys: list[str] | None = None, remote: bool = False) -> list[str]:
     """The names of a camera's markers, from one fresh listing; with `keys`, on an object store
     only those under the keys' common prefix (a month's day folders share '2024-05-')."""
     prefix = os.path.commonprefix(keys) if keys else ""
@@ -132,7 +132,7 @@ def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: s
     fs, root = storage.url_to_fs(storage.join(output, "manifest", f"camera={camera}"), storage_options)
     root = root.rstrip("/")
     stems = former_ids(refs)
-    present = {name: parts for name in _marker_names(fs, root) if (parts := marker_parts(name))}
+    present = {name: parts for name in marker_names(fs, root) if (parts := marker_parts(name))}
     if not present:
         return Previous()
     # A marker's digest is of the file's identity, its key of the id: this model's markers of
@@ -205,8 +205,9 @@ def check_same_files(camera: str, refs: list[VideoRef], previous: dict[str, str]
             f"{len(clashes)} video id(s) of camera {camera!r} were scored from other files: {ref.video_id!r} "
             f"from {uri}, now {ref.uri}. A video is (camera, path relative to SOURCE): score from a SOURCE "
             "above the folders that tell such files apart (e.g. the one holding the date folders), or into "
-            "another OUTPUT or --camera; --force replaces the old rows (also where the archive itself moved: "
-            "a new mount point or bucket makes every file another one)")
+            "another OUTPUT or --camera; --force replaces the old rows. Where the archive itself moved (a new "
+            "mount point or bucket makes every file another one), pass --moved-from OLD_SOURCE: unchanged "
+            "files keep their scores")
 
 
 def drop_previous(output: str, camera: str, refs: list[VideoRef], model_id: str, previous: Previous,
@@ -266,7 +267,7 @@ def drop_other_models_gone(output: str, camera: str, refs: list[VideoRef], previ
     # again just before deleting. Where its old marker went (its run's `drop_previous` takes it
     # before any new row is written) or a marker of this content came, the rows are its new ones.
     folder = previous.other_models_gone[affected[0].video_id][0].rsplit("/", 1)[0]
-    names = set(_marker_names(fs, folder, [safe_key(r.video_id) for r in affected], storage.is_remote(output)))
+    names = set(marker_names(fs, folder, [safe_key(r.video_id) for r in affected], storage.is_remote(output)))
     now = {parts for name in names if (parts := marker_parts(name))}
     paths, models, files, errors_of = [], set(), set(), {}
     for ref in affected:

@@ -10,6 +10,7 @@ video, under OUTPUT (hive-partitioned by camera= and date=):
             grouped in a window)
   errors/   one row per input (or segment) that failed
   manifest/ one marker per finished (video identity, model, frames-table version)
+An archive that moved keeps its scores with --moved-from OLD_SOURCE (vadray/moved.py).
 A backfill is resumable: a rerun skips finished videos (those with corrupt frames too: their
 errors rows keep exit status 3), rescoring partial ones (reading failed); file names
 are deterministic per video and model, so retries overwrite instead of appending. --force
@@ -232,7 +233,7 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
               gpus_per_actor: float = 0.0, batch_size: int = 16, hop: int = SCORE_HOP, segment_seconds: float = 60.0,
               frame_fps: float = 10.0, grid: int = GRID_DEFAULT, persistence: float | None = None,
               window: int = WINDOW_DEFAULT, events_from: str = "regularity", min_event_seconds: float = 0.0,
-              force: bool = False,
+              force: bool = False, moved_from: str | None = None,
               actor_threads: int | None = None, gain_correction: bool = False, storage_options: dict[str, Any] | None = None,
               checkpoint_storage_options: dict[str, Any] | None = None,
               model_actor: type = ScoreVolumes) -> ScoreSummary:
@@ -241,6 +242,7 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     `model_actor` is the Ray Data actor class that runs the model: the benchmark passes a
     subclass that records timings, a test one that dies once mid-run."""
     from vadray.raylib import ensure_ray, require_room, threads_per_worker
+    from vadray.moved import repoint_moved
     from vadray.stages import ProbeAndPlan
 
     started = time.perf_counter()   # the summary's seconds: the whole job, checks and model load too
@@ -272,9 +274,15 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     refs = list_videos(source, storage_options)
     if not refs:
         raise UsageError(f"no videos or frame folders found under {source!r}")
+    moved_ids: set[str] = set()
+    if moved_from and not force:
+        moved = repoint_moved(output, camera, refs, source, moved_from, model_id, storage_options)
+        moved_ids = set(moved.changed)
+        log.info("--moved-from %s: %d file(s) keep their scores at their new place; %d changed on the way "
+                 "and are scored again", moved_from, moved.kept, len(moved.changed))
     previous = previous_scoring(output, camera, refs, model_id, storage_options)
     if not force:
-        check_same_files(camera, refs, previous.uris)
+        check_same_files(camera, refs, {v: uri for v, uri in previous.uris.items() if v not in moved_ids})
     done = set() if force else previous.done
     todo = [r for r in refs if r.video_id not in done]
     other = settings_of_done(output, camera, [r for r in refs if r.video_id in done], model_id,
@@ -370,6 +378,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(regularity is then not the paper's input). Use --force to rescore "
                              "videos already scored without it")
     parser.add_argument("--force", action="store_true", help="rescore videos the manifest says are done")
+    parser.add_argument("--moved-from", metavar="OLD_SOURCE", default=None,
+                        help="the archive was scored at OLD_SOURCE and has moved to SOURCE (a new mount "
+                             "point or bucket): a file at the same path below it with the same size and "
+                             "ETag or mtime keeps its scores (every model's), re-pointed at its new place; "
+                             "one that changed on the way is scored again. Without it, a moved archive is "
+                             "refused as other files claiming scored ids")
     storage.add_storage_options(parser, "SOURCE, OUTPUT and CHECKPOINT")
 
 
@@ -381,5 +395,5 @@ def run(args: argparse.Namespace) -> int:
                         persistence=args.persistence, window=args.window, events_from=args.events_from,
                         min_event_seconds=args.min_event_seconds,
                         force=args.force, actor_threads=args.actor_threads, gain_correction=args.gain_correction,
-                        storage_options=storage_options)
+                        moved_from=args.moved_from, storage_options=storage_options)
     return summary.print_and_exit_status()

@@ -1,0 +1,136 @@
+"""`vadray score --moved-from OLD`: an archive that moved (a new mount point, another bucket)
+keeps the scores of the files that are still the same.
+
+A marker's digest covers the file's URI (vadray/manifest.py), so after a move every file looks
+like another one that claims a scored id, and score refuses the run. Given where the archive
+was, a file at the same path below it with the same size and ETag or mtime is the footage that
+was scored: its markers (of every model) and the `source_uri` of its frames and errors rows are
+re-pointed at the new place, and the run skips it. A file whose size or ETag/mtime changed on
+the way (a copy that did not keep mtimes) cannot be told from new footage: it is scored again,
+its old rows and this model's markers going first as for any changed file (`drop_previous`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from vadray import storage
+from vadray.errors import safe_key
+from vadray.exits import UsageError
+from vadray.listing import VideoRef
+from vadray.manifest import marker_names, dates_filed_under, manifest_marker, marker_parts, scores_file
+
+
+@dataclass
+class Moved:
+    """What `repoint_moved` did, for the log."""
+
+    kept: int = 0                                        # files whose scores now point at their new place
+    changed: list[str] = field(default_factory=list)     # ids of files that are not the same any more
+
+
+def _roots(source: str, moved_from: str, storage_options: dict[str, Any]) -> tuple[str, str]:
+    """(SOURCE, OLD) as the URIs the listing gives their files under."""
+    roots = []
+    for uri in (source, moved_from):
+        fs, path = storage.url_to_fs(uri, storage_options)
+        roots.append(storage.to_uri(fs, path.rstrip("/")))
+    return roots[0], roots[1]
+
+
+def old_uri(ref: VideoRef, new_root: str, old_root: str) -> str:
+    """Where `ref` was before the move: its path below SOURCE, below OLD."""
+    if ref.uri == new_root:   # SOURCE is the file itself
+        return old_root
+    if not ref.uri.startswith(new_root + "/"):
+        raise UsageError(f"{ref.uri} is not below SOURCE {new_root!r}")
+    return old_root + ref.uri[len(new_root):]
+
+
+def repoint_moved(output: str, camera: str, refs: list[VideoRef], source: str, moved_from: str,
+                  model_id: str, storage_options: dict[str, Any]) -> Moved:
+    """Re-point the markers and rows of the files that moved from MOVED_FROM to SOURCE unchanged,
+    and name the files this model scored at their old path whose content changed (their old
+    markers are no other file's: `check_same_files` must not refuse them)."""
+    fs, root = storage.url_to_fs(output, storage_options)
+    folder = f"{root.rstrip('/')}/manifest/camera={camera}"
+    by_key: dict[str, list[str]] = {}
+    for name in marker_names(fs, folder):
+        if marker_parts(name):
+            by_key.setdefault(marker_parts(name)[0], []).append(name)
+    new_root, old_root = _roots(source, moved_from, storage_options)
+    done, work = Moved(), []
+    for ref in refs:
+        before = old_uri(ref, new_root, old_root)
+        old_identity = dataclasses.replace(ref, uri=before).identity()
+        kept, mine_kept, mine_elsewhere = False, False, False
+        for name in by_key.get(safe_key(ref.video_id), []):
+            _, model, _ = marker_parts(name)
+            complete = name.endswith(".done")
+            if name == manifest_marker(camera, ref.video_id, old_identity, model, complete).split("/", 1)[1]:
+                work.append((ref, before, model, name, complete))
+                kept, mine_kept = True, mine_kept or model == model_id
+            elif model == model_id and _marker_uri(fs, f"{folder}/{name}") == before:
+                mine_elsewhere = True
+        done.kept += kept
+        if mine_elsewhere and not mine_kept:
+            done.changed.append(ref.video_id)
+    errors = _errors_files(fs, root, camera, {model for _, _, model, _, _ in work})
+    with ThreadPoolExecutor(max_workers=16) as pool:   # an object store: a few requests a file
+        list(pool.map(lambda job: _repoint(output, folder, camera, *job, errors, storage_options), work))
+    return done
+
+
+def _marker_uri(fs, path: str) -> str:
+    try:
+        return fs.cat_file(path).decode()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return ""
+
+
+def _errors_files(fs, root: str, camera: str, models: set[str]) -> dict[tuple[str, str], list[str]]:
+    """(model, video key) → its errors files: one listing per model, not one per file."""
+    found: dict[tuple[str, str], list[str]] = {}
+    for model in models:
+        try:
+            paths = fs.ls(f"{root.rstrip('/')}/errors/camera={camera}/model_id={model}", detail=False, refresh=True)
+        except FileNotFoundError:
+            continue
+        for path in paths:
+            found.setdefault((model, path.rsplit("/", 1)[-1].rsplit("-", 1)[0]), []).append(path)
+    return found
+
+
+def _repoint(output: str, folder: str, camera: str, ref: VideoRef, before: str, model: str, name: str,
+             complete: bool, errors: dict[tuple[str, str], list[str]], storage_options: dict[str, Any]) -> None:
+    """One model's scores of one unchanged file: rows first, then the new marker, then the old
+    one goes (an interrupted run leaves the old marker, and the next run redoes this)."""
+    fs, root = storage.url_to_fs(output, storage_options)
+    root, key = root.rstrip("/"), safe_key(ref.video_id)
+    paths = [f"{root}/frames/{scores_file(camera, date, key, model)}" for date in dates_filed_under(ref)]
+    for path in paths + errors.get((model, key), []):
+        if fs.exists(path):
+            _replace_uri(storage.join(output, path[len(root):]), before, ref.uri, storage_options)
+    new = manifest_marker(camera, ref.video_id, ref.identity(), model, complete).split("/", 1)[1]
+    fs.pipe_file(f"{folder}/{new}", ref.uri.encode())
+    if new != name:
+        fs.rm_file(f"{folder}/{name}")
+
+
+def _replace_uri(uri: str, before: str, after: str, storage_options: dict[str, Any]) -> None:
+    """A frames or errors file with `before` as its source_uri rewritten to `after`."""
+    from vadray.score_stages import write_whole
+
+    fs, path = storage.pyarrow_fs(uri, storage_options)
+    with fs.open_input_file(path) as handle:   # the file alone: no camera=/date= columns from its path
+        table = pq.ParquetFile(handle).read()
+    column = table.column("source_uri")
+    fixed = pc.if_else(pc.equal(column, before), pa.scalar(after), column)
+    write_whole(table.set_column(table.schema.get_field_index("source_uri"), "source_uri", fixed), uri,
+                storage_options)

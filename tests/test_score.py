@@ -109,7 +109,7 @@ def test_a_file_scored_under_another_id_keeps_only_its_new_rows(ray_session, tra
 
 def test_a_moved_file_keeps_every_models_scores_and_a_changed_one_is_named(tmp_path):
     """--moved-from without Ray: both models' markers and rows of the unchanged file follow it
-    (frames and errors source_uri), and a file whose mtime changed is named for rescoring."""
+    (frames and errors source_uri); a file whose mtime changed becomes a changed file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -130,7 +130,11 @@ def test_a_moved_file_keeps_every_models_scores_and_a_changed_one_is_named(tmp_p
         write_errors([error_row("2024-05-01/a", old[0].uri, "decode", "decode_failed", "gap")],
                      str(tmp_path / "out" / "errors"), "cam", f"{safe_key('2024-05-01/a')}-seg00000", {}, model)
     moved = repoint_moved(out, "cam", new, "/new/cam", "/old/cam/", "m1-000000000001", {})
-    assert (moved.kept, moved.changed) == (1, ["2024-05-01/b"])
+    assert (moved.kept, moved.changed) == (1, 1)
+    # b changed on the way: a file changed in place now, not another file claiming its id; the run's
+    # model rescores it, and the other model's rows of the former content go (as for any change)
+    previous = previous_scoring(out, "cam", new, "m1-000000000001", {})
+    assert previous.uris == {"2024-05-01/b": new[1].uri} and list(previous.other_models_gone) == ["2024-05-01/b"]
     for model in ("m1-000000000001", "m2-000000000002"):
         assert previous_scoring(out, "cam", new, model, {}).done == {"2024-05-01/a"}
         frames = tmp_path / "out" / "frames" / scores_file("cam", "2024-05-01", safe_key("2024-05-01/a"), model)
@@ -138,6 +142,8 @@ def test_a_moved_file_keeps_every_models_scores_and_a_changed_one_is_named(tmp_p
         assert not (tmp_path / "out" / "manifest" / manifest_marker("cam", "2024-05-01/a", old[0].identity(),
                                                                      model)).exists()
     assert set(read_errors(str(tmp_path / "out" / "errors")).column("source_uri").to_pylist()) == {new[0].uri}
+    again = repoint_moved(out, "cam", new, "/new/cam", "/old/cam", "m1-000000000001", {})   # a rerun: nothing to do
+    assert (again.kept, again.changed) == (0, 0)
 
 
 def test_every_key_a_file_was_scored_under_goes_and_rows_under_an_older_date_too(tmp_path):
@@ -567,6 +573,8 @@ def test_a_moved_archive_keeps_the_scores_of_its_unchanged_files(ray_session, tr
     capsys.readouterr()
     assert main(["score", str(new), out, *ckpt]) == 2
     assert "--moved-from" in capsys.readouterr().err
+    assert main(["score", str(new), out, *ckpt, "--moved-from", str(old), "--force"]) == 2
+    assert "pass one of them" in capsys.readouterr().err
     assert main(["score", str(new), out, *ckpt, "--moved-from", str(old)]) == 0
     assert "3 videos (2 already done, 0 failed), 30 frames" in capsys.readouterr().out
     after = read_table(out, "frames")

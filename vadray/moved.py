@@ -6,14 +6,16 @@ like another one that claims a scored id, and score refuses the run. Given where
 was, a file at the same path below it with the same size and ETag or mtime is the footage that
 was scored: its markers (of every model) and the `source_uri` of its frames and errors rows are
 re-pointed at the new place, and the run skips it. A file whose size or ETag/mtime changed on
-the way (a copy that did not keep mtimes) cannot be told from new footage: it is scored again,
-its old rows and this model's markers going first as for any changed file (`drop_previous`).
+the way (a copy that did not keep mtimes, an S3 multipart copy) cannot be told from other
+footage: its markers are re-pointed but keep their digest, so the run treats it as a file that
+changed in place (rescored, its old rows and other models' going first: vadray/manifest.py).
+Ids must stay the same: the path below OLD is the path below SOURCE.
 """
 from __future__ import annotations
 
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -31,8 +33,8 @@ from vadray.manifest import marker_names, dates_filed_under, manifest_marker, ma
 class Moved:
     """What `repoint_moved` did, for the log."""
 
-    kept: int = 0                                        # files whose scores now point at their new place
-    changed: list[str] = field(default_factory=list)     # ids of files that are not the same any more
+    kept: int = 0       # files whose scores now point at their new place
+    changed: int = 0    # files at their old path whose size or ETag/mtime differ: scored again
 
 
 def _roots(source: str, moved_from: str, storage_options: dict[str, Any]) -> tuple[str, str]:
@@ -40,7 +42,7 @@ def _roots(source: str, moved_from: str, storage_options: dict[str, Any]) -> tup
     roots = []
     for uri in (source, moved_from):
         fs, path = storage.url_to_fs(uri, storage_options)
-        roots.append(storage.to_uri(fs, path.rstrip("/")))
+        roots.append(storage.to_uri(fs, path.rstrip("/") or "/").rstrip("/"))   # "/" → "": the paths' own
     return roots[0], roots[1]
 
 
@@ -55,9 +57,9 @@ def old_uri(ref: VideoRef, new_root: str, old_root: str) -> str:
 
 def repoint_moved(output: str, camera: str, refs: list[VideoRef], source: str, moved_from: str,
                   model_id: str, storage_options: dict[str, Any]) -> Moved:
-    """Re-point the markers and rows of the files that moved from MOVED_FROM to SOURCE unchanged,
-    and name the files this model scored at their old path whose content changed (their old
-    markers are no other file's: `check_same_files` must not refuse them)."""
+    """Re-point the markers and rows of the files that moved from MOVED_FROM to SOURCE unchanged;
+    the markers of files that changed on the way name their new place too (a changed file, not
+    another file claiming the id: `check_same_files`). `model_id` is the run's, for the count."""
     fs, root = storage.url_to_fs(output, storage_options)
     folder = f"{root.rstrip('/')}/manifest/camera={camera}"
     by_key: dict[str, list[str]] = {}
@@ -65,25 +67,29 @@ def repoint_moved(output: str, camera: str, refs: list[VideoRef], source: str, m
         if marker_parts(name):
             by_key.setdefault(marker_parts(name)[0], []).append(name)
     new_root, old_root = _roots(source, moved_from, storage_options)
-    done, work = Moved(), []
+    done, work, unsure = Moved(), [], []
     for ref in refs:
         before = old_uri(ref, new_root, old_root)
+        if before == ref.uri:
+            continue
         old_identity = dataclasses.replace(ref, uri=before).identity()
-        kept, mine_kept, mine_elsewhere = False, False, False
+        kept = False
         for name in by_key.get(safe_key(ref.video_id), []):
             _, model, _ = marker_parts(name)
             complete = name.endswith(".done")
             if name == manifest_marker(camera, ref.video_id, old_identity, model, complete).split("/", 1)[1]:
                 work.append((ref, before, model, name, complete))
-                kept, mine_kept = True, mine_kept or model == model_id
-            elif model == model_id and _marker_uri(fs, f"{folder}/{name}") == before:
-                mine_elsewhere = True
+                kept = True
+            elif name != manifest_marker(camera, ref.video_id, ref.identity(), model, complete).split("/", 1)[1]:
+                unsure.append((ref, before, f"{folder}/{name}", model))   # changed on the way, or not from OLD
         done.kept += kept
-        if mine_elsewhere and not mine_kept:
-            done.changed.append(ref.video_id)
     errors = _errors_files(fs, root, camera, {model for _, _, model, _, _ in work})
     with ThreadPoolExecutor(max_workers=16) as pool:   # an object store: a few requests a file
         list(pool.map(lambda job: _repoint(output, folder, camera, *job, errors, storage_options), work))
+        uris = list(pool.map(lambda item: _marker_uri(fs, item[2]), unsure))
+        changed = [(ref, path, model) for (ref, before, path, model), uri in zip(unsure, uris) if uri == before]
+        list(pool.map(lambda item: fs.pipe_file(item[1], item[0].uri.encode()), changed))
+    done.changed = len({ref.video_id for ref, _, model in changed if model == model_id})
     return done
 
 
@@ -115,8 +121,10 @@ def _repoint(output: str, folder: str, camera: str, ref: VideoRef, before: str, 
     root, key = root.rstrip("/"), safe_key(ref.video_id)
     paths = [f"{root}/frames/{scores_file(camera, date, key, model)}" for date in dates_filed_under(ref)]
     for path in paths + errors.get((model, key), []):
-        if fs.exists(path):
+        try:
             _replace_uri(storage.join(output, path[len(root):]), before, ref.uri, storage_options)
+        except FileNotFoundError:   # the rows sit under another of the dates it may be filed under
+            continue
     new = manifest_marker(camera, ref.video_id, ref.identity(), model, complete).split("/", 1)[1]
     fs.pipe_file(f"{folder}/{new}", ref.uri.encode())
     if new != name:

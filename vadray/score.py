@@ -258,6 +258,8 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
                                min_event_seconds)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if force and moved_from:
+        raise UsageError("--force rescores every video and --moved-from keeps their scores: pass one of them")
     if (hop < 1 or batch_size < 1 or actors < 1 or segment_seconds <= 0 or not frame_fps > 0
             or (actor_threads is not None and actor_threads < 1)):
         raise UsageError("--hop, --batch-size, --actors, --actor-threads, --segment-seconds and --frame-fps "
@@ -274,15 +276,17 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     refs = list_videos(source, storage_options)
     if not refs:
         raise UsageError(f"no videos or frame folders found under {source!r}")
-    moved_ids: set[str] = set()
-    if moved_from and not force:
+    if moved_from:
         moved = repoint_moved(output, camera, refs, source, moved_from, model_id, storage_options)
-        moved_ids = set(moved.changed)
         log.info("--moved-from %s: %d file(s) keep their scores at their new place; %d changed on the way "
-                 "and are scored again", moved_from, moved.kept, len(moved.changed))
+                 "(size, or ETag/mtime) and are scored again", moved_from, moved.kept, moved.changed)
+        if moved.changed and not moved.kept:
+            log.warning("--moved-from: no file kept its scores; a copy that did not keep mtimes (cp without -p), "
+                        "an S3 multipart or KMS-encrypted copy (new ETags), or a move between a disk and an "
+                        "object store changes every file's identity")
     previous = previous_scoring(output, camera, refs, model_id, storage_options)
     if not force:
-        check_same_files(camera, refs, {v: uri for v, uri in previous.uris.items() if v not in moved_ids})
+        check_same_files(camera, refs, previous.uris)
     done = set() if force else previous.done
     todo = [r for r in refs if r.video_id not in done]
     other = settings_of_done(output, camera, [r for r in refs if r.video_id in done], model_id,
@@ -382,8 +386,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the archive was scored at OLD_SOURCE and has moved to SOURCE (a new mount "
                              "point or bucket): a file at the same path below it with the same size and "
                              "ETag or mtime keeps its scores (every model's), re-pointed at its new place; "
-                             "one that changed on the way is scored again. Without it, a moved archive is "
-                             "refused as other files claiming scored ids")
+                             "one that changed on the way is scored again. Re-pointing happens before the "
+                             "run's other checks. Without it, a moved archive is refused as other files "
+                             "claiming scored ids")
     storage.add_storage_options(parser, "SOURCE, OUTPUT and CHECKPOINT")
 
 

@@ -74,13 +74,23 @@ def clear_errors(errors_uri: str, camera: str, video_ids: list[str],
     if model_id:
         folders.insert(0, f"{root}/camera={camera}/model_id={model_id}")
     for folder in folders:
-        try:
-            names = fs.ls(folder, detail=False, refresh=True)   # not s3fs's cached listing
-        except FileNotFoundError:
-            continue
-        doomed += [p for p in names if p.endswith(".parquet") and p.rsplit("/", 1)[-1].rsplit("-", 1)[0] in keys]
+        doomed += [p for key, paths in files_by_key(fs, folder).items() if key in keys for p in paths]
     if doomed:
         storage.delete(fs, doomed)
+
+
+def files_by_key(fs, folder: str) -> dict[str, list[str]]:
+    """A folder's error files by the video key in their name (`<safe_key>-<stage or segment>`),
+    from one fresh listing (not s3fs's cached one); {} where the folder is missing."""
+    try:
+        names = fs.ls(folder, detail=False, refresh=True)
+    except FileNotFoundError:
+        return {}
+    found: dict[str, list[str]] = {}
+    for path in names:
+        if path.endswith(".parquet"):
+            found.setdefault(path.rsplit("/", 1)[-1].rsplit("-", 1)[0], []).append(path)
+    return found
 
 
 def read_errors(errors_uri: str, storage_options: dict[str, Any] | None = None,

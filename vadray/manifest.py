@@ -58,8 +58,13 @@ def manifest_marker(camera: str, video_id: str, identity: str, model_id: str, co
     may hold the same file names), the video's content identity, the model and the frames-table
     version, not by task rank. Only a `.done` marker makes a rerun skip the video; a `.partial`
     one keeps its URI known (a file that changed, or another file with its id)."""
+    return f"camera={camera}/{marker_name(video_id, identity, model_id, complete)}"
+
+
+def marker_name(video_id: str, identity: str, model_id: str, complete: bool = True) -> str:
+    """`manifest_marker`'s file name, without the camera= folder."""
     digest = hashlib.sha1(f"{identity}|frames={FRAMES_VERSION}".encode()).hexdigest()[:12]
-    return f"camera={camera}/{safe_key(video_id)}.{model_id}.{digest}.{'done' if complete else 'partial'}"
+    return f"{safe_key(video_id)}.{model_id}.{digest}.{'done' if complete else 'partial'}"
 
 
 def marker_parts(name: str) -> tuple[str, str, str] | None:
@@ -149,7 +154,7 @@ def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: s
             other_models.setdefault(key, []).append(name)
     found = Previous()
     for ref in refs:
-        marker = manifest_marker(camera, ref.video_id, ref.identity(), model_id).split("/", 1)[1]
+        marker = marker_name(ref.video_id, ref.identity(), model_id)
         key, _, digest = marker_parts(marker)
         older = by_video.get((key, model_id), [])
         if marker in older:

@@ -23,10 +23,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vadray import storage
-from vadray.errors import safe_key
+from vadray.errors import errors_folder, files_by_key, safe_key
 from vadray.exits import UsageError
 from vadray.listing import VideoRef
-from vadray.manifest import marker_names, dates_filed_under, manifest_marker, marker_parts, scores_file
+from vadray.manifest import dates_filed_under, marker_name, marker_names, marker_parts, scores_file
+from vadray.score_stages import write_whole
 
 
 @dataclass
@@ -77,13 +78,13 @@ def repoint_moved(output: str, camera: str, refs: list[VideoRef], source: str, m
         for name in by_key.get(safe_key(ref.video_id), []):
             _, model, _ = marker_parts(name)
             complete = name.endswith(".done")
-            if name == manifest_marker(camera, ref.video_id, old_identity, model, complete).split("/", 1)[1]:
+            if name == marker_name(ref.video_id, old_identity, model, complete):
                 work.append((ref, before, model, name, complete))
                 kept = True
-            elif name != manifest_marker(camera, ref.video_id, ref.identity(), model, complete).split("/", 1)[1]:
+            elif name != marker_name(ref.video_id, ref.identity(), model, complete):
                 unsure.append((ref, before, f"{folder}/{name}", model))   # changed on the way, or not from OLD
         done.kept += kept
-    errors = _errors_files(fs, root, camera, {model for _, _, model, _, _ in work})
+    errors = _errors_files(output, camera, {model for _, _, model, _, _ in work}, storage_options)
     with ThreadPoolExecutor(max_workers=16) as pool:   # an object store: a few requests a file
         list(pool.map(lambda job: _repoint(output, folder, camera, *job, errors, storage_options), work))
         uris = list(pool.map(lambda item: _marker_uri(fs, item[2]), unsure))
@@ -100,16 +101,13 @@ def _marker_uri(fs, path: str) -> str:
         return ""
 
 
-def _errors_files(fs, root: str, camera: str, models: set[str]) -> dict[tuple[str, str], list[str]]:
+def _errors_files(output: str, camera: str, models: set[str],
+                  storage_options: dict[str, Any]) -> dict[tuple[str, str], list[str]]:
     """(model, video key) → its errors files: one listing per model, not one per file."""
     found: dict[tuple[str, str], list[str]] = {}
     for model in models:
-        try:
-            paths = fs.ls(f"{root.rstrip('/')}/errors/camera={camera}/model_id={model}", detail=False, refresh=True)
-        except FileNotFoundError:
-            continue
-        for path in paths:
-            found.setdefault((model, path.rsplit("/", 1)[-1].rsplit("-", 1)[0]), []).append(path)
+        fs, folder = storage.url_to_fs(errors_folder(storage.join(output, "errors"), camera, model), storage_options)
+        found.update({(model, key): paths for key, paths in files_by_key(fs, folder).items()})
     return found
 
 
@@ -125,7 +123,7 @@ def _repoint(output: str, folder: str, camera: str, ref: VideoRef, before: str, 
             _replace_uri(storage.join(output, path[len(root):]), before, ref.uri, storage_options)
         except FileNotFoundError:   # the rows sit under another of the dates it may be filed under
             continue
-    new = manifest_marker(camera, ref.video_id, ref.identity(), model, complete).split("/", 1)[1]
+    new = marker_name(ref.video_id, ref.identity(), model, complete)
     fs.pipe_file(f"{folder}/{new}", ref.uri.encode())
     if new != name:
         fs.rm_file(f"{folder}/{name}")
@@ -133,8 +131,6 @@ def _repoint(output: str, folder: str, camera: str, ref: VideoRef, before: str, 
 
 def _replace_uri(uri: str, before: str, after: str, storage_options: dict[str, Any]) -> None:
     """A frames or errors file with `before` as its source_uri rewritten to `after`."""
-    from vadray.score_stages import write_whole
-
     fs, path = storage.pyarrow_fs(uri, storage_options)
     with fs.open_input_file(path) as handle:   # the file alone: no camera=/date= columns from its path
         table = pq.ParquetFile(handle).read()

@@ -241,8 +241,8 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
 
     `model_actor` is the Ray Data actor class that runs the model: the benchmark passes a
     subclass that records timings, a test one that dies once mid-run."""
-    from vadray.raylib import ensure_ray, require_room, threads_per_worker
     from vadray.moved import repoint_moved
+    from vadray.raylib import ensure_ray, require_room, threads_per_worker
     from vadray.stages import ProbeAndPlan
 
     started = time.perf_counter()   # the summary's seconds: the whole job, checks and model load too

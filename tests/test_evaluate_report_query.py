@@ -212,7 +212,8 @@ def test_query_local_views(scored, tmp_path, capsys):
     assert not written.exists()
     pivot = query.query(scored["out"], "PIVOT (SELECT camera, video_id FROM frames) ON camera USING count(*)")
     assert sorted(pivot.columns) == ["3", "cam1", "video_id"]
-    assert query.query(scored["out"], "DESCRIBE frames")["column_name"].tolist()[:3] == ["video_id", "source_uri", "frame_index"]
+    # the documented schema's order, partitions first, local or s3:// alike
+    assert query.query(scored["out"], "DESCRIBE frames")["column_name"].tolist()[:4] == ["camera", "date", "video_id", "source_uri"]
     out_csv, out_pq = tmp_path / "r.csv", tmp_path / "r.parquet"
     sql = "SELECT video_id, min(regularity) AS low FROM frames GROUP BY 1 ORDER BY 1"
     assert cli.main(["query", scored["out"], sql, "--out", str(out_csv)]) == 0
@@ -256,6 +257,20 @@ def test_query_empty_events_and_errors_tables(tmp_path, capsys):
     assert query.query(str(out), "SELECT count(*) AS n FROM errors")["n"].tolist() == [0]
     assert cli.main(["query", str(out), "SELECT video_id, stage FROM errors"]) == 0
     assert capsys.readouterr().out.splitlines() == ["video_id  stage", "(0 rows)"]
+
+
+def test_query_reads_partitions_below_the_tables_only(scored, tmp_path):
+    """An OUTPUT inside a `key=value` folder (/data/camera=lobby/out): DuckDB's hive reader took
+    every such folder of the path as a partition, so `camera` read 'lobby' and a `run` column
+    appeared; and a documented column that no file has yet is null, not a binder error."""
+    out = tmp_path / "camera=lobby" / "run=7" / "out"
+    shutil.copytree(scored["out"], out)
+    for path in (out / "frames").rglob("*.parquet"):   # files from before combined_regularity existed
+        pq.write_table(pq.read_table(path).drop_columns(["combined_regularity"]), path)
+    cameras = query.query(str(out), "SELECT DISTINCT camera FROM frames ORDER BY 1")
+    assert cameras["camera"].tolist() == ["3", "cam1"]
+    assert "run" not in query.query(str(out), "SELECT * FROM frames LIMIT 1").columns
+    assert query.query(str(out), "SELECT count(combined_regularity) AS n FROM frames")["n"].tolist() == [0]
 
 
 def test_s3_outputs_give_the_same_answers(scored, s3_bucket):

@@ -1,11 +1,12 @@
 """SQL over a scoring OUTPUT with DuckDB: views `frames`, `events` and `errors` (empty where none).
 
-Local outputs are read by DuckDB's own Parquet reader (read_parquet, hive_partitioning,
-partition values kept as strings). s3:// outputs are Arrow datasets over s3fs (the same
-credentials as every job) that DuckDB scans with filter and projection pushdown. Not DuckDB's
+Each table is the Arrow dataset every other command reads (`tables.open_dataset`: the
+documented schema, partitions below the table's folder only, s3:// through s3fs with the same
+credentials as every job), which DuckDB scans with filter and projection pushdown. Not
+DuckDB's read_parquet: its hive reader takes every `key=value` folder of the whole path as a
+partition, so an OUTPUT under `/data/camera=lobby/` would read the wrong camera. Not DuckDB's
 httpfs: its views read s3:// URLs while the query runs, so the query could not be locked to
-the OUTPUT's tables, and on offline machines it is a download. The SQL and its results are
-the same either way.
+the OUTPUT's tables, and on offline machines it is a download.
 
 Example: vadray query out "SELECT video_id, count(*) FROM events GROUP BY 1 ORDER BY 2 DESC"
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
 import duckdb
 import pandas as pd
@@ -48,15 +48,6 @@ def read_only(statement) -> bool:
             or (kind == duckdb.StatementType.MULTI and first in ("PIVOT", "UNPIVOT")))
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _parquet_view(con: duckdb.DuckDBPyConnection, name: str, glob: str) -> None:
-    con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({_quote(glob)}, hive_partitioning=true, "
-                "hive_types_autocast=false, union_by_name=true)")
-
-
 def connect(output: str, storage_options: dict | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the OUTPUT's tables as views (frames, events and errors always exist)."""
     output = storage.text(output)
@@ -72,10 +63,8 @@ def connect(output: str, storage_options: dict | None = None) -> duckdb.DuckDBPy
                          "OUTPUT of `vadray score` (or the errors of an ingest OUTPUT)")
     try:
         _views(con, output, fs, root, storage_options)
-        # The SQL reads the OUTPUT's tables and nothing else: no other local file (read_text,
-        # read_csv, glob of any path), no URL; and it cannot SET this back.
-        if not storage.is_remote(output):   # local views read these files; Arrow's need none
-            con.execute(f"SET allowed_directories = [{_quote(os.path.abspath(root) + '/')}]")
+        # The SQL reads the OUTPUT's tables (Arrow datasets, read by Arrow) and nothing else: no
+        # local file (read_text, read_csv, glob of any path), no URL; and it cannot SET this back.
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
     except duckdb.Error as exc:   # a table DuckDB cannot read: say which, not a traceback
@@ -87,13 +76,7 @@ def connect(output: str, storage_options: dict | None = None) -> duckdb.DuckDBPy
 def _views(con, output: str, fs, root: str, storage_options: dict | None) -> None:
     for name in TABLES:
         files = fs.glob(f"{root}/{name}/**/*.parquet") if fs.isdir(f"{root}/{name}") else []
-        if name == "errors" and files:
-            # small, and its files sit at several depths (errors/ itself before the camera=
-            # folders, score's model_id= below them): Arrow reads that, DuckDB's hive reader refuses it
-            con.register(name, open_dataset(output, name, storage_options))
-        elif not storage.is_remote(output) and files:
-            _parquet_view(con, name, os.path.join(os.path.abspath(root), name, "**", "*.parquet"))
-        elif files:
+        if files:
             con.register(name, open_dataset(output, name, storage_options))
         else:  # an empty table still answers "SELECT count(*) FROM errors"
             con.register(name, DOCUMENTED[name].empty_table())

@@ -165,14 +165,15 @@ def test_an_event_never_spans_frames_without_a_score():
     s = np.array([1, 0.0, 0.4, 0.4, 0.0, 1])
     frames = np.array([0, 1, 2, 1000, 1001, 1002])
     spans = [(e["start_frame"], e["end_frame"]) for e in detect_events(s, frame_index=frames, window=50)]
-    assert spans == [(1, 2), (1001, 1001)]   # frame 2 is within the deeper dip's half depth
+    # each dip is half its run's depth wide: frames 2 and 1000 (0.4) are within it on both sides
+    assert spans == [(1, 2), (1000, 1001)]
     # dips that run into the gap from both sides: each is clipped to its run, and spans that
     # meet only across the gap (positions 3 and 4) do not touch: frames 3 and 900 are apart
     s = np.array([1, 0.5, 0.1, 0.2, 0.12, 0.1, 0.5, 1])
     frames = np.array([0, 1, 2, 3, 900, 901, 902, 903])
     spans = [(e["start_frame"], e["end_frame"]) for e in detect_events(s, frame_index=frames, window=50,
                                                                          persistence_threshold=0.05)]
-    assert spans == [(1, 3), (900, 901)]
+    assert spans == [(1, 3), (900, 902)]   # mirror images: frames 1 and 902 (0.5) both within half depth
     # two dips 16 frames apart (inside the 50-frame window) with unscored frames 10-19 between
     # them: two events, not one spanning the frames without a score
     frames = np.r_[0:10, 20:30]
@@ -180,6 +181,14 @@ def test_an_event_never_spans_frames_without_a_score():
     s[[4, 5, 6]] = s[[12, 13, 14]] = [0.3, 0.0, 0.3]
     spans = [(e["start_frame"], e["end_frame"]) for e in detect_events(s, frame_index=frames, window=50)]
     assert spans == [(4, 6), (22, 24)]
+    # a run that opens with a dip, after a run that ended low: each run is its own series, so
+    # the dip is not the slope of the run before it (which swallowed it)
+    s = np.array([.9, .9, .8, .5, .2, .2, .5, .8, .9, .9])
+    frames = np.r_[0:5, 100:105]
+    spans = [(e["start_frame"], e["end_frame"]) for e in detect_events(s, frame_index=frames)]
+    assert spans == [(3, 4), (100, 101)]
+    alone = [(e["start_frame"], e["end_frame"]) for e in detect_events(s[5:], frame_index=frames[5:])]
+    assert alone == [(100, 101)]
 
 
 def test_regularity_keeps_a_nan_error_nan():

@@ -198,16 +198,21 @@ def detect_events(regularity: np.ndarray, times: np.ndarray | None = None, *,
     score = None if anomaly_score is None else np.asarray(anomaly_score, np.float64)
     if frames.shape != s.shape or t.shape != s.shape or (score is not None and score.shape != s.shape):
         raise ValueError("regularity, frame_index, times and anomaly_score must have the same length")
-    pairs = persistence_pairs(s)
-    keep = pairs.persistence >= persistence_threshold
-    mins, pers = pairs.min_index[keep], pairs.persistence[keep]
+    # Runs of consecutive frames are separate series: frames on the two sides of a gap are not
+    # neighbours, so a dip that opens a run is not swallowed by the run before it.
+    run = np.r_[0, np.cumsum(np.diff(frames) != 1)] if n else np.zeros(0, np.int64)
+    bounds = np.r_[0, np.flatnonzero(np.diff(run)) + 1, n]
+    per_run = [(lo, persistence_pairs(s[lo:hi])) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    mins = np.concatenate([lo + pairs.min_index for lo, pairs in per_run] or [np.zeros(0, np.int64)])
+    pers = np.concatenate([pairs.persistence for _, pairs in per_run] or [np.zeros(0)])
+    keep = pers >= persistence_threshold
+    mins, pers = mins[keep], pers[keep]
     if mins.size == 0:
         return []
     # spans (positions, inclusive) of each minimum at half its depth, within its run of
     # consecutive frames: a span never reaches across frames without a score
     starts = np.array([_run_end(s, m, s[m] + p / 2, -1) for m, p in zip(mins, pers)])
     ends = np.array([_run_end(s, m, s[m] + p / 2, +1) for m, p in zip(mins, pers)])
-    run = np.r_[0, np.cumsum(np.diff(frames) != 1)]
     starts = np.maximum(starts, np.searchsorted(run, run[mins], "left"))
     ends = np.minimum(ends, np.searchsorted(run, run[mins], "right") - 1)
     # a new group begins where the next minimum is farther than `window` frames away, and

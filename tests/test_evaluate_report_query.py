@@ -343,6 +343,32 @@ def test_report_writes_plots_and_index(scored, tmp_path):
         report.build_report(scored["out"], str(tmp_path / "rep2"), error_map_fn=error_map)
 
 
+def test_a_video_whose_files_are_there_twice_counts_once_and_a_nan_is_no_rank(scored, tmp_path, capsys):
+    """A copy of a video's frames and events under a second date= folder: evaluate counted its
+    events twice (a second false alarm) and report drew 80 frames; one NaN regularity made the
+    report's per-video AUC NaN while evaluate left the frame out (review findings)."""
+    out = tmp_path / "out"
+    shutil.copytree(scored["out"], out)
+    for table in ("frames", "events"):
+        shutil.copytree(out / table / "camera=cam1" / "date=2024-05-01", out / table / "camera=cam1" / "date=unknown")
+    e = evaluate.evaluate_output(str(out), scored["labels"])["events"]
+    assert (e["gt_detected"], e["false_alarms"], e["detected_events"]) == (1, 1, 2)
+    (path,) = (out / "frames" / "camera=cam1" / "date=unknown").glob("*.parquet")
+    table = pq.read_table(path)
+    regularity = table.column("regularity").to_numpy().copy()
+    regularity[3] = np.nan
+    pq.write_table(table.set_column(table.schema.get_field_index("regularity"), "regularity",
+                                    pa.array(regularity, pa.float32())), path)
+    shutil.rmtree(out / "frames" / "camera=cam1" / "date=2024-05-01")   # the NaN copy is the only one
+    rows = {r["video_id"]: r for r in report.build_report(str(out), str(tmp_path / "rep"), scored["labels"],
+                                                           max_thumbnails=0)}
+    video = rows["cam1/2024-05-01/0900"]
+    assert (video["frames"], video["not_scored"], video["events"]) == (40, 0, 2)
+    assert video["auc"] == pytest.approx(6 * 32 / (6 * 33))   # frame 3 (normal) left out
+    assert cli.main(["evaluate", str(out), "--labels", scored["labels"]]) == 0
+    assert "regularity: 1 evaluated frames without a finite score" in capsys.readouterr().out
+
+
 def test_report_cli_filters_and_no_thumbnails(scored, tmp_path, caplog):
     assert cli.main(["report", scored["out"], str(tmp_path / "r"), "--camera", "3", "--max-thumbnails", "0"]) == 0
     written = sorted(os.listdir(tmp_path / "r"))

@@ -149,7 +149,9 @@ def evaluate_output(output: str, labels_csv: str, storage_options: dict | None =
              for v, g in labelled_videos.items()}
     events = read_table(output, "events", storage_options, columns=["video_id", "start_frame", "end_frame"],
                         filter=where)
-    detected = _per_video_intervals(events.to_pandas()) if events is not None else {}
+    # an event repeated where its frames were (two copies of a video's files) is one event
+    detected = (_per_video_intervals(events.to_pandas().drop_duplicates())
+                if events is not None else {})
     labelled = {v: g["frame_index"].to_numpy() for v, g in labelled_videos.items()}
     result["events"] = {"videos": len(truth), **metrics.event_counts(truth, detected, labelled)}
     return result
@@ -193,6 +195,10 @@ def format_metrics(result: dict) -> str:
         if c[what]:
             shown = ", ".join(c[what][:5]) + (" …" if len(c[what]) > 5 else "")
             lines.append(f"  {what.replace('_', ' ')}: {len(c[what])} ({shown})")
+    for column in SCORE_COLUMNS:   # frames whose score is NaN (an error map that could not be measured)
+        missing = result.get(column, {}).get("missing_scores", 0)
+        if missing and result[column].get("available"):
+            lines.append(f"  {column}: {missing} evaluated frames without a finite score, left out of its AUC and EER")
     for what in ("duplicate_label_rows", "duplicate_frame_rows"):
         if c[what]:
             lines.append(f"  {what.replace('_', ' ')}: {c[what]} (repeats; one kept)")

@@ -212,7 +212,9 @@ def build_report(output: str, out_dir: str, labels_csv: str | None = None,
     if table is None or table.num_rows == 0:
         raise no_rows_selected(output, storage_options, video_id=videos, camera=cameras, date=dates,
                                model_id=model_ids)
-    frames = table.to_pandas().sort_values(["camera", "video_id", "frame_index"], kind="stable")
+    # Repeated rows of a frame (two copies of a video's files, as `evaluate` counts them) are drawn once.
+    frames = (table.to_pandas().sort_values(["camera", "video_id", "frame_index"], kind="stable")
+              .drop_duplicates(["camera", "video_id", "frame_index"]))
     check_one_model(frames)
     map_model = getattr(error_map_fn, "model_id", None)   # ErrorMaps says which checkpoint it runs
     scored_by = str(frames["model_id"].iloc[0])
@@ -233,6 +235,7 @@ def build_report(output: str, out_dir: str, labels_csv: str | None = None,
     rows = []
     # Grouped once: filtering the whole tables per video made a report of many short videos
     # quadratic in their number.
+    events = events.drop_duplicates(["camera", "video_id", "start_frame", "end_frame"])
     events_of = {key: group for key, group in events.groupby(["camera", "video_id"], sort=False)}
     labels_of = ({key: group for key, group in labels.groupby("video_id", sort=False)}
                  if labels is not None else {})
@@ -250,6 +253,7 @@ def build_report(output: str, out_dir: str, labels_csv: str | None = None,
             if len(video_labels):
                 truth = metrics.label_runs(video_labels["frame_index"].to_numpy(), video_labels["label"].to_numpy())
                 scored = video_frames.merge(video_labels, on=["video_id", "frame_index"])
+                scored = scored[np.isfinite(scored["regularity"])]   # as evaluate: a NaN is not a rank
                 auc = metrics.frame_auc(scored["label"].to_numpy(), 1.0 - scored["regularity"].to_numpy())
         source = str(video_frames["source_uri"].iloc[0])
         thumbnails = []

@@ -229,6 +229,18 @@ def test_a_volume_length_in_model_params_is_refused_before_any_work(tmp_path):
     assert not (tmp_path / "ckpt").exists()
 
 
+def test_model_params_that_build_a_model_that_cannot_run_are_refused_before_any_work(tmp_path):
+    """An even lstm_kernel built a model whose forward pass failed in every worker, after run.json
+    was written (so the corrected command was told to --resume, which replayed it); a channel
+    count that is not a list was a TypeError traceback (train review)."""
+    write_clip_shards(tmp_path / "out", random_videos({"a": 20, "b": 20}, size=27), chunk=8)
+    for params, why in (({"lstm_kernel": 4}, "do not make a working convlstm_ae"),
+                        ({"lstm_channels": 64}, "do not make a working convlstm_ae")):
+        with pytest.raises(UsageError, match=why):
+            run_training(tmp_path / "out", tmp_path / "ckpt", model_params=params)
+    assert not (tmp_path / "ckpt").exists()
+
+
 def test_settings_the_card_could_not_state_truly_are_refused_or_merged(tmp_path):
     """--strides 1,1 counted every volume twice in the card's volumes_per_epoch; 64 volumes over
     3 workers trained at 63 while the card said 64; a NaN std in stats.json trained to NaN and
@@ -417,6 +429,26 @@ def test_resume_refuses_shards_that_changed_since_the_run_started(ingested, tmp_
         run_training(ingested, str(tmp_path / "ckpt"), resume=True)
     assert f"train: new {train[0].video_id}" in str(info.value)
     assert "statistics over 120 frames (the run started on 80)" in str(info.value)
+
+
+def test_resume_splits_the_runs_own_batch_size_over_the_workers(ingested, tmp_path):
+    """--workers may change on resume, and the batch size is the run's: the split was checked on
+    the command's --batch-size (64 refused a run of 60 over 3 workers; 63 let a run of 64 train
+    at 63 over 3 while its card said 64) (train review)."""
+    from vadray.train import RUN_FILE
+
+    settings = {"shards": ingested, "model": "convlstm_ae", "model_params": TINY, "epochs": 3, "batch_size": 60,
+                "lr": 1e-4, "patience": 10, "strides": [1, 2, 3], "hop": 4, "val_fraction": RUN["val_fraction"],
+                "seed": 0, "T": 10, "select": "val_loss"}
+    (tmp_path / "ckpt").mkdir()
+    footage = {"train": {}, "val": {}, "stats_frames": 80}
+    (tmp_path / "ckpt" / RUN_FILE).write_text(json.dumps(dict(settings, run_id="train-x", footage=footage)))
+    with pytest.raises(UsageError) as info:   # 60 over 3 splits: on to the next check (changed footage)
+        run_training(ingested, str(tmp_path / "ckpt"), resume=True, workers=3)
+    assert "changed since the run started" in str(info.value)
+    (tmp_path / "ckpt" / RUN_FILE).write_text(json.dumps(dict(settings, batch_size=64, run_id="train-x", footage=footage)))
+    with pytest.raises(UsageError, match="the run was started with --batch-size 64, which does not split evenly"):
+        run_training(ingested, str(tmp_path / "ckpt"), resume=True, workers=3, batch_size=63)
 
 
 def test_resume_names_the_settings_it_does_not_take_from_the_command():

@@ -185,6 +185,8 @@ def check_same_footage(saved: dict | None, now: dict, shards: str) -> None:
 
 def _model_spec(settings: dict, size: int) -> dict:
     """The architecture's card entry; a UsageError when it cannot take S×S frames."""
+    import torch
+
     from vadray.models import build
 
     T = settings["model_params"].get("T", settings["T"])
@@ -193,9 +195,30 @@ def _model_spec(settings: dict, size: int) -> dict:
                          "(the paper's T); leave T out of --model-params")
     try:
         check_size(settings["model"], size)
-        return spec(build(settings["model"], **settings["model_params"]))
     except ValueError as exc:
         raise UsageError(f"{exc} (the shards hold {size}×{size} frames)") from None
+    # One volume through the model here, before run.json is written: parameters that build a
+    # model that cannot run (an even lstm_kernel changes the map size, a channel count that is
+    # not a list) would otherwise fail in every worker, and --resume would replay them.
+    try:
+        model = build(settings["model"], **settings["model_params"])
+        with torch.inference_mode():
+            out = model(torch.zeros(1, T, 1, size, size))
+        if out.shape != (1, T, 1, size, size):
+            raise ValueError(f"it turns a (1, {T}, 1, {size}, {size}) volume into {tuple(out.shape)}")
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise UsageError(f"--model-params {json.dumps(settings['model_params'])} do not make a working "
+                         f"{settings['model']} for {size}×{size} frames: {exc}") from None
+    return spec(model)
+
+
+def _require_even_split(batch_size: int, workers: int, resumed: bool) -> None:
+    """Each worker takes batch_size // workers: the card must say what was trained."""
+    if batch_size % workers:
+        raise UsageError(f"{'the run was started with --batch-size' if resumed else '--batch-size'} {batch_size}, "
+                         f"which does not split evenly over {workers} workers: use "
+                         + (f"--workers dividing {batch_size}" if resumed else
+                            f"a multiple of {workers} (e.g. {batch_size - batch_size % workers or workers})"))
 
 
 def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae", model_params: dict | None = None,
@@ -221,9 +244,8 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
         raise UsageError("--torch-threads must be 1 or more")
     if max_failures < -1:
         raise UsageError("--max-failures must be 0 or more (-1: no limit)")
-    if batch_size % workers:   # each worker takes batch_size // workers: the card must say what was trained
-        raise UsageError(f"--batch-size {batch_size} does not split evenly over {workers} workers: use a "
-                         f"multiple of {workers} (e.g. {batch_size - batch_size % workers or workers})")
+    if not resume:
+        _require_even_split(batch_size, workers, resumed=False)
     settings = {"shards": storage.absolute(shards), "model": model, "model_params": model_params or {},
                 "epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience, "strides": list(strides),
                 "hop": hop, "val_fraction": val_fraction, "seed": seed, "T": T_DEFAULT, "select": select}
@@ -252,6 +274,7 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
         if ignored:
             log.warning("--resume keeps the run's saved settings; this command's values (typed or default) "
                         "not used: %s", "; ".join(ignored))
+    _require_even_split(settings["batch_size"], workers, resumed=resume)   # a resumed run's own batch size
     # Inputs and resources are checked before anything is written.
     info = discover(settings["shards"], storage_options)
     model_spec = _model_spec(settings, info.size)

@@ -163,3 +163,31 @@ def test_distribution_summarises_finite_values_only():
     assert summary["quantiles"]["0.5"] == pytest.approx(2.5)
     assert set(summary["quantiles"]) == {"0.5", "0.9", "0.95", "0.99", "0.999"}
     assert checkpoint.distribution(np.array([np.nan]))["n"] == 0
+
+
+def test_the_card_says_the_training_loss_chose_when_the_validation_videos_gave_no_volume():
+    """Validation videos too short for one whole volume give a NaN validation loss, and the
+    epochs were then chosen by the training loss while the card said "minimum validation loss"
+    (train review)."""
+    from types import SimpleNamespace
+
+    model = build("convlstm_ae", **TINY)
+    stats = NormStats.from_dict(_stats())
+    info = SimpleNamespace(size=27, stats=stats, stats_doc={"source": "x"}, cameras=["c"])
+    videos = [SimpleNamespace(video_id=v, num_frames=n) for v, n in (("a", 40), ("b", 40), ("short", 6))]
+    settings = {"T": 10, "strides": [1], "hop": 1, "shards": "s", "lr": 1e-4, "batch_size": 8, "epochs": 2,
+                "patience": 10, "seed": 0, "select": "val_loss"}
+    errors = {"recon_error": np.linspace(1, 2, 20), "cell_error_max": np.linspace(1, 2, 20)}
+
+    def card(val_loss):
+        history = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": val_loss} for e in (1, 2)]
+        outcome = {"state": {"history": history, "stopped": None, "resumed_after_epochs": []},
+                   "best_metrics": {"epoch": 2, "selection_loss": 0.5}}
+        return checkpoint.model_card(info, settings, spec(model), model.state_dict(), outcome, errors,
+                                     videos[:2], videos[2:], n_train=60, run_id="r")
+
+    without = card(float("nan"))
+    assert without["training"]["selection"] == "minimum training loss (the validation videos gave no volume)"
+    assert without["best_val_loss"] is None
+    normal = card(0.25)
+    assert normal["training"]["selection"] == "minimum validation loss" and normal["best_val_loss"] == 0.25

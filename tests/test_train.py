@@ -451,6 +451,26 @@ def test_resume_splits_the_runs_own_batch_size_over_the_workers(ingested, tmp_pa
         run_training(ingested, str(tmp_path / "ckpt"), resume=True, workers=3, batch_size=63)
 
 
+def test_a_diverged_epoch_ranks_last_after_ray_trains_saved_state_is_read_back():
+    """Ray Train saves its checkpoint ranking as JSON, which writes inf as null: a run whose
+    last epoch diverged (+inf), interrupted before final/ was written, could never be resumed
+    (None < float in the ranking) (train review)."""
+    from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import _TrainingResultState
+
+    from vadray.trainloop import best_of, ranked_loss
+
+    def saved_and_read_back(epoch, selection):
+        state = _TrainingResultState(checkpoint_dir_name=f"epoch{epoch}",
+                                     metrics={"epoch": epoch, "selection_loss": ranked_loss(selection)})
+        return (f"epoch{epoch}", json.loads(state.json())["metrics"])
+
+    pairs = [saved_and_read_back(1, 0.7), saved_and_read_back(2, 0.5), saved_and_read_back(3, float("nan")),
+             saved_and_read_back(4, float("inf")), saved_and_read_back(5, 0.5)]
+    assert all(isinstance(m["selection_loss"], float) for _, m in pairs)
+    assert best_of(pairs)[0] == "epoch2"                 # lowest, earlier on a tie
+    assert best_of(pairs[2:4] + [("old", {"epoch": 9, "selection_loss": None})])[0] == "epoch3"
+
+
 def test_resume_names_the_settings_it_does_not_take_from_the_command():
     saved = {"shards": "/data/cam", "epochs": 3, "lr": 1e-4, "strides": [1, 2, 3], "select": "val_loss"}
     given = dict(saved, epochs=50, strides=[1])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import platform
 import re
 from datetime import datetime, timezone
@@ -181,6 +182,8 @@ def model_card(info, settings: dict, model_spec: dict, state_dict: dict, outcome
     state, best = outcome["state"], outcome["best_metrics"]
     best_row = next((h for h in state["history"] if h["epoch"] == int(best["epoch"])), {})
     by_synthetic = settings.get("select") in PASTES and best_row.get("synthetic_auc") is not None
+    val_loss = best_row.get("val_loss")   # NaN where the validation videos held no whole volume
+    by_validation = bool(val_videos) and val_loss is not None and math.isfinite(val_loss)
     train_frames, val_frames = (sum(v.num_frames for v in vs) for vs in (train_videos, val_videos))
     return {
         "format": CARD_FORMAT,
@@ -202,15 +205,16 @@ def model_card(info, settings: dict, model_spec: dict, state_dict: dict, outcome
                      "max_epochs": settings["epochs"], "patience": settings["patience"],
                      "seed": settings["seed"], **execution,
                      "selection": (f"maximum synthetic-anomaly AUC on the validation videos (vadray.pasted, {settings['select']})"
-                                   if by_synthetic else "minimum validation loss" if val_videos else
-                                   "minimum training loss (no validation videos)"),
+                                   if by_synthetic else "minimum validation loss" if by_validation else
+                                   "minimum training loss (no validation videos)" if not val_videos else
+                                   "minimum training loss (the validation videos gave no volume)"),
                      "stopped": state["stopped"] or "max_epochs",
                      "resumed_after_epochs": state["resumed_after_epochs"],
                      "torch_threads_per_worker": state.get("torch_threads")},
         "epochs_run": len(state["history"]),
         "history": state["history"],
         "best_epoch": int(best["epoch"]),
-        "best_val_loss": float(best_row["val_loss"]) if val_videos and best_row.get("val_loss") is not None else None,
+        "best_val_loss": float(val_loss) if by_validation else None,
         "best_synthetic_auc": best_row.get("synthetic_auc"),
         "validation": {
             "on": errors.get("on") or ("validation videos" if val_videos else "training videos (no validation videos)"),

@@ -284,6 +284,10 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
     n_train = sum(per_stride.values())
     if n_train == 0:
         raise UsageError(f"the training videos are too short for one volume of {T} frames at strides {strides}")
+    if val_videos and count_volumes(val_videos, T, [1], T) == 0:   # the validation set is stride 1, hop T
+        log.warning("the %d validation videos hold no %d decoded frames in a row: epochs are chosen by the "
+                    "training loss (the card says so); use longer footage or a larger --val-fraction",
+                    len(val_videos), T)
     idle, short = [s for s, n in per_stride.items() if n == 0], n_train < settings["batch_size"]
     if idle or short:   # the card would state strides or batches never trained
         remedies = ["fewer strides"] * bool(idle) + ["a smaller --batch-size"] * short

@@ -70,6 +70,25 @@ def _maybe_fail(config: dict, step: int, rank: int, world: int) -> None:
 SHUFFLE_BUFFER_BYTES = 512 << 20
 
 
+WORST_LOSS = sys.float_info.max
+
+
+def ranked_loss(selection: float) -> float:
+    """The `selection_loss` Ray ranks checkpoints by. A NaN would upset the ranking; the largest
+    float ranks a diverged epoch last and, unlike inf, survives Ray Train's saved state (its
+    JSON writes inf as null, and a resumed run then could not rank its checkpoints)."""
+    return selection if math.isfinite(selection) else WORST_LOSS
+
+
+def best_of(checkpoints: list) -> tuple:
+    """The (checkpoint, metrics) of the lowest selection_loss, the earlier epoch on a tie; a
+    null left by an older run's saved state ranks last."""
+    def rank(pair):
+        loss = pair[1]["selection_loss"]
+        return (loss if isinstance(loss, (int, float)) else WORST_LOSS, pair[1]["epoch"])
+    return min(checkpoints, key=rank)
+
+
 def _say(line: str) -> None:
     """One progress line from a training worker. Ray Train patches `print` in its workers to
     log as well as print, so the driver showed every epoch line twice; the process's own
@@ -199,8 +218,7 @@ def train_loop_per_worker(config: dict) -> None:
         end_of_epoch(state, epoch, selection, settings["patience"])
         metrics = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                    "synthetic_auc": synthetic_auc,
-                   # Ray ranks checkpoints by it: a NaN would upset the ranking, +inf ranks last
-                   "selection_loss": selection if math.isfinite(selection) else math.inf,
+                   "selection_loss": ranked_loss(selection),
                    "best_epoch": state["best_epoch"],
                    "train_volumes": n_train, "epoch_seconds": seconds,
                    "volumes_per_s": n_train / seconds if seconds > 0 else None, "step": state["step"]}
@@ -280,8 +298,7 @@ def run_trainer(info, train_videos, val_videos, *, model_spec: dict, settings: d
             signal.signal(signal.SIGINT, handler)
     if not result.best_checkpoints:   # a failure raises from fit(): only an abort ends here
         raise KeyboardInterrupt
-    best_checkpoint, best_metrics = min(result.best_checkpoints,
-                                        key=lambda cm: (cm[1]["selection_loss"], cm[1]["epoch"]))
+    best_checkpoint, best_metrics = best_of(result.best_checkpoints)
     state = json.loads(_read_checkpoint(result.checkpoint, STATE_FILE))
     if not finished(state, settings["epochs"]):
         raise KeyboardInterrupt

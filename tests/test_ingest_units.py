@@ -757,6 +757,24 @@ def test_credentials_are_refused_at_any_depth_of_storage_options():
         parse_storage_options('{"client_kwargs": {"aws_secret_access_key": "x"}}')
     assert parse_storage_options('{"client_kwargs": {"region_name": "eu-west-1"}}') == {
         "client_kwargs": {"region_name": "eu-west-1"}}
+    # an SSE-C encryption key is a secret too, in any spelling (storage review)
+    with pytest.raises(UsageError, match="@FILE"):
+        parse_storage_options('{"s3_additional_kwargs": {"SSECustomerKey": "k"}}')
+
+
+def test_storage_options_files_and_home_paths(tmp_path, monkeypatch):
+    """A UTF-16 options file (PowerShell's `>`) was a traceback and exit 1; `~/shards` was
+    recorded as <cwd>/~/shards, so `vadray train ~/shards …` could not find its shards
+    (storage review)."""
+    from vadray import storage
+
+    utf16 = tmp_path / "s3.json"
+    utf16.write_text('{"anon": true}', encoding="utf-16")
+    with pytest.raises(UsageError, match="not UTF-8"):
+        storage.parse_storage_options(f"@{utf16}")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert storage.absolute("~/shards") == str(tmp_path / "shards")
+    assert storage.absolute("file://~/shards") == str(tmp_path / "shards")
 
 
 def test_an_unexpected_failure_is_an_errors_row_with_its_traceback_in_the_log(tmp_path, monkeypatch, caplog):

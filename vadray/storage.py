@@ -16,12 +16,13 @@ import pyarrow.fs as pafs
 
 # Option names that carry credentials (s3fs's own and botocore's, at any depth).
 SECRET_OPTIONS = {"key", "secret", "token", "password", "session_token", "aws_access_key_id",
-                  "aws_secret_access_key", "aws_session_token"}
+                  "aws_secret_access_key", "aws_session_token",
+                  "ssecustomerkey"}   # (SSECustomerKey in s3_additional_kwargs: an encryption key)
 
 
 def _secret_names(value: Any) -> set[str]:
     if isinstance(value, dict):
-        return {k for k in value if k in SECRET_OPTIONS} | set().union(*map(_secret_names, value.values()))
+        return {k for k in value if str(k).lower() in SECRET_OPTIONS} | set().union(*map(_secret_names, value.values()))
     return set()
 
 
@@ -42,6 +43,8 @@ def parse_storage_options(text: str | None) -> dict[str, Any]:
                 text = f.read()
         except OSError as exc:
             raise UsageError(f"cannot read {where}: {exc.strerror}") from None
+        except UnicodeDecodeError:   # PowerShell's `>` writes UTF-16
+            raise UsageError(f"{where} is not UTF-8 text: save the JSON as UTF-8") from None
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -81,7 +84,7 @@ def is_remote(uri: str) -> bool:
 def absolute(uri: str) -> str:
     """A local path or file:// URI as an absolute path, a remote URI as it is: what run.json,
     stats.json and model cards record must not depend on the folder a command ran in."""
-    return uri if is_remote(uri) else os.path.abspath(uri.removeprefix("file://"))
+    return uri if is_remote(uri) else os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
 
 
 def text(path: str | os.PathLike | None) -> str | None:

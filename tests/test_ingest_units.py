@@ -183,6 +183,28 @@ def test_listing_keeps_colliding_ids_apart(tmp_path):
     refs = list_videos(str(tmp_path))
     assert [r.video_id for r in refs] == ["a", "a.MKV", "a.mp4", "b"]
     assert refs[0].is_frame_folder and refs[2].uri.endswith("/a.mp4")
+    # an id made that way can be another file's own (`a.mp4.mkv` is `a.mp4`): that one keeps
+    # its extension too (storage review: two inputs had the id `a.mp4`)
+    (tmp_path / "a.mp4.mkv").write_bytes(b"x")
+    assert [r.video_id for r in list_videos(str(tmp_path))] == ["a", "a.MKV", "a.mp4", "a.mp4.mkv", "b"]
+
+
+def test_listing_follows_symlinked_folders_once(tmp_path, caplog):
+    """fsspec lists a symlink to a folder as one entry of type 'other': an archive whose day
+    folders are links (to other disks) lost their videos, named only as '(none) 1' in an info
+    line (storage review). A link back into what is listed already is not followed twice."""
+    (tmp_path / "disk2" / "2024-05-02").mkdir(parents=True)
+    (tmp_path / "disk2" / "2024-05-02" / "0900.mp4").write_bytes(b"x")
+    (tmp_path / "cam" / "2024-05-01").mkdir(parents=True)
+    (tmp_path / "cam" / "2024-05-01" / "0900.mp4").write_bytes(b"x")
+    (tmp_path / "cam" / "2024-05-02").symlink_to(tmp_path / "disk2" / "2024-05-02")
+    (tmp_path / "cam" / "again").symlink_to(tmp_path / "cam" / "2024-05-01")
+    (tmp_path / "disk2" / "2024-05-02" / "up").symlink_to(tmp_path / "cam")
+    (tmp_path / "cam" / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")   # an errors row later
+    refs = list_videos(str(tmp_path / "cam"))
+    assert [r.video_id for r in refs] == ["2024-05-01/0900", "2024-05-02/0900", "gone"]
+    assert refs[1].uri == str(tmp_path / "cam" / "2024-05-02" / "0900.mp4")
+    assert "links to" in caplog.text and "again" in caplog.text
 
 
 def test_listing_unreachable_source_is_a_usage_error(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import posixpath
 import re
 from dataclasses import asdict, dataclass, field
@@ -76,6 +77,32 @@ def _is_metadata(rel: str) -> bool:
     return parts[-1].startswith("._") or "@eaDir" in parts[:-1]
 
 
+def _with_linked_folders(fs, root: str, found: dict[str, dict]) -> dict[str, dict]:
+    """`found` with the files of symlinked folders below a local SOURCE (an archive that links
+    in a disk's day folders): fsspec's find lists such a link as one entry of type 'other' and
+    does not go in, so its videos were dropped. A link back into what is listed already (a
+    loop, or a second way to the same files, which would give them two ids) is left out, with
+    a warning."""
+    if storage.is_remote(storage.to_uri(fs, root)):
+        return found
+    listed = [os.path.realpath(root)]
+    pending = sorted(p for p, i in found.items() if i.get("islink") and i.get("type") == "other")
+    while pending:
+        link = pending.pop(0)
+        real = os.path.realpath(link)
+        if not os.path.isdir(real):
+            continue   # a link to a file is listed as the file; a broken one stays an errors row
+        del found[link]
+        if any(real == seen or real.startswith(seen + os.sep) or seen.startswith(real + os.sep) for seen in listed):
+            log.warning("SOURCE: %s links to %s, which is listed already (or holds SOURCE): not followed", link, real)
+            continue
+        listed.append(real)
+        inside = fs.find(link, detail=True)
+        found.update(inside)
+        pending += sorted(p for p, i in inside.items() if i.get("islink") and i.get("type") == "other")
+    return found
+
+
 def list_videos(source: str, storage_options: dict[str, Any] | None = None) -> list[VideoRef]:
     """All videos under SOURCE, sorted by id. Raises UsageError when SOURCE is unreachable."""
     try:
@@ -88,7 +115,7 @@ def list_videos(source: str, storage_options: dict[str, Any] | None = None) -> l
             size, etag, mtime = _meta(fs.info(root))
             name = posixpath.splitext(posixpath.basename(root))[0]
             return [VideoRef(name, storage.to_uri(fs, root), size, etag, mtime)]
-        found = fs.find(root, detail=True)
+        found = _with_linked_folders(fs, root, fs.find(root, detail=True))
     except UsageError:
         raise
     except Exception as exc:  # credentials, endpoint, permissions: say which, never the secrets
@@ -242,11 +269,13 @@ def former_ids(refs: list[VideoRef]) -> dict[str, set[str]]:
 def _unique_ids(videos: list[VideoRef]) -> list[VideoRef]:
     """Inputs whose ids collide (`a.mp4` beside `a.mkv`, or a frame folder `a/` beside `a.mp4`)
     keep their file extension in the id, so that neither overwrites the other's rows."""
-    counts: dict[str, int] = {}
-    for v in videos:
-        counts[v.video_id] = counts.get(v.video_id, 0) + 1
-    for v in videos:
-        if counts[v.video_id] > 1 and not v.is_frame_folder:
+    while True:   # again, for an id made that way that another file has (`a.mp4` of `a.mp4.mkv`)
+        counts: dict[str, int] = {}
+        for v in videos:
+            counts[v.video_id] = counts.get(v.video_id, 0) + 1
+        clashing = [v for v in videos if counts[v.video_id] > 1 and not v.is_frame_folder and not v.stem_id]
+        if not clashing:
+            return videos
+        for v in clashing:
             v.stem_id = v.video_id
             v.video_id += posixpath.splitext(v.uri)[1]      # the extension as the file spells it
-    return videos

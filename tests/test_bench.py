@@ -63,3 +63,19 @@ def test_ingest_bench_runs_on_a_tiny_archive(ray_session, tmp_path, capsys):
     assert re.search(r"^ratio\s+\d+\.\d\d\s", out, re.M), out
     assert re.search(r"^ingest time\s+list .*probe\+decode\+write .*stats", out, re.M), out
     assert not (tmp_path / "work" / "ingest-output").exists()  # the bench cleans up its output
+
+
+def test_train_bench_gives_the_job_the_baselines_threads(ray_session, tmp_path, capsys):
+    """The job left to `vadray train` ran the node's CPUs (--threads + --data-cpus) as torch
+    threads against the baseline's --threads: a ratio flattered ~1.8× (benchmark review)."""
+    import json
+
+    code = main(["bench", "train", "--workdir", str(tmp_path), "--videos", "2", "--frames", "40", "--size", "27",
+                 "--epochs", "2", "--batch-size", "8", "--hop", "4", "--threads", "1", "--data-cpus", "1",
+                 "--skip-two-workers", "--model-params", '{"encoder_channels": [8, 4], "lstm_channels": [4, 4, 4]}'])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    result = json.loads((tmp_path / "bench_train.json").read_text())
+    (job,) = result["jobs"]
+    assert job["torch_threads_per_worker"] == 1 == result["settings"]["threads"]
+    assert job["ratio_to_baseline"] > 0 and "1 torch thread(s)" in out

@@ -14,8 +14,11 @@ first epoch warms up (Ray Data starts its tasks, PyTorch allocates) and is left 
 figure is the median volumes/s of epochs 2..E. Printed:
   1 worker  (--threads CPUs)            volumes/s and job/baseline (target ≥ 0.9)
   2 workers (--threads/2 CPUs each)     volumes/s and job/baseline: DDP on the same CPUs
-(Ray gives a worker max(1, floor(CPUs)) torch threads, so with --threads 1 the two workers
-run one thread each: two threads against the baseline's one; the line says so.)
+A worker runs max(1, floor(its CPUs)) torch threads (`vadray train --torch-threads`), so the
+1-worker job runs --threads, as the baseline does; with --threads 1 the two workers run one
+thread each, two threads against the baseline's one, and the line says so. (Left to itself,
+`vadray train` gives a worker the node's CPUs / workers, --data-cpus included: more threads
+than the baseline, which would flatter the ratio.)
 Ray is started with --threads + --data-cpus CPUs, so the Ray Data tasks that make the volumes
 have their own CPUs (on a machine with fewer cores they compete with training: that shows).
 
@@ -129,7 +132,7 @@ def _median_rate(volumes_per_epoch: list[int], seconds: list[float]) -> float:
 
 
 def job_epochs(shards: str, checkpoint_dir: str, workers: int, cpus_per_worker: float, args,
-               model_params: dict) -> dict:
+               model_params: dict, torch_threads: int) -> dict:
     from vadray.train import run_training
 
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
@@ -137,7 +140,7 @@ def job_epochs(shards: str, checkpoint_dir: str, workers: int, cpus_per_worker: 
     card = run_training(shards, checkpoint_dir, model=args.model, model_params=model_params, workers=workers,
                         gpus_per_worker=1 if args.gpu else 0, cpus_per_worker=cpus_per_worker,
                         epochs=args.epochs, batch_size=args.batch_size, hop=args.hop, val_fraction=0.0,
-                        patience=args.epochs + 1, seed=args.seed)
+                        patience=args.epochs + 1, seed=args.seed, torch_threads=torch_threads)
     history = card["history"]
     return {"workers": workers, "cpus_per_worker": cpus_per_worker,
             "torch_threads_per_worker": card["training"]["torch_threads_per_worker"],
@@ -177,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"baseline (bare PyTorch, {args.threads} threads): {baseline['volumes_per_s']:.1f} volumes/s", flush=True)
     layouts = [(1, float(args.threads))] + ([] if args.skip_two_workers else [(2, args.threads / 2)])
     for workers, cpus in layouts:
-        job = job_epochs(shards, os.path.join(args.workdir, f"ckpt-{workers}w"), workers, cpus, args, model_params)
+        job = job_epochs(shards, os.path.join(args.workdir, f"ckpt-{workers}w"), workers, cpus, args, model_params,
+                         torch_threads=max(1, int(cpus)))
         job["ratio_to_baseline"] = job["volumes_per_s"] / baseline["volumes_per_s"]
         results["jobs"].append(job)
         print(f"Ray Train, {workers} worker(s) × {cpus:g} CPUs × {job['torch_threads_per_worker']} torch "

@@ -724,10 +724,35 @@ def test_gain_correction_undoes_a_global_gain_and_ignores_a_small_intruder():
 def test_gains_are_the_median_ratio_to_the_mean_image(size):
     rng = np.random.default_rng(size)
     frames = rng.integers(0, 256, size=(5, size, size), dtype=np.uint8)
-    frames[1] = 7                                                  # a flat frame
+    frames[1] = 17                                                 # a flat frame
+    frames[2] = 15                                                 # one too dark for a gain
     stats = NormStats.from_sums(PartialSums.of(frames))
     expected = np.median(frames.reshape(5, -1), axis=1) / (float(np.median(stats.mean_image)) * 255.0)
+    expected[2] = np.nan
     np.testing.assert_array_equal(stats.gains(frames), expected)
+
+
+def test_dark_frames_and_dark_footage_have_no_gain_and_are_not_corrected():
+    """A night frame's median of 0 gave gain 0, and the correction (divide by max(g, 1e-3))
+    turned every lit pixel 255; a dim frame was multiplied by ~180; footage mostly black gave
+    every frame gain 0 (scoring-math review)."""
+    rng = np.random.default_rng(1)
+    day = rng.integers(150, 210, size=(8, 27, 27)).astype(np.uint8)
+    stats = NormStats.from_sums(PartialSums.of(day))
+    night = np.zeros((2, 27, 27), np.uint8)
+    night[1, :3, :3] = 40
+    dim = np.full((1, 27, 27), 1, np.uint8)
+    dim[0, :3, :3] = 60
+    assert np.isnan(stats.gains(night)).all() and np.isnan(stats.gains(dim)).all()
+    np.testing.assert_array_equal(stats.gain_corrected(night), night)
+    np.testing.assert_array_equal(stats.gain_corrected(dim), dim)
+    quarter = (day // 6).astype(np.uint8)                         # lit, but at 1/6: held to 1/4
+    assert stats.gain_corrected(quarter).max() <= 4 * quarter.max() + 1
+    mostly_black = np.zeros((20, 27, 27), np.uint8)
+    mostly_black[:, :5, :] = 200
+    dark_stats = NormStats.from_sums(PartialSums.of(mostly_black))
+    assert np.isnan(dark_stats.gains(mostly_black[:2])).all()
+    np.testing.assert_array_equal(dark_stats.gain_corrected(mostly_black[:2]), mostly_black[:2])
 
 
 def test_synth_command_writes_what_it_says_and_refuses_bad_numbers(tmp_path, capsys):

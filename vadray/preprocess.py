@@ -20,6 +20,8 @@ import numpy as np
 
 _SUM_BLOCK = 256      # frames per uint16 sum: 256 × 255 < 2¹⁶
 _SQUARE_BLOCK = 16    # frames of uint16 squares at a time (1.6 MB at 227 px)
+MIN_MEDIAN_LEVEL = 16  # grey levels: a darker median gives no gain (NaN); one level is > 6 % of it
+GAIN_LIMIT = 4.0      # --gain-correction divides by a gain held to [1/4, 4]
 
 
 @dataclass
@@ -113,14 +115,20 @@ class NormStats:
         median ignores a foreground covering less than half of the frame, so an intruder barely
         moves g. Opt-in (`vadray score --gain-correction`): it changes the model's input, so
         `regularity` is then not the paper's score on the paper's input.
+
+        A frame without a gain (NaN: too dark to measure one) is left as it is, and a gain is
+        held to [1/4, 4]: a dim frame divided by 1/180 turned grey level 1 of noise into 182.
         """
-        gains = self.gains(frames) if gains is None else gains
-        corrected = frames / np.maximum(gains, 1e-3)[:, None, None]
+        gains = self.gains(frames) if gains is None else np.asarray(gains, np.float64)
+        divisor = np.where(np.isfinite(gains), np.clip(gains, 1 / GAIN_LIMIT, GAIN_LIMIT), 1.0)
+        corrected = frames / divisor[:, None, None]
         return np.clip(np.rint(corrected), 0, 255).astype(np.uint8)
 
     def gains(self, frames: np.ndarray) -> np.ndarray:
         """(N,) float64 brightness gain of uint8 frames (N, S, S) against the training footage:
-        median(frame) / median(255 · mean image); 1 when lit as in training.
+        median(frame) / median(255 · mean image); 1 when lit as in training. NaN where either
+        median is below MIN_MEDIAN_LEVEL grey levels (a night frame, footage mostly black): a
+        median of 0 or 1 says nothing about a gain (it gave 0, or a 180-fold one).
 
         The median comes from each frame's 256-bin histogram (the mean of its two middle values,
         one value when the pixel count is odd): the same number as np.median at half its cost,
@@ -130,12 +138,15 @@ class NormStats:
         frames = np.asarray(frames)
         if frames.dtype != np.uint8 or frames.ndim != 3:
             raise ValueError(f"gains take uint8 frames (N, S, S), got {frames.dtype} {frames.shape}")
-        reference = max(float(np.median(self.mean_image)) * 255.0, 1e-3)
+        reference = float(np.median(self.mean_image)) * 255.0
         pixels = frames.shape[1] * frames.shape[2]
         ranks = [(pixels - 1) // 2 + 1, pixels // 2 + 1]          # 1-based ranks of the middle values
         medians = [np.searchsorted(np.cumsum(np.bincount(f.ravel(), minlength=256)), ranks).mean()
                    for f in frames]
-        return np.asarray(medians, np.float64).reshape(len(frames)) / reference
+        medians = np.asarray(medians, np.float64).reshape(len(frames))
+        if reference < MIN_MEDIAN_LEVEL:
+            return np.full(len(frames), np.nan)
+        return np.where(medians >= MIN_MEDIAN_LEVEL, medians / reference, np.nan)
 
     def to_dict(self) -> dict:
         """JSON-safe; the mean image as base64 float32 so cards never need pickle."""

@@ -135,7 +135,8 @@ def plot_video(frames: pd.DataFrame, events: pd.DataFrame, truth: np.ndarray | N
         ax.axvspan(x_of(first), x_of(end), fc="0.94", hatch="//", ec="0.65", lw=0.5,
                    label="not scored" if k == 0 else None)
     gain = frames["brightness_gain"].to_numpy(np.float64) if "brightness_gain" in frames else np.array([np.nan])
-    if np.isfinite(gain).all() and gain.max() > (1 + GAIN_SHOWN) * gain.min():
+    measured = gain[np.isfinite(gain)]   # NaN: a frame too dark for a gain, drawn as a gap
+    if measured.size and measured.max() > (1 + GAIN_SHOWN) * measured.min():
         # A light or the weather, not an intruder, when a dip follows this line (every score does).
         gain_ax = ax.twinx()
         gain_ax.plot(*curve("brightness_gain"), color="0.35", lw=0.8, ls=":", label="brightness gain")

@@ -357,7 +357,8 @@ def run(args: argparse.Namespace) -> int:
     print("")
     print(f"Ped2 (frame level, {result['coverage']['evaluated_frames']} test frames, "
           f"{result['coverage']['videos']} videos); model {card['model_id']}, best epoch "
-          f"{card['best_epoch']} of {card['epochs_run']} by validation loss on training footage")
+          f"{card['best_epoch']} of {card['epochs_run']} chosen by {card['training']['selection']} "
+          "(training footage only)")
     for column in SCORE_COLUMNS:
         m = result.get(column, {})
         if m.get("available"):

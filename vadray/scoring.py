@@ -8,8 +8,10 @@ Assembly over overlapping volumes must not depend on how a video was cut into se
 a frame's error is the mean over the stride-1 volumes that contain it, and those volumes
 may have been scored by different tasks. `FrameSums` therefore keeps one slot per
 (frame, position of the frame inside the volume): every volume fills its own slots, parts
-are merged by placing slots, and the mean adds the slots in a fixed order. Segmented and
-unsegmented scoring give bit-identical results, not merely close ones.
+are merged by placing slots, and the mean adds the slots in a fixed order. Given the same
+per-volume errors, segmented and unsegmented scoring give bit-identical results, not merely
+close ones. (The model itself may round a volume's reconstruction differently in the last bits,
+~1e-8, when it is batched with other volumes, as moved segment boundaries do on CPU.)
 
 Per segment:  sums = volume_sums(starts, x, recon)   (e, cells and m of each model batch)
               done, seam = sums.split(all_starts_of_the_video)

@@ -424,12 +424,38 @@ def test_timestamps_that_reset_keep_every_frame_in_file_order(tmp_path, start_a,
         np.testing.assert_allclose(np.concatenate([p.time_s for p in parts]), np.arange(40) / 10, atol=1e-6)
 
 
+@pytest.mark.parametrize("container, codec", [("mpg", "mpeg1video"), ("ts", "libx264")])
+def test_program_and_transport_streams_are_sought_by_bytes(tmp_path, monkeypatch, container, codec):
+    """After a time seek FFmpeg's MPEG-PS demuxer stamped each frame with the next one's time,
+    so a segment starting at 23 stored frame 22 there and lost its last frame, silently; in
+    MPEG-TS the seek always landed late and every segment decoded the file from its start
+    (ingest review). Segments now seek to their keyframes' bytes, checked on landing."""
+    import vadray.decode as decode
+
+    path = str(tmp_path / f"v.{container}")
+    images = videos.frames(60)
+    videos._encode(path, images, codec, "yuv420p", "gray", rate=25, options={"g": "12"})
+    with av.open(path) as opened:
+        plain = np.stack([GreyScaler(27)(f) for f in opened.decode(video=0)])
+    timeline = probe(path)
+    passes = []
+    whole_pass = decode._decode_pass
+    monkeypatch.setattr(decode, "_decode_pass", lambda *a, **k: passes.append(a[5]) or whole_pass(*a, **k))
+    for first in range(1, 40, 3):
+        part = decode_segment(path, timeline, first, first + 6, 27)
+        assert part.frame_index.tolist() == list(range(first, first + 6)) and not part.error
+        np.testing.assert_array_equal(part.frames, plain[first:first + 6], err_msg=f"segment at {first}")
+    # one pass each: from two keyframes back, or from the start before the second keyframe and
+    # where the demuxer gives a keyframe no byte position (small MPEG-PS pictures share a pack)
+    assert len(passes) == len(range(1, 40, 3)) and passes[-1] is (container == "ts")
+
+
 def test_a_long_pause_forward_is_no_reset(tmp_path):
     """14 hours between two recordings joined in one file: the times keep the pause."""
     path = str(tmp_path / "paused.ts")
     videos.joined_ts(path, [0.0, 50400.0])
     timeline = probe(path)
-    assert timeline.piece_offsets == [] and timeline.warnings == []
+    assert timeline.piece_offsets == [0] and timeline.warnings == []   # one piece (MPEG-TS: sought by bytes)
     assert timeline.time_s(np.array([19, 20])).round(1).tolist() == [1.9, 50400.0]
 
 
@@ -445,7 +471,7 @@ def test_a_true_33_bit_wrap_is_no_reset(tmp_path, b_frames):
     with av.open(path) as container:
         plain = np.stack([GreyScaler(27)(f) for f in container.decode(video=0)])
     timeline = probe(path)
-    assert timeline.piece_offsets == [] and timeline.warnings == []
+    assert timeline.piece_offsets == [0] and timeline.warnings == []
     parts = [decode_segment(path, timeline, s.first, s.last, 27) for s in plan_segments(40, 10, 0.7, overlap=0)]
     np.testing.assert_array_equal(np.concatenate([p.frames for p in parts]), plain)
     np.testing.assert_allclose(np.concatenate([p.time_s for p in parts]), np.arange(40) / 10, atol=1e-6)

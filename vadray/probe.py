@@ -175,6 +175,9 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
                                                 found.ended)
     ticks_all, piece_of = np.asarray(ticks, dtype=np.int64), np.asarray(pieces, dtype=np.int64)
     offsets = _piece_offsets(ticks_all, piece_of, fps, time_base)
+    reset = len(offsets) > 1
+    if not offsets and set(declared.format.split(",")) & SOUGHT_BY_BYTES:
+        offsets = [0]   # one piece, sought by its keyframes' bytes
     warnings = [("truncated", ended)] if ended else []
     seek_points = np.zeros((0, 3), np.int64)
     if offsets:
@@ -183,7 +186,7 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
         seek_points = np.stack([ticks_all[numbers], piece_of[numbers],
                                 np.asarray([pos for _, pos in keyframes], np.int64)], axis=1).reshape(-1, 3)
     pts = np.unique(ticks_all)  # presentation order
-    if offsets:
+    if reset:
         first_reset = int(np.searchsorted(pts, ticks_all[piece_of == 1].min()))
         warnings.append(("timestamps", f"the timestamps go back {len(offsets) - 1} time(s), first at frame "
                                        f"{first_reset} (concatenated recordings, or a camera clock reset): "
@@ -201,7 +204,7 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
         fps = (pts.shape[0] - 1) / max((pts[-1] - pts[0]) * time_base, 1e-9)
     if not ended:
         last_seconds = found.last_duration * time_base if found.last_duration > 0 else (1.0 / fps if fps > 0 else 0.0)
-        if offsets:   # a duration the container derives from timestamps that reset means nothing
+        if reset:   # a duration the container derives from timestamps that reset means nothing
             declared.seconds = None
         short = _shortfall(declared, pts, ticks_all.shape[0], time_base, last_seconds, fps)
         if short:
@@ -213,6 +216,14 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
                                        f"one frame per timestamp is kept ({repeated} dropped)"))
     return Timeline(pts, time_base, int(pts[0]), fps, width, height, codec, warnings, offsets, seek_points)
 
+
+# Containers whose time seeks cannot be trusted, so a segment seeks to a keyframe's bytes, as a
+# file whose timestamps reset does: after a time seek FFmpeg's MPEG-PS demuxer stamped each
+# frame with the next one's time (a frame doubled and one lost at a seam, silently), and in
+# MPEG-TS it landed after the segment's first frame every time, so every segment decoded the
+# file from its start. A byte seek that does not land on the keyframe probe saw there falls
+# back to decoding from the start (`decode.SeekMissed`).
+SOUGHT_BY_BYTES = {"mpeg", "mpegts"}
 
 # FFmpeg unwraps MPEG-TS's 33-bit clock: a timestamp more than 60 s below the stream's start
 # reads as wrapped and is moved by 2^33 ticks (26.5 h), so a camera clock that reset shows as a

@@ -213,10 +213,10 @@ def build_report(output: str, out_dir: str, labels_csv: str | None = None,
     if table is None or table.num_rows == 0:
         raise no_rows_selected(output, storage_options, video_id=videos, camera=cameras, date=dates,
                                model_id=model_ids)
-    # Repeated rows of a frame (two copies of a video's files, as `evaluate` counts them) are drawn once.
-    frames = (table.to_pandas().sort_values(["camera", "video_id", "frame_index"], kind="stable")
-              .drop_duplicates(["camera", "video_id", "frame_index"]))
+    frames = table.to_pandas().sort_values(["camera", "video_id", "frame_index"], kind="stable")
     check_one_model(frames)
+    # Repeated rows of a frame (two copies of a video's files, as `evaluate` counts them) are drawn once.
+    frames = frames.drop_duplicates(["camera", "video_id", "frame_index"])
     map_model = getattr(error_map_fn, "model_id", None)   # ErrorMaps says which checkpoint it runs
     scored_by = str(frames["model_id"].iloc[0])
     if map_model is not None and map_model != scored_by and max_thumbnails > 0:

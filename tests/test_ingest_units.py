@@ -341,10 +341,11 @@ def test_an_avi_cut_before_its_index_keeps_every_frame_in_segments(tmp_path):
     parts = [decode_segment(path, timeline, s.first, s.last, 27)
              for s in plan_segments(timeline.num_frames, 10, 1.0, overlap=0)]
     index = np.concatenate([p.frame_index for p in parts])
-    np.testing.assert_array_equal(index, np.arange(len(plain)))
-    # (the last frame is the cut packet's: the decoder conceals what is missing differently
-    # with and without an error from the same bytes)
-    np.testing.assert_array_equal(np.concatenate([p.frames for p in parts])[:-1], np.stack(plain)[:-1])
+    # the last frame is the cut packet's, which the decoder patched (a flagged, concealed
+    # picture): left out and said, not stored as footage
+    np.testing.assert_array_equal(index, np.arange(len(plain) - 1))
+    assert "a damaged picture" in parts[-1].error and parts[-1].missing == [(len(plain) - 1, len(plain))]
+    np.testing.assert_array_equal(np.concatenate([p.frames for p in parts]), np.stack(plain)[:-1])
 
 
 def test_grey_content_is_preserved_across_pixel_formats(tmp_path):
@@ -381,6 +382,32 @@ def test_a_corrupt_packet_costs_the_frames_up_to_the_next_keyframe_only(tmp_path
     kept = set(decoded.frame_index.tolist())
     assert set(range(15)) <= kept and set(range(20, 40)) <= kept  # the next keyframe is frame 20
     assert decoded.missing and all(15 <= a and b <= 20 for a, b in decoded.missing)
+
+
+@pytest.mark.parametrize("container", ["mp4", "mkv"])
+def test_a_picture_the_decoder_patched_is_left_out_and_said(tmp_path, container):
+    """Half of a P-frame's bytes overwritten: FFmpeg's H.264 decoder does not refuse the packet,
+    it flags the picture corrupt and patches it from the one before (the frames after build on
+    the patch). Those frames were stored as footage with no errors row (ingest review)."""
+    import av
+
+    path = str(tmp_path / f"hit.{container}")
+    videos._encode(path, videos.frames(40), "libx264", "yuv420p", "gray", options={"g": "10", "bf": "0"})
+    with av.open(path) as opened:
+        plain = np.stack([GreyScaler(27)(f) for f in opened.decode(video=0)])
+    with av.open(path) as opened:
+        packets = [(p.pos, p.size) for p in opened.demux(video=0) if p.size]
+    pos, size = packets[13]
+    data = bytearray(open(path, "rb").read())
+    data[pos + size // 2: pos + size - 4] = np.random.default_rng(0).integers(0, 256, size - 4 - size // 2,
+                                                                          dtype=np.uint8).tobytes()
+    open(path, "wb").write(bytes(data))
+    with av.open(path) as opened:
+        flagged = [i for i, f in enumerate(opened.decode(video=0)) if f.is_corrupt]
+    assert flagged == [13]   # what the decoder says of this file (no exception)
+    decoded = decode_segment(path, probe(path), 0, 40, 27)
+    assert "a damaged picture" in decoded.error and decoded.missing == [(13, 20)]   # up to the next keyframe
+    np.testing.assert_array_equal(decoded.frames, np.concatenate([plain[:13], plain[20:]]))
 
 
 def test_repeated_timestamps_are_reported(tmp_path):

@@ -410,6 +410,32 @@ def test_a_picture_the_decoder_patched_is_left_out_and_said(tmp_path, container)
     np.testing.assert_array_equal(decoded.frames, np.concatenate([plain[:13], plain[20:]]))
 
 
+def test_a_variable_rate_transport_stream_gets_its_frame_rate_from_its_timestamps(tmp_path):
+    """FFmpeg states no average rate for a variable-rate MPEG-TS and guesses the clock's 90 kHz:
+    fps 90000 made the whole video one segment, whatever its length (ingest review)."""
+    import fractions
+
+    path = str(tmp_path / "vfr.ts")
+    steps = np.random.default_rng(2).integers(1800, 27000, size=59)   # 20-300 ms apart, any tick
+    pts = np.r_[0, np.cumsum(steps)].tolist()
+    videos._encode(path, videos.frames(60), "libx264", "yuv420p", "gray", pts=pts,
+                   time_base=fractions.Fraction(1, 90000))
+    timeline = probe(path)
+    assert timeline.num_frames == 60 and 1 < timeline.fps < 60
+    assert len(plan_segments(60, timeline.fps, 1.0, overlap=0)) > 1
+
+
+def test_a_codec_without_a_decoder_is_an_errors_row_that_says_so(tmp_path):
+    from vadray.probe import InputError
+
+    path = tmp_path / "odd.mp4"
+    videos._encode(str(path), videos.frames(12), "libx264", "yuv420p", "gray")
+    path.write_bytes(path.read_bytes().replace(b"avc1", b"zzz1"))
+    with pytest.raises(InputError) as info:
+        probe(str(path))
+    assert info.value.error_type == "unsupported_codec" and "no decoder" in str(info.value)
+
+
 def test_repeated_timestamps_are_reported(tmp_path):
     path = str(tmp_path / "dup.mkv")
     videos.repeated_pts_mkv(path, n=20)

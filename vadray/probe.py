@@ -165,6 +165,9 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
             stream = video_stream(container)
             found = _demux(container, stream)
             ctx = stream.codec_context
+            if ctx is None:   # a codec this FFmpeg has no decoder for
+                tag = getattr(stream, "codec_tag", "") or "unknown"
+                raise InputError("unsupported_codec", f"no decoder for the video codec ({tag}) in this build of FFmpeg")
             time_base = float(stream.time_base) if stream.time_base else 1.0 / 25
             rate = stream.average_rate or stream.guessed_rate
             fps = float(rate) if rate else 0.0
@@ -200,8 +203,12 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
                          + (f" ({ended})" if ended else "")
                          + (f" ({untimed} more carry no timestamp in the container: remux the file, e.g. "
                             "to .mp4)" if untimed else ""))
-    if fps <= 0 and pts.shape[0] > 1:
-        fps = (pts.shape[0] - 1) / max((pts[-1] - pts[0]) * time_base, 1e-9)
+    if fps * time_base >= 0.5:
+        # a rate of one frame every tick or two is the clock's, not the video's: FFmpeg's guess
+        # for variable-rate MPEG-TS (90000 fps made an hour one segment)
+        fps = 0.0
+    if fps <= 0 and pts.shape[0] > 1:   # from the timestamps: the median step ignores pauses
+        fps = 1.0 / max(float(np.median(np.diff(pts))) * time_base, 1e-9)
     if not ended:
         last_seconds = found.last_duration * time_base if found.last_duration > 0 else (1.0 / fps if fps > 0 else 0.0)
         if reset:   # a duration the container derives from timestamps that reset means nothing

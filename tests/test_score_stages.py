@@ -149,6 +149,20 @@ def test_a_model_actor_without_a_gpu_stays_on_the_cpu_where_cuda_is_visible(trai
     assert ScoreVolumes(str(trained_checkpoint), {}, 16, 8, threads=1, use_gpu=False).device.type == "cpu"
 
 
+def test_a_model_actor_refuses_a_checkpoint_that_changed_since_the_run_began(trained_checkpoint):
+    """Every model actor (and every restarted one) loads the checkpoint again: one retrained into
+    the same folder during a backfill scored under the first model's id and markers, for good
+    (score review)."""
+    from vadray.checkpoint import read_card
+    from vadray.exits import JobFailed
+    from vadray.score_stages import ScoreVolumes
+
+    model_id = read_card(str(trained_checkpoint))["model_id"]
+    assert ScoreVolumes(str(trained_checkpoint), {}, 16, 8, model_id=model_id).T == 10
+    with pytest.raises(JobFailed, match="changed during the run"):
+        ScoreVolumes(str(trained_checkpoint), {}, 16, 8, model_id="convlstm_ae-000000000000")
+
+
 def test_score_actor_and_ped2_direct_measure_the_same_errors(trained_checkpoint):
     """The score job's actor and `bench ped2-direct` share one forward-and-measure loop
     (`steps.frame_sums`): the same volumes give bit-identical per-frame errors, and they equal

@@ -314,7 +314,7 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
         plan = ProbeAndPlan(output, camera, segment_seconds, frame_fps, storage_options, model_id=model_id,
                             **score_segment_plan(T, hop))
         model = model_actor, (checkpoint, ckpt_options, batch_size, grid, actor_threads, gain_correction,
-                              gpus_per_actor > 0)
+                              gpus_per_actor > 0, model_id)
         scored = _scored_rows(todo, plan, VolumeRows(output, size, T, hop, storage_options, model_id), model, actors,
                               gpus_per_actor)
         dates = {r.video_id: video_date(r) for r in todo}

@@ -122,14 +122,21 @@ class ScoreVolumes:
     """Model actor: loads the checkpoint once, scores volumes in batches, returns errors."""
 
     def __init__(self, checkpoint: str, storage_options: dict[str, Any], batch_size: int, grid: int,
-                 threads: int = 1, gain_correction: bool = False, use_gpu: bool = False):
+                 threads: int = 1, gain_correction: bool = False, use_gpu: bool = False,
+                 model_id: str | None = None):
         import torch
 
         from vadray.checkpoint import load_model
+        from vadray.exits import JobFailed
         from vadray.preprocess import NormStats
         from vadray.steps import Reconstructor
 
         model, card = load_model(checkpoint, storage_options)
+        # Each actor (and each restarted one) loads the checkpoint again: one retrained into the
+        # same folder during a backfill would score under the first model's id and markers.
+        if model_id is not None and card["model_id"] != model_id:
+            raise JobFailed(f"{checkpoint} now holds model {card['model_id']}, not {model_id}, which this run "
+                            "started with: it changed during the run. Run again to score with the new model")
         # (x, y) of uint8 volumes: the training step's own forward (bf16 autocast on GPU, as the
         # card's calibration)
         self.reconstruct = Reconstructor(model, NormStats.from_dict(card["norm_stats"]), use_gpu)
@@ -146,8 +153,8 @@ class ScoreVolumes:
 
         Volumes are gathered as uint8 and normalised, reconstructed and measured one model
         batch at a time (`steps.frame_sums`), so the actor holds a batch's float32 volumes
-        (~33 MB for 16 at 227 px), not a whole row's. Each volume's errors do not depend on
-        its batch, and merging places slots without adding, so the sums are the same either way.
+        (~33 MB for 16 at 227 px), not a whole row's. Merging places slots without adding, so the
+        sums are the same either way, up to the model's own batch-dependent rounding (~1e-8).
         """
         import torch
 

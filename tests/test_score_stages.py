@@ -149,6 +149,20 @@ def test_a_model_actor_without_a_gpu_stays_on_the_cpu_where_cuda_is_visible(trai
     assert ScoreVolumes(str(trained_checkpoint), {}, 16, 8, threads=1, use_gpu=False).device.type == "cpu"
 
 
+def test_a_frame_folders_frame_rate_is_part_of_the_run_id():
+    """--frame-fps sets a frame folder's times and events: a rerun with another value skipped the
+    finished folders without the 'other settings' warning (score review)."""
+    import hashlib
+
+    from vadray.events import EventSettings
+    from vadray.score import scoring_run_id
+
+    settings = ("convlstm_ae-0123456789ab", 5, 8, EventSettings())
+    before = hashlib.sha1(f"convlstm_ae-0123456789ab|hop=5|grid=8|{EventSettings().key()}".encode()).hexdigest()
+    assert scoring_run_id(*settings) == scoring_run_id(*settings, frame_fps=10.0) == "score-" + before[:10]
+    assert scoring_run_id(*settings, frame_fps=25.0) != scoring_run_id(*settings)
+
+
 def test_a_model_actor_refuses_a_checkpoint_that_changed_since_the_run_began(trained_checkpoint):
     """Every model actor (and every restarted one) loads the checkpoint again: one retrained into
     the same folder during a backfill scored under the first model's id and markers, for good

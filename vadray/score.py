@@ -55,9 +55,13 @@ class ScoreSummary(JobSummary):
                 f"{c(self.notes, 'note')}, " + self.timing())
 
 
-def scoring_run_id(model_id: str, hop: int, grid: int, events: EventSettings, gain_correction: bool = False) -> str:
-    """Deterministic: the same model and settings give the same id, so reruns are identical."""
-    text = f"{model_id}|hop={hop}|grid={grid}|{events.key()}" + ("|gain" if gain_correction else "")
+def scoring_run_id(model_id: str, hop: int, grid: int, events: EventSettings, gain_correction: bool = False,
+                   frame_fps: float = 10.0) -> str:
+    """Deterministic: the same model and settings give the same id, so reruns are identical.
+    A frame folder's --frame-fps sets its times and events' durations; the default adds nothing
+    (ids from before it counted stay the same)."""
+    text = (f"{model_id}|hop={hop}|grid={grid}|{events.key()}" + ("|gain" if gain_correction else "")
+            + (f"|frame_fps={frame_fps:g}" if frame_fps != 10.0 else ""))
     return "score-" + hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
@@ -272,7 +276,7 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
                     "view (its mean image, what moves where), so another camera's footage scores as anomalous "
                     "throughout; pass the camera it was trained on, or train one for %r",
                     model_id, ", ".join(map(repr, trained_on)), camera, camera)
-    run_id = scoring_run_id(model_id, hop, grid, events, gain_correction)
+    run_id = scoring_run_id(model_id, hop, grid, events, gain_correction, frame_fps)
     refs = list_videos(source, storage_options)
     if not refs:
         raise UsageError(f"no videos or frame folders found under {source!r}")

@@ -146,6 +146,23 @@ def test_a_moved_file_keeps_every_models_scores_and_a_changed_one_is_named(tmp_p
     assert (again.kept, again.changed) == (0, 0)
 
 
+def test_a_file_scored_under_another_id_by_an_older_version_is_found_too(tmp_path):
+    """A marker's digest hashes the frames-table version: a file scored as `0900` (its day folder)
+    before an upgrade, then as `2024-05-01/0900` (its camera folder), kept both rows (score review)."""
+    import hashlib
+
+    from vadray.errors import safe_key
+    from vadray.manifest import previous_scoring
+
+    ref = VideoRef("2024-05-01/0900", "/archive/cam/2024-05-01/0900.mp4", size=10, mtime="1")
+    old_digest = hashlib.sha1(f"{ref.identity()}|frames=3".encode()).hexdigest()[:12]
+    folder = tmp_path / "manifest" / "camera=cam"
+    folder.mkdir(parents=True)
+    (folder / f"{safe_key('0900')}.m1.{old_digest}.done").write_text(ref.uri)
+    previous = previous_scoring(str(tmp_path), "cam", [ref], "m1", {})
+    assert previous.other_ids == {ref.video_id: [safe_key("0900")]}
+
+
 def test_every_key_a_file_was_scored_under_goes_and_rows_under_an_older_date_too(tmp_path):
     """Markers of one file under two other keys (an OUTPUT that already held the duplicate) are
     both found, whichever sorts first, with their rows in any date= folder; a rescore also

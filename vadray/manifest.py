@@ -163,11 +163,16 @@ def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: s
         elif older:
             found.markers[ref.video_id] = [f"{root}/{name}" for name in older]
         own = {safe_key(ref.video_id), ref.stem_id and safe_key(ref.stem_id)}   # a stem: drop_renamed's case
-        others = {k: names for k, names in keys_of_file.get(digest, {}).items() if k not in own}
+        same = digests_of(ref.identity())   # this content under every frames-table version (an upgrade)
+        others: dict[str, list[str]] = {}
+        for each in sorted(same):
+            for k, names in keys_of_file.get(each, {}).items():
+                if k not in own:
+                    others.setdefault(k, []).extend(names)
         if others:
             found.other_ids[ref.video_id] = sorted(others)
             found.other_markers.update({k: [f"{root}/{n}" for n in names] for k, names in others.items()})
-        theirs, same = other_models.get(key, []), digests_of(ref.identity())
+        theirs = other_models.get(key, [])
         current = {present[name][1] for name in theirs if present[name][2] in same}
         gone = [name for name in theirs if present[name][1] not in current]   # their rows are of this content
         if gone:

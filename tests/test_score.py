@@ -163,6 +163,23 @@ def test_a_file_scored_under_another_id_by_an_older_version_is_found_too(tmp_pat
     assert previous.other_ids == {ref.video_id: [safe_key("0900")]}
 
 
+def test_a_camera_renamed_between_runs_is_warned_about(tmp_path):
+    """`--camera lobby` after `--camera default` scored the whole archive again beside the old
+    rows, without a word (score review): the first run of a camera looks for these files'
+    markers of this model under other cameras."""
+    from vadray.manifest import mark_scored, scored_under_other_cameras
+
+    refs = [VideoRef(f"2024-05-01/0{h}00", f"/archive/cam/2024-05-01/0{h}00.mp4", size=10, mtime="1") for h in (8, 9)]
+    for ref in refs:
+        mark_scored(str(tmp_path), "default", ref.video_id, ref.identity(), "m1", ref.uri, True, {})
+    mark_scored(str(tmp_path), "other", refs[0].video_id, refs[0].identity(), "m2", refs[0].uri, True, {})
+    assert scored_under_other_cameras(str(tmp_path), "lobby", refs, "m1", {}) == {"default": 2}
+    assert scored_under_other_cameras(str(tmp_path), "default", refs, "m1", {}) == {}
+    changed = [VideoRef(r.video_id, r.uri, size=11, mtime="2") for r in refs]   # other files: no warning
+    assert scored_under_other_cameras(str(tmp_path), "lobby", changed, "m1", {}) == {}
+    assert scored_under_other_cameras(str(tmp_path / "empty"), "lobby", refs, "m1", {}) == {}
+
+
 def test_every_key_a_file_was_scored_under_goes_and_rows_under_an_older_date_too(tmp_path):
     """Markers of one file under two other keys (an OUTPUT that already held the duplicate) are
     both found, whichever sorts first, with their rows in any date= folder; a rescore also

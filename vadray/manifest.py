@@ -203,6 +203,29 @@ def previous_scoring(output: str, camera: str, refs: list[VideoRef], model_id: s
     return found
 
 
+def scored_under_other_cameras(output: str, camera: str, refs: list[VideoRef], model_id: str,
+                               storage_options: dict[str, Any]) -> dict[str, int]:
+    """{camera: how many of these files this model scored there}: a run whose camera has no
+    markers yet may be one whose --camera changed (a rename, a typo fixed), which scores the
+    whole archive again beside its old rows."""
+    fs, root = storage.url_to_fs(storage.join(output, "manifest"), storage_options)
+    root = root.rstrip("/")
+    try:
+        folders = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
+    except FileNotFoundError:
+        return {}
+    ours = {marker_parts(marker_name(r.video_id, r.identity(), model_id))[2] for r in refs}
+    found: dict[str, int] = {}
+    for folder in folders:
+        if not folder.startswith("camera=") or folder == f"camera={camera}":
+            continue
+        parts = [marker_parts(name) for name in marker_names(fs, f"{root}/{folder}")]
+        hits = sum(1 for p in parts if p and p[1] == model_id and p[2] in ours)
+        if hits:
+            found[folder[len("camera="):]] = hits
+    return found
+
+
 def check_same_files(camera: str, refs: list[VideoRef], previous: dict[str, str]) -> None:
     """Two different files that map to one video id (day folders scored one SOURCE at a time:
     2024-05-01/0900.mp4 and 2024-05-02/0900.mp4 are both '0900') would replace each other's rows."""

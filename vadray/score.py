@@ -35,7 +35,7 @@ from vadray.events import EVENT_SCORES, PERSISTENCE_DEFAULT, WINDOW_DEFAULT, Eve
 from vadray.exits import UsageError
 from vadray.listing import check_camera, list_videos
 from vadray.manifest import (check_same_files, drop_other_ids, drop_other_models_gone, drop_previous, drop_renamed,
-                             previous_scoring, settings_of_done, video_date)
+                             previous_scoring, scored_under_other_cameras, settings_of_done, video_date)
 from vadray.score_stages import AssembleVideo, ScoreVolumes, VideoRows, VolumeRows, score_segment_plan
 from vadray.scoring import GRID_DEFAULT, SCORE_HOP, calibrate
 from vadray.stages import add_decode_options
@@ -289,6 +289,13 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
                         "an S3 multipart or KMS-encrypted copy (new ETags), or a move between a disk and an "
                         "object store changes every file's identity")
     previous = previous_scoring(output, camera, refs, model_id, storage_options)
+    if not (previous.done or previous.markers) and (elsewhere := scored_under_other_cameras(output, camera, refs, model_id,
+                                                                       storage_options)):
+        log.warning("camera %r has no scores in %s yet, but this model scored %s of these files under %s: "
+                    "if --camera changed, this run scores them again beside those rows (delete that "
+                    "camera's frames/, events/ and manifest/ folders, or rerun with its name)", camera, output,
+                    ", ".join(f"{n} (camera={c})" for c, n in sorted(elsewhere.items())),
+                    "that camera" if len(elsewhere) == 1 else "those cameras")
     if not force:
         check_same_files(camera, refs, previous.uris)
     done = set() if force else previous.done

@@ -425,6 +425,19 @@ def test_a_variable_rate_transport_stream_gets_its_frame_rate_from_its_timestamp
     assert len(plan_segments(60, timeline.fps, 1.0, overlap=0)) > 1
 
 
+def test_a_transport_stream_cut_mid_packet_is_reported_truncated(tmp_path):
+    """MPEG-TS states no frame count or duration, so a cut file passed silently (ingest review);
+    a file that ends inside a 188-byte packet is a cut one."""
+    path = tmp_path / "cut.ts"
+    videos._encode(str(path), videos.frames(40), "libx264", "yuv420p", "gray")
+    whole = path.read_bytes()
+    assert probe(str(path)).warnings == []
+    path.write_bytes(whole[: (len(whole) * 9 // 10) // 188 * 188 + 94])
+    timeline = probe(str(path))
+    assert [kind for kind, _ in timeline.warnings] == ["truncated"] and 20 < timeline.num_frames < 40
+    assert "inside a transport-stream packet" in timeline.warnings[0][1]
+
+
 def test_a_codec_without_a_decoder_is_an_errors_row_that_says_so(tmp_path):
     from vadray.probe import InputError
 

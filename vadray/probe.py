@@ -161,6 +161,8 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
     one index: a `timestamps` warning says how many are dropped.
     """
     with open_input(uri, storage_options) as handle:
+        file_bytes = handle.seek(0, 2)
+        handle.seek(0)
         with _open_container(handle) as container:
             stream = video_stream(container)
             found = _demux(container, stream)
@@ -214,6 +216,11 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
         if reset:   # a duration the container derives from timestamps that reset means nothing
             declared.seconds = None
         short = _shortfall(declared, pts, ticks_all.shape[0], time_base, last_seconds, fps)
+        if not short and "mpegts" in declared.format.split(",") and file_bytes % 188 and file_bytes % 192:
+            # MPEG-TS states neither a frame count nor a duration; its packets are 188 bytes
+            # (192 in .m2ts), so a file cut mid-packet is how a truncated one shows
+            short = (f"the file ends inside a transport-stream packet ({file_bytes} bytes, not a whole number "
+                     f"of 188- or 192-byte packets): cut off; the {pts.shape[0]} frames found are kept")
         if short:
             warnings.append(("truncated", short))
     if pts.shape[0] < ticks_all.shape[0]:

@@ -141,11 +141,12 @@ def memory(args: argparse.Namespace, checkpoint: str) -> int:
     s, l_ = results["short"], results["long"]
     ratio_sum = l_.peak_sum / s.peak_sum if s.peak_sum else float("nan")
     ratio_one = l_.peak_one / s.peak_one if s.peak_one else float("nan")
-    verdict = "ok" if ratio_sum <= 1.2 else "ABOVE TARGET"
     print(f"memory short      workers Σ {_mb(s.peak_sum)}, largest worker {_mb(s.peak_one)}  ({n} frames)")
     print(f"memory long       workers Σ {_mb(l_.peak_sum)}, largest worker {_mb(l_.peak_one)}  ({10 * n} frames)")
     ratio_driver = l_.peak_driver / s.peak_driver if s.peak_driver else float("nan")
-    print(f"memory ratio      {ratio_sum:.2f}  (peak Σ RSS of Ray workers, long/short, target <= 1.20: "
-          f"{verdict}); largest single worker {ratio_one:.2f}; the driver, which assembles each "
-          f"video's per-frame errors, {ratio_driver:.2f}")
+    # the driver assembles each video's per-frame errors: it has to stay flat as well
+    verdict = "ok" if ratio_sum <= 1.2 and ratio_driver <= 1.2 else "ABOVE TARGET"
+    print(f"memory ratio      {ratio_sum:.2f}  (peak Σ RSS of Ray workers, long/short) and the driver, which "
+          f"assembles each video's per-frame errors, {ratio_driver:.2f}; target <= 1.20 for both: {verdict}; "
+          f"largest single worker {ratio_one:.2f} (the object store in the raylet is not counted)")
     return failures

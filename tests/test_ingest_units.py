@@ -405,9 +405,16 @@ def test_a_picture_the_decoder_patched_is_left_out_and_said(tmp_path, container)
     with av.open(path) as opened:
         flagged = [i for i, f in enumerate(opened.decode(video=0)) if f.is_corrupt]
     assert flagged == [13]   # what the decoder says of this file (no exception)
-    decoded = decode_segment(path, probe(path), 0, 40, 27)
+    timeline = probe(path)
+    decoded = decode_segment(path, timeline, 0, 40, 27)
     assert "a damaged picture" in decoded.error and decoded.missing == [(13, 20)]   # up to the next keyframe
     np.testing.assert_array_equal(decoded.frames, np.concatenate([plain[:13], plain[20:]]))
+    # a segment that starts after the damaged picture, before the next keyframe: its decode starts
+    # at the keyframe before, so its first frames build on the patch too (review of the change)
+    for first in (14, 15):
+        part = decode_segment(path, timeline, first, first + 10, 27)
+        assert "a damaged picture" in part.error and part.missing == [(first, 20)]
+        np.testing.assert_array_equal(part.frames, plain[20:first + 10])
 
 
 def test_a_variable_rate_transport_stream_gets_its_frame_rate_from_its_timestamps(tmp_path):
@@ -423,6 +430,12 @@ def test_a_variable_rate_transport_stream_gets_its_frame_rate_from_its_timestamp
     timeline = probe(path)
     assert timeline.num_frames == 60 and 1 < timeline.fps < 60
     assert len(plan_segments(60, timeline.fps, 1.0, overlap=0)) > 1
+    # an AVI's time base is one frame, so its rate is one frame a tick: stated, not guessed, it
+    # stands, and a capture that dropped 2 frames in 3 keeps 25 fps and its full count
+    sparse = str(tmp_path / "sparse.avi")
+    videos._encode(sparse, videos.frames(30), "mjpeg", "yuvj420p", "gray", rate=25, pts=[3 * i for i in range(30)],
+                   time_base=fractions.Fraction(1, 25))
+    assert (probe(sparse).fps, probe(sparse).warnings) == (25.0, [])
 
 
 def test_a_transport_stream_cut_mid_packet_is_reported_truncated(tmp_path):

@@ -193,6 +193,8 @@ def _decode_pass(uri: str, want: np.ndarray, out: "_FrameBuffer", size: int,
             started = False      # the first frame out anchors the placement, whatever it is
             past_end = 0
             damaged = False      # since a concealed error: frames up to the next keyframe are left out
+            keyed = False        # a keyframe came out: pictures before it (an open GOP's leading ones) may be flagged
+            said = False         # this stretch of damage is in `failures`
             for frame in _decode_frames(container, stream, want[0] if seek else None, failures, piece_offsets,
                                         at_byte if seek else None):
                 ts = frame.pts if frame.pts is not None else frame.dts
@@ -200,13 +202,18 @@ def _decode_pass(uri: str, want: np.ndarray, out: "_FrameBuffer", size: int,
                     continue
                 # FFmpeg's H.264 decoder mostly hides a corrupt packet instead of refusing it: it
                 # flags the picture and patches it from the one before, and the frames after it
-                # build on the patch. Kept, they would be stored as footage, silently.
-                if damaged and frame.key_frame and not frame.is_corrupt:
-                    damaged = False
-                if frame.is_corrupt and not damaged and want[0] <= ts <= want[-1]:
-                    failures.append(f"a damaged picture at pts {ts} (FFmpeg concealed a decoding error)")
-                    damaged = True
+                # build on the patch, wherever the segment starts. Kept, they would be stored as
+                # footage, silently.
+                if frame.key_frame and not frame.is_corrupt:
+                    damaged, keyed = False, True
+                elif frame.is_corrupt and keyed and not damaged:
+                    damaged, said = True, False
                 if damaged:
+                    if ts > want[-1] and not piece_offsets:
+                        break
+                    if want[0] <= ts <= want[-1] and not said:
+                        failures.append(f"a damaged picture before pts {ts} (FFmpeg concealed a decoding error)")
+                        said = True
                     continue
                 if piece_offsets:   # already shifted; at a reset the output order may go back
                     past_end = past_end + 1 if ts > want[-1] else 0

@@ -171,7 +171,13 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
                 tag = getattr(stream, "codec_tag", "") or "unknown"
                 raise InputError("unsupported_codec", f"no decoder for the video codec ({tag}) in this build of FFmpeg")
             time_base = float(stream.time_base) if stream.time_base else 1.0 / 25
-            rate = stream.average_rate or stream.guessed_rate
+            rate = stream.average_rate
+            if not rate and stream.guessed_rate and (float(stream.guessed_rate) * time_base < 0.5
+                                                     or _median_step(found.ticks) <= 2):
+                # (not where the guess is a frame every tick or two while the frames are further
+                # apart: FFmpeg's guess for variable-rate MPEG-TS is its 90 kHz clock, and 90000
+                # fps made an hour one segment; the timestamps below give the rate instead)
+                rate = stream.guessed_rate
             fps = float(rate) if rate else 0.0
             width, height, codec = int(ctx.width or 0), int(ctx.height or 0), ctx.name
             declared = _Declared(max(0, int(stream.frames or 0) - found.discarded),
@@ -205,10 +211,6 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
                          + (f" ({ended})" if ended else "")
                          + (f" ({untimed} more carry no timestamp in the container: remux the file, e.g. "
                             "to .mp4)" if untimed else ""))
-    if fps * time_base >= 0.5:
-        # a rate of one frame every tick or two is the clock's, not the video's: FFmpeg's guess
-        # for variable-rate MPEG-TS (90000 fps made an hour one segment)
-        fps = 0.0
     if fps <= 0 and pts.shape[0] > 1:   # from the timestamps: the median step ignores pauses
         fps = 1.0 / max(float(np.median(np.diff(pts))) * time_base, 1e-9)
     if not ended:
@@ -216,11 +218,11 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
         if reset:   # a duration the container derives from timestamps that reset means nothing
             declared.seconds = None
         short = _shortfall(declared, pts, ticks_all.shape[0], time_base, last_seconds, fps)
-        if not short and "mpegts" in declared.format.split(",") and file_bytes % 188 and file_bytes % 192:
+        if not short and "mpegts" in declared.format.split(",") and all(file_bytes % n for n in (188, 192, 204)):
             # MPEG-TS states neither a frame count nor a duration; its packets are 188 bytes
-            # (192 in .m2ts), so a file cut mid-packet is how a truncated one shows
+            # (192 in .m2ts, 204 with DVB's parity), so a file cut mid-packet is how a truncated one shows
             short = (f"the file ends inside a transport-stream packet ({file_bytes} bytes, not a whole number "
-                     f"of 188- or 192-byte packets): cut off; the {pts.shape[0]} frames found are kept")
+                     f"of 188-, 192- or 204-byte packets): cut off; the {pts.shape[0]} frames found are kept")
         if short:
             warnings.append(("truncated", short))
     if pts.shape[0] < ticks_all.shape[0]:
@@ -264,6 +266,12 @@ class Pieces:
                 self.current += 1
             self._last_dts = dts
         return self.current
+
+
+def _median_step(ticks: list[int]) -> float:
+    """The median step between consecutive distinct timestamps (inf without two)."""
+    steps = np.diff(np.unique(np.asarray(ticks, np.int64)))
+    return float(np.median(steps)) if steps.size else float("inf")
 
 
 def _piece_offsets(ticks: np.ndarray, pieces: np.ndarray, fps: float, time_base: float) -> list[int]:

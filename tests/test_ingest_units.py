@@ -205,6 +205,15 @@ def test_listing_follows_symlinked_folders_once(tmp_path, caplog):
     assert [r.video_id for r in refs] == ["2024-05-01/0900", "2024-05-02/0900", "gone"]
     assert refs[1].uri == str(tmp_path / "cam" / "2024-05-02" / "0900.mp4")
     assert "links to" in caplog.text and "again" in caplog.text
+    # a link to a camera and another to one of its days: the camera's is followed (whatever the
+    # links are called) and lists both days; the day's would list one of them twice
+    for day, name in (("day1", "a"), ("day2", "b")):
+        (tmp_path / "ext" / "cam" / day).mkdir(parents=True)
+        (tmp_path / "ext" / "cam" / day / f"{name}.mp4").write_bytes(b"x")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a_day1").symlink_to(tmp_path / "ext" / "cam" / "day1")
+    (tmp_path / "src" / "b_cam").symlink_to(tmp_path / "ext" / "cam")
+    assert [r.video_id for r in list_videos(str(tmp_path / "src"))] == ["b_cam/day1/a", "b_cam/day2/b"]
 
 
 def test_listing_unreachable_source_is_a_usage_error(tmp_path):

@@ -11,6 +11,9 @@ A constant series thus has one minimum of persistence 0, a monotone series one m
 its low end.
 
 An event (Chong & Tay: minima grouped within a 50-frame window) is built as follows:
+0. each run of consecutive scored frames is its own series (frames on the two sides of a decode
+   gap are not neighbours): its lowest minimum gets the run's range, so a dip whose bottom did
+   not decode is two events, one on each side of the gap;
 1. keep the minima with persistence ≥ `persistence_threshold`;
 2. chain minima whose frames are ≤ `window` apart into one group;
 3. each minimum of depth p at value m spans the contiguous frames around it where the

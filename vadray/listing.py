@@ -85,21 +85,30 @@ def _with_linked_folders(fs, root: str, found: dict[str, dict]) -> dict[str, dic
     a warning."""
     if storage.is_remote(storage.to_uri(fs, root)):
         return found
+
+    def links(entries: dict[str, dict]) -> list[tuple[str, str]]:
+        return [(os.path.realpath(p), p) for p, i in entries.items() if i.get("islink") and i.get("type") == "other"]
+
+    def inside(path: str, folder: str) -> bool:
+        return os.path.commonpath([path, folder]) == folder
+
     listed = [os.path.realpath(root)]
-    pending = sorted(p for p, i in found.items() if i.get("islink") and i.get("type") == "other")
+    pending = links(found)
     while pending:
-        link = pending.pop(0)
-        real = os.path.realpath(link)
+        # the outermost target first, whatever the links are called: a link to a camera's
+        # folder lists its days, and a second link to one of them is then a repeat
+        pending.sort(key=lambda target_link: (len(target_link[0]), target_link))
+        real, link = pending.pop(0)
         if not os.path.isdir(real):
             continue   # a link to a file is listed as the file; a broken one stays an errors row
         del found[link]
-        if any(real == seen or real.startswith(seen + os.sep) or seen.startswith(real + os.sep) for seen in listed):
-            log.warning("SOURCE: %s links to %s, which is listed already (or holds SOURCE): not followed", link, real)
+        if any(inside(real, seen) or inside(seen, real) for seen in listed):
+            log.warning("SOURCE: %s links to %s, which is listed already or holds what is: not followed", link, real)
             continue
         listed.append(real)
-        inside = fs.find(link, detail=True)
-        found.update(inside)
-        pending += sorted(p for p, i in inside.items() if i.get("islink") and i.get("type") == "other")
+        more = fs.find(link, detail=True)
+        found.update(more)
+        pending += links(more)
     return found
 
 

@@ -214,7 +214,7 @@ def scored_under_other_cameras(output: str, camera: str, refs: list[VideoRef], m
         folders = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
     except FileNotFoundError:
         return {}
-    ours = {marker_parts(marker_name(r.video_id, r.identity(), model_id))[2] for r in refs}
+    ours = set().union(*(digests_of(r.identity()) for r in refs))   # every frames-table version's
     found: dict[str, int] = {}
     for folder in folders:
         if not folder.startswith("camera=") or folder == f"camera={camera}":

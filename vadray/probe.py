@@ -40,10 +40,11 @@ class Timeline:
     # repeated timestamps. Each becomes an errors row; the frames found are still processed.
     warnings: list[tuple[str, str]] = field(default_factory=list)
     # Where the stream's timestamps go back (concatenated recordings, a camera's clock reset):
-    # the ticks added to each piece's own, in file order, so that `pts` runs on. Empty: none.
+    # the ticks added to each piece's own, in file order, so that `pts` runs on. Empty: the file
+    # is sought by time; [0]: one piece, sought by bytes (MPEG-PS and -TS, `SOUGHT_BY_BYTES`).
     piece_offsets: list[int] = field(default_factory=list)
     # Such a file's keyframes, in file order: (shifted pts, piece, byte position). Its timestamps
-    # repeat, so a segment seeks to a keyframe's bytes instead of a time (`keyframe_before`).
+    # may repeat, so a segment seeks to a keyframe's bytes instead of a time (`keyframe_before`).
     keyframes: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
 
     @property

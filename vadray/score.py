@@ -276,10 +276,11 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
                     "view (its mean image, what moves where), so another camera's footage scores as anomalous "
                     "throughout; pass the camera it was trained on, or train one for %r",
                     model_id, ", ".join(map(repr, trained_on)), camera, camera)
-    run_id = scoring_run_id(model_id, hop, grid, events, gain_correction, frame_fps)
     refs = list_videos(source, storage_options)
     if not refs:
         raise UsageError(f"no videos or frame folders found under {source!r}")
+    run_id = scoring_run_id(model_id, hop, grid, events, gain_correction,   # --frame-fps: frame folders' only
+                            frame_fps if any(r.is_frame_folder for r in refs) else 10.0)
     if moved_from:
         moved = repoint_moved(output, camera, refs, source, moved_from, model_id, storage_options)
         log.info("--moved-from %s: %d file(s) keep their scores at their new place; %d changed on the way "

@@ -446,6 +446,29 @@ def actor_that_dies_once(marker: str):
     return DiesOnce
 
 
+def test_a_checkpoint_that_changed_during_the_run_fails_it_in_one_line(ray_session, trained_checkpoint,
+                                                                      synth_test_archive, tmp_path, capsys):
+    """A model actor that finds another model in the checkpoint folder refuses to start; Ray hands
+    the driver an ActorDiedError holding the traceback, which must end the job as JobFailed does
+    (exit 1, one line), not as a traceback (review of the change)."""
+    from vadray import score as score_job
+    from vadray.score_stages import ScoreVolumes
+
+    class Retrained(ScoreVolumes):   # what an actor started after a retrain into the folder sees
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args[:7], "convlstm_ae-000000000000", **kwargs)
+
+    def with_retrained(*args, **kwargs):
+        return run_score(*args, **kwargs, model_actor=Retrained)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(score_job, "run_score", with_retrained)
+        assert main(["score", str(synth_test_archive), str(tmp_path / "out"), "--checkpoint",
+                     str(trained_checkpoint)]) == 1
+    assert "vadray score: failed: " in capsys.readouterr().err
+    assert not list((tmp_path / "out").rglob("*.done"))
+
+
 def test_killed_actor_leaves_identical_tables(ray_session, trained_checkpoint, synth_test_archive, tmp_path):
     calm = str(tmp_path / "calm")
     run_score(str(synth_test_archive), calm, str(trained_checkpoint), segment_seconds=1.3, hop=2)

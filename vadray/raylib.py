@@ -8,7 +8,7 @@ import time
 
 import ray
 
-from vadray.exits import keep_answering_sigterm
+from vadray.exits import JobFailed, keep_answering_sigterm
 
 
 def ensure_ray(num_cpus: int | None = None) -> float:
@@ -80,3 +80,14 @@ def require_room(count: int, cpus_each: float, gpus_each: float, asked: str, dat
         logging.getLogger("vadray").warning("%s (unless the cluster adds nodes)", message)
     else:
         raise UsageError(message)
+
+
+def failed_actor_start(exc: BaseException) -> BaseException:
+    """A Ray Data actor whose constructor raised JobFailed reaches the driver as an
+    ActorDiedError holding the remote traceback's text: the JobFailed again (one line, exit
+    status 1), or `exc` itself for any other failure."""
+    marker = f"{JobFailed.__module__}.{JobFailed.__name__}: "
+    text = str(getattr(exc, "error_msg", "") or exc)
+    if isinstance(exc, ray.exceptions.RayActorError) and marker in text:
+        return JobFailed(text.rsplit(marker, 1)[1].strip().splitlines()[0])
+    return exc

@@ -246,7 +246,9 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     `model_actor` is the Ray Data actor class that runs the model: the benchmark passes a
     subclass that records timings, a test one that dies once mid-run."""
     from vadray.moved import repoint_moved
-    from vadray.raylib import ensure_ray, require_room, threads_per_worker
+    import ray
+
+    from vadray.raylib import ensure_ray, failed_actor_start, require_room, threads_per_worker
     from vadray.stages import ProbeAndPlan
 
     started = time.perf_counter()   # the summary's seconds: the whole job, checks and model load too
@@ -337,7 +339,10 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
                         "folder, to keep the dates)", undated, len(dates))
         assemble = _WriteOrRecord(AssembleVideo(output, card, run_id, dates, events, grid, storage_options),
                                   storage.join(output, "errors"), storage_options, model_id)
-        results = _write_videos_as_they_complete(scored, assemble, len(todo))
+        try:
+            results = _write_videos_as_they_complete(scored, assemble, len(todo))
+        except ray.exceptions.RayActorError as exc:   # a model actor refused to start (ScoreVolumes)
+            raise failed_actor_start(exc) from None
         summary.frames = sum(r["frames"] for r in results)
         summary.events = sum(r["events"] for r in results)
     # Every listed video's rows, the skipped ones' too: a rerun of the same archive reports the

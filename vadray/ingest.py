@@ -33,7 +33,7 @@ from vadray.errors import JobSummary, clear_errors, count, failed_rows, read_err
 from vadray.exits import UsageError
 from vadray.listing import VIDEO_EXTENSIONS, VideoRef, check_camera, list_videos
 from vadray.preprocess import PartialSums
-from vadray.stages import ProbeAndPlan, add_decode_options, decode_planned
+from vadray.stages import FRAME_FPS_DEFAULT, ProbeAndPlan, add_decode_options, decode_planned
 
 log = logging.getLogger("vadray.ingest")
 
@@ -162,7 +162,7 @@ def _keys_of_these_files_elsewhere(output: str, refs: list[VideoRef],
 
 
 def run_ingest(source: str, output: str, *, camera: str = "default", size: int = 227,
-               segment_seconds: float = 60.0, frame_fps: float = 10.0,
+               segment_seconds: float = 60.0, frame_fps: float = FRAME_FPS_DEFAULT,
                storage_options: dict[str, Any] | None = None,
                on_phase: Callable[[str], Any] | None = None) -> IngestSummary:
     """The ingest job as a function (the CLI, jobs/ingest.py and the tests call this).

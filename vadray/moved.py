@@ -65,8 +65,8 @@ def repoint_moved(output: str, camera: str, refs: list[VideoRef], source: str, m
     folder = f"{root.rstrip('/')}/manifest/camera={camera}"
     by_key: dict[str, list[str]] = {}
     for name in marker_names(fs, folder):
-        if marker_parts(name):
-            by_key.setdefault(marker_parts(name)[0], []).append(name)
+        if parts := marker_parts(name):
+            by_key.setdefault(parts[0], []).append(name)
     new_root, old_root = _roots(source, moved_from, storage_options)
     done, work, unsure = Moved(), [], []
     for ref in refs:

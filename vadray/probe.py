@@ -213,7 +213,7 @@ def probe(uri: str, min_frames: int = 10, storage_options: dict[str, Any] | None
                          + (f" ({untimed} more carry no timestamp in the container: remux the file, e.g. "
                             "to .mp4)" if untimed else ""))
     if fps <= 0 and pts.shape[0] > 1:   # from the timestamps: the median step ignores pauses
-        fps = 1.0 / max(float(np.median(np.diff(pts))) * time_base, 1e-9)
+        fps = 1.0 / max(_median_step(pts) * time_base, 1e-9)
     if not ended:
         last_seconds = found.last_duration * time_base if found.last_duration > 0 else (1.0 / fps if fps > 0 else 0.0)
         if reset:   # a duration the container derives from timestamps that reset means nothing

@@ -38,7 +38,7 @@ from vadray.manifest import (check_same_files, drop_other_ids, drop_other_models
                              previous_scoring, scored_under_other_cameras, settings_of_done, video_date)
 from vadray.score_stages import AssembleVideo, ScoreVolumes, VideoRows, VolumeRows, score_segment_plan
 from vadray.scoring import GRID_DEFAULT, SCORE_HOP, calibrate
-from vadray.stages import add_decode_options
+from vadray.stages import FRAME_FPS_DEFAULT, add_decode_options
 
 log = logging.getLogger("vadray.score")
 
@@ -56,12 +56,12 @@ class ScoreSummary(JobSummary):
 
 
 def scoring_run_id(model_id: str, hop: int, grid: int, events: EventSettings, gain_correction: bool = False,
-                   frame_fps: float = 10.0) -> str:
+                   frame_fps: float = FRAME_FPS_DEFAULT) -> str:
     """Deterministic: the same model and settings give the same id, so reruns are identical.
     A frame folder's --frame-fps sets its times and events' durations; the default adds nothing
     (ids from before it counted stay the same)."""
     text = (f"{model_id}|hop={hop}|grid={grid}|{events.key()}" + ("|gain" if gain_correction else "")
-            + (f"|frame_fps={frame_fps:g}" if frame_fps != 10.0 else ""))
+            + (f"|frame_fps={frame_fps:g}" if frame_fps != FRAME_FPS_DEFAULT else ""))
     return "score-" + hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
@@ -235,7 +235,7 @@ def _scored_rows(todo: list, plan, volume_rows, model: tuple[type, tuple], actor
 
 def run_score(source: str, output: str, checkpoint: str, *, camera: str = "default", actors: int = 1,
               gpus_per_actor: float = 0.0, batch_size: int = 16, hop: int = SCORE_HOP, segment_seconds: float = 60.0,
-              frame_fps: float = 10.0, grid: int = GRID_DEFAULT, persistence: float | None = None,
+              frame_fps: float = FRAME_FPS_DEFAULT, grid: int = GRID_DEFAULT, persistence: float | None = None,
               window: int = WINDOW_DEFAULT, events_from: str = "regularity", min_event_seconds: float = 0.0,
               force: bool = False, moved_from: str | None = None,
               actor_threads: int | None = None, gain_correction: bool = False, storage_options: dict[str, Any] | None = None,
@@ -245,9 +245,9 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
 
     `model_actor` is the Ray Data actor class that runs the model: the benchmark passes a
     subclass that records timings, a test one that dies once mid-run."""
-    from vadray.moved import repoint_moved
     import ray
 
+    from vadray.moved import repoint_moved
     from vadray.raylib import ensure_ray, failed_actor_start, require_room, threads_per_worker
     from vadray.stages import ProbeAndPlan
 
@@ -282,7 +282,7 @@ def run_score(source: str, output: str, checkpoint: str, *, camera: str = "defau
     if not refs:
         raise UsageError(f"no videos or frame folders found under {source!r}")
     run_id = scoring_run_id(model_id, hop, grid, events, gain_correction,   # --frame-fps: frame folders' only
-                            frame_fps if any(r.is_frame_folder for r in refs) else 10.0)
+                            frame_fps if any(r.is_frame_folder for r in refs) else FRAME_FPS_DEFAULT)
     if moved_from:
         moved = repoint_moved(output, camera, refs, source, moved_from, model_id, storage_options)
         log.info("--moved-from %s: %d file(s) keep their scores at their new place; %d changed on the way "

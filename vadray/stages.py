@@ -22,6 +22,8 @@ from vadray.listing import VideoRef, name_shape
 from vadray.segments import pack_units, plan_segments
 from vadray.volumes import T_DEFAULT
 
+FRAME_FPS_DEFAULT = 10.0   # a frame folder's frames per second: they carry no timestamps
+
 NOTED_STRAYS = 2   # files beside a folder's frames that are a note (a thumbnail), not a failure
 
 T_MIN_FRAMES = T_DEFAULT  # a video shorter than one volume cannot be used
@@ -56,7 +58,7 @@ def add_decode_options(parser) -> None:
     parser.add_argument("--segment-seconds", type=float, default=60.0,
                         help="a long video is decoded by many tasks, one per segment of this many seconds; "
                              "short clips share a task")
-    parser.add_argument("--frame-fps", type=float, default=10.0,
+    parser.add_argument("--frame-fps", type=float, default=FRAME_FPS_DEFAULT,
                         help="frame rate assumed for folders of still frames (UCSD's is 10)")
 
 

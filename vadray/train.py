@@ -274,7 +274,8 @@ def run_training(shards: str, checkpoint_dir: str, *, model: str = "convlstm_ae"
         if ignored:
             log.warning("--resume keeps the run's saved settings; this command's values (typed or default) "
                         "not used: %s", "; ".join(ignored))
-    _require_even_split(settings["batch_size"], workers, resumed=resume)   # a resumed run's own batch size
+    if resume:   # the run's own batch size, with this command's --workers
+        _require_even_split(settings["batch_size"], workers, resumed=True)
     # Inputs and resources are checked before anything is written.
     info = discover(settings["shards"], storage_options)
     model_spec = _model_spec(settings, info.size)
